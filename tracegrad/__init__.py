@@ -1,0 +1,24 @@
+"""tracegrad: differentiate plain NumPy code and run it as compiled Numba code.
+
+>>> import numpy as np, tracegrad as tg
+>>> @tg.grad
+... def loss(w):
+...     return np.sum(np.tanh(w) ** 2)
+>>> loss(np.zeros(3))
+array([0., 0., 0.])
+"""
+__version__ = "0.1.0"
+
+from . import primitives as _primitives  # noqa: F401  (registers every primitive)
+from .api import Compiled, Function, grad, jit, make_graph, source, value_and_grad
+from .backend import cache_dir, set_cache_dir
+from .errors import (CompileError, GradTypeError, ShapeError, TracegradError, TracingError,
+                     UnsupportedError)
+from .ir import Aval, Graph
+from .primitives.elementwise import sigmoid
+
+__all__ = [
+    "grad", "value_and_grad", "jit", "make_graph", "source", "sigmoid",
+    "Function", "Compiled", "Graph", "Aval", "cache_dir", "set_cache_dir",
+    "TracegradError", "TracingError", "UnsupportedError", "ShapeError", "GradTypeError", "CompileError",
+]

@@ -1,0 +1,362 @@
+"""The public transformations: ``grad``, ``value_and_grad``, ``jit``, and ways to look inside them.
+
+A transformed function is specialised on the structure, shapes and dtypes of its arguments: the first
+call with a new signature traces, differentiates, generates code and compiles it; later calls go
+straight to the compiled Numba function.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from . import backend
+from .autodiff import value_and_grad_graph
+from .codegen import Module, generate
+from .core import TracedArray
+from .errors import GradTypeError
+from .interpret import inline
+from .ir import Graph, Var
+from .pytree import TreeDef, flatten, unflatten
+from .tracer import Traced, aval_of, trace
+
+_SCALARS = (float, int, bool)
+
+
+def _signature(leaf):
+    """A hashable key for one argument leaf: its kind, shape and dtype."""
+    kind = type(leaf)
+    if kind in _SCALARS:
+        return kind
+    if kind is np.ndarray:
+        return (leaf.dtype, leaf.shape)
+    if isinstance(leaf, TracedArray) or kind in (tuple, list, dict):
+        raise TypeError  # not a flat leaf: take the general path
+    if isinstance(leaf, np.generic):
+        return (kind,)
+    raise TypeError
+
+
+def _to_kernel_arg(leaf):
+    return leaf[()] if type(leaf) is np.ndarray and leaf.ndim == 0 else leaf
+
+
+def _like_input(value, leaf):
+    """A gradient in the same form as the argument it belongs to (float for float, float32 for float32...)."""
+    if type(leaf) is float:
+        return float(value)
+    if isinstance(leaf, np.generic):
+        return type(leaf)(value)
+    if isinstance(leaf, np.ndarray) and leaf.ndim == 0:
+        return np.asarray(value, leaf.dtype)
+    return value
+
+
+def _as_output(value, var):
+    """A returned value: Python float for float64 scalars, NumPy scalars for other dtypes, arrays as they are."""
+    aval = var.aval
+    if aval.shape:
+        return value
+    if aval.dtype == np.float64:
+        return float(value)
+    return aval.dtype.type(value)
+
+
+@dataclass
+class Compiled:
+    """One specialisation of a transformed function: its graph, generated module and Numba function.
+
+    ``dispatcher`` is a ``numba.njit`` function: call it from your own ``@numba.njit`` code with the
+    flattened arguments followed by ``captured()`` (arrays the function reads from its closure or globals).
+    """
+
+    graph: Graph
+    module: Module
+    dispatcher: Any
+    traced: Traced
+    pack: Callable
+
+    @property
+    def source(self) -> str:
+        return self.module.source
+
+    def captured(self) -> list:
+        return [c.current() for c in self.traced.captures]
+
+    def run(self, leaves):
+        args = [_to_kernel_arg(leaf) for leaf in leaves]
+        for capture in self.traced.captures:
+            value = capture.current()
+            if value.shape != capture.var.aval.shape or value.dtype != capture.var.aval.dtype:
+                raise _Stale
+            args.append(value)
+        try:
+            outs = self.dispatcher(*args)
+        except backend.NUMBA_ERRORS as exc:
+            raise backend.compile_error(exc, self.module) from None
+        return self.pack(outs if isinstance(outs, tuple) else (outs,), leaves)
+
+
+class _Stale(Exception):
+    """A captured array changed shape or dtype since tracing: trace again."""
+
+
+class Function:
+    """A function transformed by ``grad``, ``value_and_grad`` or ``jit``. Call it like the original."""
+
+    def __init__(self, fun: Callable, mode: str, argnums=0, has_aux: bool = False):
+        if not callable(fun):
+            raise TypeError(f"{mode} expects a function, got {type(fun).__name__}")
+        if mode != "jit":
+            _check_argnums_type(argnums)
+        self.fun = fun
+        self.mode = mode
+        self.argnums = argnums
+        self.has_aux = has_aux
+        self._cache: dict = {}
+        functools.update_wrapper(self, fun)
+
+    def __repr__(self):
+        return f"<tracegrad.{self.mode} of {getattr(self.fun, '__qualname__', self.fun)!r}>"
+
+    def __get__(self, obj, objtype=None):  # so that methods can be decorated
+        return self if obj is None else functools.partial(self, obj)
+
+    def __call__(self, *args):
+        try:
+            entry = self._cache[tuple(map(_signature, args))]
+        except (KeyError, TypeError):
+            return self._call_general(args)
+        try:
+            return entry.run(args)
+        except _Stale:
+            return self._call_general(args, retrace=True)
+
+    def _call_general(self, args, retrace=False):
+        leaves, in_tree = flatten(args)
+        if any(isinstance(leaf, TracedArray) for leaf in leaves):
+            return self._call_traced(args, leaves)
+        entry = self.specialize(*args, _retrace=retrace)
+        return entry.run(leaves)
+
+    # ------------------------------------------------------------------ specialisation
+
+    def specialize(self, *args, _retrace=False) -> Compiled:
+        """The compiled specialisation for arguments like ``args`` (traced and generated on first use)."""
+        leaves, in_tree = flatten(args)
+        key = (in_tree, tuple(_signature(leaf) for leaf in leaves))
+        entry = None if _retrace else self._cache.get(key)
+        if entry is None:
+            entry = self._build(args, leaves)
+            self._cache[key] = entry
+            if in_tree == flatten(tuple(range(len(args))))[1]:  # flat arguments: the fast path's key
+                self._cache[tuple(_signature(leaf) for leaf in leaves)] = entry
+        return entry
+
+    def graph(self, *args) -> Graph:
+        """The graph this function runs for arguments like ``args`` (value and gradients in one graph)."""
+        return self.specialize(*args).graph
+
+    def source(self, *args) -> str:
+        """The exact Python source Numba compiles for arguments like ``args``."""
+        return self.specialize(*args).source
+
+    def _differentiable_leaves(self, args) -> list[int]:
+        argnums = (self.argnums,) if isinstance(self.argnums, int) else tuple(self.argnums)
+        names = _param_names(self.fun, len(args))
+        wrt, start = [], 0
+        offsets = []
+        for arg in args:
+            n = len(flatten(arg)[0])
+            offsets.append((start, n))
+            start += n
+        for i in argnums:
+            if not -len(args) <= i < len(args):
+                raise GradTypeError(f"argnums={self.argnums} is out of range for {len(args)} argument(s)")
+            first, n = offsets[i % len(args)]
+            for leaf in flatten(args[i % len(args)])[0]:
+                aval = aval_of(leaf)
+                if aval.dtype.kind != "f":
+                    raise GradTypeError(
+                        f"cannot differentiate with respect to argument {names[i % len(args)]!r}: it has dtype "
+                        f"{aval.dtype}" + (" (a Python int)" if type(leaf) is int else ""),
+                        hint="pass floats (e.g. 2.0 rather than 2, or x.astype(np.float64)), or leave it out of argnums")
+            wrt.extend(range(first, first + n))
+        return wrt
+
+    def _build(self, args, leaves) -> Compiled:
+        wrt = self._differentiable_leaves(args) if self.mode != "jit" else []
+        traced = trace(self.fun, args)
+        graph, pack = self._transform(traced, args, wrt)
+        suffix = {"jit": "", "grad": "_grad", "value_and_grad": "_value_and_grad"}[self.mode]
+        name = _identifier(traced.graph.name) + suffix
+        graph.name = name
+        module = generate(graph, name)
+        return Compiled(graph, module, backend.load(module), traced, pack)
+
+    def _transform(self, traced: Traced, args, wrt):
+        """The graph to compile, and how to turn its flat outputs back into this function's results."""
+        graph, out_tree = traced.graph, traced.out_tree
+        for i, out in enumerate(graph.outputs):
+            if isinstance(out, Var) and out.hint is None and out not in graph.inputs:
+                out.hint = "out" if len(graph.outputs) == 1 else f"out{i}"
+        if self.mode == "jit":
+            outs = list(graph.outputs)
+
+            def pack(values, leaves):
+                return unflatten(out_tree, [_as_output(v, var) for v, var in zip(values, outs)])
+            return graph, pack
+
+        value_tree, aux_tree = _split_aux(out_tree, self.has_aux, graph.name)
+        n_out = len(graph.outputs)
+        vg = value_and_grad_graph(graph, wrt)
+        outs = list(graph.outputs)
+        arg_trees = [flatten(a)[1] for a in args]
+        argnums = self.argnums
+        mode, has_aux = self.mode, self.has_aux
+
+        def pack(values, leaves):
+            value = _as_output(values[0], outs[0])
+            grads = [_like_input(g, leaves[i]) for g, i in zip(values[n_out:], wrt)]
+            if isinstance(argnums, int):
+                result = unflatten(arg_trees[argnums], grads)
+            else:
+                it = iter(grads)
+                result = tuple(unflatten(arg_trees[i], [next(it) for _ in range(arg_trees[i].num_leaves)])
+                               for i in argnums)
+            if has_aux:
+                aux = unflatten(aux_tree, [_as_output(v, var) for v, var in zip(values[1:n_out], outs[1:])])
+                return (result, aux) if mode == "grad" else ((value, aux), result)
+            return result if mode == "grad" else (value, result)
+        return vg, pack
+
+    # ------------------------------------------------------------------ inside another trace (grad of grad)
+
+    def _call_traced(self, args, leaves):
+        wrt = self._differentiable_leaves(args) if self.mode != "jit" else []
+        traced = trace(self.fun, args)
+        graph, _ = self._transform(traced, args, wrt)
+        outs = inline(graph, *leaves, *(c.current() for c in traced.captures))
+        n_out = len(traced.graph.outputs)
+        if self.mode == "jit":
+            return unflatten(traced.out_tree, outs)
+        value_tree, aux_tree = _split_aux(traced.out_tree, self.has_aux, graph.name)
+        arg_trees = [flatten(a)[1] for a in args]
+        grads = iter(outs[n_out:])
+        if isinstance(self.argnums, int):
+            result = unflatten(arg_trees[self.argnums], [next(grads) for _ in range(arg_trees[self.argnums].num_leaves)])
+        else:
+            result = tuple(unflatten(arg_trees[i], [next(grads) for _ in range(arg_trees[i].num_leaves)])
+                           for i in self.argnums)
+        if self.has_aux:
+            aux = unflatten(aux_tree, outs[1:n_out])
+            return (result, aux) if self.mode == "grad" else ((outs[0], aux), result)
+        return result if self.mode == "grad" else (outs[0], result)
+
+
+def _split_aux(out_tree: TreeDef, has_aux: bool, name: str):
+    if has_aux:
+        if out_tree.kind not in ("tuple", "list") or len(out_tree.children) != 2:
+            raise GradTypeError(f"has_aux=True needs {name} to return a pair (value, aux), got structure {out_tree}")
+        value_tree, aux_tree = out_tree.children
+    else:
+        value_tree, aux_tree = out_tree, None
+    if value_tree.kind != "leaf":
+        raise GradTypeError(f"grad needs {name} to return one scalar, got structure {value_tree}",
+                            hint="return a single value, or use has_aux=True to return (value, aux)")
+    return value_tree, aux_tree
+
+
+def _check_argnums_type(argnums):
+    ok = isinstance(argnums, int) and not isinstance(argnums, bool) or (
+        isinstance(argnums, (tuple, list)) and argnums and all(isinstance(i, int) and not isinstance(i, bool) for i in argnums))
+    if not ok:
+        raise GradTypeError(f"argnums must be an int or a non-empty tuple of ints, got {argnums!r}")
+
+
+def _param_names(fun, n) -> list[str]:
+    from .tracer import arg_names
+    return [arg_names(fun, (0,) * n)[i] for i in range(n)]
+
+
+def _identifier(name: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c == "_" else "_" for c in name).strip("_") or "f"
+    return cleaned if not cleaned[0].isdigit() else "f_" + cleaned
+
+
+# ---------------------------------------------------------------------- public functions
+
+
+def _transform_decorator(mode):
+    def transform(fun=None, *, argnums=0, has_aux=False):
+        if fun is None:
+            return lambda f: Function(f, mode, argnums, has_aux)
+        return Function(fun, mode, argnums, has_aux)
+    return transform
+
+
+def grad(fun: Callable | None = None, *, argnums=0, has_aux: bool = False) -> Function:
+    """The gradient of a scalar function, compiled.
+
+    ``grad(f)(*args)`` returns the gradient of ``f`` with respect to argument ``argnums`` (an int, or a
+    tuple of ints for a tuple of gradients), each shaped like its argument (pytrees of tuples, lists and
+    dicts too). With ``has_aux=True``, ``f`` returns ``(value, aux)`` and the result is ``(gradient, aux)``.
+
+    >>> import numpy as np, tracegrad as tg
+    >>> tg.grad(lambda x: np.sum(x ** 2))(np.array([1.0, 2.0]))
+    array([2., 4.])
+
+    Raises ``GradTypeError`` for a non-scalar output, an integer argument or ``argnums`` out of range,
+    ``TracingError`` for Python control flow on traced values, ``UnsupportedError`` for NumPy functions
+    tracegrad does not know, and ``ShapeError`` for shapes that do not fit.
+    """
+    return _transform_decorator("grad")(fun, argnums=argnums, has_aux=has_aux)
+
+
+def value_and_grad(fun: Callable | None = None, *, argnums=0, has_aux: bool = False) -> Function:
+    """Like ``grad``, but returns ``(value, gradient)`` from one compiled pass (``((value, aux), gradient)``
+    with ``has_aux``).
+
+    >>> import tracegrad as tg
+    >>> tg.value_and_grad(lambda x, y: x * y + y)(3.0, 2.0)
+    (8.0, 2.0)
+    """
+    return _transform_decorator("value_and_grad")(fun, argnums=argnums, has_aux=has_aux)
+
+
+def jit(fun: Callable) -> Function:
+    """Compile ``fun`` (forward only). It may return any pytree of arrays and scalars.
+
+    >>> import numpy as np, tracegrad as tg
+    >>> tg.jit(lambda x: np.tanh(x) * 2)(np.zeros(2))
+    array([0., 0.])
+    """
+    return Function(fun, "jit")
+
+
+def make_graph(fun: Callable, *args) -> Graph:
+    """The graph of ``fun`` for arguments like ``args``, without running it (like ``jax.make_jaxpr``).
+
+    For a plain function this is the forward graph; for ``grad``/``value_and_grad`` functions it is the
+    one graph that computes the value and the gradients.
+
+    >>> import tracegrad as tg
+    >>> print(tg.make_graph(lambda x, y: x * y + y, 3.0, 2.0))
+    graph lambda(x: f64[], y: f64[]):
+      s0: f64[] = mul x y
+      s1: f64[] = add s0 y
+      return s1
+    """
+    if isinstance(fun, Function):
+        return fun.graph(*args)
+    return trace(fun, args).graph
+
+
+def source(fun: Callable, *args) -> str:
+    """The generated Python source that runs for ``fun`` and arguments like ``args``: exactly the text
+    Numba compiles. A plain function is shown as ``jit(fun)``; a ``grad`` function with its backward pass."""
+    if not isinstance(fun, Function):
+        fun = jit(fun)
+    return fun.source(*args)

@@ -1,0 +1,107 @@
+"""Reverse mode: turn a forward graph into one graph that computes its value and gradients.
+
+The backward nodes are recorded with the same ``bind`` the tracer uses, by running each primitive's
+VJP rule on traced values, so the result is an ordinary graph: printable, optimisable, compilable and
+differentiable again. Cotangents of values used more than once are summed (fan-out); only values that
+depend on a requested input get a cotangent; no Jacobian is ever formed.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from .core import PRIMITIVES, Builder, TracedArray
+from .errors import GradTypeError
+from .ir import Aval, Graph, IRError, Var
+from .passes import dce
+from .primitives.structural import broadcast_to, sum_to
+
+
+def value_and_grad_graph(graph: Graph, wrt: list[int], name: str | None = None) -> Graph:
+    """A graph with ``graph``'s inputs whose outputs are ``graph``'s outputs followed by the gradient of
+    the first output (a scalar) with respect to each input listed in ``wrt``."""
+    out = graph.outputs[0]
+    if out.aval.shape != ():
+        raise GradTypeError(f"grad needs a scalar output, but {graph.name} returns shape {out.aval.shape}",
+                            hint="reduce it to a scalar (np.sum, np.mean), or use jit for the value alone")
+    if out.aval.dtype.kind != "f":
+        raise GradTypeError(f"grad needs a floating-point output, but {graph.name} returns {out.aval.dtype}")
+    builder = Builder(name or f"{graph.name}_value_and_grad")
+    builder.inputs = list(graph.inputs)
+    builder.nodes = list(graph.nodes)
+    builder.backward = True
+    with builder:
+        grads = backward(builder, graph.nodes, out, [graph.inputs[i] for i in wrt])
+    if builder.captured:
+        raise IRError("a VJP rule captured an array; rules must be written with traced operations only")
+    result = Graph(builder.name, list(graph.inputs), builder.nodes, list(graph.outputs) + grads, graph.n_args)
+    return dce(result)
+
+
+def backward(builder: Builder, nodes: list, out, wrt: list[Var]) -> list[Var]:
+    """Record the backward pass of ``nodes`` into ``builder``; return the cotangent of each ``wrt`` var."""
+    forward_vars = {n.out for n in nodes} | set(builder.inputs)
+    active = set(wrt)  # values that depend on a requested input
+    for node in nodes:
+        if not node.primitive.nondiff and any(isinstance(a, Var) and a in active for a in node.inputs):
+            active.add(node.out)
+
+    def fill(aval, value, grad_of):
+        var = builder.add_node(PRIMITIVES["full"], (), dict(shape=aval.shape, value=value, dtype=aval.dtype), aval)
+        var.grad_of = grad_of
+        return var
+
+    def finalize(var, g):
+        """Make ``g`` the value displayed as ``grad_<var>``: name it, or alias it if it has a name already."""
+        if g.grad_of is var:
+            return g
+        if g not in forward_vars and g.grad_of is None and g.hint is None:
+            g.grad_of = var
+            return g
+        alias = builder.add_node(PRIMITIVES["copy"], (g,), {}, g.aval)
+        alias.grad_of = var
+        return alias
+
+    cotangents: dict = {}
+    if isinstance(out, Var) and out in active:
+        builder.source = next((n.source for n in nodes if n.out is out), None)
+        cotangents[out] = fill(out.aval, 1.0, out)
+    groups = itertools.count()
+    for node in reversed(nodes):
+        g = cotangents.pop(node.out, None)
+        if g is None:
+            continue
+        g = finalize(node.out, g)
+        if node.primitive.vjp is None:
+            continue
+        builder.source, builder.group = node.source, next(groups)
+        args = [TracedArray(a, builder) if isinstance(a, Var) else a.aval.dtype.type(a.value) for a in node.inputs]
+        rules = node.primitive.vjp(TracedArray(g, builder), TracedArray(node.out, builder), *args, **node.params)
+        for atom, ct in zip(node.inputs, rules):
+            if ct is None or not isinstance(atom, Var) or atom not in active:
+                continue
+            ct = _as_cotangent(ct, atom, builder)
+            cotangents[atom] = (TracedArray(cotangents[atom], builder) + ct).var if atom in cotangents else ct.var
+    builder.source, builder.group = None, None
+    grads = []
+    for var in wrt:
+        g = cotangents.get(var)
+        grads.append(finalize(var, g) if g is not None else fill(var.aval, 0.0, var))
+    return grads
+
+
+def _as_cotangent(ct, atom: Var, builder: Builder) -> TracedArray:
+    """Give a rule's result exactly the shape and dtype of the input it belongs to."""
+    if not isinstance(ct, TracedArray):  # a scalar constant left by folding, e.g. g * 0
+        value = np.asarray(ct)
+        if value.ndim:
+            raise IRError("a VJP rule returned a constant array")
+        params = dict(shape=(), value=value.item(), dtype=value.dtype)
+        ct = TracedArray(builder.add_node(PRIMITIVES["full"], (), params, Aval((), value.dtype)), builder)
+    if ct.shape != atom.aval.shape and np.broadcast_shapes(ct.shape, atom.aval.shape) == atom.aval.shape:
+        ct = broadcast_to(ct, shape=atom.aval.shape)
+    ct = sum_to(ct, atom.aval.shape)
+    if ct.dtype != atom.aval.dtype:
+        ct = ct.astype(atom.aval.dtype)
+    return ct

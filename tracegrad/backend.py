@@ -1,0 +1,93 @@
+"""Compile generated modules with Numba.
+
+Each module is written once to a real file named by the hash of its source (and of the tracegrad,
+Numba and NumPy versions), imported from there and compiled with ``numba.njit(cache=True)``, so Numba's
+on-disk cache works across processes. Writes are atomic (temporary file, then rename), so several
+processes can share one cache directory. Set it with ``TRACEGRAD_CACHE_DIR`` or ``set_cache_dir``.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import numba
+import numpy as np
+
+from . import __version__
+from .codegen import Module
+from .errors import CompileError
+
+_cache_dir: Path | None = None
+_loaded: dict = {}
+_lock = threading.Lock()
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "tracegrad"
+
+
+def cache_dir() -> Path:
+    """Where generated modules (and Numba's cache of them) live."""
+    if _cache_dir is not None:
+        return _cache_dir
+    env = os.environ.get("TRACEGRAD_CACHE_DIR")
+    return Path(env) if env else default_cache_dir()
+
+
+def set_cache_dir(path) -> None:
+    """Use ``path`` for generated modules from now on (``None``: back to the default)."""
+    global _cache_dir
+    _cache_dir = None if path is None else Path(path)
+
+
+def module_path(module: Module) -> Path:
+    key = "\n".join([module.source, __version__, numba.__version__, np.__version__, sys.version])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+    return cache_dir() / f"{module.function}_{digest}.py"
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".py")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load(module: Module):
+    """The Numba dispatcher for ``module``'s function; compiled lazily on the first call."""
+    path = module_path(module)
+    with _lock:
+        dispatcher = _loaded.get(path)
+        if dispatcher is not None:
+            return dispatcher
+        if not path.exists() or path.read_text(encoding="utf-8") != module.source:
+            _write_atomically(path, module.source)
+        spec = importlib.util.spec_from_file_location(f"tracegrad_generated_{path.stem}", path)
+        py_module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(py_module)
+        function = getattr(py_module, module.function)
+        # error_model="numpy": 1/0 gives inf and 0/0 nan, as in NumPy, instead of raising
+        dispatcher = numba.njit(cache=True, error_model="numpy")(function)
+        _loaded[path] = dispatcher
+        return dispatcher
+
+
+def compile_error(exc: Exception, module: Module) -> CompileError:
+    return CompileError(
+        f"Numba could not compile the generated code in {module_path(module)}. This is a tracegrad bug: "
+        f"please report it with that file.\n{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+
+
+NUMBA_ERRORS = (numba.core.errors.NumbaError,)

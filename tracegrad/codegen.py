@@ -1,0 +1,177 @@
+"""Spell a graph as flat Python source: one statement per node, in the style of the lecture notes.
+
+    s2 = s0 + s1
+    L = sigmoid(s3)
+    grad_s3 = grad_L * (1 - L) * L
+
+Names come from ``ir.assign_names`` (parameters, the user's own variable names, ``s0, s1, ...``,
+``grad_<name>``). Inside one VJP rule, single-use temporaries are written inline, so a rule's nodes read
+as one expression. The output is deterministic: the same graph always gives byte-identical text.
+"""
+from __future__ import annotations
+
+import os
+import string
+from dataclasses import dataclass
+
+from . import __version__
+from .core import Infix, Prefix
+from .ir import Graph, Literal, Var, assign_names, literal_source
+
+ATOM = 16  # precedence of a name, literal or call
+
+
+@dataclass(frozen=True)
+class Module:
+    """A generated Python module: its full source, the function it defines and the kernels it imports."""
+
+    source: str
+    function: str
+    kernels: tuple
+
+
+def _literal(atom: Literal):
+    text = literal_source(atom.value, atom.aval.dtype)
+    return text, 13 if text.startswith("-") else ATOM
+
+
+def _wrap(expr, prec, need):
+    return f"({expr})" if prec < need else expr
+
+
+def _fill_template(template: str, args: list, params: dict) -> str:
+    """Fill ``{x}``-style fields: input fields by order of first appearance, the rest from params."""
+    fields = []
+    for _, field, _, _ in string.Formatter().parse(template):
+        if field is not None and field not in params and field not in fields:
+            fields.append(field)
+    out = []
+    for literal_text, field, _, _ in string.Formatter().parse(template):
+        out.append(literal_text)
+        if field is None:
+            continue
+        if field in params:
+            out.append(repr(params[field]))
+            continue
+        expr, prec = args[fields.index(field)]
+        before = "".join(out).rstrip()
+        after = template[template.index("{" + field + "}") + len(field) + 2:].lstrip()
+        in_call = (before.endswith("(") or before.endswith(",")) and (after[:1] in (")", ","))
+        out.append(expr if in_call or prec == ATOM or template == "{" + field + "}" else f"({expr})")
+    return "".join(out)
+
+
+class Arg(str):
+    """An argument's spelling, carrying its aval for emit functions that depend on it."""
+
+    def __new__(cls, text, aval):
+        arg = super().__new__(cls, text)
+        arg.aval = aval
+        return arg
+
+
+def spell(node, args: list):
+    """The expression (text, precedence) or statement lines for one node, given its arguments' spellings."""
+    emit = node.primitive.emit
+    if isinstance(emit, Infix):
+        (a, pa), (b, pb) = args
+        left_need = emit.prec + (emit.assoc in ("right", "none"))
+        right_need = emit.prec + (emit.assoc in ("left", "none"))
+        return f"{_wrap(a, pa, left_need)} {emit.op} {_wrap(b, pb, right_need)}", emit.prec
+    if isinstance(emit, Prefix):
+        (a, pa), = args
+        inner = _wrap(a, pa, emit.prec)
+        if inner.startswith(emit.op):
+            inner = f"({inner})"
+        return f"{emit.op}{inner}", emit.prec
+    if isinstance(emit, str):
+        text = _fill_template(emit, args, node.params)
+        prec = args[0][1] if emit == "{x}" else ATOM
+        return text, prec
+    atoms = [Arg(_wrap(a, p, ATOM), atom.aval) for (a, p), atom in zip(args, node.inputs)]
+    result = emit(atoms, node.out.aval, **node.params)
+    if isinstance(result, list):
+        return result
+    return result, 13 if result.startswith("-") else ATOM
+
+
+def _kernel_names(graph: Graph) -> tuple:
+    names = set()
+    for node in graph.nodes:
+        kernel = node.primitive.kernel
+        if kernel is not None:
+            names.update(kernel if isinstance(kernel, dict) else [node.primitive.name])
+    return tuple(sorted(names))
+
+
+def generate(graph: Graph, function: str | None = None, comments: bool = True) -> Module:
+    """Generate the module that defines ``function(*graph.inputs)`` returning ``graph.outputs``."""
+    function = function or graph.name
+    all_kernels = _kernel_names(graph)
+    names = assign_names(graph, reserved=frozenset(all_kernels) | {function})
+    uses: dict = {}
+    for node in graph.nodes:
+        for a in node.inputs:
+            if isinstance(a, Var):
+                uses[a] = uses.get(a, 0) + 1
+    for out in graph.outputs:
+        if isinstance(out, Var):
+            uses[out] = uses.get(out, 0) + 2  # outputs are never inlined
+    consumer_group = {}
+    for node in graph.nodes:
+        for a in node.inputs:
+            if isinstance(a, Var):
+                consumer_group[a] = node.group
+
+    body: list[str] = []
+    exprs: dict = {}  # inlined temporaries: var -> (text, precedence)
+    defined_by: dict = {}
+    last_source, in_backward = None, False
+    used_kernels = set()
+    for node in graph.nodes:
+        defined_by[node.out] = node
+        args = [_literal(a) if isinstance(a, Literal) else exprs.pop(a, None) or (names[a], ATOM) for a in node.inputs]
+        spelled = spell(node, args)
+        kernel = node.primitive.kernel
+        if kernel is not None:
+            for k in (kernel if isinstance(kernel, dict) else [node.primitive.name]):
+                if any(k + "(" in line for line in (spelled if isinstance(spelled, list) else [spelled[0]])):
+                    used_kernels.add(k)
+        out = node.out
+        if (isinstance(spelled, tuple) and node.group is not None and uses.get(out) == 1
+                and out.hint is None and out.grad_of is None and consumer_group.get(out) == node.group):
+            exprs[out] = spelled
+            continue
+        note = None
+        if comments:
+            if node.backward and not in_backward:
+                body.append(("# backward pass", None))
+                in_backward, last_source = True, None
+            if node.source is not None and node.source != last_source:
+                note = node.source.short()
+                last_source = node.source
+        lines = [line.format(out=names[out]) for line in spelled] if isinstance(spelled, list) else \
+            [f"{names[out]} = {spelled[0]}"]
+        body.extend((line, note if i == 0 else None) for i, line in enumerate(lines))
+
+    returns = []
+    for out in graph.outputs:
+        if isinstance(out, Literal):
+            returns.append(_literal(out)[0])
+            continue
+        name = names[out]
+        if out.aval.ndim and (out in graph.inputs or defined_by[out].primitive.view):
+            name = f"np.copy({name})"  # never hand back the caller's own array or a view of it
+        returns.append(name)
+    body.append(("return " + ", ".join(returns) + ("," if len(returns) == 1 else ""), None))
+    width = min(max((len(code) for code, note in body if note), default=0), 56) + 2
+    text = "".join(f"    {code.ljust(width)}# {note}\n" if note else f"    {code}\n" for code, note in body)
+
+    header = [f"# Generated by tracegrad {__version__} from graph {graph.name}. Do not edit:",
+              "# the file is named by the hash of this text.",
+              "import numpy as np"]
+    if used_kernels:
+        header.append(f"from tracegrad.kernels import {', '.join(sorted(used_kernels))}")
+    params = ", ".join(names[v] for v in graph.inputs)
+    source = "\n".join(header) + "\n\n\n" + f"def {function}({params}):\n" + text
+    return Module(source, function, tuple(sorted(used_kernels)))

@@ -1,0 +1,410 @@
+"""Primitives, the graph builder, and ``TracedArray``: the value user code and VJP rules compute with.
+
+A primitive is declared once (see ``primitives/``): its shape rule, NumPy reference, VJP written with
+``TracedArray`` operations, the way codegen spells it, and its NumPy/``math`` aliases. ``bind`` is the one
+function that records a node: the tracer (forward) and the VJP rules (backward) both go through it,
+so the backward pass is an ordinary graph in the same IR.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import SourceInfo, TracegradError, TracingError, UnsupportedError, user_source
+from .ir import Aval, Literal, Node, Var
+
+
+# ----------------------------------------------------------------------------------------------
+# Primitive records and the registry
+
+
+@dataclass(frozen=True)
+class Infix:
+    """A binary operator template: ``{x} op {y}`` with Python precedence ``prec``.
+
+    ``assoc`` is "left" (``a - b - c``), "right" (``a ** b ** c``) or "none" (comparisons, never chained).
+    """
+
+    op: str
+    prec: int
+    assoc: str = "left"
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """A unary operator template: ``op{x}``."""
+
+    op: str
+    prec: int
+
+
+@dataclass(frozen=True, eq=False)
+class Primitive:
+    """Everything tracegrad knows about one operation. Built by ``@primitive`` from a declaration."""
+
+    name: str
+    shape: Callable  # (*avals, **params) -> Aval, or raises ShapeError
+    ref: Callable  # (*arrays, **params) -> array: the semantics (NumPy)
+    emit: Any  # Infix | Prefix | "call({x}, ...)" template | callable(args, out_aval, **params) -> str or [lines]
+    vjp: Callable | None = None  # (g, out, *inputs, **params) -> [cotangent or None per input]
+    kernel: Any = None  # a Python function in Numba's subset, or {name: function}, exposed by tracegrad.kernels
+    kernel_signatures: tuple = ()  # when given, the kernel is a numba.vectorize ufunc with these signatures
+    simplify: Callable | None = None  # (*atoms, **params) -> an atom equal to the result, or None
+    cast_inputs: Any = ()  # input positions (or True: all) converted to the output dtype before binding
+    view: bool = False  # the result may share memory with an input
+    nondiff: bool = False  # no gradient flows through (comparisons, sign)
+    domain: Any = None  # test data: how to draw valid inputs (see tests/)
+    doc: str = ""
+
+    def __repr__(self):
+        return f"<primitive {self.name}>"
+
+    def __call__(self, *args, **params):
+        return bind(self, *args, **params)
+
+
+PRIMITIVES: dict[str, Primitive] = {}
+NUMPY_FUNCTIONS: dict[Any, Callable] = {}  # np.exp -> implementation over TracedArrays
+MATH_FUNCTIONS: dict[Any, Callable] = {}  # math.exp -> implementation
+
+
+def primitive(cls) -> Primitive:
+    """Read a declaration class into a registered ``Primitive``.
+
+    The class is only a namespace; its attributes are the fields of ``Primitive`` plus optional
+    ``numpy``/``math`` lists of the library functions that should trace to it. Returns the primitive,
+    which is callable: on traced values it records a node, on NumPy values it computes ``ref``.
+    """
+    attrs = {k: v for k, v in vars(cls).items() if not k.startswith("__")}
+    numpy_aliases = attrs.pop("numpy", ())
+    math_aliases = attrs.pop("math", ())
+    name = attrs.pop("name", cls.__name__)
+    for key, value in attrs.items():
+        if isinstance(value, staticmethod):
+            attrs[key] = value.__func__
+    prim = Primitive(name=name, doc=(cls.__doc__ or "").strip(), **attrs)
+    if name in PRIMITIVES:
+        raise ValueError(f"primitive {name!r} is declared twice")
+    PRIMITIVES[name] = prim
+    for fn in numpy_aliases:
+        NUMPY_FUNCTIONS[fn] = prim
+    for fn in math_aliases:
+        MATH_FUNCTIONS[fn] = prim
+    return prim
+
+
+def numpy_function(*aliases, math=()):
+    """Register a composite (built from primitives) as the traced version of NumPy/``math`` functions."""
+
+    def register(fn):
+        for alias in aliases:
+            NUMPY_FUNCTIONS[alias] = fn
+        for alias in math:
+            MATH_FUNCTIONS[alias] = fn
+        return fn
+
+    return register
+
+
+# ----------------------------------------------------------------------------------------------
+# The builder: where nodes go while a graph is being recorded
+
+
+class Builder:
+    """Collects nodes for one graph. Entered as a context manager; builders nest (grad of grad)."""
+
+    def __init__(self, name: str = "f"):
+        self.name = name
+        self.parent: Builder | None = None
+        self.nodes: list[Node] = []
+        self.inputs: list[Var] = []
+        self.captured: list[tuple[Var, Any]] = []  # (input var, ndarray or outer TracedArray)
+        self._captured_ids: dict[int, Var] = {}
+        self.source: SourceInfo | None = None  # set while a VJP rule runs: its nodes point at the forward line
+        self.group: int | None = None
+        self.backward = False  # set while autodiff records a backward pass
+
+    def __enter__(self):
+        self.parent = _state.builder
+        _state.builder = self
+        return self
+
+    def __exit__(self, *exc):
+        _state.builder = self.parent
+        return False
+
+    def new_input(self, aval: Aval, hint: str | None = None) -> "TracedArray":
+        var = Var(aval, hint)
+        self.inputs.append(var)
+        return TracedArray(var, self)
+
+    def capture(self, value, hint: str | None = None) -> Var:
+        """An array (or a value traced by an enclosing builder) used by the graph but not passed to it.
+
+        It becomes an extra graph input, read afresh on every call, never baked into the code.
+        """
+        key = id(value)
+        if key in self._captured_ids:
+            return self._captured_ids[key]
+        if isinstance(value, TracedArray):
+            aval = value.var.aval
+        else:
+            aval = Aval(value.shape, value.dtype)
+        var = Var(aval, hint)
+        self.captured.append((var, value))
+        self._captured_ids[key] = var
+        return var
+
+    def wrap(self, var: Var) -> "TracedArray":
+        return TracedArray(var, self)
+
+    def add_node(self, prim: Primitive, inputs: tuple, params: dict, aval: Aval) -> Var:
+        out = Var(aval)
+        source = self.source if self.source is not None or self.backward else user_source()
+        self.nodes.append(Node(prim, inputs, params, out, source, self.group, self.backward))
+        return out
+
+
+class _State(threading.local):
+    builder: Builder | None = None
+
+
+_state = _State()
+
+
+def current_builder() -> Builder | None:
+    return _state.builder
+
+
+# ----------------------------------------------------------------------------------------------
+# bind: the one way a node is recorded
+
+
+def _is_python_scalar(x) -> bool:
+    return isinstance(x, (bool, int, float)) and not isinstance(x, np.generic)
+
+
+def bind(prim: Primitive, *args, **params):
+    """Apply ``prim`` to ``args``: record a node when any argument is traced, else compute eagerly."""
+    builder = _state.builder
+    traced = [a for a in args if isinstance(a, TracedArray)]
+    if not traced:
+        return prim.ref(*(np.asarray(a) if isinstance(a, (list, tuple)) else a for a in args), **params)
+    if builder is None:
+        raise TracingError(
+            f"a traced value was used after its trace ended (in {prim.name})",
+            user_source(),
+            "do not store traced values in globals or return them through side channels",
+        )
+    atoms = [_to_atom(a, builder) for a in args]
+    weak = [a.value for a in atoms if type(a) is _WeakLiteral]
+    if weak:  # Python scalars take the dtype of the computation they join (NumPy's weak scalars, NEP 50)
+        dtype = np.result_type(*(a.aval.dtype for a in atoms if type(a) is not _WeakLiteral), *weak)
+        atoms = [Literal(a.value, dtype) if type(a) is _WeakLiteral else a for a in atoms]
+    aval = prim.shape(*(a.aval for a in atoms), **params)
+    if prim.cast_inputs:
+        atoms = [
+            _cast(a, aval.dtype, builder)
+            if (prim.cast_inputs is True or i in prim.cast_inputs) and a.aval.dtype != aval.dtype
+            else a
+            for i, a in enumerate(atoms)
+        ]
+    if prim.simplify is not None:
+        simpler = prim.simplify(*atoms, **params)
+        if simpler is not None and simpler.aval == aval:
+            return _wrap(simpler, builder)
+    out = builder.add_node(prim, tuple(atoms), params, aval)
+    return TracedArray(out, builder)
+
+
+class _WeakLiteral(Literal):
+    """A Python scalar whose dtype is decided by the values it meets (NEP 50)."""
+
+    __slots__ = ()
+
+
+def _to_atom(value, builder: Builder):
+    if isinstance(value, TracedArray):
+        if value.builder is builder:
+            return value.var
+        if _is_ancestor(value.builder, builder):
+            return builder.capture(value)
+        raise TracingError("a traced value from another trace was used here", user_source())
+    if _is_python_scalar(value):
+        return _WeakLiteral(value, np.result_type(value))
+    if isinstance(value, (list, tuple)):  # a shape passed where an array belongs is a bug in a rule
+        raise TypeError("primitive inputs must be arrays; pass params such as shape= by keyword")
+    if isinstance(value, (np.ndarray, np.generic)):
+        if value.ndim == 0:
+            return Literal(value.item(), value.dtype)
+        if value.dtype.kind not in "biuf":
+            raise UnsupportedError(f"arrays of dtype {value.dtype} cannot take part in a traced computation", user_source())
+        return builder.capture(value)
+    raise UnsupportedError(f"cannot use a value of type {type(value).__name__} in a traced computation", user_source())
+
+
+def _is_ancestor(outer: Builder, inner: Builder) -> bool:
+    b = inner.parent
+    while b is not None:
+        if b is outer:
+            return True
+        b = b.parent
+    return False
+
+
+def _cast(atom, dtype, builder):
+    if isinstance(atom, Literal):
+        return Literal(atom.value, dtype)
+    return bind(PRIMITIVES["convert"], TracedArray(atom, builder), dtype=np.dtype(dtype)).var
+
+
+def _wrap(atom, builder):
+    if isinstance(atom, Literal):
+        return atom.aval.dtype.type(atom.value)
+    return TracedArray(atom, builder)
+
+
+# ----------------------------------------------------------------------------------------------
+# TracedArray: NumPy-like values that record nodes
+
+
+def _concrete_error(what: str):
+    def method(self, *args):
+        raise TracingError(
+            f"{what} on a traced value: its value is not known while tracing",
+            user_source(),
+            "branch with np.where(cond, a, b), np.maximum/np.minimum or np.clip instead of Python if/while",
+        )
+
+    return method
+
+
+class TracedArray:
+    """A value inside a traced function: behaves like a NumPy array of known shape and dtype.
+
+    Every operation on it records a node in the graph being built. Its value is unknown while
+    tracing, so Python control flow on it raises ``TracingError``.
+    """
+
+    __slots__ = ("var", "builder")
+    __array_priority__ = 1000
+    __hash__ = None  # == builds a node, so traced values cannot be dict keys
+
+    def __init__(self, var: Var, builder: Builder):
+        self.var = var
+        self.builder = builder
+
+    shape = property(lambda self: self.var.aval.shape)
+    dtype = property(lambda self: self.var.aval.dtype)
+    ndim = property(lambda self: self.var.aval.ndim)
+    size = property(lambda self: self.var.aval.size)
+    aval = property(lambda self: self.var.aval)
+
+    def __repr__(self):
+        return f"TracedArray({self.var.aval})"
+
+    def __len__(self):
+        if not self.shape:
+            raise TypeError("len() of a traced scalar")
+        return self.shape[0]
+
+    def __iter__(self):
+        if not self.shape:
+            raise TypeError("iteration over a traced scalar")
+        return (self[i] for i in range(self.shape[0]))
+
+    __bool__ = _concrete_error("bool() (an if, while, and/or, or assert)")
+    __float__ = _concrete_error("float()")
+    __int__ = _concrete_error("int()")
+    __index__ = _concrete_error("use as an index or size")
+    __complex__ = _concrete_error("complex()")
+
+    def __array__(self, dtype=None, copy=None):
+        _concrete_error("conversion to a NumPy array (np.asarray, np.array or a NumPy function tracegrad does not know)")(self)
+
+    # Operators: each looks up its primitive by name, so this class depends on no declaration.
+    def _op(name):
+        return lambda self, other: bind(PRIMITIVES[name], self, other)
+
+    def _rop(name):
+        return lambda self, other: bind(PRIMITIVES[name], other, self)
+
+    __add__, __radd__ = _op("add"), _rop("add")
+    __sub__, __rsub__ = _op("sub"), _rop("sub")
+    __mul__, __rmul__ = _op("mul"), _rop("mul")
+    __truediv__, __rtruediv__ = _op("div"), _rop("div")
+    __pow__, __rpow__ = _op("pow"), _rop("pow")
+    __matmul__, __rmatmul__ = _op("dot"), _rop("dot")
+    __lt__, __le__, __gt__, __ge__ = _op("lt"), _op("le"), _op("gt"), _op("ge")
+    __eq__, __ne__ = _op("eq"), _op("ne")
+    del _op, _rop
+
+    def __neg__(self):
+        return bind(PRIMITIVES["neg"], self)
+
+    def __pos__(self):
+        return self
+
+    def __abs__(self):
+        return bind(PRIMITIVES["abs"], self)
+
+    def __floordiv__(self, other):
+        raise UnsupportedError("// on traced values (it has no useful gradient)", user_source(), "use / and np.floor on constants")
+
+    __rfloordiv__ = __mod__ = __rmod__ = __floordiv__
+
+    def __getitem__(self, index):
+        return NUMPY_FUNCTIONS["getitem"](self, index)
+
+    def __setitem__(self, index, value):
+        raise UnsupportedError(
+            "assignment into a traced array (x[i] = v)", user_source(), "build the result with np.where or np.concatenate"
+        )
+
+    # Array methods mirror the NumPy functions of the same name.
+    def _method(np_fn):
+        def method(self, *args, **kwargs):
+            return NUMPY_FUNCTIONS[np_fn](self, *args, **kwargs)
+
+        method.__name__ = np_fn.__name__
+        return method
+
+    sum, mean, max, min = _method(np.sum), _method(np.mean), _method(np.max), _method(np.min)
+    clip, dot, transpose = _method(np.clip), _method(np.dot), _method(np.transpose)
+    del _method
+
+    def reshape(self, *shape, order="C"):
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return NUMPY_FUNCTIONS[np.reshape](self, shape, order=order)
+
+    def astype(self, dtype):
+        return bind(PRIMITIVES["convert"], self, dtype=np.dtype(dtype))
+
+    @property
+    def T(self):
+        return NUMPY_FUNCTIONS[np.transpose](self)
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        impl = NUMPY_FUNCTIONS.get(ufunc) or NUMPY_FUNCTIONS.get(ufunc.__name__)
+        if method != "__call__" or impl is None:
+            name = f"np.{ufunc.__name__}" + ("" if method == "__call__" else f".{method}")
+            raise UnsupportedError(f"{name} is not supported on traced values", user_source())
+        unknown = set(kwargs) - {"out"} if kwargs.get("out") is None else set(kwargs)
+        if unknown:
+            raise UnsupportedError(f"np.{ufunc.__name__}: unsupported keyword(s) {sorted(unknown)}", user_source())
+        return impl(*(np.asarray(a) if isinstance(a, (list, tuple)) else a for a in inputs))
+
+    def __array_function__(self, func, types, args, kwargs):
+        impl = NUMPY_FUNCTIONS.get(func)
+        if impl is None:
+            module = "np" if func.__module__.startswith("numpy") and "linalg" not in func.__module__ else func.__module__
+            raise UnsupportedError(
+                f"{module}.{func.__name__} is not supported on traced values",
+                user_source(),
+                "see the list of supported functions in docs/DESIGN.md",
+            )
+        return impl(*args, **kwargs)

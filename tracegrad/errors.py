@@ -1,0 +1,85 @@
+"""The tracegrad error family, and the helper that finds the user's own source line."""
+from __future__ import annotations
+
+import linecache
+import os
+import sys
+from dataclasses import dataclass
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_NUMPY_DIR = None  # filled lazily: frames inside NumPy's own Python code are skipped too
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """Where a node came from in the user's code."""
+
+    filename: str
+    lineno: int
+    line: str
+
+    def short(self) -> str:
+        return f"{os.path.basename(self.filename)}:{self.lineno}"
+
+    def __str__(self) -> str:
+        return f"{self.filename}:{self.lineno}: {self.line}" if self.line else f"{self.filename}:{self.lineno}"
+
+
+def _is_internal(filename: str) -> bool:
+    global _NUMPY_DIR
+    if _NUMPY_DIR is None:
+        import numpy
+
+        _NUMPY_DIR = os.path.dirname(os.path.abspath(numpy.__file__))
+    path = os.path.abspath(filename)
+    return path.startswith(_PACKAGE_DIR + os.sep) or path.startswith(_NUMPY_DIR + os.sep)
+
+
+def user_source() -> SourceInfo | None:
+    """The innermost frame on the stack that is neither tracegrad's nor NumPy's: the user's line."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not filename.startswith("<frozen") and not _is_internal(filename):
+            line = linecache.getline(filename, frame.f_lineno).strip()
+            return SourceInfo(filename, frame.f_lineno, line)
+        frame = frame.f_back
+    return None
+
+
+class TracegradError(Exception):
+    """Base class of every error tracegrad raises on purpose.
+
+    The message names what went wrong, where in the user's code (when known) and what to do instead.
+    """
+
+    def __init__(self, message: str, source: SourceInfo | None = None, hint: str | None = None):
+        self.message = message
+        self.source = source
+        self.hint = hint
+        text = message
+        if source is not None:
+            text += f"\n  at {source}"
+        if hint:
+            text += f"\n  hint: {hint}"
+        super().__init__(text)
+
+
+class TracingError(TracegradError):
+    """A traced value was used where a concrete Python value is needed (if/while/bool/float/int)."""
+
+
+class UnsupportedError(TracegradError, NotImplementedError):
+    """A NumPy function, argument or indexing form that tracegrad cannot trace."""
+
+
+class ShapeError(TracegradError, ValueError):
+    """Shapes that do not fit together, found at trace time."""
+
+
+class GradTypeError(TracegradError, TypeError):
+    """A gradient asked of something that has none (integer/bool argument, non-scalar output, bad argnums)."""
+
+
+class CompileError(TracegradError):
+    """Generated code that the backend could not compile: always a tracegrad bug, please report it."""

@@ -1,0 +1,263 @@
+"""The SSA graph IR: abstract values, variables, nodes, graphs; a verifier and a text printer.
+
+This module is plain data. It knows nothing of tracing, NumPy dispatch or code generation:
+``core`` builds graphs, ``autodiff`` and ``passes`` transform them, ``codegen`` spells them.
+"""
+from __future__ import annotations
+
+import keyword
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import SourceInfo, TracegradError
+
+_DTYPE_NAMES = {
+    np.dtype(np.float64): "f64",
+    np.dtype(np.float32): "f32",
+    np.dtype(np.int64): "i64",
+    np.dtype(np.int32): "i32",
+    np.dtype(np.bool_): "bool",
+}
+
+
+def dtype_name(dtype: np.dtype) -> str:
+    return _DTYPE_NAMES.get(np.dtype(dtype), np.dtype(dtype).name)
+
+
+@dataclass(frozen=True)
+class Aval:
+    """What the compiler knows about a value: its shape and dtype. Scalars have shape ``()``."""
+
+    shape: tuple
+    dtype: np.dtype
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        object.__setattr__(self, "dtype", np.dtype(self.dtype))
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype.kind == "f"
+
+    def __str__(self) -> str:
+        return f"{dtype_name(self.dtype)}[{','.join(map(str, self.shape))}]"
+
+
+class Var:
+    """One SSA value: assigned exactly once, by a node or as a graph input.
+
+    ``hint`` is the preferred display name (a parameter name or the user's own variable name);
+    ``grad_of`` marks the complete cotangent of another value, displayed as ``grad_<its name>``.
+    The printer and code generator make names unique.
+    """
+
+    __slots__ = ("aval", "hint", "grad_of")
+
+    def __init__(self, aval: Aval, hint: str | None = None, grad_of: "Var | None" = None):
+        self.aval = aval
+        self.hint = hint
+        self.grad_of = grad_of
+
+    def __repr__(self):
+        return f"Var({self.hint or '?'}: {self.aval})"
+
+
+class Literal:
+    """A scalar constant written into the graph, with the dtype it takes part in the computation as."""
+
+    __slots__ = ("value", "aval")
+
+    def __init__(self, value, dtype):
+        dtype = np.dtype(dtype)
+        self.value = dtype.type(value).item()  # a plain Python bool, int or float, exact
+        self.aval = Aval((), dtype)
+
+    def __repr__(self):
+        return f"Literal({self.value!r}: {self.aval})"
+
+
+Atom = Var | Literal
+
+
+@dataclass(eq=False)
+class Node:
+    """One equation ``out = primitive[params](*inputs)``.
+
+    ``source`` points at the user's line; ``group`` numbers the nodes one VJP rule made together
+    (codegen may inline single-use temporaries inside a group); ``backward`` marks the nodes of a
+    backward pass.
+    """
+
+    primitive: Any  # core.Primitive
+    inputs: tuple
+    params: dict
+    out: Var
+    source: SourceInfo | None = None
+    group: int | None = None
+    backward: bool = False
+
+
+@dataclass(eq=False)
+class Graph:
+    """Inputs, nodes in a valid order, outputs. Printable with ``str(graph)``."""
+
+    name: str
+    inputs: list
+    nodes: list
+    outputs: list
+    n_args: int = -1  # inputs after the first n_args are captured arrays, not user arguments
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.n_args < 0:
+            self.n_args = len(self.inputs)
+
+    def __str__(self) -> str:
+        return format_graph(self)
+
+    def verify(self) -> "Graph":
+        verify(self)
+        return self
+
+
+# ----------------------------------------------------------------------------------------------
+# Naming: one place decides the display name of every value, for the printer and for codegen.
+
+RESERVED = frozenset(
+    set(keyword.kwlist)
+    | {"np", "numpy", "math", "None", "True", "False", "range", "len", "float", "int", "abs", "min", "max"}
+)
+
+
+def is_valid_name(name: str) -> bool:
+    return name.isidentifier() and name not in RESERVED and not name.startswith("_")
+
+
+def assign_names(graph: Graph, reserved=frozenset()) -> dict:
+    """Map each Var of ``graph`` to a unique, deterministic display name.
+
+    Hinted values keep their hint when it is free, cotangents are ``grad_<name>``, the rest are
+    numbered ``s0, s1, ...`` in the order they are defined. ``reserved`` holds names the caller needs
+    for itself (kernel names).
+    """
+    order = list(graph.inputs) + [node.out for node in graph.nodes]
+    taken = set(reserved) | {v.hint for v in order if v.hint and is_valid_name(v.hint)}
+    names: dict = {}
+    used: set = set(reserved)
+    counter = 0
+
+    def unique(base):
+        if base not in used:
+            return base
+        k = 1
+        while f"{base}_{k}" in used or f"{base}_{k}" in taken:
+            k += 1
+        return f"{base}_{k}"
+
+    for var in order:
+        if var.hint and is_valid_name(var.hint):
+            name = unique(var.hint)
+        elif var.grad_of is not None and var.grad_of in names:
+            name = unique("grad_" + names[var.grad_of])
+        else:
+            while f"s{counter}" in taken or f"s{counter}" in used:
+                counter += 1
+            name = f"s{counter}"
+        names[var] = name
+        used.add(name)
+    return names
+
+
+def literal_source(value, dtype) -> str:
+    """How a scalar constant is written in generated code, exactly and with its dtype.
+
+    float64 and int64 constants are plain Python literals; others are wrapped (``np.float32(0.5)``)
+    because Numba would otherwise compute in float64.
+    """
+    dtype = np.dtype(dtype)
+    value = dtype.type(value).item()
+    if isinstance(value, float) and not np.isfinite(value):
+        text = "np.nan" if np.isnan(value) else ("np.inf" if value > 0 else "-np.inf")
+    else:
+        text = repr(value)
+    if dtype in (np.dtype(np.float64), np.dtype(np.int64), np.dtype(np.bool_)):
+        return text
+    return f"np.{dtype.name}({text})"
+
+
+def format_atom(atom, names: dict) -> str:
+    if isinstance(atom, Literal):
+        return repr(atom.value)
+    return names[atom]
+
+
+def format_params(params: dict) -> str:
+    if not params:
+        return ""
+    return "[" + ", ".join(f"{k}={_format_param(v)}" for k, v in params.items()) + "]"
+
+
+def _format_param(value) -> str:
+    if isinstance(value, np.dtype):
+        return dtype_name(value)
+    return repr(value)
+
+
+def format_graph(graph: Graph) -> str:
+    names = assign_names(graph)
+    args = ", ".join(f"{names[v]}: {v.aval}" for v in graph.inputs)
+    lines = [f"graph {graph.name}({args}):"]
+    for node in graph.nodes:
+        ins = " ".join(format_atom(a, names) for a in node.inputs)
+        lines.append(
+            f"  {names[node.out]}: {node.out.aval} = {node.primitive.name}{format_params(node.params)} {ins}".rstrip()
+        )
+    lines.append("  return " + ", ".join(format_atom(v, names) for v in graph.outputs))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Verifier
+
+
+class IRError(TracegradError):
+    """An ill-formed graph: always a bug in a transformation, never the user's fault."""
+
+
+def verify(graph: Graph) -> None:
+    """Check SSA form, definition before use, and every node's aval against its primitive's shape rule."""
+    defined: set = set()
+    for var in graph.inputs:
+        if not isinstance(var, Var):
+            raise IRError(f"graph {graph.name}: input {var!r} is not a Var")
+        if var in defined:
+            raise IRError(f"graph {graph.name}: input {var!r} appears twice")
+        defined.add(var)
+    for i, node in enumerate(graph.nodes):
+        for atom in node.inputs:
+            if isinstance(atom, Var) and atom not in defined:
+                raise IRError(f"graph {graph.name}: node {i} ({node.primitive.name}) uses {atom!r} before it is defined")
+            if not isinstance(atom, (Var, Literal)):
+                raise IRError(f"graph {graph.name}: node {i} has a non-atom input {atom!r}")
+        if node.out in defined:
+            raise IRError(f"graph {graph.name}: {node.out!r} is assigned twice (node {i})")
+        expected = node.primitive.shape(*(a.aval for a in node.inputs), **node.params)
+        if expected != node.out.aval:
+            raise IRError(
+                f"graph {graph.name}: node {i} ({node.primitive.name}) has aval {node.out.aval}, "
+                f"but its shape rule gives {expected}"
+            )
+        defined.add(node.out)
+    for out in graph.outputs:
+        if isinstance(out, Var) and out not in defined:
+            raise IRError(f"graph {graph.name}: output {out!r} is never defined")

@@ -1,0 +1,397 @@
+"""Elementwise primitives. Each VJP is written with traced operations, in the notation of the code it generates.
+
+Non-differentiable points follow one principle: the derivative used is the midpoint of the
+subdifferential. So ties of maximum/minimum split the gradient evenly, abs'(0) = 0, sign' = 0.
+"""
+import math
+
+import numpy as np
+
+from ..core import Infix, Prefix, primitive
+from . import shapes
+from .shapes import elementwise, unary_float, binary_float, comparison
+
+ADD, MUL, UNARY, POW, CMP = 11, 12, 13, 14, 6
+
+
+def _is(atom, value) -> bool:
+    """True when ``atom`` is the literal ``value`` (used by simplification rules)."""
+    return getattr(atom, "value", None) == value and type(getattr(atom, "value", None)) is not bool
+
+
+# ---------------------------------------------------------------- arithmetic
+
+
+@primitive
+class add:
+    """x + y"""
+    numpy = [np.add]
+    shape = elementwise
+    ref = np.add
+    emit = Infix("+", ADD)
+
+    def vjp(g, out, x, y):
+        return [g, g]
+
+    def simplify(x, y):
+        return x if _is(y, 0) else y if _is(x, 0) else None
+
+
+@primitive
+class sub:
+    """x - y"""
+    numpy = [np.subtract]
+    shape = elementwise
+    ref = np.subtract
+    emit = Infix("-", ADD)
+
+    def vjp(g, out, x, y):
+        return [g, -g]
+
+    def simplify(x, y):
+        return x if _is(y, 0) else None
+
+
+@primitive
+class mul:
+    """x * y"""
+    numpy = [np.multiply]
+    shape = elementwise
+    ref = np.multiply
+    emit = Infix("*", MUL)
+
+    def vjp(g, out, x, y):
+        return [g * y, g * x]
+
+    def simplify(x, y):
+        return x if _is(y, 1) else y if _is(x, 1) else None
+
+
+@primitive
+class div:
+    """x / y"""
+    numpy = [np.divide]
+    shape = binary_float
+    ref = np.divide
+    emit = Infix("/", MUL)
+
+    def vjp(g, out, x, y):
+        return [g / y, -g * out / y]
+
+    def simplify(x, y):
+        return x if _is(y, 1) else None
+
+
+@primitive
+class neg:
+    """-x"""
+    numpy = [np.negative]
+    shape = shapes.same
+    ref = np.negative
+    emit = Prefix("-", UNARY)
+
+    def vjp(g, out, x):
+        return [-g]
+
+
+@primitive
+class pow:
+    """x ** y"""
+    numpy = [np.power]
+    math = [math.pow]
+    shape = binary_float
+    ref = np.power
+    emit = Infix("**", POW, "right")
+
+    def vjp(g, out, x, y):
+        return [g * y * x ** (y - 1), g * out * log(x)]
+
+    def simplify(x, y):
+        return x if _is(y, 1) else None
+
+
+# ---------------------------------------------------------------- transcendental functions
+
+
+@primitive
+class exp:
+    """e ** x"""
+    numpy = [np.exp]
+    math = [math.exp]
+    shape = unary_float
+    ref = np.exp
+    emit = "np.exp({x})"
+
+    def vjp(g, out, x):
+        return [g * out]
+
+
+@primitive
+class log:
+    """natural logarithm"""
+    numpy = [np.log]
+    math = [math.log]
+    shape = unary_float
+    ref = np.log
+    emit = "np.log({x})"
+    domain = "positive"
+
+    def vjp(g, out, x):
+        return [g / x]
+
+
+@primitive
+class log1p:
+    """log(1 + x), accurate for small x"""
+    numpy = [np.log1p]
+    math = [math.log1p]
+    shape = unary_float
+    ref = np.log1p
+    emit = "np.log1p({x})"
+    domain = "positive"
+
+    def vjp(g, out, x):
+        return [g / (1 + x)]
+
+
+@primitive
+class expm1:
+    """exp(x) - 1, accurate for small x"""
+    numpy = [np.expm1]
+    math = [math.expm1]
+    shape = unary_float
+    ref = np.expm1
+    emit = "np.expm1({x})"
+
+    def vjp(g, out, x):
+        return [g * (out + 1)]
+
+
+@primitive
+class sqrt:
+    """square root"""
+    numpy = [np.sqrt]
+    math = [math.sqrt]
+    shape = unary_float
+    ref = np.sqrt
+    emit = "np.sqrt({x})"
+    domain = "positive"
+
+    def vjp(g, out, x):
+        return [g / (2 * out)]
+
+
+@primitive
+class sin:
+    numpy = [np.sin]
+    math = [math.sin]
+    shape = unary_float
+    ref = np.sin
+    emit = "np.sin({x})"
+
+    def vjp(g, out, x):
+        return [g * cos(x)]
+
+
+@primitive
+class cos:
+    numpy = [np.cos]
+    math = [math.cos]
+    shape = unary_float
+    ref = np.cos
+    emit = "np.cos({x})"
+
+    def vjp(g, out, x):
+        return [-g * sin(x)]
+
+
+@primitive
+class tan:
+    numpy = [np.tan]
+    math = [math.tan]
+    shape = unary_float
+    ref = np.tan
+    emit = "np.tan({x})"
+    domain = "small"
+
+    def vjp(g, out, x):
+        return [g * (1 + out * out)]
+
+
+@primitive
+class sinh:
+    numpy = [np.sinh]
+    math = [math.sinh]
+    shape = unary_float
+    ref = np.sinh
+    emit = "np.sinh({x})"
+
+    def vjp(g, out, x):
+        return [g * cosh(x)]
+
+
+@primitive
+class cosh:
+    numpy = [np.cosh]
+    math = [math.cosh]
+    shape = unary_float
+    ref = np.cosh
+    emit = "np.cosh({x})"
+
+    def vjp(g, out, x):
+        return [g * sinh(x)]
+
+
+@primitive
+class tanh:
+    numpy = [np.tanh]
+    math = [math.tanh]
+    shape = unary_float
+    ref = np.tanh
+    emit = "np.tanh({x})"
+
+    def vjp(g, out, x):
+        return [g * (1 - out * out)]
+
+
+def _sigmoid_kernel(x):
+    return 1 / (1 + np.exp(-x))
+
+
+@primitive
+class sigmoid:
+    """The logistic function 1 / (1 + exp(-x)); ``scipy.special.expit`` traces to it.
+
+    A primitive rather than a composite because its derivative is short: (1 - y) * y.
+    """
+    numpy = ["expit"]  # scipy.special.expit is a ufunc: matched by name, so scipy is not imported
+    shape = unary_float
+    emit = "sigmoid({x})"
+    kernel = _sigmoid_kernel
+    kernel_signatures = ("float32(float32)", "float64(float64)")
+
+    def ref(x):
+        x = np.asarray(x)
+        with np.errstate(over="ignore"):
+            return (1 / (1 + np.exp(-x))).astype(shapes.float_dtype(x.dtype))
+
+    def vjp(g, out, x):
+        return [g * (1 - out) * out]
+
+
+# ---------------------------------------------------------------- kinks: the midpoint of the subdifferential
+
+
+@primitive
+class abs:
+    """|x|; abs'(0) = 0"""
+    numpy = [np.absolute]
+    math = [math.fabs]
+    shape = shapes.same
+    ref = np.absolute
+    emit = "np.abs({x})"
+
+    def vjp(g, out, x):
+        return [g * sign(x)]
+
+
+@primitive
+class sign:
+    """-1, 0 or 1; its derivative is 0 everywhere it exists, and we use 0 at 0 too"""
+    numpy = [np.sign]
+    shape = shapes.same
+    ref = np.sign
+    emit = "np.sign({x})"
+    nondiff = True
+
+
+@primitive
+class maximum:
+    """elementwise max(x, y); at a tie each input gets half the gradient (NaN propagates, as in NumPy)"""
+    numpy = [np.maximum]
+    shape = elementwise
+    ref = np.maximum
+    emit = "np.maximum({x}, {y})"
+
+    def vjp(g, out, x, y):
+        tie = x == y
+        half = g * 0.5
+        return [where(tie, half, where(x > y, g, 0.0)), where(tie, half, where(x < y, g, 0.0))]
+
+
+@primitive
+class minimum:
+    """elementwise min(x, y); at a tie each input gets half the gradient"""
+    numpy = [np.minimum]
+    shape = elementwise
+    ref = np.minimum
+    emit = "np.minimum({x}, {y})"
+
+    def vjp(g, out, x, y):
+        tie = x == y
+        half = g * 0.5
+        return [where(tie, half, where(x < y, g, 0.0)), where(tie, half, where(x > y, g, 0.0))]
+
+
+def _where_kernel(c, x, y):
+    return x if c else y
+
+
+def _where_shape(c, x, y):
+    out = elementwise(x, y)
+    return type(out)(shapes.broadcast(c, x, y, op="where"), out.dtype)
+
+
+@primitive
+class where:
+    """c ? x : y elementwise; the gradient goes to the branch taken, zero to the other"""
+    numpy = [np.where]
+    shape = _where_shape
+    emit = "where({c}, {x}, {y})"
+    kernel = _where_kernel
+    kernel_signatures = ("float32(boolean, float32, float32)", "float64(boolean, float64, float64)")
+    cast_inputs = (1, 2)
+
+    def ref(c, x, y):
+        return np.where(c, x, y).astype(np.result_type(x, y))
+
+    def vjp(g, out, c, x, y):
+        return [None, where(c, g, 0.0), where(c, 0.0, g)]
+
+
+# ---------------------------------------------------------------- comparisons (no gradient)
+
+
+def _comparison(name, op, ufunc, doc):
+    cls = type(name, (), dict(
+        __doc__=doc, numpy=[ufunc], shape=comparison, ref=ufunc, emit=Infix(op, CMP, "none"), nondiff=True))
+    return primitive(cls)
+
+
+lt = _comparison("lt", "<", np.less, "x < y")
+le = _comparison("le", "<=", np.less_equal, "x <= y")
+gt = _comparison("gt", ">", np.greater, "x > y")
+ge = _comparison("ge", ">=", np.greater_equal, "x >= y")
+eq = _comparison("eq", "==", np.equal, "x == y")
+ne = _comparison("ne", "!=", np.not_equal, "x != y")
+
+
+# ---------------------------------------------------------------- dtype conversion
+
+
+def _convert_emit(args, out, dtype):
+    spelled = f"np.{np.dtype(dtype).name}"
+    return f"{spelled}({args[0]})" if out.ndim == 0 else f"{args[0]}.astype({spelled})"
+
+
+@primitive
+class convert:
+    """x.astype(dtype)"""
+    shape = staticmethod(lambda x, dtype: type(x)(x.shape, dtype))
+    emit = _convert_emit
+
+    def ref(x, dtype):
+        return np.asarray(x).astype(dtype)
+
+    def vjp(g, out, x, dtype):
+        return [convert(g, dtype=x.dtype) if x.dtype.kind == "f" else None]

@@ -1,0 +1,55 @@
+"""Matrix products."""
+import numpy as np
+
+from ..core import Infix, numpy_function, primitive
+from ..errors import ShapeError, UnsupportedError, user_source
+from ..ir import Aval
+from .structural import reshape
+
+
+def _dot_shape(a, b):
+    if a.ndim == 0 or b.ndim == 0 or a.ndim > 2 or b.ndim > 2:
+        raise UnsupportedError(
+            f"matrix product of shapes {a.shape} and {b.shape}: only vectors and matrices are supported",
+            user_source(), "use * for products with scalars")
+    if a.shape[-1] != b.shape[0]:
+        raise ShapeError(f"matrix product: cannot multiply shapes {a.shape} and {b.shape} "
+                         f"({a.shape[-1]} != {b.shape[0]})", user_source())
+    dtype = np.result_type(a.dtype, b.dtype)
+    if dtype.kind != "f":
+        raise UnsupportedError(f"matrix product of {a} and {b}: only float32/float64", user_source(),
+                               "convert with .astype(np.float64)")
+    return Aval(a.shape[:-1] + b.shape[1:], dtype)
+
+
+@primitive
+class dot:
+    """a @ b for vectors and matrices (BLAS in the compiled code)"""
+    numpy = [np.matmul]
+    shape = _dot_shape
+    ref = np.matmul
+    emit = Infix("@", 12)
+    cast_inputs = (0, 1)
+
+    def vjp(g, out, a, b):
+        if a.ndim == 2 and b.ndim == 2:
+            return [g @ b.T, a.T @ g]
+        if a.ndim == 2:  # matrix @ vector
+            return [reshape(g, shape=(g.shape[0], 1)) * b, a.T @ g]
+        if b.ndim == 2:  # vector @ matrix
+            return [b @ g, reshape(a, shape=(a.shape[0], 1)) * g]
+        return [g * b, g * a]  # vector @ vector
+
+
+@numpy_function(np.dot)
+def np_dot(a, b, out=None):
+    if out is not None:
+        raise UnsupportedError("np.dot with out=", user_source())
+    if np.ndim(a) == 0 or np.ndim(b) == 0:
+        return a * b
+    return dot(a, b)
+
+
+@numpy_function(np.outer)
+def np_outer(a, b, out=None):
+    return reshape(a, shape=(a.size, 1)) * reshape(b, shape=(b.size,))

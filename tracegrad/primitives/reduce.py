@@ -1,0 +1,173 @@
+"""Reductions over axes, and the NumPy functions built on them (sum, mean, max, min)."""
+import numpy as np
+
+from ..core import numpy_function, primitive
+from ..errors import UnsupportedError, user_source
+from ..ir import Aval
+from .shapes import normalize_axes
+from .structural import broadcast_to, reshape
+
+
+def _reduced_shape(x: Aval, axes) -> tuple:
+    return tuple(d for i, d in enumerate(x.shape) if i not in axes)
+
+
+def _keepdims_shape(shape, axes) -> tuple:
+    return tuple(1 if i in axes else d for i, d in enumerate(shape))
+
+
+def _sum_shape(x, axes):
+    dtype = x.dtype if x.dtype.kind in "fc" else np.dtype(np.int64) if x.dtype.kind in "biu" else x.dtype
+    return Aval(_reduced_shape(x, axes), dtype)
+
+
+def _sum_emit(args, out, axes):
+    if not out.shape:
+        return f"np.sum({args[0]})"
+    expr = args[0]
+    for axis in sorted(axes, reverse=True):  # Numba reduces one axis per call
+        expr = f"np.sum({expr}, axis={axis})"
+    return expr
+
+
+@primitive
+class reduce_sum:
+    """sum over ``axes`` (a sorted tuple), dropping them"""
+    shape = _sum_shape
+    emit = _sum_emit
+
+    def ref(x, axes):
+        return np.sum(x, axis=axes, dtype=_sum_shape(Aval(np.shape(x), np.asarray(x).dtype), axes).dtype)
+
+    def vjp(g, out, x, axes):
+        if g.ndim:  # put the reduced axes back as size 1, then broadcast along them
+            g = reshape(g, shape=_keepdims_shape(x.shape, axes))
+        return [broadcast_to(g, shape=tuple(x.shape))]
+
+    def simplify(x, axes):
+        return x if not axes else None
+
+
+def _chooser_shape(name):
+    def shape(x, axes):
+        if x.size == 0:
+            raise UnsupportedError(f"{name} of an empty array", user_source())
+        if len(axes) != x.ndim and x.ndim > 2:
+            raise UnsupportedError(
+                f"{name} over some axes of a {x.ndim}-d array (only full reductions or 2-d arrays)",
+                user_source(), "reshape to 2-d first")
+        return Aval(_reduced_shape(x, axes), x.dtype)
+    return shape
+
+
+def _chooser_emit(fn):
+    def emit(args, out, axes):
+        if not out.shape:
+            return f"np.{fn}({args[0]})"
+        return f"{fn}_axis({args[0]}, {axes[0]})"
+    return emit
+
+
+def _chooser_vjp(g, out, x, axes):
+    # Ties share the gradient evenly: the midpoint of the subdifferential.
+    kept = _keepdims_shape(x.shape, axes)
+    hit = (x == reshape(out, shape=kept)).astype(x.dtype)
+    count = reduce_sum(hit, axes=axes)
+    return [hit * reshape(g / count, shape=kept)]
+
+
+def _max_axis_kernel(x, axis):
+    if axis == 0:
+        out = x[0].copy()
+        for i in range(1, x.shape[0]):
+            out = np.maximum(out, x[i])
+        return out
+    out = np.empty(x.shape[0], x.dtype)
+    for i in range(x.shape[0]):
+        out[i] = np.max(x[i])
+    return out
+
+
+def _min_axis_kernel(x, axis):
+    if axis == 0:
+        out = x[0].copy()
+        for i in range(1, x.shape[0]):
+            out = np.minimum(out, x[i])
+        return out
+    out = np.empty(x.shape[0], x.dtype)
+    for i in range(x.shape[0]):
+        out[i] = np.min(x[i])
+    return out
+
+
+@primitive
+class reduce_max:
+    """max over ``axes``; tied maxima share the gradient evenly"""
+    shape = _chooser_shape("max")
+    emit = _chooser_emit("max")
+    kernel = {"max_axis": _max_axis_kernel}
+    vjp = _chooser_vjp
+
+    def ref(x, axes):
+        return np.max(x, axis=axes)
+
+
+@primitive
+class reduce_min:
+    """min over ``axes``; tied minima share the gradient evenly"""
+    shape = _chooser_shape("min")
+    emit = _chooser_emit("min")
+    kernel = {"min_axis": _min_axis_kernel}
+    vjp = _chooser_vjp
+
+    def ref(x, axes):
+        return np.min(x, axis=axes)
+
+
+# ---------------------------------------------------------------- the NumPy functions
+
+
+def _reduction(prim, x, axis, keepdims, name):
+    x = _as_traced(x)
+    axes = normalize_axes(axis, x.ndim, name)
+    out = prim(x, axes=axes)
+    return reshape(out, shape=_keepdims_shape(x.shape, axes)) if keepdims else out
+
+
+def _as_traced(x):
+    return x if hasattr(x, "var") else np.asarray(x)
+
+
+def _no_extra(name, **kwargs):
+    extra = {k: v for k, v in kwargs.items() if v is not None and v is not np._NoValue}
+    if extra:
+        raise UnsupportedError(f"np.{name}: unsupported argument(s) {sorted(extra)}", user_source())
+
+
+@numpy_function(np.sum)
+def sum(x, axis=None, dtype=None, out=None, keepdims=False, initial=None, where=None):
+    _no_extra("sum", dtype=dtype, out=out, initial=initial, where=where)
+    return _reduction(reduce_sum, x, axis, keepdims, "sum")
+
+
+@numpy_function(np.mean)
+def mean(x, axis=None, dtype=None, out=None, keepdims=False, where=None):
+    _no_extra("mean", dtype=dtype, out=out, where=where)
+    x = _as_traced(x)
+    axes = normalize_axes(axis, x.ndim, "mean")
+    count = int(np.prod([x.shape[a] for a in axes], dtype=np.int64))
+    if x.dtype.kind != "f":
+        x = x.astype(np.float64)
+    return _reduction(reduce_sum, x, axis, keepdims, "mean") / count
+
+
+@numpy_function(np.max, np.amax)
+def max(x, axis=None, out=None, keepdims=False, initial=None, where=None):
+    _no_extra("max", out=out, initial=initial, where=where)
+    return _reduction(reduce_max, x, axis, keepdims, "max")
+
+
+@numpy_function(np.min, np.amin)
+def min(x, axis=None, out=None, keepdims=False, initial=None, where=None):
+    _no_extra("min", out=out, initial=initial, where=where)
+    return _reduction(reduce_min, x, axis, keepdims, "min")

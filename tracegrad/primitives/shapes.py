@@ -1,0 +1,64 @@
+"""Shape and dtype rules shared by several primitives."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ShapeError, UnsupportedError, user_source
+from ..ir import Aval
+
+
+def broadcast(*avals: Aval, op: str = "operation") -> tuple:
+    try:
+        return np.broadcast_shapes(*(a.shape for a in avals))
+    except ValueError:
+        shapes = " and ".join(str(a.shape) for a in avals)
+        raise ShapeError(f"{op}: shapes {shapes} do not broadcast together", user_source()) from None
+
+
+def elementwise(*avals: Aval) -> Aval:
+    """NumPy broadcasting and type promotion."""
+    return Aval(broadcast(*avals), np.result_type(*(a.dtype for a in avals)))
+
+
+def float_dtype(dtype) -> np.dtype:
+    """The floating dtype a transcendental function returns (ints and bools give float64, as in NumPy)."""
+    dtype = np.dtype(dtype)
+    return dtype if dtype.kind == "f" else np.dtype(np.float64)
+
+
+def unary_float(x: Aval) -> Aval:
+    return Aval(x.shape, float_dtype(x.dtype))
+
+
+def binary_float(x: Aval, y: Aval) -> Aval:
+    out = elementwise(x, y)
+    return Aval(out.shape, float_dtype(out.dtype))
+
+
+def same(x: Aval, **params) -> Aval:
+    return x
+
+
+def comparison(x: Aval, y: Aval) -> Aval:
+    return Aval(broadcast(x, y, op="comparison"), np.bool_)
+
+
+def normalize_axes(axis, ndim: int, op: str) -> tuple:
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if np.ndim(axis) == 0 else tuple(axis)
+    out = []
+    for a in axes:
+        a = int(a)
+        if not -ndim <= a < ndim:
+            raise ShapeError(f"{op}: axis {a} is out of bounds for an array of dimension {ndim}", user_source())
+        out.append(a % ndim)
+    if len(set(out)) != len(out):
+        raise ShapeError(f"{op}: repeated axis in {axis}", user_source())
+    return tuple(sorted(out))
+
+
+def require_float(op: str, *avals: Aval):
+    for a in avals:
+        if a.dtype.kind != "f":
+            raise UnsupportedError(f"{op} needs floating-point inputs, got {a}", user_source(), "convert with .astype(np.float64)")

@@ -1,0 +1,432 @@
+"""Primitives that move data without arithmetic: reshape, transpose, broadcast, indexing, concatenation."""
+import numpy as np
+
+from ..core import NUMPY_FUNCTIONS, PRIMITIVES, TracedArray, numpy_function, primitive
+from ..errors import ShapeError, UnsupportedError, user_source
+from ..ir import Aval, literal_source
+
+
+def _zeros(shape, dtype) -> str:
+    dtype = np.dtype(dtype)
+    return f"np.zeros({shape!r})" if dtype == np.float64 else f"np.zeros({shape!r}, np.{dtype.name})"
+
+
+# ---------------------------------------------------------------- reshape, transpose, broadcast_to
+
+
+def _reshape_shape(x, shape):
+    if int(np.prod(shape, dtype=np.int64)) != x.size:
+        raise ShapeError(f"cannot reshape an array of shape {x.shape} into shape {shape}", user_source())
+    return Aval(shape, x.dtype)
+
+
+def _reshape_emit(args, out, shape):
+    x = args[0]
+    if not out.shape:
+        return f"{x}.ravel()[0]"
+    if not x.aval.shape:
+        return f"np.full({shape!r}, {x})"
+    return f"reshape({x}, {shape!r})"
+
+
+def _reshape_kernel(x, shape):
+    return np.ascontiguousarray(x).reshape(shape)
+
+
+@primitive
+class reshape:
+    """the same elements in a new shape (C order)"""
+    shape = _reshape_shape
+    emit = _reshape_emit
+    kernel = _reshape_kernel
+    view = True
+
+    def ref(x, shape):
+        return np.reshape(x, shape)
+
+    def vjp(g, out, x, shape):
+        return [reshape(g, shape=tuple(x.shape))]
+
+    def simplify(x, shape):
+        return x if x.aval.shape == tuple(shape) else None
+
+
+def _transpose_emit(args, out, perm):
+    return f"{args[0]}.T" if perm == (1, 0) else f"np.transpose({args[0]}, {perm!r})"
+
+
+@primitive
+class transpose:
+    """axes permuted by ``perm``"""
+    shape = staticmethod(lambda x, perm: Aval(tuple(x.shape[p] for p in perm), x.dtype))
+    emit = _transpose_emit
+    view = True
+
+    def ref(x, perm):
+        return np.transpose(x, perm)
+
+    def vjp(g, out, x, perm):
+        return [transpose(g, perm=tuple(int(i) for i in np.argsort(perm)))]
+
+    def simplify(x, perm):
+        return x if perm == tuple(range(len(perm))) else None
+
+
+def _broadcast_shape(x, shape):
+    try:
+        np.broadcast_shapes(x.shape, shape)
+    except ValueError:
+        raise ShapeError(f"cannot broadcast shape {x.shape} to {shape}", user_source()) from None
+    if np.broadcast_shapes(x.shape, shape) != tuple(shape):
+        raise ShapeError(f"cannot broadcast shape {x.shape} to {shape}", user_source())
+    return Aval(shape, x.dtype)
+
+
+@primitive
+class broadcast_to:
+    """x repeated along new or size-1 axes to ``shape``"""
+    shape = _broadcast_shape
+    emit = "np.broadcast_to({x}, {shape})"
+    view = True
+
+    def ref(x, shape):
+        return np.broadcast_to(x, shape)
+
+    def vjp(g, out, x, shape):
+        return [sum_to(g, np.shape(x))]
+
+    def simplify(x, shape):
+        return x if x.aval.shape == tuple(shape) else None
+
+
+def sum_to(x, shape):
+    """Undo broadcasting: sum ``x`` over the axes that broadcasting to its shape added or stretched."""
+    shape = tuple(shape)
+    if tuple(x.shape) == shape:
+        return x
+    lead = x.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(shape) if d == 1 and x.shape[lead + i] != 1)
+    return reshape(PRIMITIVES["reduce_sum"](x, axes=axes), shape=shape)
+
+
+# ---------------------------------------------------------------- basic indexing and its transpose
+
+
+def _format_index(index) -> str:
+    parts = []
+    for entry in index:
+        if isinstance(entry, slice):
+            start, stop, step = ("" if v is None else str(v) for v in (entry.start, entry.stop, entry.step))
+            parts.append(f"{start}:{stop}" + (f":{step}" if step else ""))
+        else:
+            parts.append(repr(entry))
+    return ", ".join(parts) if len(parts) != 1 or not parts else parts[0]
+
+
+def _index_shape(x, index):
+    return Aval(np.broadcast_to(np.empty((), x.dtype), x.shape)[index].shape, x.dtype)
+
+
+@primitive
+class getitem:
+    """x[index] with ints, slices and None (basic indexing)"""
+    shape = _index_shape
+    emit = staticmethod(lambda args, out, index: f"{args[0]}[{_format_index(index)}]")
+    view = True
+
+    def ref(x, index):
+        return np.asarray(x)[index]
+
+    def vjp(g, out, x, index):
+        return [place(g, shape=tuple(x.shape), index=index)]
+
+
+@primitive
+class place:
+    """zeros of ``shape`` with ``x`` written at ``index``: the transpose of getitem"""
+    shape = staticmethod(lambda x, shape, index: Aval(shape, x.dtype))
+    emit = staticmethod(lambda args, out, shape, index: [
+        f"{{out}} = {_zeros(shape, out.dtype)}", f"{{out}}[{_format_index(index)}] = {args[0]}"])
+
+    def ref(x, shape, index):
+        out = np.zeros(shape, np.asarray(x).dtype)
+        out[index] = x
+        return out
+
+    def vjp(g, out, x, shape, index):
+        return [getitem(g, index=index)]
+
+
+# ---------------------------------------------------------------- integer-array indexing
+
+
+def _gather_shape(x, *indices):
+    k = len(indices)
+    for i in indices:
+        if i.dtype.kind not in "iu" or i.ndim != 1 or i.shape != indices[0].shape:
+            raise UnsupportedError(
+                "integer-array indexing needs 1-d integer index arrays of equal length", user_source())
+    if k > x.ndim:
+        raise ShapeError(f"too many indices ({k}) for an array of dimension {x.ndim}", user_source())
+    return Aval(indices[0].shape + x.shape[k:], x.dtype)
+
+
+def _take_kernel(x, i):
+    n = x.shape[0]
+    out = np.empty((i.shape[0],) + x.shape[1:], x.dtype)
+    for k in range(i.shape[0]):
+        r = i[k]
+        if r < -n or r >= n:
+            raise IndexError("tracegrad: index out of bounds in x[i]")
+        out[k] = x[r]
+    return out
+
+
+def _take2_kernel(x, i, j):
+    n, m = x.shape[0], x.shape[1]
+    out = np.empty((i.shape[0],) + x.shape[2:], x.dtype)
+    for k in range(i.shape[0]):
+        r, c = i[k], j[k]
+        if r < -n or r >= n or c < -m or c >= m:
+            raise IndexError("tracegrad: index out of bounds in x[i, j]")
+        out[k] = x[r, c]
+    return out
+
+
+@primitive
+class gather:
+    """x[i] or x[i, j] with 1-d integer arrays (``logp[np.arange(n), labels]``)"""
+    shape = _gather_shape
+    emit = staticmethod(lambda args, out: f"take{'' if len(args) == 2 else '2'}({', '.join(args)})")
+    kernel = {"take": _take_kernel, "take2": _take2_kernel}
+
+    def ref(x, *indices):
+        return np.asarray(x)[tuple(indices)]
+
+    def vjp(g, out, x, *indices):
+        return [scatter_add(g, *indices, shape=tuple(x.shape))] + [None] * len(indices)
+
+
+def _put_add_kernel(g, i, shape):
+    out = np.zeros(shape, g.dtype)
+    for k in range(i.shape[0]):
+        out[i[k]] += g[k]
+    return out
+
+
+def _put_add2_kernel(g, i, j, shape):
+    out = np.zeros(shape, g.dtype)
+    for k in range(i.shape[0]):
+        out[i[k], j[k]] += g[k]
+    return out
+
+
+@primitive
+class scatter_add:
+    """zeros of ``shape`` with g added at the index arrays (repeats accumulate): the transpose of gather"""
+    shape = staticmethod(lambda g, *indices, shape: Aval(shape, g.dtype))
+    emit = staticmethod(lambda args, out, shape: f"put_add{'' if len(args) == 2 else '2'}({', '.join(args)}, {shape!r})")
+    kernel = {"put_add": _put_add_kernel, "put_add2": _put_add2_kernel}
+
+    def ref(g, *indices, shape):
+        out = np.zeros(shape, np.asarray(g).dtype)
+        np.add.at(out, tuple(indices), g)
+        return out
+
+    def vjp(g, out, x, *indices, shape):
+        return [gather(g, *indices)] + [None] * len(indices)
+
+
+def _is_index_array(entry) -> bool:
+    if isinstance(entry, TracedArray):
+        return True
+    return isinstance(entry, (list, np.ndarray)) and np.ndim(entry) > 0
+
+
+@numpy_function("getitem")
+def index(x, index):
+    """x[index]: basic indexing (ints, slices, None, ...) or leading 1-d integer index arrays."""
+    if not isinstance(index, tuple):
+        index = (index,)
+    if any(e is Ellipsis for e in index):
+        i = index.index(Ellipsis)
+        used = sum(1 for e in index if e is not None and e is not Ellipsis)
+        index = index[:i] + (slice(None),) * (x.ndim - used) + index[i + 1:]
+    arrays = [e for e in index if _is_index_array(e)]
+    if arrays:
+        arrays = [np.asarray(a) if isinstance(a, list) else a for a in arrays]
+        k = len(arrays)
+        if any(a.dtype.kind == "b" for a in arrays):
+            raise UnsupportedError("boolean-mask indexing (its result has a data-dependent shape)",
+                                   user_source(), "use np.where(mask, x, 0) instead")
+        rest = index[k:]
+        if not all(_is_index_array(e) for e in index[:k]) or any(e != slice(None) for e in rest):
+            raise UnsupportedError("integer-array indexing is supported only as x[i] or x[i, j] (leading axes)",
+                                   user_source(), "transpose so the indexed axes come first")
+        if k > 2:
+            raise UnsupportedError("integer-array indexing with more than two index arrays", user_source())
+        return gather(x, *arrays)
+    norm = []
+    for entry in index:
+        if isinstance(entry, (bool, np.bool_)):
+            raise UnsupportedError("boolean scalar as an index", user_source())
+        if isinstance(entry, (int, np.integer)):
+            norm.append(int(entry))
+        elif entry is None or isinstance(entry, slice):
+            if isinstance(entry, slice) and any(
+                    not (v is None or isinstance(v, (int, np.integer))) for v in (entry.start, entry.stop, entry.step)):
+                raise UnsupportedError("slice bounds must be Python ints, not traced values", user_source())
+            norm.append(entry if entry is None else slice(*(None if v is None else int(v) for v in (entry.start, entry.stop, entry.step))))
+        else:
+            raise UnsupportedError(f"cannot index a traced array with {type(entry).__name__}", user_source())
+    if len([e for e in norm if e is not None]) > x.ndim:
+        raise ShapeError(f"too many indices for an array of shape {x.shape}", user_source())
+    try:
+        _index_shape(x.aval, tuple(norm))
+    except IndexError as e:
+        raise ShapeError(f"index {tuple(norm)} is out of bounds for shape {x.shape}: {e}", user_source()) from None
+    return getitem(x, index=tuple(norm))
+
+
+# ---------------------------------------------------------------- concatenation
+
+
+def _concatenate_shape(*xs, axis):
+    first = xs[0]
+    for x in xs:
+        if x.ndim != first.ndim or any(d != e for i, (d, e) in enumerate(zip(x.shape, first.shape)) if i != axis):
+            shapes = ", ".join(str(x.shape) for x in xs)
+            raise ShapeError(f"concatenate along axis {axis}: shapes {shapes} do not fit", user_source())
+    shape = list(first.shape)
+    shape[axis] = sum(x.shape[axis] for x in xs)
+    return Aval(tuple(shape), np.result_type(*(x.dtype for x in xs)))
+
+
+@primitive
+class concatenate:
+    """arrays joined along an existing ``axis``"""
+    shape = _concatenate_shape
+    emit = staticmethod(lambda args, out, axis: f"np.concatenate(({', '.join(args)}), axis={axis})")
+    cast_inputs = True
+
+    def ref(*xs, axis):
+        return np.concatenate(xs, axis=axis)
+
+    def vjp(g, out, *xs, axis):
+        grads, start = [], 0
+        for x in xs:
+            stop = start + x.shape[axis]
+            grads.append(g[(slice(None),) * axis + (slice(start, stop),)])
+            start = stop
+        return grads
+
+
+# ---------------------------------------------------------------- the NumPy functions
+
+
+def _resolve_shape(shape, size):
+    shape = (shape,) if np.ndim(shape) == 0 else tuple(int(d) for d in shape)
+    if shape.count(-1) == 1:
+        known = int(np.prod([d for d in shape if d != -1], dtype=np.int64))
+        shape = tuple(size // known if d == -1 and known else d for d in shape)
+    return shape
+
+
+@numpy_function(np.reshape)
+def np_reshape(x, shape=None, order="C", **kwargs):
+    shape = kwargs.pop("newshape", shape)
+    if order != "C":
+        raise UnsupportedError(f"reshape with order={order!r}", user_source())
+    return reshape(x, shape=_resolve_shape(shape, x.size))
+
+
+@numpy_function(np.ravel)
+def np_ravel(x, order="C"):
+    return np_reshape(x, (-1,), order)
+
+
+@numpy_function(np.transpose)
+def np_transpose(x, axes=None):
+    perm = tuple(reversed(range(x.ndim))) if axes is None else tuple(int(a) % x.ndim for a in axes)
+    return transpose(x, perm=perm)
+
+
+@numpy_function(np.broadcast_to)
+def np_broadcast_to(x, shape):
+    return broadcast_to(x, shape=_resolve_shape(shape, 0))
+
+
+@numpy_function(np.expand_dims)
+def np_expand_dims(x, axis):
+    axes = (axis,) if np.ndim(axis) == 0 else tuple(axis)
+    ndim = x.ndim + len(axes)
+    axes = {int(a) % ndim for a in axes}
+    it = iter(x.shape)
+    return reshape(x, shape=tuple(1 if i in axes else next(it) for i in range(ndim)))
+
+
+@numpy_function(np.squeeze)
+def np_squeeze(x, axis=None):
+    if axis is None:
+        axes = set(range(x.ndim))
+    else:
+        axes = {int(a) % x.ndim for a in ((axis,) if np.ndim(axis) == 0 else axis)}
+    return reshape(x, shape=tuple(d for i, d in enumerate(x.shape) if not (i in axes and d == 1)))
+
+
+@numpy_function(np.concatenate)
+def np_concatenate(arrays, axis=0, out=None, dtype=None):
+    if out is not None or dtype is not None:
+        raise UnsupportedError("np.concatenate with out= or dtype=", user_source())
+    arrays = list(arrays)
+    ndim = np.ndim(arrays[0]) if not isinstance(arrays[0], TracedArray) else arrays[0].ndim
+    if axis is None:
+        return concatenate(*(np_ravel(a) for a in arrays), axis=0)
+    return concatenate(*arrays, axis=int(axis) % ndim)
+
+
+@numpy_function(np.stack)
+def np_stack(arrays, axis=0, out=None, dtype=None):
+    arrays = list(arrays)
+    ndim = (arrays[0].ndim if isinstance(arrays[0], TracedArray) else np.ndim(arrays[0])) + 1
+    axis = int(axis) % ndim
+    expanded = [np_expand_dims(a if isinstance(a, TracedArray) else np.asarray(a), axis) for a in arrays]
+    return np_concatenate(expanded, axis=axis, out=out, dtype=dtype)
+
+
+assert NUMPY_FUNCTIONS["getitem"] is index
+
+
+# ---------------------------------------------------------------- constants and names
+
+
+def _full_emit(args, out, shape, value, dtype):
+    if not shape:
+        return literal_source(value, dtype)
+    return f"np.full({shape!r}, {value!r})" if np.dtype(dtype) == np.float64 else \
+        f"np.full({shape!r}, {value!r}, np.{np.dtype(dtype).name})"
+
+
+@primitive
+class full:
+    """an array of ``shape`` filled with ``value`` (the seed ``grad_L = 1.0`` of a backward pass)"""
+    shape = staticmethod(lambda shape, value, dtype: Aval(shape, dtype))
+    emit = _full_emit
+    nondiff = True
+
+    def ref(shape, value, dtype):
+        return np.full(shape, value, dtype) if shape else np.dtype(dtype).type(value)
+
+
+@primitive
+class copy:
+    """the same value under a second name, as in ``grad_s2 = grad_s3`` (free in compiled code)"""
+    shape = staticmethod(lambda x: x)
+    emit = "{x}"
+    view = True
+
+    def ref(x):
+        return x
+
+    def vjp(g, out, x):
+        return [g]

@@ -1,0 +1,112 @@
+"""Flatten and unflatten pytrees: nested tuples, lists and dicts with array or scalar leaves.
+
+Follows JAX's conventions: ``None`` is an empty subtree, dict keys are visited in sorted order,
+and anything that is not a tuple, list or dict is a leaf.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+class TreeDef:
+    """The structure of a pytree without its leaves; hashable, so it can key a cache."""
+
+    __slots__ = ("kind", "meta", "children", "_hash")
+
+    def __init__(self, kind: str, meta: Any = None, children: tuple = ()):
+        self.kind = kind  # "leaf", "none", "tuple", "list" or "dict"
+        self.meta = meta  # the sorted keys of a dict
+        self.children = children
+        self._hash = hash((kind, meta, children))
+
+    @property
+    def num_leaves(self) -> int:
+        if self.kind == "leaf":
+            return 1
+        return sum(child.num_leaves for child in self.children)
+
+    def __eq__(self, other):
+        return (
+            isinstance(other, TreeDef)
+            and self._hash == other._hash
+            and (self.kind, self.meta, self.children) == (other.kind, other.meta, other.children)
+        )
+
+    def __hash__(self):
+        return self._hash
+
+    def __repr__(self):
+        if self.kind == "leaf":
+            return "*"
+        if self.kind == "none":
+            return "None"
+        inner = ", ".join(repr(c) for c in self.children)
+        if self.kind == "tuple":
+            return f"({inner}{',' if len(self.children) == 1 else ''})"
+        if self.kind == "list":
+            return f"[{inner}]"
+        return "{" + ", ".join(f"{k!r}: {c!r}" for k, c in zip(self.meta, self.children)) + "}"
+
+
+LEAF = TreeDef("leaf")
+_NONE = TreeDef("none")
+
+
+def flatten(tree: Any) -> tuple[list, TreeDef]:
+    """Return the leaves of ``tree`` in order, and its structure."""
+    leaves: list = []
+    return leaves, _flatten(tree, leaves)
+
+
+def _flatten(tree, leaves) -> TreeDef:
+    if tree is None:
+        return _NONE
+    if isinstance(tree, (tuple, list)) and type(tree) in (tuple, list):
+        kind = "tuple" if type(tree) is tuple else "list"
+        return TreeDef(kind, None, tuple(_flatten(child, leaves) for child in tree))
+    if type(tree) is dict:
+        keys = tuple(sorted(tree))
+        return TreeDef("dict", keys, tuple(_flatten(tree[k], leaves) for k in keys))
+    leaves.append(tree)
+    return LEAF
+
+
+def unflatten(treedef: TreeDef, leaves) -> Any:
+    """Rebuild a pytree of structure ``treedef`` from ``leaves``."""
+    it = iter(leaves)
+    tree = _unflatten(treedef, it)
+    return tree
+
+
+def _unflatten(treedef, it):
+    kind = treedef.kind
+    if kind == "leaf":
+        return next(it)
+    if kind == "none":
+        return None
+    children = [_unflatten(child, it) for child in treedef.children]
+    if kind == "tuple":
+        return tuple(children)
+    if kind == "list":
+        return children
+    return dict(zip(treedef.meta, children))
+
+
+def leaf_paths(tree: Any, prefix: str) -> list[str]:
+    """Readable names for the leaves of ``tree``: ``params`` → ``params_W``, ``params_0``, ..."""
+    names: list[str] = []
+
+    def walk(node, name):
+        if node is None:
+            return
+        if type(node) in (tuple, list):
+            for i, child in enumerate(node):
+                walk(child, f"{name}_{i}")
+        elif type(node) is dict:
+            for key in sorted(node):
+                walk(node[key], f"{name}_{key}")
+        else:
+            names.append(name)
+
+    walk(tree, prefix)
+    return names

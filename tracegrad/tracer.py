@@ -1,0 +1,238 @@
+"""Run a user's Python function on traced values and record it as a ``Graph``.
+
+Arrays the function reads from its closure or globals become extra graph inputs that are read again
+on every call (so an in-place change is seen), never constants baked into the code. ``math`` functions
+in the function's globals are swapped for versions that accept traced scalars. The names the function
+gives its local variables become the names of the values they hold.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import sys
+import types
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from . import primitives  # noqa: F401  (registers the primitives)
+from .core import MATH_FUNCTIONS, Builder, TracedArray, _to_atom
+from .errors import GradTypeError, UnsupportedError
+from .ir import Aval, Graph, Literal, Var, is_valid_name
+from .pytree import TreeDef, flatten, leaf_paths, unflatten
+
+
+def aval_of(leaf) -> Aval:
+    """The abstract value of one argument leaf; raises for what cannot be traced."""
+    if isinstance(leaf, bool):
+        return Aval((), np.bool_)
+    if isinstance(leaf, int):
+        return Aval((), np.int64)
+    if isinstance(leaf, float):
+        return Aval((), np.float64)
+    if isinstance(leaf, (np.ndarray, np.generic)) and leaf.dtype.kind in "biuf":
+        return Aval(leaf.shape, leaf.dtype)
+    raise GradTypeError(
+        f"cannot trace an argument of type {type(leaf).__name__}"
+        + (f" and dtype {leaf.dtype}" if hasattr(leaf, "dtype") else ""),
+        hint="arguments must be floats, ints, NumPy arrays, or tuples/lists/dicts of them")
+
+
+@dataclass
+class Capture:
+    """An array the traced function reads without receiving it as an argument."""
+
+    var: Var
+    read: Callable[[], Any]  # returns the array to pass on this call
+
+    def current(self):
+        value = self.read()
+        if isinstance(value, TracedArray):
+            return value
+        return np.asarray(value)
+
+
+@dataclass
+class Traced:
+    """The result of tracing: the graph, how its inputs and outputs map to pytrees, and its captures."""
+
+    graph: Graph
+    in_tree: TreeDef
+    out_tree: TreeDef
+    captures: list
+
+
+def arg_names(fn, args) -> list[str]:
+    """One readable name per flattened leaf of ``args``, from the function's parameter names."""
+    try:
+        params = [p for p in inspect.signature(fn).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    names = []
+    for i, arg in enumerate(args):
+        base = params[i].name if i < len(params) else f"arg{i}"
+        names.extend(leaf_paths(arg, base))
+    return names
+
+
+def trace(fn, args: tuple, name: str | None = None) -> Traced:
+    """Trace ``fn(*args)`` into a graph. Only the shapes and dtypes of ``args`` matter."""
+    leaves, in_tree = flatten(args)
+    avals = [aval_of(leaf) for leaf in leaves]
+    names = arg_names(fn, args)
+    with Builder(name or getattr(fn, "__name__", "f")) as builder:
+        inputs = [builder.new_input(aval, hint) for aval, hint in zip(avals, names)]
+        it = iter(inputs)
+        traced_args = _rebuild(args, it)
+        prepared, readers = _prepare(fn, builder)
+        result, local_names = _call_recording_locals(prepared, traced_args)
+        out_leaves, out_tree = flatten(result)
+        outputs = [_output_atom(leaf, builder) for leaf in out_leaves]
+    for var, hint in local_names.items():
+        if var.hint is None:
+            var.hint = hint
+    captures = [Capture(var, readers.get(id(value), _holder(value))) for var, value in builder.captured]
+    graph = Graph(builder.name, [t.var for t in inputs] + [c.var for c in captures], builder.nodes, outputs,
+                  n_args=len(inputs))
+    return Traced(graph, in_tree, out_tree, captures)
+
+
+def _rebuild(tree, it):
+    leaves, treedef = flatten(tree)
+    return unflatten(treedef, [next(it) for _ in leaves])
+
+
+def _holder(value):
+    return lambda: value
+
+
+def _output_atom(leaf, builder):
+    if isinstance(leaf, TracedArray) and leaf.builder is builder:
+        return leaf.var
+    if isinstance(leaf, (bool, int, float)) and not isinstance(leaf, np.generic):
+        return Literal(leaf, np.result_type(leaf))
+    atom = _to_atom(leaf, builder)
+    return atom
+
+
+# ---------------------------------------------------------------- closures, globals and math
+
+
+class _TracingMath(types.ModuleType):
+    """Stands in for the ``math`` module inside a traced function: traced scalars go to the primitives."""
+
+    def __getattr__(self, name):
+        return _math_shim(getattr(math, name))
+
+
+def _math_shim(fn):
+    impl = MATH_FUNCTIONS.get(fn)
+    if impl is None:
+        if not callable(fn):
+            return fn
+
+        def unsupported(*args, **kwargs):
+            if any(isinstance(a, TracedArray) for a in args):
+                raise UnsupportedError(f"math.{fn.__name__} is not supported on traced values",
+                                       hint="use the NumPy function of the same name")
+            return fn(*args, **kwargs)
+        return unsupported
+
+    def shim(*args):
+        if any(isinstance(a, TracedArray) for a in args):
+            return impl(*args)
+        return fn(*args)
+    shim.__name__ = fn.__name__
+    return shim
+
+
+_MATH_MODULE = _TracingMath("math")
+
+
+def _global_names(code) -> set:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _global_names(const)
+    return names
+
+
+def _substitute(value, hint, builder, read, readers):
+    """What the traced copy of the function sees instead of ``value`` (or ``value`` itself)."""
+    if value is math:
+        return _MATH_MODULE
+    if _hashable(value) and value in MATH_FUNCTIONS:
+        return _math_shim(value)
+    if isinstance(value, np.ndarray) and value.ndim > 0 and value.dtype.kind in "biuf":
+        var = builder.capture(value, hint)
+        readers[id(value)] = read
+        return TracedArray(var, builder)
+    return value
+
+
+def _hashable(value) -> bool:
+    try:
+        hash(value)
+        return True
+    except TypeError:
+        return False
+
+
+def _prepare(fn, builder):
+    """A copy of ``fn`` whose captured arrays are traced inputs and whose ``math`` accepts traced values."""
+    readers: dict = {}  # id(array) -> how to read it again on the next call
+    if not isinstance(fn, types.FunctionType):
+        return fn, readers
+    code = fn.__code__
+    cells = None
+    if fn.__closure__:
+        cells = []
+        for name, cell in zip(code.co_freevars, fn.__closure__):
+            try:
+                value = cell.cell_contents
+            except ValueError:  # not yet assigned
+                cells.append(cell)
+                continue
+            sub = _substitute(value, name, builder, lambda cell=cell: cell.cell_contents, readers)
+            cells.append(cell if sub is value else types.CellType(sub))
+        cells = tuple(cells)
+    glob = fn.__globals__
+    replaced = {}
+    for name in sorted(_global_names(code)):
+        if name in glob:
+            value = glob[name]
+            sub = _substitute(value, name, builder, lambda name=name: glob[name], readers)
+            if sub is not value:
+                replaced[name] = sub
+    if not replaced and cells == fn.__closure__:
+        return fn, readers
+    new_globals = dict(glob, **replaced) if replaced else glob
+    copy = types.FunctionType(code, new_globals, fn.__name__, fn.__defaults__, cells)
+    copy.__kwdefaults__ = fn.__kwdefaults__
+    return copy, readers
+
+
+def _call_recording_locals(fn, args):
+    """Call ``fn(*args)`` and return its result and {Var: the local variable name that held it}."""
+    code = getattr(fn, "__code__", None)
+    seen: dict = {}
+    previous = sys.getprofile()
+
+    def profile(frame, event, arg):
+        if event == "return" and frame.f_code is code and not seen:
+            for name, value in frame.f_locals.items():
+                if isinstance(value, TracedArray) and is_valid_name(name):
+                    seen.setdefault(value.var, name)
+        if previous is not None:
+            previous(frame, event, arg)
+
+    if code is not None:
+        sys.setprofile(profile)
+    try:
+        result = fn(*args)
+    finally:
+        if code is not None:
+            sys.setprofile(previous)
+    return result, seen
