@@ -13,14 +13,19 @@ import os
 import sys
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 import numba
+from numba.core.errors import NumbaPerformanceWarning
 import numpy as np
 
 from . import __version__
 from .codegen import Module
 from .errors import CompileError
+
+# Generated code multiplies transposed views; Numba handles them correctly, only warns about speed.
+warnings.filterwarnings("ignore", message=".*is faster on contiguous arrays", category=NumbaPerformanceWarning)
 
 _cache_dir: Path | None = None
 _loaded: dict = {}
@@ -74,8 +79,10 @@ def load(module: Module):
             return dispatcher
         if not path.exists() or path.read_text(encoding="utf-8") != module.source:
             _write_atomically(path, module.source)
-        spec = importlib.util.spec_from_file_location(f"tracegrad_generated_{path.stem}", path)
+        name = f"tracegrad_generated_{path.stem}"
+        spec = importlib.util.spec_from_file_location(name, path)
         py_module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = py_module  # Numba's cache finds the module by name when it loads
         spec.loader.exec_module(py_module)
         function = getattr(py_module, module.function)
         # error_model="numpy": 1/0 gives inf and 0/0 nan, as in NumPy, instead of raising

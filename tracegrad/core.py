@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import SourceInfo, TracegradError, TracingError, UnsupportedError, user_source
+from .errors import ShapeError, SourceInfo, TracegradError, TracingError, UnsupportedError, user_source
 from .ir import Aval, Literal, Node, Var
 
 
@@ -204,7 +204,11 @@ def bind(prim: Primitive, *args, **params):
     if weak:  # Python scalars take the dtype of the computation they join (NumPy's weak scalars, NEP 50)
         dtype = np.result_type(*(a.aval.dtype for a in atoms if type(a) is not _WeakLiteral), *weak)
         atoms = [Literal(a.value, dtype) if type(a) is _WeakLiteral else a for a in atoms]
-    aval = prim.shape(*(a.aval for a in atoms), **params)
+    try:
+        aval = prim.shape(*(a.aval for a in atoms), **params)
+    except ShapeError as e:  # name the operation the user wrote
+        raise ShapeError(f"{prim.name} ({prim.doc.splitlines()[0]}): {e.message}" if prim.doc else e.message,
+                         e.source, e.hint) from None
     if prim.cast_inputs:
         atoms = [
             _cast(a, aval.dtype, builder)

@@ -30,7 +30,9 @@ def __getattr__(name):
         raise AttributeError(f"tracegrad.kernels has no kernel {name!r}")
     fn, signatures = _TABLE[name]
     if signatures:
-        compiled = numba.vectorize(list(signatures), cache=True)(fn)
+        # Not cache=True: a cached caller of a cached ufunc fails to load in a new process (its
+        # environment lives in a '<dynamic>' module). Compiling the few ufunc loops is quick.
+        compiled = numba.vectorize(list(signatures))(fn)
     else:
         compiled = numba.njit(cache=True)(fn)
     globals()[name] = compiled

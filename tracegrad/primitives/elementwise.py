@@ -339,7 +339,7 @@ def _where_kernel(c, x, y):
 
 def _where_shape(c, x, y):
     out = elementwise(x, y)
-    return type(out)(shapes.broadcast(c, x, y, op="where"), out.dtype)
+    return type(out)(shapes.broadcast(c, x, y), out.dtype)
 
 
 @primitive

@@ -7,12 +7,12 @@ from ..errors import ShapeError, UnsupportedError, user_source
 from ..ir import Aval
 
 
-def broadcast(*avals: Aval, op: str = "operation") -> tuple:
+def broadcast(*avals: Aval) -> tuple:
     try:
         return np.broadcast_shapes(*(a.shape for a in avals))
     except ValueError:
         shapes = " and ".join(str(a.shape) for a in avals)
-        raise ShapeError(f"{op}: shapes {shapes} do not broadcast together", user_source()) from None
+        raise ShapeError(f"shapes {shapes} do not broadcast together", user_source()) from None
 
 
 def elementwise(*avals: Aval) -> Aval:
@@ -40,7 +40,7 @@ def same(x: Aval, **params) -> Aval:
 
 
 def comparison(x: Aval, y: Aval) -> Aval:
-    return Aval(broadcast(x, y, op="comparison"), np.bool_)
+    return Aval(broadcast(x, y), np.bool_)
 
 
 def normalize_axes(axis, ndim: int, op: str) -> tuple:
