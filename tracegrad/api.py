@@ -7,6 +7,7 @@ straight to the compiled Numba function.
 from __future__ import annotations
 
 import functools
+import keyword
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -283,7 +284,9 @@ def _param_names(fun, n) -> list[str]:
 
 def _identifier(name: str) -> str:
     cleaned = "".join(c if c.isalnum() or c == "_" else "_" for c in name).strip("_") or "f"
-    return cleaned if not cleaned[0].isdigit() else "f_" + cleaned
+    if cleaned[0].isdigit():
+        cleaned = "f_" + cleaned
+    return cleaned + "_fn" if keyword.iskeyword(cleaned) else cleaned
 
 
 # ---------------------------------------------------------------------- public functions

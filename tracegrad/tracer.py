@@ -25,6 +25,8 @@ from .pytree import TreeDef, flatten, leaf_paths, unflatten
 
 def aval_of(leaf) -> Aval:
     """The abstract value of one argument leaf; raises for what cannot be traced."""
+    if isinstance(leaf, TracedArray):  # an argument from an enclosing trace (grad of grad)
+        return leaf.aval
     if isinstance(leaf, bool):
         return Aval((), np.bool_)
     if isinstance(leaf, int):
@@ -206,7 +208,7 @@ def _prepare(fn, builder):
             sub = _substitute(value, name, builder, lambda name=name: glob[name], readers)
             if sub is not value:
                 replaced[name] = sub
-    if not replaced and cells == fn.__closure__:
+    if not replaced and (cells is None or all(a is b for a, b in zip(cells, fn.__closure__))):
         return fn, readers
     new_globals = dict(glob, **replaced) if replaced else glob
     copy = types.FunctionType(code, new_globals, fn.__name__, fn.__defaults__, cells)

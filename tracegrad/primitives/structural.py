@@ -430,3 +430,31 @@ class copy:
 
     def vjp(g, out, x):
         return [g]
+
+
+# ---------------------------------------------------------------- static facts and constants of a traced array
+
+
+@numpy_function(np.ndim)
+def np_ndim(x):
+    return x.ndim
+
+
+@numpy_function(np.shape)
+def np_shape(x):
+    return x.shape
+
+
+@numpy_function(np.size)
+def np_size(x, axis=None):
+    return x.size if axis is None else x.shape[axis]
+
+
+@numpy_function(np.zeros_like)
+def np_zeros_like(x, dtype=None):
+    return np.zeros(x.shape, dtype or x.dtype)
+
+
+@numpy_function(np.ones_like)
+def np_ones_like(x, dtype=None):
+    return np.ones(x.shape, dtype or x.dtype)

@@ -1,0 +1,13 @@
+import os
+import tempfile
+
+import numpy as np
+import pytest
+
+# Compiled kernels are cached on disk; tests share one cache directory per run unless CI sets one.
+os.environ.setdefault("TRACEGRAD_CACHE_DIR", os.path.join(tempfile.gettempdir(), "tracegrad-test-cache"))
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
