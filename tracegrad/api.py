@@ -117,7 +117,7 @@ class Function:
         self.argnums = argnums
         self.has_aux = has_aux
         self._cache: dict = {}
-        functools.update_wrapper(self, fun)
+        functools.update_wrapper(self, fun, updated=())  # not __dict__: fun may be a Function itself
 
     def __repr__(self):
         return f"<tracegrad.{self.mode} of {getattr(self.fun, '__qualname__', self.fun)!r}>"
@@ -147,6 +147,8 @@ class Function:
     def specialize(self, *args, _retrace=False) -> Compiled:
         """The compiled specialisation for arguments like ``args`` (traced and generated on first use)."""
         leaves, in_tree = flatten(args)
+        for leaf in leaves:
+            aval_of(leaf)  # a clear error for what cannot be traced, before it is used as a key
         key = (in_tree, tuple(_signature(leaf) for leaf in leaves))
         entry = None if _retrace else self._cache.get(key)
         if entry is None:

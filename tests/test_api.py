@@ -1,0 +1,202 @@
+"""The public API: argnums, has_aux, pytrees, dtypes, retracing, closures, higher order."""
+import numpy as np
+import pytest
+
+import tracegrad as tg
+from tracegrad.testing import numeric_grad
+
+
+def test_python_floats_in_python_floats_out():
+    value, g = tg.value_and_grad(lambda x: x * x + 1.0)(3.0)
+    assert type(value) is float and type(g) is float
+    assert (value, g) == (10.0, 6.0)
+
+
+def test_argnums_int_tuple_and_negative():
+    f = lambda x, y, z: x * y * z
+    assert tg.grad(f)(2.0, 3.0, 4.0) == 12.0
+    assert tg.grad(f, argnums=1)(2.0, 3.0, 4.0) == 8.0
+    assert tg.grad(f, argnums=(2, 0))(2.0, 3.0, 4.0) == (6.0, 12.0)
+    assert tg.grad(f, argnums=-1)(2.0, 3.0, 4.0) == 6.0
+
+
+def test_pytrees_of_dicts_tuples_and_lists(rng):
+    params = {"W": rng.normal(size=(3, 2)), "b": [rng.normal(size=2), (0.5,)]}
+    X = rng.normal(size=(4, 3))
+
+    def loss(params, X):
+        h = np.tanh(X @ params["W"] + params["b"][0]) * params["b"][1][0]
+        return np.mean(h ** 2)
+
+    g = tg.grad(loss)(params, X)
+    assert set(g) == {"W", "b"} and isinstance(g["b"], list) and isinstance(g["b"][1], tuple)
+    assert type(g["b"][1][0]) is float
+    expected = numeric_grad(loss, params, X)
+    np.testing.assert_allclose(g["W"], expected["W"], rtol=1e-6)
+    np.testing.assert_allclose(g["b"][0], expected["b"][0], rtol=1e-6)
+    assert g["b"][1][0] == pytest.approx(expected["b"][1][0], rel=1e-6)
+
+
+def test_has_aux_returns_aux_unchanged(rng):
+    def f(x):
+        y = np.sin(x)
+        return np.sum(y), {"y": y, "n": 3.0}
+
+    x = rng.normal(size=4)
+    g, aux = tg.grad(f, has_aux=True)(x)
+    np.testing.assert_allclose(g, np.cos(x))
+    np.testing.assert_allclose(aux["y"], np.sin(x))
+    assert aux["n"] == 3.0
+    (value, aux2), g2 = tg.value_and_grad(f, has_aux=True)(x)
+    assert value == pytest.approx(np.sum(np.sin(x)))
+    np.testing.assert_allclose(g2, g)
+
+
+def test_float32_in_float32_out(rng):
+    W = rng.normal(size=(3, 2)).astype(np.float32)
+    X = rng.normal(size=(5, 3)).astype(np.float32)
+    value, g = tg.value_and_grad(lambda W, X: np.sum(tg.sigmoid(X @ W) * 0.5))(W, X)
+    assert g.dtype == np.float32 and isinstance(value, np.float32)
+    g64 = tg.grad(lambda W, X: np.sum(tg.sigmoid(X @ W) * 0.5))(W.astype(np.float64), X.astype(np.float64))
+    np.testing.assert_allclose(g, g64, rtol=1e-5)
+    source = tg.source(tg.grad(lambda W, X: np.sum(tg.sigmoid(X @ W) * 0.5)), W, X)
+    assert "np.float32(0.5)" in source
+
+
+def test_mixed_precision_gradient_takes_the_input_dtype(rng):
+    x32 = rng.normal(size=3).astype(np.float32)
+    y64 = rng.normal(size=3)
+    gx, gy = tg.grad(lambda x, y: np.sum(x * y), argnums=(0, 1))(x32, y64)
+    assert gx.dtype == np.float32 and gy.dtype == np.float64
+    np.testing.assert_allclose(gx, y64.astype(np.float32))
+
+
+def test_retraces_on_new_shape_and_dtype(rng):
+    calls = []
+
+    def f(x):
+        calls.append(x.shape)
+        return np.sum(x ** 2)
+
+    g = tg.grad(f)
+    np.testing.assert_allclose(g(np.ones(3)), 2 * np.ones(3))
+    g(np.ones(3) * 2)
+    assert len(calls) == 1  # same signature: no retrace
+    np.testing.assert_allclose(g(np.ones((2, 2))), 2 * np.ones((2, 2)))
+    assert g(np.ones(3, np.float32)).dtype == np.float32
+    assert calls == [(3,), (2, 2), (3,)]
+
+
+def test_captured_arrays_are_read_at_call_time():
+    W = np.array([1.0, 2.0, 3.0])
+    g = tg.grad(lambda x: np.sum(W * x))
+    np.testing.assert_allclose(g(np.zeros(3)), [1, 2, 3])
+    W[0] = 10.0  # in place: seen by the next call
+    np.testing.assert_allclose(g(np.zeros(3)), [10, 2, 3])
+    assert "W" in tg.source(g, np.zeros(3))  # passed in, not baked into the code
+
+
+def test_captured_global_rebinding_is_seen():
+    global SCALE
+    SCALE = np.array([2.0, 2.0])
+    g = tg.grad(lambda x: np.sum(SCALE * x * x))
+    np.testing.assert_allclose(g(np.ones(2)), [4, 4])
+    SCALE = np.array([3.0, 3.0])
+    np.testing.assert_allclose(g(np.ones(2)), [6, 6])
+    SCALE = np.array([1.0, 1.0, 1.0])  # a new shape: traced again
+    np.testing.assert_allclose(g(np.ones(3)), [2, 2, 2])
+
+
+SCALE = None
+
+
+def test_inputs_are_never_mutated_and_outputs_never_alias_inputs(rng):
+    x = rng.normal(size=(3, 2))
+    y = rng.normal(size=(3, 2))
+    x0, y0 = x.copy(), y.copy()
+    gx, gy = tg.grad(lambda x, y: np.sum(x * y), argnums=(0, 1))(x, y)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(y, y0)
+    np.testing.assert_allclose(gx, y)
+    assert not np.shares_memory(gx, y) and not np.shares_memory(gy, x)
+    out = tg.jit(lambda x: x.T)(x)
+    assert not np.shares_memory(out, x)
+    np.testing.assert_array_equal(out, x.T)
+
+
+def test_jit_returns_pytrees(rng):
+    x = rng.normal(size=3)
+    out = tg.jit(lambda x: {"a": np.exp(x), "b": (np.sum(x), 2.0)})(x)
+    np.testing.assert_allclose(out["a"], np.exp(x))
+    assert out["b"][0] == pytest.approx(np.sum(x)) and out["b"][1] == 2.0
+
+
+def test_grad_of_grad_scalar():
+    f = lambda x: x ** 3 + np.sin(x)
+    d2 = tg.grad(tg.grad(f))
+    assert d2(0.7) == pytest.approx(6 * 0.7 - np.sin(0.7), rel=1e-12)
+    d3 = tg.grad(tg.grad(tg.grad(f)))
+    assert d3(0.7) == pytest.approx(6 - np.cos(0.7), rel=1e-12)
+
+
+def test_grad_of_grad_through_arrays(rng):
+    x = rng.normal(size=3)
+    hvp = lambda x, v: np.sum(tg.grad(lambda x: np.sum(np.tanh(x) ** 2))(x) * v)
+    v = rng.normal(size=3)
+    got = tg.grad(hvp)(x, v)
+    np.testing.assert_allclose(got, numeric_grad(hvp, x, v), rtol=1e-6)
+
+
+def test_nan_input_gives_nan_not_a_crash():
+    value, g = tg.value_and_grad(lambda x: np.sum(np.log(x)))(np.array([1.0, np.nan, -1.0]))
+    assert np.isnan(value)
+    assert g[0] == 1.0 and np.isnan(g[1])
+    assert tg.grad(lambda x: 1.0 / x)(0.0) == -np.inf
+
+
+def test_integer_array_labels_for_cross_entropy(rng):
+    logits = rng.normal(size=(4, 3))
+    labels = np.array([0, 2, 1, 2])
+
+    def cross_entropy(z, labels):
+        z = z - np.max(z, axis=1, keepdims=True)
+        logp = z - np.log(np.sum(np.exp(z), axis=1, keepdims=True))
+        return -np.mean(logp[np.arange(z.shape[0]), labels])
+
+    g = tg.grad(cross_entropy)(logits, labels)
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(g, (p - np.eye(3)[labels]) / 4, rtol=1e-10)
+
+
+def test_decorator_forms():
+    @tg.grad
+    def f(x):
+        return x * x
+
+    @tg.value_and_grad(argnums=1)
+    def h(x, y):
+        return x * y
+
+    assert f(3.0) == 6.0 and h(2.0, 5.0) == (10.0, 2.0)
+    assert "tracegrad.grad" in repr(f)
+
+
+def test_compiled_kernel_is_callable_from_user_njit_code(rng):
+    import numba
+
+    loss = tg.value_and_grad(lambda w, x: np.sum((x @ w) ** 2))
+    w, x = rng.normal(size=2), rng.normal(size=(5, 2))
+    kernel = loss.specialize(w, x).dispatcher
+
+    @numba.njit
+    def descend(w, x, steps):
+        for _ in range(steps):
+            value, g = kernel(w, x)
+            w = w - 0.01 * g
+        return w
+
+    w2 = descend(w, x, 3)
+    expected = w
+    for _ in range(3):
+        expected = expected - 0.01 * loss(expected, x)[1]
+    np.testing.assert_allclose(w2, expected, rtol=1e-12)

@@ -1,0 +1,135 @@
+"""Bad input gets a clear tracegrad error naming the problem and the user's own line."""
+import numpy as np
+import pytest
+
+import tracegrad as tg
+
+
+def this_line_of(fn, text):
+    import inspect
+    lines, start = inspect.getsourcelines(fn)
+    return start + next(i for i, line in enumerate(lines) if text in line)
+
+
+def test_python_if_on_a_traced_value_names_the_line_and_suggests_where():
+    def f(x):
+        if x > 0:
+            return x
+        return -x
+
+    with pytest.raises(tg.TracingError) as info:
+        tg.grad(f)(1.0)
+    message = str(info.value)
+    assert f"test_errors.py:{this_line_of(f, 'if x > 0')}" in message
+    assert "np.where" in message and "if x > 0:" in message
+
+
+@pytest.mark.parametrize("convert", [float, int, bool])
+def test_concrete_conversions_are_refused(convert):
+    with pytest.raises(tg.TracingError, match=convert.__name__):
+        tg.grad(lambda x: convert(x) * x)(1.0)
+
+
+def test_while_loop_on_traced_value():
+    def f(x):
+        while x < 10:
+            x = x * 2
+        return x
+
+    with pytest.raises(tg.TracingError, match="while"):
+        tg.grad(f)(1.0)
+
+
+def test_static_python_loops_unroll():
+    def f(x):
+        for _ in range(3):
+            x = x * x
+        return x
+
+    assert tg.grad(f)(1.5) == pytest.approx(8 * 1.5 ** 7)
+
+
+@pytest.mark.parametrize("call,name", [
+    (lambda x: np.sort(x), "np.sort"),
+    (lambda x: np.linalg.svd(x), "svd"),
+    (lambda x: np.cumsum(x), "np.cumsum"),
+    (lambda x: np.add.accumulate(x), "np.add.accumulate"),
+    (lambda x: np.sum(x, dtype=np.float32), "dtype"),
+])
+def test_unsupported_functions_and_arguments_are_named(call, name):
+    with pytest.raises(tg.UnsupportedError, match=name.replace(".", r"\.")):
+        tg.grad(lambda x: np.sum(call(x)))(np.ones((2, 2)))
+
+
+def test_shape_mismatch_names_both_shapes_and_the_line():
+    def f(A, B):
+        return np.sum(A @ B)
+
+    with pytest.raises(tg.ShapeError) as info:
+        tg.grad(f)(np.ones((3, 4)), np.ones((5, 2)))
+    message = str(info.value)
+    assert "(3, 4)" in message and "(5, 2)" in message
+    assert f"test_errors.py:{this_line_of(f, 'A @ B')}" in message
+
+
+def test_broadcast_mismatch_names_the_operation():
+    with pytest.raises(tg.ShapeError, match=r"mul .*\(2, 3\) and \(4,\)"):
+        tg.jit(lambda x, y: x * y)(np.ones((2, 3)), np.ones(4))
+
+
+def test_grad_of_non_scalar_output():
+    with pytest.raises(tg.GradTypeError, match="scalar"):
+        tg.grad(lambda x: x * 2)(np.ones(3))
+
+
+def test_grad_with_respect_to_an_integer_argument():
+    with pytest.raises(tg.GradTypeError, match="'n'.*int64"):
+        tg.grad(lambda x, n: x * n, argnums=1)(1.0, 3)
+    with pytest.raises(tg.GradTypeError, match="dtype int64"):
+        tg.grad(lambda x: np.sum(x * 1.0))(np.arange(3))
+
+
+@pytest.mark.parametrize("argnums", [2, -3, (0, 5)])
+def test_argnums_out_of_range(argnums):
+    with pytest.raises(tg.GradTypeError, match="out of range"):
+        tg.grad(lambda x, y: x * y, argnums=argnums)(1.0, 2.0)
+
+
+@pytest.mark.parametrize("argnums", [1.0, (), "0", True])
+def test_argnums_of_the_wrong_type(argnums):
+    with pytest.raises(tg.GradTypeError, match="argnums"):
+        tg.grad(lambda x: x, argnums=argnums)
+
+
+def test_string_arguments_are_refused():
+    with pytest.raises(tg.GradTypeError, match="str"):
+        tg.grad(lambda x, s: x)(1.0, "hello")
+
+
+def test_has_aux_without_a_pair():
+    with pytest.raises(tg.GradTypeError, match="pair"):
+        tg.grad(lambda x: x * 2, has_aux=True)(1.0)
+
+
+def test_assignment_into_a_traced_array():
+    def f(x):
+        x[0] = 1.0
+        return np.sum(x)
+
+    with pytest.raises(tg.UnsupportedError, match="assignment"):
+        tg.grad(f)(np.ones(3))
+
+
+def test_boolean_mask_indexing_is_refused_with_a_suggestion():
+    with pytest.raises(tg.UnsupportedError, match="np.where"):
+        tg.grad(lambda x: np.sum(x[x > 0]))(np.ones(3))
+
+
+def test_gather_index_out_of_bounds_raises():
+    with pytest.raises(IndexError, match="out of bounds"):
+        tg.grad(lambda x, i: np.sum(x[i]))(np.ones(3), np.array([0, 5]))
+
+
+def test_errors_are_one_family():
+    for cls in (tg.TracingError, tg.UnsupportedError, tg.ShapeError, tg.GradTypeError, tg.CompileError):
+        assert issubclass(cls, tg.TracegradError)
