@@ -65,6 +65,11 @@ def _as_output(value, var):
     return aval.dtype.type(value)
 
 
+def _returned_as_is(var) -> bool:
+    """Numba returns this output already as tracegrad returns it (arrays, and float64 scalars as float)."""
+    return bool(var.aval.shape) or var.aval.dtype == np.float64
+
+
 @dataclass
 class Compiled:
     """One specialisation of a transformed function: its graph, generated module and Numba function.
@@ -77,7 +82,12 @@ class Compiled:
     module: Module
     dispatcher: Any
     traced: Traced
-    pack: Callable
+    pack: Callable  # (outputs, argument leaves) -> the result the user sees
+    direct_pack: Callable | None = None  # the same from outputs alone, when no leaf needs converting
+
+    def __post_init__(self):
+        if self.traced.captures:  # captured arrays are read and checked on every call: no fast path
+            self.direct_pack = None
 
     @property
     def source(self) -> str:
@@ -127,9 +137,15 @@ class Function:
 
     def __call__(self, *args):
         try:
-            entry = self._cache[tuple(map(_signature, args))]
+            entry = self._cache[tuple([a.__class__ if a.__class__ in _SCALARS else _signature(a) for a in args])]
         except (KeyError, TypeError):
             return self._call_general(args)
+        direct = entry.direct_pack
+        if direct is not None:  # the fast path: arguments go to Numba as they are, results need no conversion
+            try:
+                return direct(entry.dispatcher(*args))
+            except backend.NUMBA_ERRORS as exc:
+                raise backend.compile_error(exc, entry.module) from None
         try:
             return entry.run(args)
         except _Stale:
@@ -192,12 +208,14 @@ class Function:
     def _build(self, args, leaves) -> Compiled:
         wrt = self._differentiable_leaves(args) if self.mode != "jit" else []
         traced = trace(self.fun, args)
-        graph, pack = self._transform(traced, args, wrt)
+        graph, pack, direct_pack = self._transform(traced, args, wrt)
         suffix = {"jit": "", "grad": "_grad", "value_and_grad": "_value_and_grad"}[self.mode]
         name = _identifier(traced.graph.name) + suffix
         graph.name = name
         module = generate(graph, name)
-        return Compiled(graph, module, backend.load(module), traced, pack)
+        if any(type(leaf) is np.ndarray and leaf.ndim == 0 for leaf in leaves):
+            direct_pack = None  # 0-d arrays are passed to Numba as scalars
+        return Compiled(graph, module, backend.load(module), traced, pack, direct_pack)
 
     def _transform(self, traced: Traced, args, wrt):
         """The graph to compile, and how to turn its flat outputs back into this function's results."""
@@ -210,7 +228,10 @@ class Function:
 
             def pack(values, leaves):
                 return unflatten(out_tree, [_as_output(v, var) for v, var in zip(values, outs)])
-            return graph, pack
+            direct = None
+            if out_tree.kind == "leaf" and _returned_as_is(outs[0]):
+                direct = lambda values: values[0]
+            return graph, pack, direct
 
         value_tree, aux_tree = _split_aux(out_tree, self.has_aux, graph.name)
         n_out = len(graph.outputs)
@@ -233,14 +254,27 @@ class Function:
                 aux = unflatten(aux_tree, [_as_output(v, var) for v, var in zip(values[1:n_out], outs[1:])])
                 return (result, aux) if mode == "grad" else ((value, aux), result)
             return result if mode == "grad" else (value, result)
-        return vg, pack
+        return vg, pack, self._direct_pack(args, outs)
+
+    def _direct_pack(self, args, outs):
+        """For the common case (argnums pick plain floats or arrays, float64 value, no aux), results are
+        just Numba's outputs regrouped: no conversion, no pytree work."""
+        argnums = self.argnums
+        picked = [argnums] if isinstance(argnums, int) else list(argnums)
+        if self.has_aux or not _returned_as_is(outs[0]):
+            return None
+        if not all(type(args[i]) is float or (type(args[i]) is np.ndarray and args[i].ndim) for i in picked):
+            return None
+        if self.mode == "grad":
+            return (lambda o: o[1]) if isinstance(argnums, int) else (lambda o: o[1:])
+        return (lambda o: (o[0], o[1])) if isinstance(argnums, int) else (lambda o: (o[0], o[1:]))
 
     # ------------------------------------------------------------------ inside another trace (grad of grad)
 
     def _call_traced(self, args, leaves):
         wrt = self._differentiable_leaves(args) if self.mode != "jit" else []
         traced = trace(self.fun, args)
-        graph, _ = self._transform(traced, args, wrt)
+        graph, _, _ = self._transform(traced, args, wrt)
         outs = inline(graph, *leaves, *(c.current() for c in traced.captures))
         n_out = len(traced.graph.outputs)
         if self.mode == "jit":
