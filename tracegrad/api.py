@@ -382,8 +382,10 @@ def make_graph(fun: Callable, *args) -> Graph:
     one graph that computes the value and the gradients.
 
     >>> import tracegrad as tg
-    >>> print(tg.make_graph(lambda x, y: x * y + y, 3.0, 2.0))
-    graph lambda(x: f64[], y: f64[]):
+    >>> def f(x, y):
+    ...     return x * y + y
+    >>> print(tg.make_graph(f, 3.0, 2.0))
+    graph f(x: f64[], y: f64[]):
       s0: f64[] = mul x y
       s1: f64[] = add s0 y
       return s1

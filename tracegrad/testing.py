@@ -13,8 +13,8 @@ def numeric_grad(fun, *args, argnums=0, eps: float | None = None):
     Computed in float64 whatever the arguments' dtype, entry by entry, so it costs two calls of ``fun``
     per input element: meant for tests and small checks. The result has the structure of the argument.
 
-    >>> numeric_grad(lambda x: x ** 3, 2.0)  # doctest: +ELLIPSIS
-    12.0000...
+    >>> round(numeric_grad(lambda x: x ** 3, 2.0), 6)
+    12.0
     """
     if isinstance(argnums, (tuple, list)):
         return tuple(numeric_grad(fun, *args, argnums=i, eps=eps) for i in argnums)
