@@ -200,3 +200,18 @@ def test_compiled_kernel_is_callable_from_user_njit_code(rng):
     for _ in range(3):
         expected = expected - 0.01 * loss(expected, x)[1]
     np.testing.assert_allclose(w2, expected, rtol=1e-12)
+
+
+def test_tracing_works_under_a_profiler():
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        def f(x):
+            hidden = np.tanh(x)
+            return np.sum(hidden)
+        src = tg.source(tg.grad(f), np.ones(2))
+    finally:
+        profiler.disable()
+    assert "hidden = np.tanh(x)" in src

@@ -95,3 +95,11 @@ def test_the_module_is_a_real_file_with_exactly_the_shown_source():
     with open(path) as f:
         assert f.read() == entry.source
     assert os.path.dirname(path) == str(tg.cache_dir())
+
+
+def test_comments_never_touch_long_statements():
+    src = tg.source(tg.grad(lambda x, c: np.sum(np.maximum(0.0, x) * c)), np.ones(4), np.ones(4))
+    for line in src.splitlines():
+        if "# " in line and not line.lstrip().startswith("#"):
+            code, _ = line.split("# ", 1)
+            assert code.endswith("  "), line

@@ -7,6 +7,7 @@ so the backward pass is an ordinary graph in the same IR.
 """
 from __future__ import annotations
 
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -126,6 +127,8 @@ class Builder:
         self.source: SourceInfo | None = None  # set while a VJP rule runs: its nodes point at the forward line
         self.group: int | None = None
         self.backward = False  # set while autodiff records a backward pass
+        self.watch = None  # the code object of the function being traced ...
+        self.watched_frame = None  # ... and its frame, found on the stack when it records its first node
 
     def __enter__(self):
         self.parent = _state.builder
@@ -162,6 +165,11 @@ class Builder:
         return TracedArray(var, self)
 
     def add_node(self, prim: Primitive, inputs: tuple, params: dict, aval: Aval) -> Var:
+        if self.watch is not None and self.watched_frame is None:
+            frame = sys._getframe(1)
+            while frame is not None and frame.f_code is not self.watch:
+                frame = frame.f_back
+            self.watched_frame = frame
         out = Var(aval)
         source = self.source if self.source is not None or self.backward else user_source()
         self.nodes.append(Node(prim, inputs, params, out, source, self.group, self.backward))

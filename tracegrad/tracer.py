@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import sys
 import types
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -89,7 +88,7 @@ def trace(fn, args: tuple, name: str | None = None) -> Traced:
         it = iter(inputs)
         traced_args = _rebuild(args, it)
         prepared, readers = _prepare(fn, builder)
-        result, local_names = _call_recording_locals(prepared, traced_args)
+        result, local_names = _call_recording_locals(prepared, traced_args, builder)
         out_leaves, out_tree = flatten(result)
         outputs = [_output_atom(leaf, builder) for leaf in out_leaves]
     for var, hint in local_names.items():
@@ -216,25 +215,18 @@ def _prepare(fn, builder):
     return copy, readers
 
 
-def _call_recording_locals(fn, args):
-    """Call ``fn(*args)`` and return its result and {Var: the local variable name that held it}."""
-    code = getattr(fn, "__code__", None)
-    seen: dict = {}
-    previous = sys.getprofile()
+def _call_recording_locals(fn, args, builder):
+    """Call ``fn(*args)`` and return its result and {Var: the local variable name that held it}.
 
-    def profile(frame, event, arg):
-        if event == "return" and frame.f_code is code and not seen:
-            for name, value in frame.f_locals.items():
-                if isinstance(value, TracedArray) and is_valid_name(name):
-                    seen.setdefault(value.var, name)
-        if previous is not None:
-            previous(frame, event, arg)
-
-    if code is not None:
-        sys.setprofile(profile)
-    try:
-        result = fn(*args)
-    finally:
-        if code is not None:
-            sys.setprofile(previous)
-    return result, seen
+    The builder keeps the function's frame (found when the first node is recorded); once the function
+    has returned, the frame still holds its final local variables.
+    """
+    builder.watch = getattr(fn, "__code__", None)
+    result = fn(*args)
+    frame, builder.watch, builder.watched_frame = builder.watched_frame, None, None
+    names: dict = {}
+    if frame is not None:
+        for name, value in frame.f_locals.items():
+            if isinstance(value, TracedArray) and value.builder is builder and is_valid_name(name):
+                names.setdefault(value.var, name)
+    return result, names
