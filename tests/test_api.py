@@ -215,3 +215,55 @@ def test_tracing_works_under_a_profiler():
     finally:
         profiler.disable()
     assert "hidden = np.tanh(x)" in src
+
+
+def test_scipy_expit_traces_to_the_sigmoid_primitive(rng):
+    from scipy.special import expit
+
+    x = rng.normal(size=3)
+    graph = tg.make_graph(lambda x: np.sum(expit(x)), x)
+    assert [node.primitive.name for node in graph.nodes] == ["sigmoid", "reduce_sum"]
+    src = tg.source(tg.grad(lambda x: np.sum(expit(x))), x)
+    assert "sigmoid(x)" in src and "* (1.0 - s0) * s0" in src
+    np.testing.assert_allclose(tg.grad(lambda x: np.sum(expit(x)))(x), expit(x) * (1 - expit(x)), rtol=1e-12)
+
+
+def test_only_the_requested_gradients_are_computed(rng):
+    W, x = rng.normal(size=(3, 3)), rng.normal(size=3)
+    graph = tg.make_graph(tg.grad(lambda W, x: np.sum(np.tanh(W @ x)), argnums=1), W, x)
+    names = str(graph)
+    assert "grad_x" in names and "grad_W" not in names
+    # W's gradient would need an outer product (a reshape); x's needs only W.T @ g
+    assert not any(node.primitive.name == "reshape" for node in graph.nodes)
+
+
+def test_numba_cache_is_reused_by_a_new_process(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "prog.py"
+    script.write_text(textwrap.dedent("""
+        import numpy as np, tracegrad as tg
+        f = tg.grad(lambda x: np.sum(np.sin(x) * x))
+        print(f(np.ones(3))[0])
+        entry = f.specialize(np.ones(3))
+        stats = entry.dispatcher.stats
+        print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))
+    """))
+    env = dict(__import__("os").environ, TRACEGRAD_CACHE_DIR=str(tmp_path / "cache"))
+    first, second = (subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
+                                    check=True).stdout.split() for _ in range(2))
+    assert first[0] == second[0]
+    assert (first[1], first[2]) == ("0", "1")  # compiled ...
+    assert (second[1], second[2]) == ("1", "0")  # ... then loaded from Numba's cache, not compiled again
+
+
+def test_cache_dir_can_be_set(tmp_path):
+    try:
+        tg.set_cache_dir(tmp_path)
+        assert tg.cache_dir() == tmp_path
+        tg.grad(lambda x: x * 3.25)(1.0)
+        assert any(p.suffix == ".py" for p in tmp_path.iterdir())
+    finally:
+        tg.set_cache_dir(None)
