@@ -16,6 +16,7 @@ import numpy as np
 from . import backend
 from .autodiff import value_and_grad_graph
 from .codegen import Module, generate
+from .passes import optimize
 from .core import TracedArray
 from .errors import GradTypeError
 from .interpret import inline
@@ -209,6 +210,7 @@ class Function:
         wrt = self._differentiable_leaves(args) if self.mode != "jit" else []
         traced = trace(self.fun, args)
         graph, pack, direct_pack = self._transform(traced, args, wrt)
+        graph = optimize(graph)
         suffix = {"jit": "", "grad": "_grad", "value_and_grad": "_value_and_grad"}[self.mode]
         name = _identifier(traced.graph.name) + suffix
         graph.name = name

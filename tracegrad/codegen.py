@@ -155,13 +155,13 @@ def generate(graph: Graph, function: str | None = None, comments: bool = True) -
         body.extend((line, note if i == 0 else None) for i, line in enumerate(lines))
 
     returns = []
-    for out in graph.outputs:
+    for i, out in enumerate(graph.outputs):
         if isinstance(out, Literal):
             returns.append(_literal(out)[0])
             continue
         name = names[out]
-        if out.aval.ndim and (out in graph.inputs or defined_by[out].primitive.view):
-            name = f"np.copy({name})"  # never hand back the caller's own array or a view of it
+        if out.aval.ndim and (out in graph.inputs or defined_by[out].primitive.view or out in graph.outputs[:i]):
+            name = f"np.copy({name})"  # never hand back the caller's own array, a view of it, or one array twice
         returns.append(name)
     body.append(("return " + ", ".join(returns) + ("," if len(returns) == 1 else ""), None))
     width = min(max((len(code) for code, note in body if note), default=0), 56) + 2

@@ -57,6 +57,7 @@ class Primitive:
     cast_inputs: Any = ()  # input positions (or True: all) converted to the output dtype before binding
     view: bool = False  # the result may share memory with an input
     nondiff: bool = False  # no gradient flows through (comparisons, sign)
+    elementwise: bool = False  # applied element by element; inputs broadcast implicitly to the output
     domain: Any = None  # test data: how to draw valid inputs (see tests/)
     doc: str = ""
 

@@ -9,9 +9,15 @@ import numpy as np
 
 from ..core import Infix, Prefix, primitive
 from . import shapes
-from .shapes import elementwise, unary_float, binary_float, comparison
+from .shapes import unary_float, binary_float, comparison
 
 ADD, MUL, UNARY, POW, CMP = 11, 12, 13, 14, 6
+
+
+def elementwise(cls):
+    """Declare an elementwise primitive: its inputs broadcast to its output, element by element."""
+    cls.elementwise = True
+    return primitive(cls)
 
 
 def _is(atom, value) -> bool:
@@ -22,11 +28,11 @@ def _is(atom, value) -> bool:
 # ---------------------------------------------------------------- arithmetic
 
 
-@primitive
+@elementwise
 class add:
     """x + y"""
     numpy = [np.add]
-    shape = elementwise
+    shape = shapes.elementwise
     ref = np.add
     emit = Infix("+", ADD)
 
@@ -37,11 +43,11 @@ class add:
         return x if _is(y, 0) else y if _is(x, 0) else None
 
 
-@primitive
+@elementwise
 class sub:
     """x - y"""
     numpy = [np.subtract]
-    shape = elementwise
+    shape = shapes.elementwise
     ref = np.subtract
     emit = Infix("-", ADD)
 
@@ -52,11 +58,11 @@ class sub:
         return x if _is(y, 0) else None
 
 
-@primitive
+@elementwise
 class mul:
     """x * y"""
     numpy = [np.multiply]
-    shape = elementwise
+    shape = shapes.elementwise
     ref = np.multiply
     emit = Infix("*", MUL)
 
@@ -67,7 +73,7 @@ class mul:
         return x if _is(y, 1) else y if _is(x, 1) else None
 
 
-@primitive
+@elementwise
 class div:
     """x / y"""
     numpy = [np.divide]
@@ -82,7 +88,7 @@ class div:
         return x if _is(y, 1) else None
 
 
-@primitive
+@elementwise
 class neg:
     """-x"""
     numpy = [np.negative]
@@ -94,7 +100,7 @@ class neg:
         return [-g]
 
 
-@primitive
+@elementwise
 class pow:
     """x ** y"""
     numpy = [np.power]
@@ -113,7 +119,7 @@ class pow:
 # ---------------------------------------------------------------- transcendental functions
 
 
-@primitive
+@elementwise
 class exp:
     """e ** x"""
     numpy = [np.exp]
@@ -126,7 +132,7 @@ class exp:
         return [g * out]
 
 
-@primitive
+@elementwise
 class log:
     """natural logarithm"""
     numpy = [np.log]
@@ -140,7 +146,7 @@ class log:
         return [g / x]
 
 
-@primitive
+@elementwise
 class log1p:
     """log(1 + x), accurate for small x"""
     numpy = [np.log1p]
@@ -154,7 +160,7 @@ class log1p:
         return [g / (1 + x)]
 
 
-@primitive
+@elementwise
 class expm1:
     """exp(x) - 1, accurate for small x"""
     numpy = [np.expm1]
@@ -167,7 +173,7 @@ class expm1:
         return [g * (out + 1)]
 
 
-@primitive
+@elementwise
 class sqrt:
     """square root"""
     numpy = [np.sqrt]
@@ -181,7 +187,7 @@ class sqrt:
         return [g / (2 * out)]
 
 
-@primitive
+@elementwise
 class sin:
     numpy = [np.sin]
     math = [math.sin]
@@ -193,7 +199,7 @@ class sin:
         return [g * cos(x)]
 
 
-@primitive
+@elementwise
 class cos:
     numpy = [np.cos]
     math = [math.cos]
@@ -205,7 +211,7 @@ class cos:
         return [-g * sin(x)]
 
 
-@primitive
+@elementwise
 class tan:
     numpy = [np.tan]
     math = [math.tan]
@@ -218,7 +224,7 @@ class tan:
         return [g * (1 + out * out)]
 
 
-@primitive
+@elementwise
 class sinh:
     numpy = [np.sinh]
     math = [math.sinh]
@@ -230,7 +236,7 @@ class sinh:
         return [g * cosh(x)]
 
 
-@primitive
+@elementwise
 class cosh:
     numpy = [np.cosh]
     math = [math.cosh]
@@ -242,7 +248,7 @@ class cosh:
         return [g * sinh(x)]
 
 
-@primitive
+@elementwise
 class tanh:
     numpy = [np.tanh]
     math = [math.tanh]
@@ -258,7 +264,7 @@ def _sigmoid_kernel(x):
     return 1 / (1 + np.exp(-x))
 
 
-@primitive
+@elementwise
 class sigmoid:
     """The logistic function 1 / (1 + exp(-x)); ``scipy.special.expit`` traces to it.
 
@@ -282,7 +288,7 @@ class sigmoid:
 # ---------------------------------------------------------------- kinks: the midpoint of the subdifferential
 
 
-@primitive
+@elementwise
 class abs:
     """|x|; abs'(0) = 0"""
     numpy = [np.absolute]
@@ -295,7 +301,7 @@ class abs:
         return [g * sign(x)]
 
 
-@primitive
+@elementwise
 class sign:
     """-1, 0 or 1; its derivative is 0 everywhere it exists, and we use 0 at 0 too"""
     numpy = [np.sign]
@@ -305,11 +311,11 @@ class sign:
     nondiff = True
 
 
-@primitive
+@elementwise
 class maximum:
     """elementwise max(x, y); at a tie each input gets half the gradient (NaN propagates, as in NumPy)"""
     numpy = [np.maximum]
-    shape = elementwise
+    shape = shapes.elementwise
     ref = np.maximum
     emit = "np.maximum({x}, {y})"
 
@@ -319,11 +325,11 @@ class maximum:
         return [where(tie, half, where(x > y, g, 0.0)), where(tie, half, where(x < y, g, 0.0))]
 
 
-@primitive
+@elementwise
 class minimum:
     """elementwise min(x, y); at a tie each input gets half the gradient"""
     numpy = [np.minimum]
-    shape = elementwise
+    shape = shapes.elementwise
     ref = np.minimum
     emit = "np.minimum({x}, {y})"
 
@@ -338,11 +344,11 @@ def _where_kernel(c, x, y):
 
 
 def _where_shape(c, x, y):
-    out = elementwise(x, y)
+    out = shapes.elementwise(x, y)
     return type(out)(shapes.broadcast(c, x, y), out.dtype)
 
 
-@primitive
+@elementwise
 class where:
     """c ? x : y elementwise; the gradient goes to the branch taken, zero to the other"""
     numpy = [np.where]
@@ -365,7 +371,7 @@ class where:
 def _comparison(name, op, ufunc, doc):
     cls = type(name, (), dict(
         __doc__=doc, numpy=[ufunc], shape=comparison, ref=ufunc, emit=Infix(op, CMP, "none"), nondiff=True))
-    return primitive(cls)
+    return elementwise(cls)
 
 
 lt = _comparison("lt", "<", np.less, "x < y")
@@ -384,7 +390,7 @@ def _convert_emit(args, out, dtype):
     return f"{spelled}({args[0]})" if out.ndim == 0 else f"{args[0]}.astype({spelled})"
 
 
-@primitive
+@elementwise
 class convert:
     """x.astype(dtype)"""
     shape = staticmethod(lambda x, dtype: type(x)(x.shape, dtype))
