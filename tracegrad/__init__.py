@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 from . import primitives as _primitives  # noqa: F401  (registers every primitive)
 from .api import Compiled, Function, grad, jit, make_graph, source, value_and_grad
 from .backend import cache_dir, set_cache_dir
-from .errors import (CompileError, GradTypeError, ShapeError, TracegradError, TracingError,
+from .errors import (CompileError, GradTypeError, NonFiniteError, ShapeError, TracegradError, TracingError,
                      UnsupportedError)
 from .ir import Aval, Graph
 from .primitives.elementwise import sigmoid
@@ -21,4 +21,5 @@ __all__ = [
     "grad", "value_and_grad", "jit", "make_graph", "source", "sigmoid",
     "Function", "Compiled", "Graph", "Aval", "cache_dir", "set_cache_dir",
     "TracegradError", "TracingError", "UnsupportedError", "ShapeError", "GradTypeError", "CompileError",
+    "NonFiniteError",
 ]

@@ -7,6 +7,7 @@ straight to the compiled Numba function.
 from __future__ import annotations
 
 import functools
+import os
 import keyword
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -118,7 +119,7 @@ class _Stale(Exception):
 class Function:
     """A function transformed by ``grad``, ``value_and_grad`` or ``jit``. Call it like the original."""
 
-    def __init__(self, fun: Callable, mode: str, argnums=0, has_aux: bool = False):
+    def __init__(self, fun: Callable, mode: str, argnums=0, has_aux: bool = False, debug_nans: bool | None = None):
         if not callable(fun):
             raise TypeError(f"{mode} expects a function, got {type(fun).__name__}")
         if mode != "jit":
@@ -127,6 +128,9 @@ class Function:
         self.mode = mode
         self.argnums = argnums
         self.has_aux = has_aux
+        if debug_nans is None:
+            debug_nans = os.environ.get("TRACEGRAD_DEBUG_NANS", "") not in ("", "0")
+        self.debug_nans = debug_nans
         self._cache: dict = {}
         functools.update_wrapper(self, fun, updated=())  # not __dict__: fun may be a Function itself
 
@@ -212,9 +216,9 @@ class Function:
         graph, pack, direct_pack = self._transform(traced, args, wrt)
         graph = optimize(graph)
         suffix = {"jit": "", "grad": "_grad", "value_and_grad": "_value_and_grad"}[self.mode]
-        name = _identifier(traced.graph.name) + suffix
+        name = _identifier(traced.graph.name) + suffix + ("_debug_nans" if self.debug_nans else "")
         graph.name = name
-        module = generate(graph, name)
+        module = generate(graph, name, check_finite=self.debug_nans)
         if any(type(leaf) is np.ndarray and leaf.ndim == 0 for leaf in leaves):
             direct_pack = None  # 0-d arrays are passed to Numba as scalars
         return Compiled(graph, module, backend.load(module), traced, pack, direct_pack)
@@ -331,14 +335,14 @@ def _identifier(name: str) -> str:
 
 
 def _transform_decorator(mode):
-    def transform(fun=None, *, argnums=0, has_aux=False):
+    def transform(fun=None, *, argnums=0, has_aux=False, debug_nans=None):
         if fun is None:
-            return lambda f: Function(f, mode, argnums, has_aux)
-        return Function(fun, mode, argnums, has_aux)
+            return lambda f: Function(f, mode, argnums, has_aux, debug_nans)
+        return Function(fun, mode, argnums, has_aux, debug_nans)
     return transform
 
 
-def grad(fun: Callable | None = None, *, argnums=0, has_aux: bool = False) -> Function:
+def grad(fun: Callable | None = None, *, argnums=0, has_aux: bool = False, debug_nans: bool | None = None) -> Function:
     """The gradient of a scalar function, compiled.
 
     ``grad(f)(*args)`` returns the gradient of ``f`` with respect to argument ``argnums`` (an int, or a
@@ -349,14 +353,19 @@ def grad(fun: Callable | None = None, *, argnums=0, has_aux: bool = False) -> Fu
     >>> tg.grad(lambda x: np.sum(x ** 2))(np.array([1.0, 2.0]))
     array([2., 4.])
 
+    With ``debug_nans=True`` (default: the environment variable ``TRACEGRAD_DEBUG_NANS=1``) the compiled
+    code checks every value and raises ``NonFiniteError`` at the first NaN or inf, naming the value,
+    the forward or backward pass and your line; off, the checks are not in the code at all.
+
     Raises ``GradTypeError`` for a non-scalar output, an integer argument or ``argnums`` out of range,
     ``TracingError`` for Python control flow on traced values, ``UnsupportedError`` for NumPy functions
     tracegrad does not know, and ``ShapeError`` for shapes that do not fit.
     """
-    return _transform_decorator("grad")(fun, argnums=argnums, has_aux=has_aux)
+    return _transform_decorator("grad")(fun, argnums=argnums, has_aux=has_aux, debug_nans=debug_nans)
 
 
-def value_and_grad(fun: Callable | None = None, *, argnums=0, has_aux: bool = False) -> Function:
+def value_and_grad(fun: Callable | None = None, *, argnums=0, has_aux: bool = False,
+                   debug_nans: bool | None = None) -> Function:
     """Like ``grad``, but returns ``(value, gradient)`` from one compiled pass (``((value, aux), gradient)``
     with ``has_aux``).
 
@@ -364,17 +373,17 @@ def value_and_grad(fun: Callable | None = None, *, argnums=0, has_aux: bool = Fa
     >>> tg.value_and_grad(lambda x, y: x * y + y)(3.0, 2.0)
     (8.0, 2.0)
     """
-    return _transform_decorator("value_and_grad")(fun, argnums=argnums, has_aux=has_aux)
+    return _transform_decorator("value_and_grad")(fun, argnums=argnums, has_aux=has_aux, debug_nans=debug_nans)
 
 
-def jit(fun: Callable) -> Function:
+def jit(fun: Callable, *, debug_nans: bool | None = None) -> Function:
     """Compile ``fun`` (forward only). It may return any pytree of arrays and scalars.
 
     >>> import numpy as np, tracegrad as tg
     >>> tg.jit(lambda x: np.tanh(x) * 2)(np.zeros(2))
     array([0., 0.])
     """
-    return Function(fun, "jit")
+    return Function(fun, "jit", debug_nans=debug_nans)
 
 
 def make_graph(fun: Callable, *args) -> Graph:

@@ -81,5 +81,9 @@ class GradTypeError(TracegradError, TypeError):
     """A gradient asked of something that has none (integer/bool argument, non-scalar output, bad argnums)."""
 
 
+class NonFiniteError(TracegradError, FloatingPointError):
+    """A NaN or inf appeared while ``debug_nans`` was on; the message names the value and the user's line."""
+
+
 class CompileError(TracegradError):
     """Generated code that the backend could not compile: always a tracegrad bug, please report it."""
