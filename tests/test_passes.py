@@ -91,3 +91,50 @@ def test_optimized_graphs_equal_the_reference_interpreter(name, i):
             got = evaluate(optimized, *xs, *captured)
         for a, b in zip(expected, got):
             np.testing.assert_array_equal(a, b)
+
+
+def rosenbrock(x):
+    return np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)
+
+
+def test_fusion_turns_elementwise_chains_into_loops_with_the_same_names(rng):
+    x = rng.normal(size=50)
+    fun = tg.value_and_grad(rosenbrock)
+    graph = tg.make_graph(fun, x)
+    assert "fused" in names_of(graph)
+    src = tg.source(fun, x)
+    assert "for i0 in range(49):" in src and "grad_s3[i0] =" in src
+    value, g = fun(x)
+    raw, captured = raw_value_and_grad_graph(rosenbrock, x)
+    expected = evaluate(raw, x)
+    assert value == pytest.approx(expected[0], rel=1e-13)
+    np.testing.assert_allclose(g, expected[1], rtol=1e-13)
+
+
+def test_fused_loops_read_broadcast_inputs_and_keep_float32(rng):
+    a = rng.normal(size=(3, 4)).astype(np.float32)
+    row = rng.normal(size=(1, 4)).astype(np.float32)
+    col = rng.normal(size=3).astype(np.float32)[:, None]
+
+    def f(a, row, col):
+        return np.tanh(a * row + col) * 2.0 - np.exp(a) * row
+
+    out = tg.jit(f)(a, row, col)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, f(a, row, col), rtol=1e-6)
+    src = tg.source(f, a, row, col)
+    assert "row[0, i1]" in src and "col[i0, 0]" in src and "np.empty((3, 4), np.float32)" in src
+
+
+def test_values_used_after_the_loop_are_not_fused_away(rng):
+    def f(x):
+        y = np.exp(x) * 2.0  # needed by the backward pass: must stay an array
+        return np.sum(np.sin(y) + y)
+
+    x = rng.normal(size=5)
+    np.testing.assert_allclose(tg.grad(f)(x), numeric_grad_of(f, x), rtol=1e-7)
+
+
+def numeric_grad_of(f, x):
+    from tracegrad.testing import numeric_grad
+    return numeric_grad(f, x)

@@ -214,7 +214,7 @@ class Function:
         wrt = self._differentiable_leaves(args) if self.mode != "jit" else []
         traced = trace(self.fun, args)
         graph, pack, direct_pack = self._transform(traced, args, wrt)
-        graph = optimize(graph)
+        graph = optimize(graph, fusion=not self.debug_nans)  # unfused, every value is checked on its own
         suffix = {"jit": "", "grad": "_grad", "value_and_grad": "_value_and_grad"}[self.mode]
         name = _identifier(traced.graph.name) + suffix + ("_debug_nans" if self.debug_nans else "")
         graph.name = name

@@ -10,13 +10,15 @@ as one expression. The output is deterministic: the same graph always gives byte
 """
 from __future__ import annotations
 
-import os
 import string
+
+import numpy as np
 from dataclasses import dataclass
 
 from . import __version__
 from .core import Infix, Prefix
-from .ir import Graph, Literal, Var, assign_names, literal_source
+from .ir import Aval, Graph, Literal, Var, assign_names, literal_source
+from .passes import inlinable as _inlinable
 
 ATOM = 16  # precedence of a name, literal or call
 
@@ -70,8 +72,10 @@ class Arg(str):
         return arg
 
 
-def spell(node, args: list):
-    """The expression (text, precedence) or statement lines for one node, given its arguments' spellings."""
+def spell(node, args: list, scalar: bool = False):
+    """The expression (text, precedence) or statement lines for one node, given its arguments' spellings.
+
+    ``scalar``: the node is computed one element at a time (inside a fused loop)."""
     emit = node.primitive.emit
     if isinstance(emit, Infix):
         (a, pa), (b, pb) = args
@@ -88,8 +92,9 @@ def spell(node, args: list):
         text = _fill_template(emit, args, node.params)
         prec = args[0][1] if emit == "{x}" else ATOM
         return text, prec
-    atoms = [Arg(_wrap(a, p, ATOM), atom.aval) for (a, p), atom in zip(args, node.inputs)]
-    result = emit(atoms, node.out.aval, **node.params)
+    scalar_aval = lambda aval: Aval((), aval.dtype) if scalar else aval
+    atoms = [Arg(_wrap(a, p, ATOM), scalar_aval(atom.aval)) for (a, p), atom in zip(args, node.inputs)]
+    result = emit(atoms, scalar_aval(node.out.aval), **node.params)
     if isinstance(result, list):
         return result
     return result, 13 if result.startswith("-") else ATOM
@@ -102,13 +107,72 @@ def _finite_check(name: str, node) -> str:
     return f"if not {test}: raise NonFiniteError({message!r})"
 
 
-def _kernel_names(graph: Graph) -> tuple:
+def _kernels_of(node) -> list:
+    kernel = node.primitive.kernel
+    if kernel is None:
+        return []
+    return list(kernel) if isinstance(kernel, dict) else [node.primitive.name]
+
+
+def _kernel_names(nodes) -> tuple:
     names = set()
-    for node in graph.nodes:
-        kernel = node.primitive.kernel
-        if kernel is not None:
-            names.update(kernel if isinstance(kernel, dict) else [node.primitive.name])
+    for node in nodes:
+        names.update(_kernels_of(node))
+        for value in node.params.values():
+            if isinstance(value, Graph):
+                names.update(_kernel_names(value.nodes))
     return tuple(sorted(names))
+
+
+def _empty(shape, dtype) -> str:
+    dtype = np.dtype(dtype)
+    return f"np.empty({shape!r})" if dtype == np.float64 else f"np.empty({shape!r}, np.{dtype.name})"
+
+
+def _fused_lines(node, names: dict) -> list:
+    """A fused node as a loop nest: the body's statements run once per element, on scalars."""
+    body, shape = node.params["body"], node.params["shape"]
+    index = [f"i{d}" for d in range(len(shape))]
+    inside = {member.out for member in body.nodes}
+
+    uses, consumer_group = {}, {}
+    for member in body.nodes:
+        for a in member.inputs:
+            uses[a] = uses.get(a, 0) + 1
+            consumer_group[a] = member.group
+    exprs = {}  # single-use temporaries of one VJP rule, written inline as outside loops
+
+    def read(atom):
+        if isinstance(atom, Literal):
+            return _literal(atom)
+        if atom in exprs:
+            return exprs.pop(atom)
+        if atom in inside:
+            return names[atom], ATOM
+        ashape = atom.aval.shape
+        if not ashape:
+            return names[atom], ATOM
+        lead = len(shape) - len(ashape)  # broadcasting: size-1 axes read element 0, missing axes are dropped
+        at = ["0" if d == 1 and shape[lead + k] != 1 else index[lead + k] for k, d in enumerate(ashape)]
+        return f"{names[atom]}[{', '.join(at)}]", ATOM
+
+    root = names[node.out]
+    lines = [f"{root} = {_empty(shape, node.out.aval.dtype)}"]
+    for d, n in enumerate(shape):
+        lines.append("    " * d + f"for {index[d]} in range({n}):")
+    indent = "    " * len(shape)
+    for member in body.nodes:
+        if member.primitive.name == "broadcast_to":  # reading the input with broadcast indexing is enough
+            spelled = read(member.inputs[0])
+        else:
+            spelled = spell(member, [read(a) for a in member.inputs], scalar=True)
+        out = member.out
+        if out is not node.out and _inlinable(member, uses, consumer_group):
+            exprs[out] = spelled
+            continue
+        target = f"{root}[{', '.join(index)}]" if out is node.out else names[out]
+        lines.append(f"{indent}{target} = {spelled[0]}")
+    return [line.replace("{", "{{").replace("}", "}}") for line in lines]
 
 
 def generate(graph: Graph, function: str | None = None, comments: bool = True, check_finite: bool = False) -> Module:
@@ -118,8 +182,9 @@ def generate(graph: Graph, function: str | None = None, comments: bool = True, c
     first NaN or inf raises ``NonFiniteError`` naming the value, the pass and the user's line.
     """
     function = function or graph.name
-    all_kernels = _kernel_names(graph)
-    names = assign_names(graph, reserved=frozenset(all_kernels) | {function})
+    all_kernels = _kernel_names(graph.nodes)
+    loop_indices = {f"i{d}" for node in graph.nodes if "body" in node.params for d in range(len(node.params["shape"]))}
+    names = assign_names(graph, reserved=frozenset(all_kernels) | {function} | loop_indices)
     uses: dict = {}
     for node in graph.nodes:
         for a in node.inputs:
@@ -142,15 +207,16 @@ def generate(graph: Graph, function: str | None = None, comments: bool = True, c
     for node in graph.nodes:
         defined_by[node.out] = node
         args = [_literal(a) if isinstance(a, Literal) else exprs.pop(a, None) or (names[a], ATOM) for a in node.inputs]
-        spelled = spell(node, args)
-        kernel = node.primitive.kernel
-        if kernel is not None:
-            for k in (kernel if isinstance(kernel, dict) else [node.primitive.name]):
-                if any(k + "(" in line for line in (spelled if isinstance(spelled, list) else [spelled[0]])):
-                    used_kernels.add(k)
+        if node.primitive.emit is None:  # a fused loop
+            spelled = _fused_lines(node, names)
+            kernels = _kernel_names(node.params["body"].nodes)
+        else:
+            spelled = spell(node, args)
+            kernels = _kernels_of(node)
+        text = "\n".join(spelled if isinstance(spelled, list) else [spelled[0]])
+        used_kernels.update(k for k in kernels if k + "(" in text)
         out = node.out
-        if (isinstance(spelled, tuple) and node.group is not None and uses.get(out) == 1
-                and out.hint is None and out.grad_of is None and consumer_group.get(out) == node.group):
+        if isinstance(spelled, tuple) and _inlinable(node, uses, consumer_group):
             exprs[out] = spelled
             continue
         note = None

@@ -143,6 +143,17 @@ def is_valid_name(name: str) -> bool:
     return name.isidentifier() and name not in RESERVED and not name.startswith("_")
 
 
+def defined_vars(nodes) -> list:
+    """The values the nodes define, in order, including those inside nested graphs (fused loops)."""
+    out = []
+    for node in nodes:
+        for value in node.params.values():
+            if isinstance(value, Graph):
+                out.extend(v for v in defined_vars(value.nodes) if v is not node.out)
+        out.append(node.out)
+    return out
+
+
 def assign_names(graph: Graph, reserved=frozenset()) -> dict:
     """Map each Var of ``graph`` to a unique, deterministic display name.
 
@@ -150,7 +161,7 @@ def assign_names(graph: Graph, reserved=frozenset()) -> dict:
     numbered ``s0, s1, ...`` in the order they are defined. ``reserved`` holds names the caller needs
     for itself (kernel names).
     """
-    order = list(graph.inputs) + [node.out for node in graph.nodes]
+    order = list(graph.inputs) + defined_vars(graph.nodes)
     taken = set(reserved) | {v.hint for v in order if v.hint and is_valid_name(v.hint)}
     names: dict = {}
     used: set = set(reserved)
@@ -217,13 +228,20 @@ def format_graph(graph: Graph) -> str:
     names = assign_names(graph)
     args = ", ".join(f"{names[v]}: {v.aval}" for v in graph.inputs)
     lines = [f"graph {graph.name}({args}):"]
-    for node in graph.nodes:
-        ins = " ".join(format_atom(a, names) for a in node.inputs)
-        lines.append(
-            f"  {names[node.out]}: {node.out.aval} = {node.primitive.name}{format_params(node.params)} {ins}".rstrip()
-        )
+    _format_nodes(graph.nodes, names, lines, "  ")
     lines.append("  return " + ", ".join(format_atom(v, names) for v in graph.outputs))
     return "\n".join(lines)
+
+
+def _format_nodes(nodes, names, lines, indent):
+    for node in nodes:
+        ins = " ".join(format_atom(a, names) for a in node.inputs)
+        params = {k: v for k, v in node.params.items() if not isinstance(v, Graph)}
+        lines.append(f"{indent}{names[node.out]}: {node.out.aval} = "
+                     f"{node.primitive.name}{format_params(params)} {ins}".rstrip())
+        for value in node.params.values():
+            if isinstance(value, Graph):
+                _format_nodes(value.nodes, names, lines, indent + "    ")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ import dataclasses
 
 import numpy as np
 
-from .core import PRIMITIVES
-from .ir import Graph, Literal, Node, Var
+from .core import PRIMITIVES, Primitive
+from .interpret import evaluate
+from .ir import Graph, IRError, Literal, Node, Var
 
 
 def _rebuild(graph: Graph, nodes: list, replace: dict) -> Graph:
@@ -95,6 +96,8 @@ def _skip_broadcasts(node: Node, defs: dict) -> Node:
     inputs = list(node.inputs)
     for i, atom in enumerate(inputs):
         source = defs.get(atom) if isinstance(atom, Var) else None
+        while source is not None and source.primitive.name == "copy":  # look through aliases (grad_s7 = grad_s8)
+            source = defs.get(source.inputs[0]) if isinstance(source.inputs[0], Var) else None
         if source is None or source.primitive.name != "broadcast_to":
             continue
         candidate = inputs[:i] + [source.inputs[0]] + inputs[i + 1:]
@@ -104,6 +107,114 @@ def _skip_broadcasts(node: Node, defs: dict) -> Node:
     return node if inputs == node.inputs else dataclasses.replace(node, inputs=inputs)
 
 
-def optimize(graph: Graph) -> Graph:
-    """The standard pipeline: common subexpressions, simplification, then dead code."""
-    return dce(simplify(cse(graph)))
+# ---------------------------------------------------------------- elementwise fusion
+
+
+def _fused_vjp(g, out, *inputs, body, shape):
+    raise IRError("fused nodes are made after differentiation and cannot be differentiated")
+
+
+def _fused_ref(*inputs, body, shape):
+    return np.broadcast_to(evaluate(body, *inputs)[0], shape).copy()
+
+
+# Not in the registry: fusion makes these nodes, users never write them.
+fused = Primitive(
+    name="fused",
+    doc="""A group of elementwise nodes computed in one loop nest over ``shape``: no temporary arrays.
+
+    ``body`` is a graph over the same values (its inputs are this node's inputs, its one output this
+    node's output); codegen writes it as ``for i0 in range(n): ...`` with the body's statements inside.""",
+    shape=lambda *avals, body, shape: body.outputs[0].aval,
+    ref=_fused_ref,
+    emit=None,  # written by codegen as a loop nest
+    vjp=_fused_vjp,
+)
+
+
+def inlinable(node: Node, uses: dict, consumer_group: dict) -> bool:
+    """A temporary of a VJP rule, used once, by the same rule: codegen writes it inside its user's
+    expression (``grad_s3 = grad_L * (1 - L) * L``) instead of as a statement of its own."""
+    out = node.out
+    return (node.group is not None and uses.get(out) == 1 and out.hint is None and out.grad_of is None
+            and consumer_group.get(out) == node.group)
+
+
+def _statements(members: list) -> int:
+    """How many statements a group of nodes takes in generated code, after inlining."""
+    uses, consumer_group = {}, {}
+    for member in members:
+        for a in member.inputs:
+            uses[a] = uses.get(a, 0) + 1
+            consumer_group[a] = member.group
+    return 1 + sum(1 for m in members[:-1] if not inlinable(m, uses, consumer_group))
+
+
+def _fusible(node: Node) -> bool:
+    # broadcast_to joins a loop as a read with broadcast indexing: inside the loop it costs nothing
+    return (node.primitive.elementwise or node.primitive.name == "broadcast_to") and node.out.aval.ndim > 0
+
+
+def fuse(graph: Graph) -> Graph:
+    """Elementwise fusion: each maximal group of elementwise nodes of one shape, whose intermediate
+    values are used only inside the group, becomes one ``fused`` node (one loop, no temporaries)."""
+    uses: dict = {}
+    for node in graph.nodes:
+        for a in node.inputs:
+            if isinstance(a, Var):
+                uses.setdefault(a, []).append(node)
+    outputs = {v for v in graph.outputs if isinstance(v, Var)}
+    defs = {node.out: node for node in graph.nodes}
+    assigned: dict = {}  # member node -> root node of its group
+    groups: dict = {}  # root -> [members in graph order]
+    for root in reversed(graph.nodes):
+        if root in assigned or not _fusible(root) or root.primitive.name == "broadcast_to":
+            continue
+        members = {root}
+        changed = True
+        while changed:
+            changed = False
+            for member in list(members):
+                for a in member.inputs:
+                    producer = defs.get(a) if isinstance(a, Var) else None
+                    if (producer is None or producer in members or producer in assigned or not _fusible(producer)
+                            or producer.out.aval.shape != root.out.aval.shape or producer.out in outputs
+                            or not all(user in members for user in uses[producer.out])):
+                        continue
+                    members.add(producer)
+                    changed = True
+        ordered = [n for n in graph.nodes if n in members]
+        if _statements(ordered) > 1:  # one statement is one loop already (Numba fuses an expression)
+            for member in members:
+                assigned[member] = root
+            groups[root] = ordered
+    if not groups:
+        return graph
+    nodes = []
+    for node in graph.nodes:
+        root = assigned.get(node)
+        if root is None:
+            nodes.append(node)
+        elif node is root:
+            nodes.append(_fused_node(groups[root]))
+    return Graph(graph.name, graph.inputs, nodes, graph.outputs, graph.n_args, dict(graph.meta))
+
+
+def _fused_node(members: list) -> Node:
+    root = members[-1]
+    inside = {m.out for m in members}
+    inputs, seen = [], set()
+    for member in members:
+        for a in member.inputs:
+            if isinstance(a, Var) and a not in inside and a not in seen:
+                seen.add(a)
+                inputs.append(a)
+    body = Graph(f"fused_{root.primitive.name}", list(inputs), list(members), [root.out])
+    params = dict(body=body, shape=root.out.aval.shape)
+    return Node(fused, tuple(inputs), params, root.out, root.source, None, root.backward)
+
+
+def optimize(graph: Graph, fusion: bool = True) -> Graph:
+    """The standard pipeline: common subexpressions, simplification, dead code, then elementwise fusion."""
+    graph = dce(simplify(cse(graph)))
+    return fuse(graph) if fusion else graph

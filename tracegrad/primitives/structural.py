@@ -422,6 +422,7 @@ class full:
 class copy:
     """the same value under a second name, as in ``grad_s2 = grad_s3`` (free in compiled code)"""
     shape = staticmethod(lambda x: x)
+    elementwise = True
     emit = "{x}"
     view = True
 
