@@ -16,10 +16,13 @@ from .errors import (CompileError, GradTypeError, NonFiniteError, ShapeError, Tr
                      UnsupportedError)
 from .ir import Aval, Graph
 from .primitives.elementwise import sigmoid
+from .errors import GradCheckError
+from .testing import check_grad, numeric_grad
 
 __all__ = [
     "grad", "value_and_grad", "jit", "make_graph", "source", "sigmoid",
     "Function", "Compiled", "Graph", "Aval", "cache_dir", "set_cache_dir",
     "TracegradError", "TracingError", "UnsupportedError", "ShapeError", "GradTypeError", "CompileError",
     "NonFiniteError",
+    "check_grad", "numeric_grad", "GradCheckError",
 ]

@@ -85,5 +85,14 @@ class NonFiniteError(TracegradError, FloatingPointError):
     """A NaN or inf appeared while ``debug_nans`` was on; the message names the value and the user's line."""
 
 
+class GradCheckError(TracegradError, AssertionError):
+    """``check_grad`` found a gradient that disagrees with finite differences; ``report`` holds the
+    comparison (the worst entries or directions, the tolerances used)."""
+
+    def __init__(self, message: str, report=None, hint: str | None = None):
+        super().__init__(message, None, hint)
+        self.report = report
+
+
 class CompileError(TracegradError):
     """Generated code that the backend could not compile: always a tracegrad bug, please report it."""

@@ -1,10 +1,25 @@
-"""Numeric gradients by central differences: the yardstick tracegrad's gradients are checked against."""
+"""Gradient checking: ``numeric_grad`` (central differences) and ``check_grad``, which compares
+tracegrad's compiled gradient with central differences and says so when a test point sits on a kink.
+
+``check_grad`` works in two modes. ``"directional"`` (the default) compares the derivative along a few
+seeded random unit directions v: the compiled reverse-mode gradient g gives <g, v>, central differences
+give (f(x + h v) - f(x - h v)) / 2h; with ``order=2`` the function checked is <grad f(x), u> for a
+random u, so this is the dot-product test <u, H v> of the Hessian. Its cost does not grow with the
+number of inputs. ``"full"`` differentiates numerically entry by entry and reports the worst entries.
+"""
 from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import GradTypeError
+from .api import value_and_grad
+from .errors import GradCheckError, GradTypeError, SourceInfo
+from .interpret import evaluate
+from .ir import Graph, Var
 from .pytree import flatten, unflatten
+from .tracer import arg_names, trace
 
 
 def numeric_grad(fun, *args, argnums=0, eps: float | None = None):
@@ -41,3 +56,537 @@ def numeric_grad(fun, *args, argnums=0, eps: float | None = None):
             g[index] = (values[0] - values[1]) / (2 * step)
         grads.append(float(g) if isinstance(leaf, float) else g)
     return unflatten(tree, grads)
+
+
+# ---------------------------------------------------------------------- defaults per dtype
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """Defaults for one precision: ``eps`` is the relative step of differences computed in it; ``rtol``
+    and ``atol`` apply to gradients computed in it (``atol`` is scaled by the size of the gradient)."""
+
+    eps: float
+    rtol: float
+    atol: float
+
+
+DEFAULTS = {
+    np.dtype(np.float64): Tolerances(eps=1e-6, rtol=1e-5, atol=1e-7),
+    np.dtype(np.float32): Tolerances(eps=1e-3, rtol=2e-3, atol=1e-4),
+}
+
+
+def _defaults(dtype) -> Tolerances:
+    return DEFAULTS[np.dtype(np.float64)] if np.dtype(dtype) == np.float64 else DEFAULTS[np.dtype(np.float32)]
+
+
+class KinkWarning(UserWarning):
+    """check_grad found a kink (abs, maximum, minimum, where, sign, np.max, np.min, clip) within the
+    finite-difference step of the point it checked: there, finite differences mean nothing."""
+
+
+# ---------------------------------------------------------------------- the report
+
+
+@dataclass(frozen=True)
+class Kink:
+    """A non-differentiable point within the step of the checked point: the operation and the user's line."""
+
+    operation: str
+    source: SourceInfo | None
+
+    def __str__(self) -> str:
+        where = f"{self.source.short()}: {self.source.line}" if self.source is not None else "(unknown line)"
+        return f"{where}  [{self.operation}]"
+
+
+@dataclass
+class Row:
+    """One comparison: a direction (directional mode) or one gradient entry (full mode)."""
+
+    label: str  # "direction 0", or the argument's name
+    index: tuple | None  # the entry's index in its argument (full mode)
+    analytic: float
+    numeric: float
+    tolerance: float
+    kinks: tuple = ()
+
+    @property
+    def abs_error(self) -> float:
+        return abs(self.analytic - self.numeric)
+
+    @property
+    def rel_error(self) -> float:
+        scale = max(abs(self.analytic), abs(self.numeric))
+        return self.abs_error / scale if scale > 0 else 0.0
+
+    @property
+    def within(self) -> bool:
+        return bool(self.abs_error <= self.tolerance)  # False for NaN
+
+    @property
+    def status(self) -> str:
+        if self.within:
+            return "ok"
+        if self.kinks and np.isfinite(self.analytic):
+            return "kink"  # finite differences across a kink: not a failure of the gradient
+        return "FAIL"
+
+
+@dataclass
+class GradCheckReport:
+    """What ``check_grad`` compared and found. ``str(report)`` is a readable table."""
+
+    function: str
+    argument_names: tuple
+    mode: str
+    order: int
+    dtype: np.dtype  # of the gradient checked
+    fd_dtype: np.dtype  # the precision the finite differences were computed in
+    eps: float
+    rtol: float
+    atol: float
+    atol_given: bool  # False: the default atol, scaled by the size of the gradient
+    rows: list = field(default_factory=list)
+    value: float = float("nan")  # the compiled function's value at the point
+    value_numeric: float = float("nan")  # the same from the finite-difference side
+    problems: list = field(default_factory=list)  # failures that are not rows (value, dtype, shape)
+
+    @property
+    def failures(self) -> list:
+        return [row for row in self.rows if row.status == "FAIL"]
+
+    @property
+    def kinks(self) -> list:
+        seen = []
+        for row in self.rows:
+            for kink in row.kinks:
+                if kink not in seen:
+                    seen.append(kink)
+        return seen
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures and not self.problems
+
+    def worst(self, k: int = 5) -> list:
+        """The ``k`` rows with the largest error relative to their tolerance, failures first."""
+        def badness(row):
+            ratio = row.abs_error / row.tolerance if row.tolerance > 0 else np.inf
+            return (row.status != "FAIL", -ratio if np.isfinite(ratio) else -np.inf)
+        return sorted(self.rows, key=badness)[:k]
+
+    def __repr__(self):
+        return f"<GradCheckReport {self.function}: {'passed' if self.passed else 'FAILED'}, {len(self.rows)} rows>"
+
+    def __str__(self) -> str:
+        what = "directions" if self.mode == "directional" else "entries"
+        verdict = "passed" if self.passed else (
+            f"FAILED: {len(self.failures)} of {len(self.rows)} {what} out of tolerance" if self.failures else "FAILED")
+        kind = "gradient" if self.order == 1 else "second derivative (gradient of <grad f, u>)"
+        fd = np.dtype(self.fd_dtype).name
+        norm = "|g|_2" if self.mode == "directional" else "max |g|"
+        atol = f"{self.atol:g}" if self.atol_given else f"{self.atol:g}*max(1, {norm})"
+        lines = [
+            f"check_grad({self.function}) w.r.t. {', '.join(self.argument_names)}, mode={self.mode!r}, "
+            f"order={self.order}: {verdict}",
+            f"  {np.dtype(self.dtype).name} {kind} vs central differences in {fd}",
+            f"  eps={self.eps:g} (step eps*max(1, |x|)), rtol={self.rtol:g}, atol={atol}",
+        ]
+        if self.problems:
+            lines += [f"  problem: {p}" for p in self.problems]
+        rows = self.rows if self.mode == "directional" else self.worst()
+        if rows:
+            if self.mode == "full":
+                lines.append(f"  {len(self.rows)} entries checked; the worst {len(rows)}:")
+            header = ("direction", "") if self.mode == "directional" else ("argument", "index")
+            table = [(*header, "analytic", "numeric", "abs error", "rel error", "status")]
+            for row in rows:
+                index = "" if row.index is None else ("()" if row.index == () else str(row.index))
+                first = row.label.replace("direction ", "") if self.mode == "directional" else row.label
+                table.append((first, index, f"{row.analytic:.10g}", f"{row.numeric:.10g}",
+                              f"{row.abs_error:.2e}", f"{row.rel_error:.2e}", row.status))
+            widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+            for r in table:
+                cells = [r[i].ljust(widths[i]) if i in (0, 1, 6) else r[i].rjust(widths[i]) for i in range(len(r))]
+                lines.append("    " + "  ".join(c for i, c in enumerate(cells) if widths[i]).rstrip())
+        if self.kinks:
+            lines.append("  kinks within the step (mismatches next to them are not failures):")
+            lines += [f"    {kink}" for kink in self.kinks]
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- the points checked
+
+
+def _leaf_kind_error(leaf, name: str, arg: str):
+    where = f"{name!r}" + (f" (in argument {arg!r})" if name != arg else "")
+    if isinstance(leaf, (bool, np.bool_)) or (isinstance(leaf, (np.ndarray, np.generic)) and leaf.dtype.kind == "b"):
+        what = "a bool"
+    elif isinstance(leaf, (int, np.integer)):
+        what = "a Python int" if isinstance(leaf, int) else f"an integer ({leaf.dtype})"
+    elif isinstance(leaf, (np.ndarray, np.generic)):
+        if leaf.dtype.kind == "f":
+            return None
+        kind = "an integer" if leaf.dtype.kind in "iu" else "a"
+        what = f"{kind} array of dtype {leaf.dtype}"
+    elif isinstance(leaf, float):
+        return None
+    else:
+        what = f"a {type(leaf).__name__}, not a float or a float array"
+    return GradTypeError(f"check_grad cannot differentiate with respect to {where}: it is {what}",
+                         hint="pass floats (2.0 rather than 2, or x.astype(np.float64)), or leave it out of argnums")
+
+
+def _leaf_at(leaf, values: np.ndarray, dtype):
+    """``values`` in the form of ``leaf`` (Python float, NumPy scalar or array), in ``dtype`` if given."""
+    if isinstance(leaf, float):
+        return float(values[0])
+    dtype = np.dtype(dtype or leaf.dtype)
+    if isinstance(leaf, np.generic):
+        return dtype.type(values[0])
+    return values.reshape(leaf.shape).astype(dtype)
+
+
+class _Point:
+    """The differentiated leaves of the arguments as one flat float64 vector, and arguments rebuilt from one."""
+
+    def __init__(self, args: tuple, picked: tuple, names: list):
+        self.args = args
+        self.picked = picked
+        self.trees = {i: flatten(args[i]) for i in picked}
+        self.leaves = [leaf for i in picked for leaf in self.trees[i][0]]
+        self.names = names
+        self.x = np.concatenate([np.asarray(leaf, np.float64).ravel() for leaf in self.leaves])
+        offsets, start = [], 0
+        for i, arg in enumerate(args):
+            n = len(flatten(arg)[0])
+            if i in picked:
+                offsets.extend(range(start, start + n))
+            start += n
+        self.positions = offsets  # of the differentiated leaves among all the leaves of ``args``
+
+    def args_at(self, x: np.ndarray, dtype=None) -> tuple:
+        new, pos = list(self.args), 0
+        for i in self.picked:
+            leaves, tree = self.trees[i]
+            rebuilt = []
+            for leaf in leaves:
+                n = int(np.size(leaf))
+                rebuilt.append(_leaf_at(leaf, x[pos:pos + n], dtype))
+                pos += n
+            new[i] = unflatten(tree, rebuilt)
+        return tuple(new)
+
+    def locate(self, k: int) -> tuple:
+        """The name of the leaf holding entry ``k`` of the flat vector, and the entry's index in it."""
+        for leaf, name in zip(self.leaves, self.names):
+            n = int(np.size(leaf))
+            if k < n:
+                return name, tuple(int(i) for i in np.unravel_index(k, np.shape(leaf)))
+            k -= n
+        raise IndexError(k)
+
+
+# ---------------------------------------------------------------------- kinks
+
+
+_COMPARISONS = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
+
+
+@dataclass
+class _Watch:
+    kink: Kink
+    slots: tuple  # positions of the watched values among the probe graph's outputs
+    axes: tuple | None = None  # reductions: the reduced axes (the signature is the mask of extrema)
+
+
+class _Probe:
+    """The checked function's graph, run by the reference interpreter, watching every input of a
+    non-differentiable operation: at each point it gives the value and a signature per kink (the signs
+    of ``x`` for abs/sign, of ``x - y`` for maximum/minimum/comparisons, the positions of the extrema for
+    np.max/np.min). A kink lies within the step when its signature is not the same at x - h v, x and
+    x + h v (a sign that is 0 at x and not at x + h v counts: the step leaves the kink)."""
+
+    def __init__(self, fun, args: tuple, positions: list):
+        traced = trace(fun, args)
+        graph = traced.graph
+        self.captured = [c.current() for c in traced.captures]
+        active = {graph.inputs[i] for i in positions}
+        for node in graph.nodes:
+            if any(isinstance(a, Var) and a in active for a in node.inputs):
+                active.add(node.out)
+        self.precision = np.dtype(np.float64)
+        if any(n.out in active and n.out.aval.dtype.kind == "f" and n.out.aval.dtype.itemsize < 8 for n in graph.nodes):
+            self.precision = np.dtype(np.float32)  # the function itself rounds to float32: so must the steps
+        condition_of_where = {n.inputs[0] for n in graph.nodes if n.primitive.name == "where"}
+        outputs = [graph.outputs[0]]
+        self.watches: list[_Watch] = []
+        for node in graph.nodes:
+            name = node.primitive.name
+            if not any(isinstance(a, Var) and a in active for a in node.inputs):
+                continue
+            axes = None
+            if name in ("abs", "sign"):
+                watched, operation = node.inputs[:1], f"{name}(x) at x = 0"
+            elif name in ("maximum", "minimum"):
+                watched, operation = node.inputs, f"{name}(x, y) at a tie x = y"
+            elif name in _COMPARISONS:
+                op = _COMPARISONS[name]
+                watched = node.inputs
+                operation = (f"np.where condition x {op} y flips" if node.out in condition_of_where
+                             else f"comparison x {op} y flips")
+            elif name in ("reduce_max", "reduce_min"):
+                watched, axes = (node.inputs[0], node.out), node.params["axes"]
+                operation = f"np.{name[7:]} at tied {'maxima' if name == 'reduce_max' else 'minima'}"
+            else:
+                continue
+            slots = tuple(range(len(outputs), len(outputs) + len(watched)))
+            outputs.extend(watched)
+            self.watches.append(_Watch(Kink(operation, node.source), slots, axes))
+        self.graph = Graph(graph.name, list(graph.inputs), list(graph.nodes), outputs, graph.n_args)
+
+    def run(self, leaves: list) -> tuple:
+        """The value and the kink signatures at one point (given as all the graph's argument leaves)."""
+        with np.errstate(all="ignore"):  # a NaN or inf shows in the report
+            outs = evaluate(self.graph, *leaves, *self.captured)
+        signatures = []
+        for watch in self.watches:
+            values = [np.asarray(outs[s], np.float64) for s in watch.slots]
+            if watch.axes is None:
+                z = values[0] if len(values) == 1 else values[0] - values[1]
+                signatures.append(np.sign(z))
+            else:
+                x, extreme = values
+                kept = tuple(1 if i in watch.axes else d for i, d in enumerate(x.shape))
+                signatures.append(x == extreme.reshape(kept))
+        return float(outs[0]), signatures
+
+    def kinks_between(self, *signature_lists) -> tuple:
+        """The kinks whose signature is not the same at all the points given."""
+        found = []
+        for k, watch in enumerate(self.watches):
+            first, *others = [s[k] for s in signature_lists]
+            if any(not np.array_equal(first, s, equal_nan=True) for s in others) and watch.kink not in found:
+                found.append(watch.kink)
+        return tuple(found)
+
+
+# ---------------------------------------------------------------------- check_grad
+
+
+def _gradient_projection(f, argnums: tuple):
+    """<grad f(*args), u>, with u passed as a last argument: the function whose gradient is H u."""
+    inner = value_and_grad(f, argnums=argnums)
+
+    def projected(*args_and_u):
+        *args, u = args_and_u
+        _, grads = inner(*args)
+        return sum(np.sum(g * w) for g, w in zip(flatten(grads)[0], flatten(u)[0]))
+    projected.__name__ = f"{getattr(f, '__name__', 'f')}_grad_dot_u"
+    return projected
+
+
+def _normalize_argnums(argnums, n: int) -> tuple:
+    items = argnums if isinstance(argnums, (tuple, list)) else (argnums,)
+    if not items or not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in items):
+        raise GradTypeError(f"argnums must be an int or a non-empty tuple of ints, got {argnums!r}")
+    for i in items:
+        if not -n <= i < n:
+            raise GradTypeError(f"argnums={argnums!r} is out of range for {n} argument(s)")
+    picked = tuple(int(i) % n for i in items)
+    if len(set(picked)) != len(picked):
+        raise GradTypeError(f"argnums={argnums!r} names an argument twice")
+    return picked
+
+
+def _scalar_value(f, args, name: str) -> float:
+    out = f(*args)
+    if isinstance(out, (tuple, list, dict)):
+        raise GradTypeError(f"check_grad needs {name} to return one scalar, got a {type(out).__name__}",
+                            hint="check a function that returns only the value, e.g. lambda *a: f(*a)[0]")
+    if np.ndim(out) != 0:
+        raise GradTypeError(f"check_grad needs {name} to return a scalar, got an array of shape {np.shape(out)}",
+                            hint="check a scalar projection instead: check_grad(lambda x: np.sum(f(x) * w), x) "
+                                 "with a fixed random array w of that shape")
+    if np.asarray(out).dtype.kind != "f":
+        raise GradTypeError(f"check_grad needs {name} to return a float, got {np.asarray(out).dtype}")
+    return float(out)
+
+
+def check_grad(f, *args, argnums=0, mode: str = "directional", order: int = 1, rtol: float | None = None,
+               atol: float | None = None, eps: float | None = None, seed: int = 0, directions: int = 3):
+    """Check tracegrad's compiled gradient of scalar ``f`` at ``args`` against central differences.
+
+    ``mode="directional"`` compares ``directions`` seeded random directional derivatives (cheap for any
+    number of inputs); ``mode="full"`` compares every gradient entry and reports the worst. ``order=2``
+    checks the gradient of <grad f, u> for a random u (Hessian-vector products). Finite differences
+    are computed in float64 even for float32 arguments (unless ``f`` itself rounds to float32), with a
+    step of ``eps * max(1, |x|)``; an entry passes when ``|analytic - numeric| <= atol + rtol * max(|analytic|,
+    |numeric|)`` plus the rounding noise of the difference. Defaults depend on the dtype (see
+    ``DEFAULTS``); the default ``atol`` is scaled by the size of the gradient (at least 1).
+
+    Where an input of abs/sign/maximum/minimum/where/np.max/np.min/clip is within the step of its kink,
+    a ``KinkWarning`` names the line and a mismatch there is not counted as a failure.
+
+    Returns the ``GradCheckReport``; raises ``GradCheckError`` (an ``AssertionError``) carrying it when a
+    gradient disagrees, and ``GradTypeError`` for integer or non-array arguments, a non-scalar output
+    or ``argnums`` out of range.
+
+    >>> import numpy as np
+    >>> report = check_grad(lambda x: np.sum(np.tanh(x) ** 2), np.array([0.5, -1.0, 2.0]))
+    >>> report.passed
+    True
+    >>> print(report)  # doctest: +ELLIPSIS
+    check_grad(<lambda>) w.r.t. x, mode='directional', order=1: passed
+      float64 gradient vs central differences in float64
+      eps=1e-06 (step eps*max(1, |x|)), rtol=1e-05, atol=1e-07*max(1, |g|_2)
+        direction      analytic       numeric  abs error  rel error  status
+        0          0.3951644654  0.3951644655   ...  ok
+        1          0.7150394603  0.7150394604   ...  ok
+        2          0.1399525439  0.1399525439   ...  ok
+    """
+    if mode not in ("directional", "full"):
+        raise ValueError(f"check_grad: mode must be 'directional' or 'full', got {mode!r}")
+    if order not in (1, 2):
+        raise ValueError(f"check_grad: order must be 1 or 2, got {order!r}")
+    if mode == "directional" and (not isinstance(directions, int) or directions < 1):
+        raise ValueError(f"check_grad: directions must be a positive int, got {directions!r}")
+    if not callable(f):
+        raise TypeError(f"check_grad expects a function, got {type(f).__name__}")
+    name = getattr(f, "__name__", type(f).__name__)
+    if not args:
+        raise GradTypeError(f"check_grad needs the arguments to call {name} with")
+    picked = _normalize_argnums(argnums, len(args))
+    all_names = arg_names(f, args)
+    leaf_names, arg_of_leaf, start = [], [], 0
+    for i, arg in enumerate(args):
+        n = len(flatten(arg)[0])
+        if i in picked:
+            if n == 0:
+                raise GradTypeError(f"check_grad: argument {arg_names(f, (0,) * len(args))[i]!r} has no leaves "
+                                    f"to differentiate")
+            leaf_names.extend(all_names[start:start + n])
+            arg_of_leaf.extend([arg_names(f, (0,) * len(args))[i]] * n)
+        start += n
+    point = _Point(args, picked, leaf_names)
+    for leaf, leaf_name, arg in zip(point.leaves, leaf_names, arg_of_leaf):
+        error = _leaf_kind_error(leaf, leaf_name, arg)
+        if error is not None:
+            raise error
+    _scalar_value(f, args, name)
+    dtype = np.dtype(np.float64)
+    if any(np.asarray(leaf).dtype != np.float64 for leaf in point.leaves):
+        dtype = np.dtype(np.float32)
+
+    rng = np.random.default_rng(seed)
+    fun, extra, extra_numeric = f, (), ()
+    if order == 2:  # check the gradient of <grad f, u>: its finite differences use the first-order gradient
+        fun = _gradient_projection(f, picked)
+        u = rng.normal(size=point.x.size)
+        u /= np.linalg.norm(u) or 1.0
+        u_args, u_numeric = point.args_at(u), point.args_at(u, np.float64)
+        extra = (tuple(u_args[i] for i in picked),)
+        extra_numeric = (tuple(u_numeric[i] for i in picked),)
+
+    # The finite-difference side: float64 copies of the point, unless the function cannot take them.
+    fd_args_dtype = np.float64
+    try:
+        probe = _Probe(fun, point.args_at(point.x, np.float64) + extra_numeric, point.positions)
+        if order == 1:
+            f(*point.args_at(point.x, np.float64))
+    except Exception:
+        fd_args_dtype = None  # the arguments' own dtype
+        extra_numeric = extra
+        probe = _Probe(fun, point.args_at(point.x) + extra, point.positions)
+    fd_dtype = probe.precision if fd_args_dtype is not None else dtype
+    working = np.dtype(np.float32) if np.float32 in (dtype, fd_dtype) else np.dtype(np.float64)
+    eps = _defaults(fd_dtype).eps if eps is None else float(eps)
+    rtol_used = _defaults(working).rtol if rtol is None else float(rtol)
+    atol_base = _defaults(working).atol if atol is None else float(atol)
+
+    def all_leaves(x):
+        return flatten(point.args_at(x, fd_args_dtype) + extra_numeric)[0]
+
+    def numeric_value(x):
+        with np.errstate(all="ignore"):  # a NaN or inf shows in the report
+            if order == 1:
+                return float(f(*point.args_at(x, fd_args_dtype)))
+            return probe.run(all_leaves(x))[0]
+
+    # The analytic side: tracegrad's compiled value and gradient, in the arguments' own dtype.
+    compiled = value_and_grad(fun, argnums=picked)
+    value, grads = compiled(*args, *extra)
+    grad_leaves = flatten(grads)[0]
+    report = GradCheckReport(name, tuple(dict.fromkeys(arg_of_leaf)), mode, order, dtype, fd_dtype, eps,
+                             rtol_used, atol_base, atol is not None, value=float(value))
+    for g, leaf, leaf_name in zip(grad_leaves, point.leaves, leaf_names):
+        if np.shape(g) != np.shape(leaf):
+            report.problems.append(f"the gradient of {leaf_name} has shape {np.shape(g)}, expected {np.shape(leaf)}")
+        elif not isinstance(leaf, float) and np.asarray(g).dtype != np.asarray(leaf).dtype:
+            report.problems.append(f"the gradient of {leaf_name} has dtype {np.asarray(g).dtype}, "
+                                   f"expected {np.asarray(leaf).dtype}")
+    g = np.concatenate([np.asarray(gl, np.float64).ravel() for gl in grad_leaves])
+
+    x0 = point.x
+    value0, center = probe.run(all_leaves(x0))
+    report.value_numeric = numeric_value(x0) if order == 1 else value0
+    unit = np.finfo(fd_dtype).eps
+
+    def tolerance(analytic, numeric, noise, scale):
+        return (atol_base * scale if atol is None else atol_base) + rtol_used * max(abs(analytic), abs(numeric)) + noise
+
+    value_noise = 16 * unit * abs(report.value_numeric)
+    if not abs(report.value - report.value_numeric) <= tolerance(report.value, report.value_numeric, value_noise,
+                                                                 max(1.0, abs(report.value_numeric))):
+        report.problems.append(f"the compiled value {report.value!r} differs from {report.value_numeric!r} "
+                               f"computed in {fd_dtype.name}")
+
+    def difference(x, step):
+        """The central difference along ``step``, its rounding noise, and the kinks crossed."""
+        plus, minus = x + step, x - step
+        f_plus, f_minus = numeric_value(plus), numeric_value(minus)
+        h = float(np.linalg.norm(step))
+        numeric = (f_plus - f_minus) / (2 * h)
+        noise = 16 * unit * max(abs(f_plus), abs(f_minus), abs(value0)) / h
+        kinks = probe.kinks_between(center, probe.run(all_leaves(plus))[1], probe.run(all_leaves(minus))[1])
+        return numeric, noise, kinks
+
+    if mode == "directional":
+        h = eps * max(1.0, float(np.max(np.abs(x0))))
+        scale = max(1.0, float(np.linalg.norm(g)))
+        for k in range(directions):
+            v = rng.normal(size=x0.size)
+            v /= np.linalg.norm(v) or 1.0
+            numeric, noise, kinks = difference(x0, h * v)
+            analytic = float(g @ v)
+            tol = tolerance(analytic, numeric, noise, scale)
+            report.rows.append(Row(f"direction {k}", None, analytic, numeric, tol, kinks))
+    else:
+        scale = max(1.0, float(np.max(np.abs(g))))
+        for k in range(x0.size):
+            step = np.zeros_like(x0)
+            step[k] = eps * max(1.0, abs(float(x0[k])))
+            numeric, noise, kinks = difference(x0, step)
+            label, index = point.locate(k)
+            analytic = float(g[k])
+            tol = tolerance(analytic, numeric, noise, scale)
+            report.rows.append(Row(label, index, analytic, numeric, tol, kinks))
+
+    if report.kinks:
+        crossed = [row for row in report.rows if row.kinks]
+        excused = sum(row.status == "kink" for row in crossed)
+        sites = "\n".join(f"  {kink}" for kink in report.kinks)
+        what = "directions" if mode == "directional" else "entries"
+        outcome = ("they agree anyway" if not excused else "the one that disagrees is not counted as a failure"
+                   if excused == 1 else f"the {excused} that disagree are not counted as failures")
+        warnings.warn(
+            f"check_grad({name}): a kink lies within the finite-difference step (eps={eps:g}) of the point checked, "
+            f"where finite differences mean nothing:\n{sites}\n"
+            f"  {len(crossed)} of {len(report.rows)} {what} cross it; {outcome}.\n"
+            f"  hint: check at a point away from the kink (inputs away from 0 and from ties)",
+            KinkWarning, stacklevel=2)
+    if not report.passed:
+        raise GradCheckError(str(report), report)
+    return report

@@ -1,0 +1,409 @@
+"""check_grad passes right gradients and fails wrong ones (both modes, float32, second order); near a kink
+it warns, naming the user's line, instead of failing; bad input gets a clear error. The second half tests
+every claim of docs/conventions.md: the derivative each primitive uses at its kinks, and the np.where trap.
+
+Compiling costs about a second per new function and signature, so the functions below are shared."""
+import inspect
+import warnings
+
+import numpy as np
+import pytest
+
+import tracegrad as tg
+from tracegrad.core import NUMPY_FUNCTIONS, PRIMITIVES, primitive
+from tracegrad.primitives import shapes
+from tracegrad.testing import DEFAULTS, KinkWarning
+
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(2, 3))
+Y = RNG.normal(size=(1, 3))
+
+
+def line_of(fn, text):
+    lines, start = inspect.getsourcelines(fn)
+    return start + next(i for i, line in enumerate(lines) if text in line)
+
+
+def smooth(x, y):
+    return np.sum(np.tanh(x) * y + np.exp(x) / (1.0 + y ** 2))
+
+
+@pytest.fixture
+def no_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        yield
+
+
+# ---------------------------------------------------------------------- right gradients pass
+
+
+def test_right_gradient_passes_and_returns_a_readable_report(no_warnings):
+    report = tg.check_grad(smooth, X, Y)
+    assert report.passed and report.mode == "directional" and len(report.rows) == 3
+    assert all(row.status == "ok" for row in report.rows)
+    assert all(row.abs_error < 1e-8 for row in report.rows)
+    text = str(report)
+    assert text.startswith("check_grad(smooth) w.r.t. x, mode='directional', order=1: passed")
+    assert "direction" in text and "analytic" in text and "numeric" in text and "rel error" in text
+    assert len(text.splitlines()) == 3 + 1 + 3  # title, dtypes, tolerances, header, one line per direction
+
+
+def test_directions_and_seed_choose_the_directions(no_warnings):
+    five = tg.check_grad(smooth, X, Y, directions=5)
+    again = tg.check_grad(smooth, X, Y, directions=5)
+    other = tg.check_grad(smooth, X, Y, directions=5, seed=1)
+    assert len(five.rows) == 5
+    assert [r.analytic for r in five.rows] == [r.analytic for r in again.rows]
+    assert [r.analytic for r in five.rows] != [r.analytic for r in other.rows]
+
+
+def test_full_mode_checks_every_entry_of_every_argument(no_warnings):
+    report = tg.check_grad(smooth, X, Y, argnums=(0, 1), mode="full")
+    assert report.passed and len(report.rows) == X.size + Y.size
+    assert {row.label for row in report.rows} == {"x", "y"}
+    assert {row.index for row in report.rows if row.label == "y"} == {(0, 0), (0, 1), (0, 2)}
+    expected = tg.grad(smooth, argnums=(0, 1))(X, Y)
+    analytic = {(row.label, row.index): row.analytic for row in report.rows}
+    assert analytic[("x", (1, 2))] == expected[0][1, 2] and analytic[("y", (0, 1))] == expected[1][0, 1]
+    text = str(report)
+    assert "w.r.t. x, y" in text and "9 entries checked; the worst 5:" in text
+    assert "argument  index" in text and "(0, 1)" in text
+
+
+def test_float32_works_out_of_the_box_with_float64_differences(no_warnings):
+    x32, y32 = X.astype(np.float32), Y.astype(np.float32)
+    for mode in ("directional", "full"):
+        report = tg.check_grad(smooth, x32, y32, mode=mode)
+        assert report.passed
+        assert report.dtype == np.float32 and report.fd_dtype == np.float64
+        assert (report.eps, report.rtol) == (DEFAULTS[np.dtype(np.float64)].eps, DEFAULTS[np.dtype(np.float32)].rtol)
+    assert "float32 gradient vs central differences in float64" in str(report)
+
+
+def test_a_function_that_rounds_to_float32_gets_float32_steps(no_warnings):
+    def rounded(x):
+        return np.sum(np.sin(x.astype(np.float32)) ** 2)
+
+    report = tg.check_grad(rounded, X, mode="full")
+    assert report.fd_dtype == np.float32 and report.eps == DEFAULTS[np.dtype(np.float32)].eps
+    assert report.rtol == DEFAULTS[np.dtype(np.float32)].rtol
+
+
+def test_pytrees_python_floats_and_named_leaves(no_warnings):
+    def loss(params, scale):
+        return np.sum(np.tanh(X @ params["W"].T + params["b"]) ** 2) * scale
+
+    params = {"W": RNG.normal(size=(4, 3)), "b": RNG.normal(size=4)}
+    report = tg.check_grad(loss, params, 1.5, argnums=(0, 1), mode="full")
+    assert {row.label for row in report.rows} == {"params_W", "params_b", "scale"}
+    assert [row.index for row in report.rows if row.label == "scale"] == [()]
+
+
+def test_second_order_checks_the_gradient_of_the_gradient(no_warnings):
+    report = tg.check_grad(smooth, X, Y, order=2)
+    assert report.passed and report.order == 2
+    assert "second derivative" in str(report)
+    assert tg.check_grad(smooth, X, Y, order=2, mode="full").passed
+
+
+def test_compiled_value_is_compared_too(no_warnings):
+    report = tg.check_grad(smooth, X, Y)
+    assert report.value == pytest.approx(smooth(X, Y), rel=1e-12) and report.value_numeric == smooth(X, Y)
+
+
+# ---------------------------------------------------------------------- wrong gradients fail
+
+TEST_PRIMITIVES = ("test_cube_wrong", "test_square_wrong", "test_cube_wrong_second")
+
+
+@pytest.fixture(scope="module")
+def wrong():
+    """Test-only primitives with deliberately wrong VJPs, removed from the registry afterwards (so the
+    registry-driven suite, which wants test cases for every primitive, does not see them)."""
+
+    @primitive
+    class test_cube_wrong:
+        """x ** 3 whose VJP is off by a factor of 1.1"""
+        shape = shapes.unary_float
+        emit = "{x} * {x} * {x}"
+
+        def ref(x):
+            return x * x * x
+
+        def vjp(g, out, x):
+            return [g * 3.3 * x * x]
+
+    @primitive
+    class test_square_wrong:
+        """x ** 2 whose VJP says 3x"""
+        shape = shapes.unary_float
+        emit = "{x} * {x}"
+
+        def ref(x):
+            return x * x
+
+        def vjp(g, out, x):
+            return [g * 3.0 * x]
+
+    @primitive
+    class test_cube_wrong_second:
+        """x ** 3 with a right VJP (3 x**2) whose own derivative is wrong (9x instead of 6x)"""
+        shape = shapes.unary_float
+        emit = "{x} * {x} * {x}"
+
+        def ref(x):
+            return x * x * x
+
+        def vjp(g, out, x):
+            return [g * 3.0 * test_square_wrong(x)]
+
+    yield test_cube_wrong, test_cube_wrong_second
+    for name in TEST_PRIMITIVES:
+        prim = PRIMITIVES.pop(name)
+        for alias in [k for k, v in NUMPY_FUNCTIONS.items() if v is prim]:
+            del NUMPY_FUNCTIONS[alias]
+
+
+def cubic_loss(x):
+    return np.sum(PRIMITIVES["test_cube_wrong"](x) * 0.5 + x)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("mode", ["directional", "full"])
+def test_a_wrong_vjp_fails(wrong, mode, dtype):
+    x = X.astype(dtype)
+    with pytest.raises(tg.GradCheckError) as info:
+        tg.check_grad(cubic_loss, x, mode=mode)
+    error = info.value
+    assert isinstance(error, AssertionError) and isinstance(error, tg.TracegradError)
+    report = error.report
+    assert not report.passed and report.failures
+    assert str(report) in str(error) and "FAILED" in str(error)
+    if mode == "full":  # every entry is off: analytic - 1 = 1.1 * (numeric - 1)
+        for row in report.rows:
+            assert row.analytic - 1 == pytest.approx(1.1 * (row.numeric - 1), rel=1e-3)
+
+
+def test_full_report_names_the_wrong_entry(wrong):
+    def loss(x):
+        return np.sum(x[0, :2] ** 2) + PRIMITIVES["test_cube_wrong"](x[1, 2]) + np.sum(x)
+
+    with pytest.raises(tg.GradCheckError) as info:
+        tg.check_grad(loss, X, mode="full")
+    report = info.value.report
+    assert [(row.label, row.index) for row in report.failures] == [("x", (1, 2))]
+    worst = str(report).splitlines()[5]  # the first line of the table
+    assert worst.split()[:3] == ["x", "(1,", "2)"] and worst.endswith("FAIL")
+    assert "FAILED: 1 of 6 entries out of tolerance" in str(report)
+
+
+def test_a_wrong_second_derivative_fails_only_at_order_2(wrong, no_warnings):
+    def loss(x):
+        return np.sum(PRIMITIVES["test_cube_wrong_second"](x))
+
+    assert tg.check_grad(loss, X, mode="full").passed
+    for mode in ("directional", "full"):
+        with pytest.raises(tg.GradCheckError, match="second derivative"):
+            tg.check_grad(loss, X, order=2, mode=mode)
+
+
+def test_tolerances_can_be_overridden(wrong):
+    report = tg.check_grad(cubic_loss, X, rtol=0.2, eps=1e-5, atol=0.0)
+    assert report.passed and (report.rtol, report.eps, report.atol) == (0.2, 1e-5, 0.0)
+    assert "eps=1e-05 (step eps*max(1, |x|)), rtol=0.2, atol=0\n" in str(report)
+
+
+# ---------------------------------------------------------------------- kinks warn instead of failing
+
+
+def kinks(x):
+    a = np.abs(x[0])
+    b = np.maximum(x[1], 0.0)
+    c = np.minimum(x[2], x[3])
+    d = np.clip(x[4], -1.0, 1.0)
+    e = np.where(x[5] > 0, x[5], 2.0 * x[5])
+    f = np.sign(x[6]) * x[6]
+    g = np.max(x[7:9])
+    h = np.min(x[9:11])
+    return a + b + c + d + e + f + g + h
+
+
+AT_KINKS = np.array([0.0, 0.0, 0.3, 0.3, 1.0, 0.0, 0.0, 0.5, 0.5, -0.2, -0.2])
+NEXT_TO_KINKS = AT_KINKS + 1e-9 * np.arange(1, 12)  # within the step, and ties broken
+AWAY = np.array([0.5, 0.5, 0.3, 0.8, 0.4, -0.5, 0.7, 0.5, 0.9, -0.2, 0.4])
+
+# entry -> (the text on its line, the operation named)
+KINK_SITES = {0: ("np.abs(", "abs(x) at x = 0"), 1: ("np.maximum(", "maximum(x, y) at a tie"),
+              2: ("np.minimum", "minimum(x, y) at a tie"), 3: ("np.minimum", "minimum(x, y) at a tie"),
+              4: ("np.clip", "minimum(x, y) at a tie"), 5: ("np.where", "np.where condition x > y flips"),
+              6: ("np.sign(", "sign(x) at x = 0"), 7: ("np.max(", "np.max at tied maxima"),
+              8: ("np.max(", "np.max at tied maxima"), 9: ("np.min(", "np.min at tied minima"),
+              10: ("np.min(", "np.min at tied minima")}
+
+
+@pytest.mark.parametrize("point", ["at", "next to"])
+def test_each_kink_is_found_and_named_by_its_line(point):
+    x = AT_KINKS if point == "at" else NEXT_TO_KINKS
+    with pytest.warns(KinkWarning) as caught:
+        report = tg.check_grad(kinks, x, mode="full")
+    message = str(caught[0].message)
+    for entry, (text, operation) in KINK_SITES.items():
+        row = report.rows[entry]
+        sites = [(k.source.lineno, k.operation) for k in row.kinks]
+        assert (line_of(kinks, text), operation) in [(line, op[:len(operation)]) for line, op in sites], (entry, sites)
+        site = f"test_check_grad.py:{line_of(kinks, text)}: "
+        assert text in message.split(site)[1].splitlines()[0], (site, message)
+        assert row.status in ("ok", "kink")
+    assert caught[0].filename == __file__  # the warning points at the caller of check_grad
+    if point == "next to":  # one-sided steps across the kinks: finite differences disagree, excused
+        assert all(row.status == "kink" for row in report.rows)
+        assert "the 11 that disagree are not counted as failures" in message
+
+
+def test_kinks_in_directional_mode_and_at_second_order():
+    with pytest.warns(KinkWarning, match="np.maximum"):
+        report = tg.check_grad(kinks, NEXT_TO_KINKS)
+    assert report.passed and all(row.kinks for row in report.rows)
+
+    def relu_squared(x):
+        return np.sum(np.maximum(x, 0.0) ** 2)  # its second derivative jumps at 0
+
+    with pytest.warns(KinkWarning, match="relu_squared"):
+        assert tg.check_grad(relu_squared, np.array([1e-9, 1.0]), order=2, mode="full").passed
+
+
+def test_no_warning_away_from_kinks(no_warnings):
+    report = tg.check_grad(kinks, AWAY, mode="full")
+    assert report.passed and not report.kinks
+    assert tg.check_grad(kinks, AWAY).passed
+
+
+# ---------------------------------------------------------------------- bad input
+
+
+def test_integer_and_non_array_arguments_are_refused():
+    f = lambda x: np.sum(x * 2.0)
+    cases = [(2, "'x': it is a Python int"), (np.arange(3), "an integer array of dtype int64"),
+             ("2.0", "a str, not a float"), ([1.0, 2], "'x_1' \\(in argument 'x'\\): it is a Python int"),
+             (np.array([True]), "a bool"), (None, "no leaves")]
+    for arg, message in cases:
+        with pytest.raises(tg.GradTypeError, match=message):
+            tg.check_grad(f, arg)
+    with pytest.raises(tg.GradTypeError, match="2.0 rather than 2"):
+        tg.check_grad(f, 2)
+
+
+def test_non_scalar_output_is_refused_with_a_projection_hint():
+    with pytest.raises(tg.GradTypeError, match=r"return a scalar, got an array of shape \(2, 3\)") as info:
+        tg.check_grad(lambda x: np.tanh(x), X)
+    assert "np.sum(f(x) * w)" in str(info.value)
+    with pytest.raises(tg.GradTypeError, match="got a tuple"):
+        tg.check_grad(lambda x: (np.sum(x), x), X)
+    with pytest.raises(tg.GradTypeError, match="return a float, got bool"):
+        tg.check_grad(lambda x: np.all(x > 0), X)
+
+
+def test_argnums_mode_and_order_are_checked():
+    with pytest.raises(tg.GradTypeError, match=r"argnums=2 is out of range for 2 argument\(s\)"):
+        tg.check_grad(smooth, X, Y, argnums=2)
+    with pytest.raises(tg.GradTypeError, match="argnums must be an int"):
+        tg.check_grad(smooth, X, Y, argnums="x")
+    with pytest.raises(tg.GradTypeError, match="twice"):
+        tg.check_grad(smooth, X, Y, argnums=(0, -2))
+    with pytest.raises(ValueError, match="mode must be 'directional' or 'full'"):
+        tg.check_grad(smooth, X, Y, mode="sideways")
+    with pytest.raises(ValueError, match="order must be 1 or 2"):
+        tg.check_grad(smooth, X, Y, order=3)
+    with pytest.raises(ValueError, match="directions must be a positive int"):
+        tg.check_grad(smooth, X, Y, directions=0)
+
+
+def test_non_float_arguments_not_differentiated_are_fine(no_warnings):
+    labels = np.array([2, 0])
+
+    def pick(x, labels):
+        return np.sum(np.tanh(x)[np.arange(2), labels] ** 2)
+
+    assert tg.check_grad(pick, X, labels, mode="full").passed
+
+
+# ---------------------------------------------------------------------- docs/conventions.md, claim by claim
+
+
+@pytest.fixture(scope="module")
+def at_kinks():
+    """The value and gradient of ``kinks`` exactly at its kinks (compiled once, shared with check_grad)."""
+    return tg.value_and_grad(kinks)(AT_KINKS)
+
+
+CONVENTIONS = [  # (entry of AT_KINKS, derivative there, the convention)
+    (0, 0.0, "abs'(0) = 0, the midpoint of [-1, 1]"),
+    (1, 0.5, "relu np.maximum(x, 0) at x = 0: 0.5"),
+    (2, 0.5, "np.minimum(x, y) at x = y: half to x"),
+    (3, 0.5, "np.minimum(x, y) at x = y: half to y"),
+    (4, 0.5, "np.clip(x, lo, hi) at x = hi: 0.5"),
+    (5, 2.0, "np.where(x > 0, x, 2x) at 0: the branch taken (the condition is False), 2"),
+    (6, 0.0, "sign'(x) = 0, so d/dx sign(x) * x = sign(x) = 0 at 0"),
+    (7, 0.5, "np.max with 2 tied maxima: 1/2 each"),
+    (8, 0.5, "np.max with 2 tied maxima: 1/2 each"),
+    (9, 0.5, "np.min with 2 tied minima: 1/2 each"),
+    (10, 0.5, "np.min with 2 tied minima: 1/2 each"),
+]
+
+
+@pytest.mark.parametrize("entry,expected,convention", CONVENTIONS, ids=[c[2].split(":")[0] for c in CONVENTIONS])
+def test_derivative_at_kinks(at_kinks, entry, expected, convention):
+    _, g = at_kinks
+    assert g[entry] == expected, convention
+
+
+def test_maximum_and_minimum_ties_split_the_gradient_evenly():
+    both = tg.grad(lambda x, y: np.maximum(x, y) + 3.0 * np.minimum(x, y), argnums=(0, 1))
+    assert both(1.0, 1.0) == (2.0, 2.0)  # 0.5 + 3 * 0.5 to each
+    assert both(2.0, 1.0) == (1.0, 3.0)
+
+
+def test_clip_at_the_lower_bound_and_max_with_three_ties():
+    g = tg.grad(lambda x: np.sum(np.clip(x, -1.0, 1.0)) + np.max(x[1:] * 0.0 + 2.0 * x[1:]))
+    out = g(np.array([-1.0, 0.25, 0.25, 0.25]))
+    np.testing.assert_array_equal(out, [0.5, 1 + 2 / 3, 1 + 2 / 3, 1 + 2 / 3])
+
+
+def test_comparisons_carry_no_gradient():
+    g = tg.grad(lambda x: np.sum((x > 0).astype(np.float64) * 3.0 + x))
+    np.testing.assert_array_equal(g(np.array([-1.0, 0.0, 1.0])), [1.0, 1.0, 1.0])
+
+
+def test_central_differences_agree_with_the_midpoint_exactly_at_kinks_but_not_with_where():
+    with pytest.warns(KinkWarning, match="the one that disagrees is not counted as a failure"):
+        report = tg.check_grad(kinks, AT_KINKS, mode="full")
+    assert [row.status for row in report.rows] == ["ok"] * 5 + ["kink"] + ["ok"] * 5
+    assert report.rows[5].numeric == pytest.approx(1.5)  # the midpoint of the branches' slopes 1 and 2
+    assert report.rows[5].analytic == 2.0  # np.where: the slope of the branch taken
+
+
+def test_relu_written_with_where_has_derivative_0_at_0():
+    relu_grads = tg.grad(lambda x: np.sum(np.where(x > 0, x, 0.0)) + np.sum(np.maximum(x, 0.0)) * 10.0)
+    np.testing.assert_array_equal(relu_grads(np.array([0.0, 1.0, -1.0])), [5.0, 11.0, 0.0])
+
+
+def trap(x):
+    return np.sum(np.where(x > 0, np.sqrt(x), 0.0))
+
+
+def safe(x):
+    return np.sum(np.where(x > 0, np.sqrt(np.where(x > 0, x, 1.0)), 0.0))
+
+
+def test_the_where_trap_and_the_safe_pattern():
+    x = np.array([0.0, 4.0])
+    assert trap(x) == safe(x) == 2.0
+    _, g = tg.value_and_grad(trap)(x)
+    assert np.isnan(g[0]) and g[1] == 0.25  # the untaken branch's sqrt'(0) = inf poisons the gradient: 0 * inf
+    _, g = tg.value_and_grad(safe)(x)
+    np.testing.assert_array_equal(g, [0.0, 0.25])
+    with pytest.warns(KinkWarning):
+        assert tg.check_grad(safe, x, mode="full").passed
+    with pytest.warns(KinkWarning), pytest.raises(tg.GradCheckError, match="nan"):
+        tg.check_grad(trap, x, mode="full")
