@@ -16,6 +16,7 @@ from .errors import (CompileError, GradTypeError, NonFiniteError, ShapeError, Tr
                      UnsupportedError)
 from .ir import Aval, Graph
 from .primitives.elementwise import sigmoid
+from .draw import Drawing, MissingDependencyError, draw
 from .errors import GradCheckError
 from .testing import check_grad, numeric_grad
 
@@ -24,5 +25,6 @@ __all__ = [
     "Function", "Compiled", "Graph", "Aval", "cache_dir", "set_cache_dir",
     "TracegradError", "TracingError", "UnsupportedError", "ShapeError", "GradTypeError", "CompileError",
     "NonFiniteError",
+    "draw", "Drawing", "MissingDependencyError",
     "check_grad", "numeric_grad", "GradCheckError",
 ]
