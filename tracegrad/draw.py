@@ -293,7 +293,7 @@ def _line_key(node):
 
 def _digraph(name: str, body: list, note: str | None) -> str:
     head = [f"digraph {_quote(name)} {{",
-            '  graph [rankdir=LR, fontname="Helvetica", fontsize=10, nodesep=0.25, ranksep=0.45, '
+            '  graph [rankdir=LR, ordering=in, fontname="Helvetica", fontsize=10, nodesep=0.25, ranksep=0.45, '
             'labelloc=b, labeljust=l'
             + (f", label={_quote(note)}" if note else "") + "];",
             '  node [fontname="Helvetica", fontsize=12, height=0.4, margin="0.06,0.03"];']

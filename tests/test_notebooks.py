@@ -1,0 +1,93 @@
+"""The notebooks run top to bottom in a fresh kernel and print what their text says they print.
+
+Each notebook also checks its own numbers with asserts, so a wrong number fails the cell. Needs the
+notebooks extra (pip install -e ".[test,notebooks]"); without nbclient these tests are skipped.
+"""
+import os
+import shutil
+
+import pytest
+
+nbclient = pytest.importorskip(
+    "nbclient", reason="the notebooks need the notebooks extra: pip install -e '.[test,notebooks]'")
+import nbformat  # noqa: E402  (a dependency of nbclient)
+
+NOTEBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "notebooks")
+
+try:
+    import graphviz  # noqa: F401
+    HAVE_GRAPHVIZ = shutil.which("dot") is not None
+except ImportError:
+    HAVE_GRAPHVIZ = False
+
+# Text each notebook must print (stdout and results), and how many drawings it shows.
+EXPECTED = {
+    "01_computational_graphs": dict(drawings=6, text=[
+        "f = -12.0",
+        "df/dx, df/dy, df/dz = (-4.0, -4.0, 3.0)",
+        "grad_s3 = grad_L * (1.0 - L) * L",
+        "grad_w0 = grad_s0 * x0",
+        "L = 0.731",
+        "grad_w0 = -0.197, grad_x0 = 0.393, grad_w1 = -0.393, grad_x1 = -0.590, grad_w2 = 0.197",
+        "value-and-gradient graph: 17 nodes with sigmoid, 23 with exp",
+        "tracegrad df/dx = -80.393",
+        "(34.0, (10.0, 6.0))",
+        "dg/dx at 3: 7.0",
+    ]),
+    "02_matrices_without_jacobians": dict(drawings=3, text=[
+        "would take 256 GiB",
+        "[-24.   9. -30.]",
+        "grad_X = grad_Y @ W.T",
+        "grad_W = X.T @ grad_Y",
+        "X      f64[2,3]   grad_X    f64[2,3]",
+        "[4. 0. 5. 0.]",
+        "dW: (5, 3)  db: (3,)",
+    ]),
+    "04_trusting_gradients": dict(drawings=1, text=[
+        "softmax_cross_entropy  passed=True",
+        "two_layer              passed=True",
+        "FAILED: 3 of 3 entries out of tolerance",
+        "3.3 * x",
+        "a kink lies within the finite-difference step",
+        "gradient: [1.  nan 0.5]",
+        "is not finite (forward pass)",
+        "gradient: [1.  0.  0.5]",
+    ]),
+}
+
+
+def run(name):
+    nb = nbformat.read(os.path.join(NOTEBOOKS, name + ".ipynb"), as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = []  # what was saved must not count
+    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                                     resources={"metadata": {"path": NOTEBOOKS}})
+    client.execute()  # raises CellExecutionError, naming the cell, if any cell fails (asserts included)
+    return nb
+
+
+def outputs(nb):
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            yield out
+
+
+def test_every_notebook_is_tested():
+    names = sorted(f[:-6] for f in os.listdir(NOTEBOOKS) if f.endswith(".ipynb"))
+    assert names and set(names) <= set(EXPECTED) | {"03_training_a_network"}, names
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_notebook_runs_and_shows_its_results(name):
+    nb = run(name)
+    text = "".join(out.get("text", "") + out.get("data", {}).get("text/plain", "") for out in outputs(nb))
+    missing = [line for line in EXPECTED[name]["text"] if line not in text]
+    assert not missing, f"{name} no longer prints: {missing}"
+    assert not [out for out in outputs(nb) if out.output_type == "error"]
+    drawings = [out for out in outputs(nb) if "<tracegrad.Drawing" in out.get("data", {}).get("text/plain", "")]
+    assert len(drawings) == EXPECTED[name]["drawings"]
+    if HAVE_GRAPHVIZ:  # pictures, not the DOT-text fallback
+        assert all("<svg" in out["data"].get("image/svg+xml", "") for out in drawings)
+    else:
+        assert all("tracegrad[draw]" in out["data"]["text/plain"] for out in drawings)
