@@ -4,6 +4,7 @@ every claim of docs/conventions.md: the derivative each primitive uses at its ki
 
 Compiling costs about a second per new function and signature, so the functions below are shared."""
 import inspect
+import math
 import warnings
 
 import numpy as np
@@ -352,7 +353,11 @@ CONVENTIONS = [  # (entry of AT_KINKS, derivative there, the convention)
 ]
 
 
-@pytest.mark.parametrize("entry,expected,convention", CONVENTIONS, ids=[c[2].split(":")[0] for c in CONVENTIONS])
+CONVENTION_IDS = ["abs at 0", "relu at 0", "minimum tie, x", "minimum tie, y", "clip at hi", "where at its flip",
+                  "sign", "max tie, first", "max tie, second", "min tie, first", "min tie, second"]
+
+
+@pytest.mark.parametrize("entry,expected,convention", CONVENTIONS, ids=CONVENTION_IDS)
 def test_derivative_at_kinks(at_kinks, entry, expected, convention):
     _, g = at_kinks
     assert g[entry] == expected, convention
@@ -364,10 +369,20 @@ def test_maximum_and_minimum_ties_split_the_gradient_evenly():
     assert both(2.0, 1.0) == (1.0, 3.0)
 
 
-def test_clip_at_the_lower_bound_and_max_with_three_ties():
-    g = tg.grad(lambda x: np.sum(np.clip(x, -1.0, 1.0)) + np.max(x[1:] * 0.0 + 2.0 * x[1:]))
-    out = g(np.array([-1.0, 0.25, 0.25, 0.25]))
-    np.testing.assert_array_equal(out, [0.5, 1 + 2 / 3, 1 + 2 / 3, 1 + 2 / 3])
+def test_clip_at_the_lower_bound_and_ties_of_reductions_along_an_axis():
+    def f(x):
+        clipped = np.sum(np.clip(x[:2], -1.0, 1.0))
+        three_tied = np.max(x[2:5])
+        pairs = np.sum(x[5:].reshape(2, 2).min(axis=1, keepdims=True))
+        return clipped + three_tied + pairs
+
+    g = tg.grad(f)(np.array([-1.0, 1.0, 0.25, 0.25, 0.25, 3.0, 3.0, 1.0, 2.0]))
+    np.testing.assert_allclose(g, [0.5, 0.5, 1 / 3, 1 / 3, 1 / 3, 0.5, 0.5, 1.0, 0.0], rtol=1e-15)
+
+
+def test_abs_and_math_fabs_at_zero():
+    g = tg.grad(lambda x: np.abs(x) + 2.0 * math.fabs(x))
+    assert (g(0.0), g(1.0), g(-1.0)) == (0.0, 3.0, -3.0)
 
 
 def test_comparisons_carry_no_gradient():
@@ -393,17 +408,63 @@ def trap(x):
 
 
 def safe(x):
-    return np.sum(np.where(x > 0, np.sqrt(np.where(x > 0, x, 1.0)), 0.0))
+    safe_x = np.where(x > 0, x, 1.0)
+    return np.sum(np.where(x > 0, np.sqrt(safe_x), 0.0))
 
 
 def test_the_where_trap_and_the_safe_pattern():
     x = np.array([0.0, 4.0])
-    assert trap(x) == safe(x) == 2.0
-    _, g = tg.value_and_grad(trap)(x)
-    assert np.isnan(g[0]) and g[1] == 0.25  # the untaken branch's sqrt'(0) = inf poisons the gradient: 0 * inf
-    _, g = tg.value_and_grad(safe)(x)
+    value, g = tg.value_and_grad(trap)(x)
+    assert value == 2.0  # the value is right ...
+    assert np.isnan(g[0]) and g[1] == 0.25  # ... the gradient is not: sqrt'(0) = inf, times the untaken 0
+    value, g = tg.value_and_grad(safe)(x)
+    assert value == 2.0
     np.testing.assert_array_equal(g, [0.0, 0.25])
     with pytest.warns(KinkWarning):
         assert tg.check_grad(safe, x, mode="full").passed
     with pytest.warns(KinkWarning), pytest.raises(tg.GradCheckError, match="nan"):
         tg.check_grad(trap, x, mode="full")
+
+
+def test_the_trap_with_log_and_division():
+    def f(x, y):
+        return np.sum(np.where(x > 0, np.log(x), 0.0)) + np.sum(np.where(y != 0, 1.0 / y, 0.0))
+
+    gx, gy = tg.grad(f, argnums=(0, 1))(np.array([0.0, 2.0]), np.array([0.0, 2.0]))
+    assert np.isnan(gx[0]) and gx[1] == 0.5
+    assert np.isnan(gy[0]) and gy[1] == -0.25
+
+
+def test_debug_nans_finds_the_where_trap():
+    with pytest.raises(tg.NonFiniteError) as info:
+        tg.grad(trap, debug_nans=True)(np.array([0.0, 4.0]))
+    message = str(info.value)
+    assert "backward pass" in message
+    assert f"test_check_grad.py:{line_of(trap, 'np.sqrt')}: return np.sum(np.where(x > 0, np.sqrt(x), 0.0))" in message
+
+
+def test_default_tolerances_are_the_documented_ones(no_warnings):
+    documented = {np.float64: (1e-6, 1e-5, 1e-7), np.float32: (1e-3, 2e-3, 1e-4)}
+    for dtype, (eps, rtol, atol) in documented.items():
+        assert (DEFAULTS[np.dtype(dtype)].eps, DEFAULTS[np.dtype(dtype)].rtol, DEFAULTS[np.dtype(dtype)].atol) == \
+            (eps, rtol, atol)
+    report = tg.check_grad(smooth, X, Y)
+    assert (report.eps, report.rtol, report.atol, report.atol_given) == (1e-6, 1e-5, 1e-7, False)
+    assert "atol=1e-07*max(1, |g|_2)" in str(report)
+
+
+def test_every_test_named_in_docs_conventions_exists():
+    import pathlib
+    import re
+    import sys
+
+    doc = (pathlib.Path(__file__).parent.parent / "docs" / "conventions.md").read_text()
+    named = set(re.findall(r"`(test_\w+)(?:\[([^\]]+)\])?`", doc))
+    assert len(named) > 20
+    module = sys.modules[__name__]
+    for name, param in named:
+        assert callable(getattr(module, name, None)), f"docs/conventions.md names {name}, which does not exist"
+        if param:
+            ids = {"test_derivative_at_kinks": CONVENTION_IDS, "test_each_kink_is_found_and_named_by_its_line":
+                   ["at", "next to"]}[name]
+            assert param in ids, f"docs/conventions.md names {name}[{param}], which does not exist"

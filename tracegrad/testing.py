@@ -373,7 +373,46 @@ class _Probe:
         return tuple(found)
 
 
-# ---------------------------------------------------------------------- check_grad
+# ---------------------------------------------------------------------- the two sides
+
+
+class _FiniteDifferences:
+    """The numeric side: the function at points near x, in float64 when it can take float64 copies of
+    float32 arguments, and the kinks the probe sees between those points."""
+
+    def __init__(self, f, fun, point: _Point, order: int, u_like, u_float64):
+        self.f, self.point, self.order = f, point, order
+        self.dtype, self.extra = np.float64, u_float64  # the arguments' dtype (None: their own)
+        try:
+            self.probe = _Probe(fun, point.args_at(point.x, np.float64) + u_float64, point.positions)
+            if order == 1:
+                f(*point.args_at(point.x, np.float64))
+            self.precision = self.probe.precision
+        except Exception:  # e.g. code that insists on float32: difference in the arguments' own dtype
+            self.dtype, self.extra = None, u_like
+            self.probe = _Probe(fun, point.args_at(point.x) + u_like, point.positions)
+            self.precision = min((np.asarray(leaf).dtype for leaf in point.leaves), key=lambda d: d.itemsize)
+        self.unit = np.finfo(self.precision).eps
+        self.center_value, self.center = self.probe.run(self._leaves(point.x))
+
+    def _leaves(self, x) -> list:
+        return flatten(self.point.args_at(x, self.dtype) + self.extra)[0]
+
+    def value(self, x) -> float:
+        """The function at x: the user's own NumPy code (order 1), else the graph of <grad f, u>."""
+        with np.errstate(all="ignore"):  # a NaN or inf shows in the report
+            if self.order == 1:
+                return float(self.f(*self.point.args_at(x, self.dtype)))
+            return self.probe.run(self._leaves(x))[0]
+
+    def difference(self, x, step) -> tuple:
+        """The central difference along ``step``, its rounding noise, and the kinks it crosses."""
+        f_plus, f_minus = self.value(x + step), self.value(x - step)
+        h = float(np.linalg.norm(step))
+        noise = 16 * self.unit * max(abs(f_plus), abs(f_minus), abs(self.center_value)) / h
+        kinks = self.probe.kinks_between(self.center, self.probe.run(self._leaves(x + step))[1],
+                                         self.probe.run(self._leaves(x - step))[1])
+        return (f_plus - f_minus) / (2 * h), noise, kinks
 
 
 def _gradient_projection(f, argnums: tuple):
@@ -386,6 +425,22 @@ def _gradient_projection(f, argnums: tuple):
         return sum(np.sum(g * w) for g, w in zip(flatten(grads)[0], flatten(u)[0]))
     projected.__name__ = f"{getattr(f, '__name__', 'f')}_grad_dot_u"
     return projected
+
+
+# ---------------------------------------------------------------------- bad input
+
+
+def _check_settings(f, args, mode, order, directions):
+    if mode not in ("directional", "full"):
+        raise ValueError(f"check_grad: mode must be 'directional' or 'full', got {mode!r}")
+    if order not in (1, 2):
+        raise ValueError(f"check_grad: order must be 1 or 2, got {order!r}")
+    if mode == "directional" and (not isinstance(directions, int) or directions < 1):
+        raise ValueError(f"check_grad: directions must be a positive int, got {directions!r}")
+    if not callable(f):
+        raise TypeError(f"check_grad expects a function, got {type(f).__name__}")
+    if not args:
+        raise GradTypeError(f"check_grad needs the arguments to call {getattr(f, '__name__', 'f')} with")
 
 
 def _normalize_argnums(argnums, n: int) -> tuple:
@@ -401,6 +456,27 @@ def _normalize_argnums(argnums, n: int) -> tuple:
     return picked
 
 
+def _checked_point(f, args, picked) -> tuple:
+    """The point to check, with a name per differentiated leaf; raises for leaves that are not floats."""
+    params = arg_names(f, (0,) * len(args))  # one name per argument
+    leaves = arg_names(f, args)  # one name per leaf
+    leaf_names, arg_of_leaf, start = [], [], 0
+    for i, arg in enumerate(args):
+        n = len(flatten(arg)[0])
+        if i in picked:
+            if n == 0:
+                raise GradTypeError(f"check_grad: argument {params[i]!r} has no leaves to differentiate")
+            leaf_names.extend(leaves[start:start + n])
+            arg_of_leaf.extend([params[i]] * n)
+        start += n
+    picked_leaves = [leaf for i in picked for leaf in flatten(args[i])[0]]
+    for leaf, name, arg in zip(picked_leaves, leaf_names, arg_of_leaf):
+        error = _leaf_kind_error(leaf, name, arg)
+        if error is not None:
+            raise error
+    return _Point(args, picked, leaf_names), tuple(dict.fromkeys(arg_of_leaf))
+
+
 def _scalar_value(f, args, name: str) -> float:
     out = f(*args)
     if isinstance(out, (tuple, list, dict)):
@@ -413,6 +489,9 @@ def _scalar_value(f, args, name: str) -> float:
     if np.asarray(out).dtype.kind != "f":
         raise GradTypeError(f"check_grad needs {name} to return a float, got {np.asarray(out).dtype}")
     return float(out)
+
+
+# ---------------------------------------------------------------------- check_grad
 
 
 def check_grad(f, *args, argnums=0, mode: str = "directional", order: int = 1, rtol: float | None = None,
@@ -447,146 +526,84 @@ def check_grad(f, *args, argnums=0, mode: str = "directional", order: int = 1, r
         1          0.7150394603  0.7150394604   ...  ok
         2          0.1399525439  0.1399525439   ...  ok
     """
-    if mode not in ("directional", "full"):
-        raise ValueError(f"check_grad: mode must be 'directional' or 'full', got {mode!r}")
-    if order not in (1, 2):
-        raise ValueError(f"check_grad: order must be 1 or 2, got {order!r}")
-    if mode == "directional" and (not isinstance(directions, int) or directions < 1):
-        raise ValueError(f"check_grad: directions must be a positive int, got {directions!r}")
-    if not callable(f):
-        raise TypeError(f"check_grad expects a function, got {type(f).__name__}")
+    _check_settings(f, args, mode, order, directions)
     name = getattr(f, "__name__", type(f).__name__)
-    if not args:
-        raise GradTypeError(f"check_grad needs the arguments to call {name} with")
     picked = _normalize_argnums(argnums, len(args))
-    all_names = arg_names(f, args)
-    leaf_names, arg_of_leaf, start = [], [], 0
-    for i, arg in enumerate(args):
-        n = len(flatten(arg)[0])
-        if i in picked:
-            if n == 0:
-                raise GradTypeError(f"check_grad: argument {arg_names(f, (0,) * len(args))[i]!r} has no leaves "
-                                    f"to differentiate")
-            leaf_names.extend(all_names[start:start + n])
-            arg_of_leaf.extend([arg_names(f, (0,) * len(args))[i]] * n)
-        start += n
-    point = _Point(args, picked, leaf_names)
-    for leaf, leaf_name, arg in zip(point.leaves, leaf_names, arg_of_leaf):
-        error = _leaf_kind_error(leaf, leaf_name, arg)
-        if error is not None:
-            raise error
+    point, arg_labels = _checked_point(f, args, picked)
     _scalar_value(f, args, name)
-    dtype = np.dtype(np.float64)
-    if any(np.asarray(leaf).dtype != np.float64 for leaf in point.leaves):
-        dtype = np.dtype(np.float32)
+    dtype = np.dtype(np.float64 if all(np.asarray(leaf).dtype == np.float64 for leaf in point.leaves) else np.float32)
 
     rng = np.random.default_rng(seed)
-    fun, extra, extra_numeric = f, (), ()
-    if order == 2:  # check the gradient of <grad f, u>: its finite differences use the first-order gradient
+    fun, u_like, u_float64 = f, (), ()
+    if order == 2:  # check the gradient of <grad f, u>; its differences use the first-order gradient
         fun = _gradient_projection(f, picked)
         u = rng.normal(size=point.x.size)
         u /= np.linalg.norm(u) or 1.0
-        u_args, u_numeric = point.args_at(u), point.args_at(u, np.float64)
-        extra = (tuple(u_args[i] for i in picked),)
-        extra_numeric = (tuple(u_numeric[i] for i in picked),)
-
-    # The finite-difference side: float64 copies of the point, unless the function cannot take them.
-    fd_args_dtype = np.float64
-    try:
-        probe = _Probe(fun, point.args_at(point.x, np.float64) + extra_numeric, point.positions)
-        if order == 1:
-            f(*point.args_at(point.x, np.float64))
-    except Exception:
-        fd_args_dtype = None  # the arguments' own dtype
-        extra_numeric = extra
-        probe = _Probe(fun, point.args_at(point.x) + extra, point.positions)
-    fd_dtype = probe.precision if fd_args_dtype is not None else dtype
-    working = np.dtype(np.float32) if np.float32 in (dtype, fd_dtype) else np.dtype(np.float64)
-    eps = _defaults(fd_dtype).eps if eps is None else float(eps)
+        u_like = (tuple(point.args_at(u)[i] for i in picked),)
+        u_float64 = (tuple(point.args_at(u, np.float64)[i] for i in picked),)
+    numeric = _FiniteDifferences(f, fun, point, order, u_like, u_float64)
+    working = np.dtype(np.float32) if np.float32 in (dtype, numeric.precision) else np.dtype(np.float64)
+    eps = _defaults(numeric.precision).eps if eps is None else float(eps)
     rtol_used = _defaults(working).rtol if rtol is None else float(rtol)
-    atol_base = _defaults(working).atol if atol is None else float(atol)
+    atol_used = _defaults(working).atol if atol is None else float(atol)
 
-    def all_leaves(x):
-        return flatten(point.args_at(x, fd_args_dtype) + extra_numeric)[0]
-
-    def numeric_value(x):
-        with np.errstate(all="ignore"):  # a NaN or inf shows in the report
-            if order == 1:
-                return float(f(*point.args_at(x, fd_args_dtype)))
-            return probe.run(all_leaves(x))[0]
+    def tolerance(analytic, numeric_value, noise, size):
+        scaled = atol_used * max(1.0, size) if atol is None else atol_used  # a given atol is absolute
+        return scaled + rtol_used * max(abs(analytic), abs(numeric_value)) + noise
 
     # The analytic side: tracegrad's compiled value and gradient, in the arguments' own dtype.
-    compiled = value_and_grad(fun, argnums=picked)
-    value, grads = compiled(*args, *extra)
+    value, grads = value_and_grad(fun, argnums=picked)(*args, *u_like)
+    report = GradCheckReport(name, arg_labels, mode, order, dtype, numeric.precision, eps, rtol_used, atol_used,
+                             atol is not None, value=float(value))
+    report.value_numeric = numeric.value(point.x) if order == 1 else numeric.center_value
+    if not abs(report.value - report.value_numeric) <= tolerance(
+            report.value, report.value_numeric, 16 * numeric.unit * abs(report.value_numeric), abs(report.value)):
+        report.problems.append(f"the compiled value {report.value!r} differs from {report.value_numeric!r} "
+                               f"computed in {numeric.precision.name}")
     grad_leaves = flatten(grads)[0]
-    report = GradCheckReport(name, tuple(dict.fromkeys(arg_of_leaf)), mode, order, dtype, fd_dtype, eps,
-                             rtol_used, atol_base, atol is not None, value=float(value))
-    for g, leaf, leaf_name in zip(grad_leaves, point.leaves, leaf_names):
+    for g, leaf, leaf_name in zip(grad_leaves, point.leaves, point.names):
         if np.shape(g) != np.shape(leaf):
             report.problems.append(f"the gradient of {leaf_name} has shape {np.shape(g)}, expected {np.shape(leaf)}")
         elif not isinstance(leaf, float) and np.asarray(g).dtype != np.asarray(leaf).dtype:
             report.problems.append(f"the gradient of {leaf_name} has dtype {np.asarray(g).dtype}, "
                                    f"expected {np.asarray(leaf).dtype}")
-    g = np.concatenate([np.asarray(gl, np.float64).ravel() for gl in grad_leaves])
+    g = np.concatenate([np.asarray(leaf, np.float64).ravel() for leaf in grad_leaves])
 
-    x0 = point.x
-    value0, center = probe.run(all_leaves(x0))
-    report.value_numeric = numeric_value(x0) if order == 1 else value0
-    unit = np.finfo(fd_dtype).eps
-
-    def tolerance(analytic, numeric, noise, scale):
-        return (atol_base * scale if atol is None else atol_base) + rtol_used * max(abs(analytic), abs(numeric)) + noise
-
-    value_noise = 16 * unit * abs(report.value_numeric)
-    if not abs(report.value - report.value_numeric) <= tolerance(report.value, report.value_numeric, value_noise,
-                                                                 max(1.0, abs(report.value_numeric))):
-        report.problems.append(f"the compiled value {report.value!r} differs from {report.value_numeric!r} "
-                               f"computed in {fd_dtype.name}")
-
-    def difference(x, step):
-        """The central difference along ``step``, its rounding noise, and the kinks crossed."""
-        plus, minus = x + step, x - step
-        f_plus, f_minus = numeric_value(plus), numeric_value(minus)
-        h = float(np.linalg.norm(step))
-        numeric = (f_plus - f_minus) / (2 * h)
-        noise = 16 * unit * max(abs(f_plus), abs(f_minus), abs(value0)) / h
-        kinks = probe.kinks_between(center, probe.run(all_leaves(plus))[1], probe.run(all_leaves(minus))[1])
-        return numeric, noise, kinks
-
+    x = point.x
     if mode == "directional":
-        h = eps * max(1.0, float(np.max(np.abs(x0))))
-        scale = max(1.0, float(np.linalg.norm(g)))
+        h, size = eps * max(1.0, float(np.max(np.abs(x)))), float(np.linalg.norm(g))
         for k in range(directions):
-            v = rng.normal(size=x0.size)
+            v = rng.normal(size=x.size)
             v /= np.linalg.norm(v) or 1.0
-            numeric, noise, kinks = difference(x0, h * v)
+            difference, noise, kinks = numeric.difference(x, h * v)
             analytic = float(g @ v)
-            tol = tolerance(analytic, numeric, noise, scale)
-            report.rows.append(Row(f"direction {k}", None, analytic, numeric, tol, kinks))
+            report.rows.append(Row(f"direction {k}", None, analytic, difference,
+                                   tolerance(analytic, difference, noise, size), kinks))
     else:
-        scale = max(1.0, float(np.max(np.abs(g))))
-        for k in range(x0.size):
-            step = np.zeros_like(x0)
-            step[k] = eps * max(1.0, abs(float(x0[k])))
-            numeric, noise, kinks = difference(x0, step)
+        size = float(np.max(np.abs(g)))
+        for k in range(x.size):
+            step = np.zeros_like(x)
+            step[k] = eps * max(1.0, abs(float(x[k])))
+            difference, noise, kinks = numeric.difference(x, step)
             label, index = point.locate(k)
-            analytic = float(g[k])
-            tol = tolerance(analytic, numeric, noise, scale)
-            report.rows.append(Row(label, index, analytic, numeric, tol, kinks))
+            report.rows.append(Row(label, index, float(g[k]), difference,
+                                   tolerance(g[k], difference, noise, size), kinks))
 
     if report.kinks:
-        crossed = [row for row in report.rows if row.kinks]
-        excused = sum(row.status == "kink" for row in crossed)
-        sites = "\n".join(f"  {kink}" for kink in report.kinks)
-        what = "directions" if mode == "directional" else "entries"
-        outcome = ("they agree anyway" if not excused else "the one that disagrees is not counted as a failure"
-                   if excused == 1 else f"the {excused} that disagree are not counted as failures")
-        warnings.warn(
-            f"check_grad({name}): a kink lies within the finite-difference step (eps={eps:g}) of the point checked, "
-            f"where finite differences mean nothing:\n{sites}\n"
-            f"  {len(crossed)} of {len(report.rows)} {what} cross it; {outcome}.\n"
-            f"  hint: check at a point away from the kink (inputs away from 0 and from ties)",
-            KinkWarning, stacklevel=2)
+        warnings.warn(_kink_message(report, name), KinkWarning, stacklevel=2)
     if not report.passed:
         raise GradCheckError(str(report), report)
     return report
+
+
+def _kink_message(report: GradCheckReport, name: str) -> str:
+    crossed = [row for row in report.rows if row.kinks]
+    excused = sum(row.status == "kink" for row in crossed)
+    sites = "\n".join(f"  {kink}" for kink in report.kinks)
+    what = "directions" if report.mode == "directional" else "entries"
+    outcome = ("they agree anyway" if not excused else "the one that disagrees is not counted as a failure"
+               if excused == 1 else f"the {excused} that disagree are not counted as failures")
+    return (f"check_grad({name}): a kink lies within the finite-difference step (eps={report.eps:g}) of the point "
+            f"checked, where finite differences mean nothing:\n{sites}\n"
+            f"  {len(crossed)} of {len(report.rows)} {what} cross it; {outcome}.\n"
+            f"  hint: check at a point away from the kink (inputs away from 0 and from ties)")
