@@ -130,6 +130,7 @@ def test_drawing_is_deterministic_and_dot_text_is_str():
     assert a.dot == b.dot == str(a)
     assert a.dot.startswith('digraph "loss" {') and a.dot.rstrip().endswith("}")
     assert "loss" in repr(a) and "15 operations" in repr(a)
+    assert repr(tg.draw(lambda x: x * 2.0, 1.0)).endswith(": 1 operation>")
 
 
 # ------------------------------------------------------------------------------ the backward graph
@@ -192,6 +193,8 @@ def test_collapsed_backward_keeps_forward_and_backward_lines_apart():
     lines = re.findall(r"^\s*l\d+ \[shape=box.*label=<(.*?)<BR/>", d.dot, re.M)
     assert lines == ["h = np.tanh(W @ h)", "return np.sum(h ** 2)",
                      "backward of return np.sum(h ** 2)", "backward of h = np.tanh(W @ h)"]
+    crowded = [top for top, _ in labels(d.dot).values() if "more" in top]  # the forward values the
+    assert len(crowded) == 1 and re.fullmatch(r"h: f64\[3\]\n(s\d+: f64\[3\]\n){2}and \d+ more", crowded[0])
 
 
 def test_lines_with_several_operations_are_boxed_and_single_ones_are_not():

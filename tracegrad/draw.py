@@ -21,7 +21,7 @@ import numpy as np
 
 from .api import Function, value_and_grad
 from .autodiff import value_and_grad_graph
-from .errors import TracegradError
+from .errors import GradTypeError, TracegradError
 from .interpret import evaluate
 from .ir import Graph, Literal, Var, assign_names
 from .pytree import flatten
@@ -69,7 +69,8 @@ class Drawing:
 
     def __repr__(self) -> str:
         how = ", collapsed by source line" if self.collapsed else ""
-        return f"<tracegrad.Drawing of {self.graph.name}: {len(_expand(self.graph.nodes))} operations{how}>"
+        n = len(_expand(self.graph.nodes))
+        return f"<tracegrad.Drawing of {self.graph.name}: {n} operation{'' if n == 1 else 's'}{how}>"
 
     def pipe(self, format: str, dpi: int | None = None) -> bytes:
         """The picture in any output format Graphviz knows (``"svg"``, ``"png"``, ``"pdf"``, ...).
@@ -148,10 +149,12 @@ def draw(fun, *args, backward: bool = False, values: bool = False, grads: bool =
     ...     q = x + y
     ...     return q * 3.0
     >>> d = tg.draw(f, -2.0, 5.0, values=True, grads=True)
+    >>> d
+    <tracegrad.Drawing of f: 2 operations>
     >>> print(d.dot.splitlines()[0])
     digraph "f" {
-    >>> "3</FONT>" in d.dot and "9</FONT>" in d.dot   # q = 3, f = 9 on the edges
-    True
+
+    ``d.save("f.svg")`` renders it; in Jupyter, ``d`` alone shows the picture.
 
     Raises ``GradTypeError`` when ``grads`` or ``backward`` is asked of a function without a scalar
     float output, and ``MissingDependencyError`` only when a drawing is rendered without Graphviz.
@@ -215,7 +218,6 @@ def _grad_function(fun, args) -> Function:
     argnums = tuple(i for i, arg in enumerate(args)
                     if flatten(arg)[0] and all(aval_of(leaf).is_float for leaf in flatten(arg)[0]))
     if not argnums:
-        from .errors import GradTypeError
         raise GradTypeError("draw(..., backward=True) needs at least one float argument to differentiate")
     return value_and_grad(base, argnums=argnums)
 
@@ -422,6 +424,9 @@ class _Scene:
     def edge_label(self, values: list, color: str) -> str:
         """Name and value above the rule, gradient below; the rule is the edge passing through."""
         top, bottom = [], []
+        if len(values) > 4:  # several values between two source lines: name a few
+            more = f'<FONT COLOR="{NAME_COLOR}">and {len(values) - 3} more</FONT>'
+            return self.edge_label(values[:3], color).replace("</TD></TR><HR/>", f"<BR/>{more}</TD></TR><HR/>", 1)
         for var in values:
             title = self.title(var)
             title = f'<FONT COLOR="{NAME_COLOR}">{_html(title)}</FONT>' if title else ""
@@ -500,7 +505,7 @@ class _Scene:
 
     def line_node(self, key: str, members: list) -> str:
         source = members[0].source
-        text = source.line if source is not None else "(no source line)"
+        text = (source.line or f"line {source.lineno}") if source is not None else "(no source line)"
         if len(text) > 60:
             text = text[:57] + "..."
         where = f"{os.path.basename(source.filename)}:{source.lineno} · " if source is not None else ""
@@ -582,6 +587,6 @@ class _Scene:
         for var, key in ends:
             crossing.setdefault((producer[var], key), []).append(var)
         for k, ((source, target), values) in enumerate(crossing.items()):
-            label, wires = self.wire(f"v{k}", source, [target], values[:4])
+            label, wires = self.wire(f"v{k}", source, [target], values)
             body += [label] + wires
         return body
