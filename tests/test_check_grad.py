@@ -70,6 +70,10 @@ def test_full_mode_checks_every_entry_of_every_argument(no_warnings):
     text = str(report)
     assert "w.r.t. x, y" in text and "9 entries checked; the worst 5:" in text
     assert "argument  index" in text and "(0, 1)" in text
+    reversed_order = tg.check_grad(smooth, X, Y, argnums=(1, 0), mode="full")
+    assert [row.label for row in reversed_order.rows] == ["y"] * Y.size + ["x"] * X.size
+    assert "w.r.t. y, x" in str(reversed_order)
+    assert {(r.label, r.index): r.analytic for r in reversed_order.rows} == analytic
 
 
 def test_float32_works_out_of_the_box_with_float64_differences(no_warnings):
@@ -89,6 +93,16 @@ def test_a_function_that_rounds_to_float32_gets_float32_steps(no_warnings):
     report = tg.check_grad(rounded, X, mode="full")
     assert report.fd_dtype == np.float32 and report.eps == DEFAULTS[np.dtype(np.float32)].eps
     assert report.rtol == DEFAULTS[np.dtype(np.float32)].rtol
+
+
+def test_a_function_that_refuses_float64_is_differenced_in_its_own_dtype(no_warnings):
+    def picky(x):
+        if x.dtype != np.float32:
+            raise TypeError("float32 only")
+        return np.sum(np.sin(x) * x)
+
+    report = tg.check_grad(picky, X.astype(np.float32), mode="full")
+    assert report.passed and report.fd_dtype == np.float32 and report.eps == DEFAULTS[np.dtype(np.float32)].eps
 
 
 def test_pytrees_python_floats_and_named_leaves(no_warnings):

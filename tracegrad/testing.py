@@ -459,16 +459,15 @@ def _normalize_argnums(argnums, n: int) -> tuple:
 def _checked_point(f, args, picked) -> tuple:
     """The point to check, with a name per differentiated leaf; raises for leaves that are not floats."""
     params = arg_names(f, (0,) * len(args))  # one name per argument
-    leaves = arg_names(f, args)  # one name per leaf
-    leaf_names, arg_of_leaf, start = [], [], 0
-    for i, arg in enumerate(args):
-        n = len(flatten(arg)[0])
-        if i in picked:
-            if n == 0:
-                raise GradTypeError(f"check_grad: argument {params[i]!r} has no leaves to differentiate")
-            leaf_names.extend(leaves[start:start + n])
-            arg_of_leaf.extend([params[i]] * n)
-        start += n
+    names = arg_names(f, args)  # one name per leaf
+    counts = [len(flatten(arg)[0]) for arg in args]
+    leaf_names, arg_of_leaf = [], []
+    for i in picked:  # in the order of argnums, as the gradients come
+        if counts[i] == 0:
+            raise GradTypeError(f"check_grad: argument {params[i]!r} has no leaves to differentiate")
+        start = sum(counts[:i])
+        leaf_names.extend(names[start:start + counts[i]])
+        arg_of_leaf.extend([params[i]] * counts[i])
     picked_leaves = [leaf for i in picked for leaf in flatten(args[i])[0]]
     for leaf, name, arg in zip(picked_leaves, leaf_names, arg_of_leaf):
         error = _leaf_kind_error(leaf, name, arg)
