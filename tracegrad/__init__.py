@@ -16,11 +16,15 @@ from .errors import (CompileError, GradTypeError, NonFiniteError, ShapeError, Tr
                      UnsupportedError)
 from .ir import Aval, Graph
 from .primitives.elementwise import sigmoid
+from . import nn, optim
+from .errors import DataError, TrainingError
+from .train import History, fit
 from .draw import Drawing, MissingDependencyError, draw
 from .errors import GradCheckError
 from .testing import check_grad, numeric_grad
 
 __all__ = [
+    "nn", "optim", "fit", "History", "DataError", "TrainingError",
     "grad", "value_and_grad", "jit", "make_graph", "source", "sigmoid",
     "Function", "Compiled", "Graph", "Aval", "cache_dir", "set_cache_dir",
     "TracegradError", "TracingError", "UnsupportedError", "ShapeError", "GradTypeError", "CompileError",

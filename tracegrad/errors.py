@@ -96,3 +96,19 @@ class GradCheckError(TracegradError, AssertionError):
 
 class CompileError(TracegradError):
     """Generated code that the backend could not compile: always a tracegrad bug, please report it."""
+
+
+class DataError(TracegradError, ValueError):
+    """Training data or settings that do not fit: lengths that differ, a bad batch size, labels out of range."""
+
+
+class TrainingError(NonFiniteError):
+    """Training stopped at a non-finite loss or gradient; ``params`` holds the parameters it had reached.
+
+    ``epoch`` and ``step`` (both from 1) name the step that failed; no part of its update was applied.
+    """
+
+    def __init__(self, message, *, epoch: int, step: int, params=None, state=None, history=None, hint=None):
+        super().__init__(message, hint=hint)
+        self.epoch, self.step = epoch, step
+        self.params, self.state, self.history = params, state, history

@@ -1,0 +1,307 @@
+"""tg.fit: the compiled epoch against a plain Python training loop, resuming, the last partial batch,
+your own Numba loop, progress and history, and every kind of bad input.
+
+Most tests share one model and one set of shapes (a softmax classifier, 50 samples, batches of 16,
+so three full batches and a last one of 2) so that Numba compiles its kernels once."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numba
+import numpy as np
+import pytest
+
+import tracegrad as tg
+from tracegrad import nn, optim
+from tracegrad.pytree import flatten
+
+N, FEATURES, CLASSES, BATCH = 50, 4, 3, 16
+_rng = np.random.default_rng(42)
+X = _rng.normal(size=(N, FEATURES))
+Y = (X @ _rng.normal(size=(FEATURES, CLASSES))).argmax(axis=1)
+X_VAL, Y_VAL = X[:10] + 0.1, Y[:10]
+
+
+def LOSS(params, X, y):
+    return nn.softmax_cross_entropy(X @ params["W"] + params["b"], y) + 1e-3 * nn.l2_penalty(params["W"])
+
+
+def start():
+    rng = np.random.default_rng(0)
+    return {"W": 0.1 * rng.normal(size=(FEATURES, CLASSES)), "b": np.zeros(CLASSES)}
+
+
+def splitmix_permutation(n, state):
+    """fit's shuffle, written again with Python ints: Fisher-Yates driven by splitmix64."""
+    perm, mask = list(range(n)), 2 ** 64 - 1
+    for i in range(n - 1, 0, -1):
+        state = (state + 0x9E3779B97F4A7C15) & mask
+        z = ((state ^ (state >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        z ^= z >> 31
+        j = z % (i + 1)
+        perm[i], perm[j] = perm[j], perm[i]
+    return perm, state
+
+
+def reference_fit(optimizer, params, epochs, seed, shuffle=True):
+    """The same training as fit, one Python step at a time: tracegrad's gradient, optimizer.update."""
+    params = {k: v.copy() for k, v in params.items()}
+    state, vg, losses = optimizer.init(params), tg.value_and_grad(LOSS), []
+    for _ in range(epochs):
+        order = list(range(N))
+        if shuffle:
+            order, seed = splitmix_permutation(N, seed)
+        total = 0.0
+        for start_row in range(0, N, BATCH):
+            rows = order[start_row:start_row + BATCH]
+            value, grads = vg(params, X[rows], Y[rows])
+            optimizer.update(params, grads, state)
+            total += value * len(rows)
+        losses.append(total / N)
+    return params, losses
+
+
+# ------------------------------------------------------------------------------ the same numbers as a Python loop
+
+
+@pytest.mark.parametrize("optimizer", [
+    optim.SGD(lr=0.2, momentum=0.9),
+    optim.Adam(lr=0.05, weight_decay=0.01),
+    optim.RMSProp(lr=optim.step_lr(0.01, every=4, gamma=0.5), momentum=0.5),
+], ids=["sgd", "adam", "rmsprop-scheduled"])
+def test_fit_matches_a_python_training_loop(optimizer):
+    params, history = tg.fit(LOSS, start(), (X, Y), optimizer=optimizer, batch_size=BATCH, epochs=3, seed=7,
+                             progress=False)
+    expected, losses = reference_fit(optimizer, start(), epochs=3, seed=7)
+    for k in expected:
+        np.testing.assert_allclose(params[k], expected[k], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(history.loss, losses, rtol=1e-12)
+    assert history.steps == 3 * 4 and history.state["step"] == 12
+    assert history.initial_loss == pytest.approx(float(LOSS(start(), X, Y)), rel=1e-12)
+
+
+def test_training_reduces_the_loss_and_inputs_are_untouched():
+    params0 = start()
+    copy = {k: v.copy() for k, v in params0.items()}
+    params, history = tg.fit(LOSS, params0, (X, Y), optimizer=optim.SGD(lr=0.5, momentum=0.9), batch_size=BATCH,
+                             epochs=5, progress=False, validation=(X_VAL, Y_VAL),
+                             metrics={"acc": lambda p, X, y: nn.accuracy(X @ p["W"] + p["b"], y)})
+    for k in params0:
+        np.testing.assert_array_equal(params0[k], copy[k])
+        assert params[k] is not params0[k]
+    assert history.loss[-1] < 0.5 * history.initial_loss
+    assert len(history.loss) == len(history.time) == len(history.val_loss) == len(history.metrics["acc"]) == 5
+    assert history.val_loss[-1] == pytest.approx(float(LOSS(params, X_VAL, Y_VAL)))
+    assert history.metrics["acc"][-1] >= 0.9
+    assert all(t > 0 for t in history.time) and history.compile_time > 0
+
+
+def test_resuming_continues_exactly():
+    opt = optim.SGD(lr=0.2, momentum=0.9)
+    once, h = tg.fit(LOSS, start(), (X, Y), optimizer=opt, batch_size=BATCH, epochs=2, seed=3, progress=False)
+    half, h1 = tg.fit(LOSS, start(), (X, Y), optimizer=opt, batch_size=BATCH, epochs=1, seed=3, progress=False)
+    twice, h2 = tg.fit(LOSS, half, (X, Y), optimizer=opt, batch_size=BATCH, epochs=1, seed=h1.seed,
+                       state=h1.state, progress=False)
+    for k in once:
+        np.testing.assert_array_equal(once[k], twice[k])
+    assert h.loss == h1.loss + h2.loss and h2.steps == h.steps == 8
+
+
+def test_shuffle_changes_every_epoch_and_follows_the_seed():
+    perm1, state = splitmix_permutation(N, 0)
+    perm2, _ = splitmix_permutation(N, state)
+    assert sorted(perm1) == list(range(N)) and perm1 != perm2
+    a, _ = tg.fit(LOSS, start(), (X, Y), optimizer=optim.SGD(lr=0.2), batch_size=BATCH, epochs=1, seed=1, progress=False)
+    b, _ = tg.fit(LOSS, start(), (X, Y), optimizer=optim.SGD(lr=0.2), batch_size=BATCH, epochs=1, seed=2, progress=False)
+    assert not np.array_equal(a["W"], b["W"])
+
+
+# ------------------------------------------------------------------------------ your own loop, and drop_last
+
+
+def test_own_numba_loop_gives_what_fit_gives():
+    """The README's recipe: call the compiled value-and-gradient kernel and the optimiser's update
+    from your own @numba.njit loop."""
+    opt = optim.SGD(lr=0.2, momentum=0.9)
+    params = start()
+    kernel = tg.value_and_grad(LOSS).specialize(params, X[:BATCH], Y[:BATCH])
+    captured = kernel.captured()[0]  # the np.arange(16) softmax_cross_entropy indexes with
+    vg, update, hyper = kernel.dispatcher, opt.kernel, opt.hyperparameters()
+
+    @numba.njit
+    def train(W, b, X, y, vW, vb, rows, lr, epochs, momentum, weight_decay, nesterov):
+        for epoch in range(epochs):
+            for s in range(X.shape[0] // 16):
+                t = epoch * (X.shape[0] // 16) + s + 1
+                loss, gW, gb = vg(W, b, X[s * 16:(s + 1) * 16], y[s * 16:(s + 1) * 16], rows)
+                update(W.reshape(-1), gW.ravel(), vW, lr, t, momentum, weight_decay, nesterov)
+                update(b, gb, vb, lr, t, momentum, weight_decay, nesterov)
+
+    W, b = params["W"].copy(), params["b"].copy()
+    train(W, b, X, Y, np.zeros(W.size), np.zeros(b.size), captured, opt.lr, 2, *hyper)
+    fitted, history = tg.fit(LOSS, params, (X, Y), optimizer=opt, batch_size=BATCH, epochs=2, shuffle=False,
+                             drop_last=True, progress=False)
+    np.testing.assert_allclose(fitted["W"], W, rtol=1e-13)
+    np.testing.assert_allclose(fitted["b"], b, rtol=1e-13)
+    assert history.steps == 2 * (N // BATCH)
+
+
+def test_epoch_source_is_readable_and_deterministic():
+    opt = optim.SGD(lr=0.1)
+    text = tg.train.epoch_source(LOSS, start(), (X, Y), optimizer=opt, batch_size=BATCH)
+    assert text == tg.train.epoch_source(LOSS, start(), (X, Y), optimizer=opt, batch_size=BATCH)
+    for line in ("def LOSS_fit_epoch(params_W, params_b, data_0, data_1, batch_0, batch_1, last_0, last_1,",
+                 "out = value_and_grad(params_W, params_b, batch_0, batch_1, captured_0)",
+                 "out = value_and_grad_last(params_W, params_b, last_0, last_1, captured_last_0)",
+                 "sgd_update(flat_params_W, grad_W, velocity_W, lr, t, momentum, weight_decay, nesterov)",
+                 "if not np.isfinite(loss):"):
+        assert line in text, line
+    assert "last_0" not in tg.train.epoch_source(LOSS, start(), (X, Y), optimizer=opt, batch_size=BATCH,
+                                                 drop_last=True)
+    assert tg.train.epoch_source(LOSS, start(), (X, Y), optimizer=opt, batch_size=10).count("value_and_grad(") == 1
+
+
+def test_the_compiled_epoch_is_loaded_from_numbas_cache_in_a_new_process():
+    tg.fit(LOSS, start(), (X, Y), optimizer=optim.SGD(lr=0.1), batch_size=BATCH, epochs=1, progress=False)
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import numpy as np, tracegrad as tg
+        from tracegrad import backend, optim
+        from test_fit import LOSS, X, Y, start
+        tg.fit(LOSS, start(), (X, Y), optimizer=optim.SGD(lr=0.1), batch_size=16, epochs=1, progress=False)
+        epoch = [d for d in backend._loaded.values() if d.py_func.__name__.endswith("_fit_epoch")][0]
+        print(sum(epoch.stats.cache_hits.values()), sum(epoch.stats.cache_misses.values()))
+    """)
+    env = dict(os.environ, TRACEGRAD_CACHE_DIR=str(tg.cache_dir()))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "0"]  # one hit, no miss
+
+
+# ------------------------------------------------------------------------------ other shapes and dtypes
+
+
+def test_single_data_array_scalar_parameter_float32():
+    data = np.linspace(0, 2, 12, dtype=np.float32).reshape(12, 1)
+
+    def loss(p, X):
+        return np.mean((X[:, 0] - p["c"]) ** 2)
+    params, history = tg.fit(loss, {"c": np.array(0.0, np.float32)}, data, optimizer=optim.SGD(lr=0.3),
+                             batch_size=5, epochs=3, shuffle=False, progress=False)
+    c = 0.0
+    for _ in range(3):
+        for rows in (slice(0, 5), slice(5, 10), slice(10, 12)):  # the last batch has two samples
+            c -= 0.3 * 2 * (c - float(np.mean(data[rows, 0], dtype=np.float64)))
+    assert params["c"].dtype == np.float32 and params["c"].shape == ()
+    assert float(params["c"]) == pytest.approx(c, rel=1e-6)
+    assert history.steps == 3 * 3
+
+
+# ------------------------------------------------------------------------------ progress
+
+
+def test_plain_progress_prints_one_line_per_epoch(capsys):
+    tg.fit(LOSS, start(), (X, Y), optimizer=optim.SGD(lr=0.1), batch_size=BATCH, epochs=2, progress="plain",
+           validation=(X_VAL, Y_VAL), metrics={"acc": lambda p, X, y: nn.accuracy(X @ p["W"], y)})
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("epoch 1/2  loss ") and "val_loss" in lines[0] and " acc " in lines[1]
+
+
+def test_progress_without_tqdm_falls_back_to_lines(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm now fails
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    tg.fit(LOSS, start(), (X, Y), optimizer=optim.SGD(lr=0.1), batch_size=BATCH, epochs=1)
+    assert capsys.readouterr().out.startswith("epoch 1/1  loss ")
+
+
+def test_progress_bar_with_tqdm(capsys):
+    pytest.importorskip("tqdm")
+    tg.fit(LOSS, start(), (X, Y), optimizer=optim.SGD(lr=0.1), batch_size=BATCH, epochs=2)
+    captured = capsys.readouterr()
+    assert "2/2" in captured.err and "loss" in captured.err and captured.out == ""
+
+
+# ------------------------------------------------------------------------------ non-finite loss or gradient
+
+
+def sqrt_loss(p, X):
+    return np.sum(np.sqrt(p["w"])) * np.mean(X)
+
+
+ONES = np.ones((4, 1))
+
+
+def test_nan_loss_stops_with_the_epoch_and_step_and_keeps_the_parameters():
+    # w -= 0.5 * 0.5 / sqrt(w): 1 -> 0.75 -> 0.4613 -> 0.0933 -> -0.7255, then sqrt(w) is nan at update 5,
+    # which is epoch 3, step 1 with two steps per epoch
+    w, trajectory = 1.0, []
+    for _ in range(4):
+        w -= 0.5 * 0.5 / np.sqrt(w)
+        trajectory.append(w)
+    with pytest.raises(tg.TrainingError) as info:
+        tg.fit(sqrt_loss, {"w": np.array([1.0])}, ONES, optimizer=optim.SGD(lr=0.5), batch_size=2, epochs=5,
+               shuffle=False, progress=False)
+    err = info.value
+    assert (err.epoch, err.step) == (3, 1)
+    assert "epoch 3, step 1 of 2 (update 5): the loss is nan" in str(err)
+    assert "sqrt_loss" not in str(err) or "test_fit.py" in str(err)
+    assert "first non-finite value" in str(err) and "test_fit.py" in str(err)  # debug_nans names our line
+    np.testing.assert_allclose(err.params["w"], [trajectory[-1]], rtol=1e-12)
+    assert err.state["step"] == 4 and len(err.history.loss) == 2
+    assert isinstance(err, tg.NonFiniteError)
+
+
+def test_infinite_gradient_stops_before_the_update():
+    with pytest.raises(tg.TrainingError, match=r"epoch 1, step 1 .*gradient is not finite \(in params_w\)") as info:
+        tg.fit(sqrt_loss, {"w": np.array([0.0])}, ONES, optimizer=optim.SGD(lr=0.5), batch_size=2, epochs=1,
+               shuffle=False, progress=False)
+    assert info.value.params["w"][0] == 0.0 and info.value.state["step"] == 0
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+def fit_with(**overrides):
+    arguments = dict(loss=LOSS, params=start(), data=(X, Y), optimizer=optim.SGD(lr=0.1), batch_size=BATCH,
+                     epochs=1, progress=False)
+    arguments.update(overrides)
+    return tg.fit(arguments.pop("loss"), arguments.pop("params"), arguments.pop("data"), **arguments)
+
+
+@pytest.mark.parametrize("overrides, error, message", [
+    (dict(data=(X, Y[:-1])), tg.DataError, "data\\[0\\] has 50, data\\[1\\] has 49"),
+    (dict(data=(X[:0], Y[:0])), tg.DataError, "no samples"),
+    (dict(data=(X, "abc")), tg.DataError, "data\\[1\\] must be a numeric array"),
+    (dict(data=[]), tg.DataError, "tuple of arrays"),
+    (dict(batch_size=0), tg.DataError, "batch_size must be an int from 1 to the number of samples \\(50\\), got 0"),
+    (dict(batch_size=51), tg.DataError, "got 51"),
+    (dict(batch_size=8.0), tg.DataError, "got 8.0"),
+    (dict(batch_size=True), tg.DataError, "got True"),
+    (dict(epochs=-1), tg.DataError, "epochs"),
+    (dict(seed=1.5), tg.DataError, "seed"),
+    (dict(progress="yes"), tg.DataError, "progress"),
+    (dict(optimizer="sgd"), tg.DataError, "tg.optim.SGD"),
+    (dict(loss=tg.value_and_grad(LOSS)), tg.DataError, "plain loss function"),
+    (dict(data=(X, np.where(Y == 2, 3, Y))), tg.DataError, "label 3 is out of range for 3 classes"),
+    (dict(validation=(X_VAL, Y_VAL - 1)), tg.DataError, "label -1 is out of range"),
+    (dict(validation=(X_VAL, Y)), tg.DataError, "validation\\[0\\] has 10, validation\\[1\\] has 50"),
+    (dict(params={"W": np.zeros((FEATURES, CLASSES), int), "b": np.zeros(CLASSES)}), tg.GradTypeError,
+     "parameter params_W has dtype int64"),
+    (dict(params={"W": np.zeros((FEATURES, CLASSES)), "b": 0.0}), tg.GradTypeError, "params_b is a float"),
+    (dict(params={}), tg.DataError, "no arrays"),
+    (dict(state={"step": 0, "velocity": {"W": np.zeros(2)}}), tg.DataError, "does not match"),
+])
+def test_bad_input(overrides, error, message):
+    with pytest.raises(error, match=message):
+        fit_with(**overrides)
+
+
+def test_labels_out_of_range_in_a_hand_written_loss():
+    def loss(params, X, y):  # indexes like nn.softmax_cross_entropy, without its checks
+        logp = nn.log_softmax(X @ params["W"] + params["b"])
+        return -np.mean(logp[np.arange(y.shape[0]), y])
+    with pytest.raises(tg.DataError, match="IndexError on rows 0..49 of the data: are the labels in range"):
+        fit_with(loss=loss, data=(X, Y + 1))

@@ -1,0 +1,295 @@
+"""Optimisers that update parameter arrays in place, with compiled code, and learning-rate schedules.
+
+An optimiser is its hyperparameters plus one plain Python function that updates one parameter array
+(flattened) from its gradient and its state arrays, written in the subset of Python Numba compiles.
+That function is the whole algorithm: ``Optimizer.update`` runs it compiled, once per parameter array,
+and ``tg.fit`` writes it into its compiled training loop.
+
+>>> import numpy as np, tracegrad as tg
+>>> params = {"w": np.array([1.0, 2.0])}
+>>> opt = tg.optim.SGD(lr=0.1, momentum=0.9)
+>>> state = opt.init(params)
+>>> opt.update(params, {"w": np.array([1.0, -1.0])}, state)   # in place
+>>> params["w"], state["step"]
+(array([0.9, 2.1]), 1)
+
+State is a pytree: ``{"step": 0, "velocity": <zeros shaped like params>}`` for SGD, ``m`` and ``v`` for
+Adam, ``square_avg`` and ``momentum_buffer`` for RMSProp. Learning rates are floats or schedules,
+plain functions of the step (the number of updates made so far): ``SGD(lr=cosine_lr(0.1, 1000))``.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import textwrap
+from typing import Callable
+
+import numpy as np
+
+from . import __version__, backend
+from .codegen import Module
+from .errors import DataError, GradTypeError
+from .pytree import flatten, leaf_paths, unflatten
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSProp", "step_lr", "cosine_lr"]
+
+
+# ------------------------------------------------------------------------- the update of one array
+# Each runs compiled (Numba), on flat arrays; t counts updates from 1.
+
+
+def sgd_update(param, grad, velocity, lr, t, momentum, weight_decay, nesterov):
+    """SGD: g = grad + wd p; v = momentum v + g; p -= lr (g + momentum v if nesterov else v)."""
+    for i in range(param.shape[0]):
+        g = grad[i] + weight_decay * param[i]
+        if momentum != 0.0:
+            v = momentum * velocity[i] + g
+            velocity[i] = v
+            g = g + momentum * v if nesterov != 0.0 else v
+        param[i] -= lr * g
+
+
+def adam_update(param, grad, m, v, lr, t, beta1, beta2, eps, weight_decay, decoupled):
+    """Adam (L2 weight decay added to the gradient) or, with decoupled, AdamW (p -= lr wd p)."""
+    correction1 = 1.0 - beta1 ** t
+    correction2 = 1.0 - beta2 ** t
+    for i in range(param.shape[0]):
+        g = grad[i]
+        if decoupled != 0.0:
+            param[i] -= lr * weight_decay * param[i]
+        else:
+            g = g + weight_decay * param[i]
+        m[i] = beta1 * m[i] + (1.0 - beta1) * g
+        v[i] = beta2 * v[i] + (1.0 - beta2) * g * g
+        param[i] -= lr * (m[i] / correction1) / (np.sqrt(v[i] / correction2) + eps)
+
+
+def rmsprop_update(param, grad, square_avg, momentum_buffer, lr, t, alpha, eps, weight_decay, momentum):
+    """RMSProp: s = alpha s + (1 - alpha) g^2; step = g / (sqrt(s) + eps), with optional momentum."""
+    for i in range(param.shape[0]):
+        g = grad[i] + weight_decay * param[i]
+        s = alpha * square_avg[i] + (1.0 - alpha) * g * g
+        square_avg[i] = s
+        step = g / (np.sqrt(s) + eps)
+        if momentum != 0.0:
+            step = momentum * momentum_buffer[i] + step
+            momentum_buffer[i] = step
+        param[i] -= lr * step
+
+
+# ------------------------------------------------------------------------- optimisers
+
+
+class Optimizer:
+    """Base class. A subclass names its state ``slots`` and its ``update_function``, whose arguments are
+    ``(param, grad, *slots, lr, t, *hyperparameters)``; each hyperparameter is an attribute of the same name."""
+
+    slots: tuple = ()
+    update_function: Callable = None
+    _kernels: dict = {}  # update_function -> its compiled version, shared by all instances
+
+    def __init__(self, lr):
+        if not callable(lr):
+            lr = _check("lr", lr, low=0.0, low_open=True)
+        self.lr = lr
+
+    def __repr__(self):
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in ("lr",) + self.hyperparameter_names())
+        return f"{type(self).__name__}({fields})"
+
+    # -- what fit's generated code needs
+    @classmethod
+    def hyperparameter_names(cls) -> tuple:
+        names = list(inspect.signature(cls.update_function).parameters)
+        return tuple(names[4 + len(cls.slots):])
+
+    def hyperparameters(self) -> tuple:
+        """The hyperparameters, as floats in the order ``update_function`` takes them."""
+        return tuple(float(getattr(self, name)) for name in self.hyperparameter_names())
+
+    def learning_rate(self, step: int) -> float:
+        """The learning rate for update number ``step`` (from 0)."""
+        return float(self.lr(step)) if callable(self.lr) else self.lr
+
+    @classmethod
+    def update_source(cls) -> str:
+        return textwrap.dedent(inspect.getsource(cls.update_function))
+
+    @property
+    def kernel(self):
+        """The compiled ``update_function`` (a Numba function), to call from your own ``@numba.njit`` code
+        on flat arrays: ``kernel(param.reshape(-1), grad.ravel(), *slots, lr, t, *hyperparameters())``."""
+        kernel = Optimizer._kernels.get(self.update_function)
+        if kernel is None:
+            kernel = Optimizer._kernels[self.update_function] = backend.load(self.kernel_module())
+        return kernel
+
+    def kernel_module(self) -> Module:
+        """The generated module that ``kernel`` compiles: ``update_function``'s own source."""
+        function = self.update_function
+        source = (f"# Generated by tracegrad {__version__}: the update of one parameter array, from "
+                  f"{function.__module__}.{function.__name__}.\n# Do not edit: the file is named by the hash "
+                  f"of this text.\nimport numpy as np\n\n\n{self.update_source()}")
+        return Module(source, function.__name__, ())
+
+    # -- the Python interface
+    def init(self, params) -> dict:
+        """Fresh state for ``params``: the step count and zero arrays shaped like the parameters."""
+        leaves, tree = flatten(params)
+        _check_params(leaves, params)
+        state = {"step": 0}
+        for slot in self.slots:
+            state[slot] = unflatten(tree, [np.zeros_like(leaf, order="C") for leaf in leaves])
+        return state
+
+    def update(self, params, grads, state) -> None:
+        """Apply one update to ``params`` and ``state`` in place (every array is checked first, so a bad
+        argument changes nothing). Raises ``GradTypeError`` for parameters that are not float arrays and
+        ``DataError`` for structures or shapes that do not match."""
+        leaves, tree = flatten(params)
+        _check_params(leaves, params, writable=True)
+        grad_leaves, grad_tree = flatten(grads)
+        if grad_tree != tree:
+            raise DataError(f"gradients have structure {grad_tree} but parameters {tree}")
+        names = leaf_paths(params, "params")
+        slot_leaves = []
+        for slot in self.slots:
+            if slot not in state:
+                raise DataError(f"optimizer state has no {slot!r}: make it with {type(self).__name__}.init(params)")
+            values, slot_tree = flatten(state[slot])
+            if slot_tree != tree or any(np.shape(v) != p.shape for v, p in zip(values, leaves)):
+                raise DataError(f"optimizer state {slot!r} does not match the parameters' structure and shapes")
+            slot_leaves.append(values)
+        flat_grads = []
+        for name, param, grad in zip(names, leaves, grad_leaves):
+            if np.shape(grad) != param.shape:
+                raise DataError(f"gradient of {name} has shape {np.shape(grad)}, the parameter {param.shape}")
+            flat_grads.append(np.ascontiguousarray(grad, dtype=param.dtype).reshape(-1))
+        step = int(state["step"])
+        lr, hyper, kernel = self.learning_rate(step), self.hyperparameters(), self.kernel
+        for i, param in enumerate(leaves):
+            slots = [values[i].reshape(-1) for values in slot_leaves]
+            kernel(param.reshape(-1), flat_grads[i], *slots, lr, step + 1, *hyper)
+        state["step"] = step + 1
+
+
+class SGD(Optimizer):
+    """Minibatch SGD with optional momentum (v = momentum v + g; p -= lr v), Nesterov momentum and L2
+    weight decay (added to the gradient), as in PyTorch."""
+
+    slots = ("velocity",)
+    update_function = staticmethod(sgd_update)
+
+    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
+        super().__init__(lr)
+        self.momentum = _check("momentum", momentum, 0.0, 1.0, high_open=True)
+        self.weight_decay = _check("weight_decay", weight_decay, 0.0)
+        if nesterov and not self.momentum:
+            raise DataError("SGD(nesterov=True) needs momentum > 0")
+        self.nesterov = bool(nesterov)
+
+
+class Adam(Optimizer):
+    """Adam with bias correction; ``weight_decay`` is added to the gradient (L2), as in PyTorch's Adam."""
+
+    slots = ("m", "v")
+    update_function = staticmethod(adam_update)
+    decoupled = False
+
+    def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
+        super().__init__(lr)
+        self.beta1 = _check("beta1", beta1, 0.0, 1.0, high_open=True)
+        self.beta2 = _check("beta2", beta2, 0.0, 1.0, high_open=True)
+        self.eps = _check("eps", eps, 0.0, low_open=True)
+        self.weight_decay = _check("weight_decay", weight_decay, 0.0)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay: p -= lr wd p, then the Adam step on the plain gradient."""
+
+    decoupled = True
+
+    def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01):
+        super().__init__(lr, beta1, beta2, eps, weight_decay)
+
+
+class RMSProp(Optimizer):
+    """RMSProp (PyTorch's defaults), with optional momentum and L2 weight decay."""
+
+    slots = ("square_avg", "momentum_buffer")
+    update_function = staticmethod(rmsprop_update)
+
+    def __init__(self, lr=0.01, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0):
+        super().__init__(lr)
+        self.alpha = _check("alpha", alpha, 0.0, 1.0)
+        self.eps = _check("eps", eps, 0.0, low_open=True)
+        self.weight_decay = _check("weight_decay", weight_decay, 0.0)
+        self.momentum = _check("momentum", momentum, 0.0, 1.0, high_open=True)
+
+
+# ------------------------------------------------------------------------- schedules
+
+
+def step_lr(lr: float, every: int, gamma: float = 0.1) -> Callable[[int], float]:
+    """lr, multiplied by ``gamma`` every ``every`` steps.
+
+    >>> schedule = step_lr(0.1, every=100, gamma=0.5)
+    >>> schedule(0), schedule(99), schedule(100), schedule(250)
+    (0.1, 0.1, 0.05, 0.025)
+    """
+    lr, gamma = _check("lr", lr, 0.0, low_open=True), _check("gamma", gamma, 0.0, low_open=True)
+    if int(every) != every or every < 1:
+        raise DataError(f"step_lr: every must be a positive int, got {every!r}")
+
+    def schedule(step: int) -> float:
+        return lr * gamma ** (step // every)
+    return schedule
+
+
+def cosine_lr(lr: float, total_steps: int, final_lr: float = 0.0, warmup_steps: int = 0) -> Callable[[int], float]:
+    """Linear warm-up from 0 over ``warmup_steps``, then a half cosine from ``lr`` down to ``final_lr`` at
+    ``total_steps`` (and ``final_lr`` after).
+
+    >>> schedule = cosine_lr(0.1, total_steps=100)
+    >>> schedule(0), round(schedule(50), 10), schedule(100), schedule(1000)
+    (0.1, 0.05, 0.0, 0.0)
+    """
+    lr, final_lr = _check("lr", lr, 0.0, low_open=True), _check("final_lr", final_lr, 0.0)
+    if int(total_steps) != total_steps or not 0 <= warmup_steps < total_steps:
+        raise DataError(f"cosine_lr: need 0 <= warmup_steps < total_steps, got {warmup_steps!r} and {total_steps!r}")
+
+    def schedule(step: int) -> float:
+        if step < warmup_steps:
+            return lr * (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+        return final_lr + (lr - final_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return schedule
+
+
+# ------------------------------------------------------------------------- checks
+
+
+def _check(name, value, low=None, high=None, low_open=False, high_open=False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise DataError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    bad = (not math.isfinite(value) or low is not None and (value < low or low_open and value == low)
+           or high is not None and (value > high or high_open and value == high))
+    if bad:
+        interval = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'}{')' if high_open or high is None else ']'}"
+        raise DataError(f"{name} must be in {interval}, got {value!r}")
+    return value
+
+
+def _check_params(leaves, params, writable=False):
+    """Parameters must be float arrays: they are updated in place."""
+    for name, leaf in zip(leaf_paths(params, "params"), leaves):
+        if not isinstance(leaf, np.ndarray):
+            raise GradTypeError(f"parameter {name} is a {type(leaf).__name__}, not a NumPy array: parameters "
+                                "are updated in place", hint="use np.array(value) (0-d for a scalar)")
+        if leaf.dtype.kind != "f":
+            raise GradTypeError(f"parameter {name} has dtype {leaf.dtype}: parameters must be float arrays",
+                                hint=f"use {name}.astype(np.float64)")
+        if writable and not (leaf.flags.c_contiguous and leaf.flags.writeable):
+            raise DataError(f"parameter {name} is not a writable C-contiguous array, so it cannot be updated "
+                            "in place", hint="use np.array(value) to make one")

@@ -1,0 +1,474 @@
+"""``tg.fit``: minibatch training where each epoch is one compiled function.
+
+    params, history = tg.fit(loss, params, (X, y), optimizer=tg.optim.SGD(lr=0.1, momentum=0.9),
+                             batch_size=32, epochs=20, shuffle=True, seed=0)
+
+``loss(params, X_batch, y_batch)`` is your plain NumPy loss. ``fit`` compiles its value and gradient
+(``tg.value_and_grad(loss).specialize(...)``), then generates the source of one epoch for your number of
+parameter arrays, data arrays and your optimiser, and compiles that with Numba too. One call of it
+shuffles, gathers every minibatch, runs forward and backward, updates the parameters in place and
+sums the loss, with no Python between steps. Print it with ``tg.train.epoch_source(...)`` (same
+arguments as ``fit``).
+
+The last batch: when ``batch_size`` does not divide the number of samples, the remaining ``n % batch_size``
+samples form a smaller last batch. Its shapes differ, so the loss is compiled a second time for that
+size: each step's loss is exactly your loss on exactly its samples (no padding, no masks), as PyTorch's
+``DataLoader`` does. ``drop_last=True`` skips those samples instead (they change with every shuffle).
+
+Your own loop. ``fit`` is built from pieces you can call from your own ``@numba.njit`` code: the
+compiled value-and-gradient kernel (arguments: the flattened pytree leaves, dict keys sorted, then
+``.captured()``) and the optimiser's update of one flat array::
+
+    compiled = tg.value_and_grad(loss).specialize(params, X[:32], y[:32])
+    vg, captured = compiled.dispatcher, compiled.captured()  # (W, b, Xb, yb, *captured) -> (loss, gW, gb)
+    update = opt.kernel                                      # (param, grad, *state, lr, t, *hyperparameters)
+
+    @numba.njit
+    def train(W, b, X, y, vW, vb, rows, lr, momentum, weight_decay, nesterov):
+        for s in range(X.shape[0] // 32):
+            loss, gW, gb = vg(W, b, X[s * 32:(s + 1) * 32], y[s * 32:(s + 1) * 32], rows)
+            update(W.reshape(-1), gW.ravel(), vW, lr, s + 1, momentum, weight_decay, nesterov)
+            update(b, gb, vb, lr, s + 1, momentum, weight_decay, nesterov)
+
+    train(W, b, X, y, np.zeros(W.size), np.zeros(b.size), captured[0], 0.1, *opt.hyperparameters())
+
+(``captured[0]`` is the ``np.arange(32)`` that ``nn.softmax_cross_entropy`` indexes with.)
+tests/test_fit.py::test_own_numba_loop_gives_what_fit_gives runs this and compares it with ``fit``.
+"""
+from __future__ import annotations
+
+import keyword
+import math
+import time
+import weakref
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import __version__, backend
+from .api import Function, value_and_grad
+from .codegen import Module
+from .errors import DataError, NonFiniteError, TrainingError
+from .optim import Optimizer, _check_params
+from .pytree import flatten, leaf_paths, unflatten
+
+__all__ = ["fit", "History", "epoch_source"]
+
+_PREFLIGHT_ROWS = 4096  # the first loss is evaluated eagerly over the data in chunks of this many rows
+
+
+@dataclass
+class History:
+    """What ``fit`` measured, one entry per epoch.
+
+    ``loss``: the mean training loss of the epoch, over its minibatches as they were trained (weighted by
+    batch size); ``val_loss`` and ``metrics[name]``: on the validation data after the epoch (on the
+    training data if there is none); ``time``: seconds in the compiled epoch function;
+    ``initial_loss``: the loss on the training data before training; ``compile_time``: seconds spent
+    tracing and compiling; ``steps``: updates made. To resume exactly where training stopped, pass the
+    optimiser state and the shuffle stream back: ``fit(..., state=history.state, seed=history.seed)``.
+    """
+
+    loss: list = field(default_factory=list)
+    val_loss: list = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    time: list = field(default_factory=list)
+    initial_loss: float = math.nan
+    compile_time: float = 0.0
+    steps: int = 0
+    state: dict | None = None
+    seed: int = 0
+
+
+def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epochs: int = 1,
+        shuffle: bool = True, seed: int = 0, drop_last: bool = False, validation=None, metrics=None,
+        progress=True, state=None):
+    """Train ``params`` to minimise ``loss(params, *batch)`` over minibatches of ``data``.
+
+    ``data`` is an array or a tuple of arrays with the same first dimension (samples); each step passes
+    ``batch_size`` rows of each. ``params`` is any pytree of float arrays; it is copied, never modified,
+    and the trained copy is returned with a ``History``. ``validation`` is a tuple like ``data``;
+    ``metrics`` maps names to ``fn(params, *validation)`` (plain NumPy, run after every epoch).
+    ``progress``: a tqdm bar over the epochs when tqdm is installed, else one printed line per epoch
+    (``"plain"`` forces the lines, ``False`` is silent). ``state`` resumes from ``history.state``.
+
+    >>> import numpy as np, tracegrad as tg
+    >>> X = np.linspace(-1, 1, 64).reshape(-1, 1); y = 3 * X[:, 0] + 1
+    >>> def loss(p, X, y):
+    ...     return tg.nn.mse(X @ p["w"] + p["b"], y)
+    >>> p, h = tg.fit(loss, {"w": np.zeros(1), "b": np.zeros(())}, (X, y), optimizer=tg.optim.SGD(lr=0.5),
+    ...               batch_size=16, epochs=30, progress=False)
+    >>> print(p["w"].round(3), p["b"].round(3), len(h.loss))
+    [3.] 1.0 30
+
+    Raises ``DataError`` for data of different lengths, a batch size outside [1, samples], labels out of
+    range for a ``tg.nn`` loss; ``GradTypeError`` for parameters that are not float arrays; and
+    ``TrainingError`` (a ``NonFiniteError``) when a loss or gradient is not finite: it names the epoch and
+    step and carries the parameters reached (``err.params``), to which no part of that step was applied.
+    """
+    data, batch_size = _check_arguments(loss, data, optimizer, batch_size)
+    n = data[0].shape[0]
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        raise DataError(f"epochs must be a non-negative int, got {epochs!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise DataError(f"seed must be an int, got {seed!r}")
+    if validation is not None:
+        validation = _as_arrays(validation, "validation")
+    metrics = dict(metrics or {})
+    if progress not in (True, False, "plain"):
+        raise DataError(f"progress must be True, False or 'plain', got {progress!r}")
+
+    leaves, tree = flatten(params)
+    _check_params(leaves, params)
+    if not leaves:
+        raise DataError("params has no arrays to train")
+    leaves = [np.array(leaf, order="C", copy=True) for leaf in leaves]
+    params = unflatten(tree, leaves)
+    state = optimizer.init(params) if state is None else _copy_state(optimizer, state, params)
+    slot_leaves = [flatten(state[slot])[0] for slot in optimizer.slots]
+
+    history = History(state=state, metrics={name: [] for name in metrics}, steps=state["step"], seed=seed)
+    history.initial_loss = _preflight(loss, params, data, "data")
+    if validation is not None:
+        _preflight(loss, params, validation, "validation")
+    t_compile = time.perf_counter()
+    trainer = _Trainer(loss, params, data, optimizer, batch_size, drop_last)
+    rng_state = np.array([int(seed) % 2 ** 64], dtype=np.uint64)
+    perm = np.arange(n, dtype=np.int64)
+    flat_params = [leaf.reshape(-1) if leaf.ndim == 0 else leaf for leaf in leaves]
+    flat_slots = [s.reshape(-1) for slots in slot_leaves for s in slots]
+
+    def run(n_steps, shuffle_now):
+        lrs = np.array([optimizer.learning_rate(state["step"] + i) for i in range(n_steps)], dtype=np.float64)
+        losses = np.zeros(max(n_steps, 1))
+        args = (*flat_params, *data, *trainer.buffers, *trainer.captured(), *flat_slots, perm, rng_state,
+                bool(shuffle_now), n_steps, lrs, state["step"], losses, *optimizer.hyperparameters())
+        try:
+            return trainer.epoch(*args), losses
+        except backend.NUMBA_ERRORS as exc:
+            raise backend.compile_error(exc, trainer.module) from None
+
+    run(0, False)  # compiles the epoch function (no steps)
+    history.compile_time = time.perf_counter() - t_compile
+
+    reporter = _Progress(progress, epochs)
+    try:
+        for epoch in range(1, epochs + 1):
+            t0 = time.perf_counter()
+            (code, done, total), losses = run(trainer.steps, shuffle)
+            elapsed = time.perf_counter() - t0
+            state["step"] += int(done)
+            history.steps, history.seed = state["step"], int(rng_state[0])
+            if code:
+                raise _failure(trainer, loss, params, state, history, perm, epoch, int(done), int(code),
+                               float(losses[done]))
+            history.loss.append(float(total) / trainer.samples_per_epoch)
+            history.time.append(elapsed)
+            evaluate_on = validation if validation is not None else data
+            if validation is not None:
+                history.val_loss.append(float(loss(params, *validation)))
+            for name, metric in metrics.items():
+                history.metrics[name].append(float(metric(params, *evaluate_on)))
+            reporter.epoch(epoch, history)
+    finally:
+        reporter.close()
+    return params, history
+
+
+def epoch_source(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, drop_last: bool = False) -> str:
+    """The generated source of ``fit``'s epoch function for these arguments: exactly what Numba compiles."""
+    data, batch_size = _check_arguments(loss, data, optimizer, batch_size)
+    leaves, _ = flatten(params)
+    _check_params(leaves, params)
+    return _Trainer(loss, params, data, optimizer, batch_size, drop_last).module.source
+
+
+# ------------------------------------------------------------------------------ compiling an epoch
+
+
+class _Trainer:
+    """The compiled pieces of one ``fit``: the loss kernels (full and last batch) and the epoch function."""
+
+    def __init__(self, loss, params, data, optimizer, batch_size, drop_last):
+        n = data[0].shape[0]
+        self.data = data
+        self.vg = _value_and_grad(loss)
+        last = 0 if drop_last else n % batch_size
+        self.steps = n // batch_size + (1 if last else 0)
+        self.samples_per_epoch = n - (n % batch_size if drop_last else 0)
+        full_batch = [np.empty((batch_size,) + d.shape[1:], d.dtype) for d in data]
+        last_batch = [np.empty((last,) + d.shape[1:], d.dtype) for d in data] if last else []
+        self.buffers = full_batch + last_batch
+        self.full = self.vg.specialize(params, *full_batch)
+        self.last = self.vg.specialize(params, *last_batch) if last else None
+        leaves = flatten(params)[0]
+        self.module = _generate(self.full, self.last, leaves, leaf_paths(params, "params"), len(data), optimizer)
+        self.epoch = backend.load(self.module)
+        # The functions it calls are globals of the epoch module, set before it compiles. Its text names
+        # their files (each named by the hash of its own text), so the epoch's file, and Numba's cache
+        # of it, change whenever they do.
+        called = self.epoch.py_func.__globals__
+        called["value_and_grad"] = self.full.dispatcher
+        if self.last is not None:
+            called["value_and_grad_last"] = self.last.dispatcher
+        called[optimizer.update_function.__name__] = optimizer.kernel
+
+    def captured(self) -> list:
+        return self.full.captured() + (self.last.captured() if self.last is not None else [])
+
+
+_TRANSFORMED = weakref.WeakKeyDictionary()
+
+
+def _value_and_grad(loss) -> Function:
+    """``value_and_grad(loss)``, one per loss function, so that fitting it again reuses its traces (like
+    any transformed function, it reads Python numbers from globals once, at its first trace)."""
+    try:
+        return _TRANSFORMED[loss]
+    except (KeyError, TypeError):
+        pass
+    vg = value_and_grad(loss)
+    try:
+        _TRANSFORMED[loss] = vg
+    except TypeError:  # not weak-referenceable: no reuse
+        pass
+    return vg
+
+
+def _generate(full, last, leaves, paths, n_data, optimizer) -> Module:
+    """The source of one epoch: shuffle, then for each step gather, value and gradient, check, update."""
+    used = {"n", "batch_size", "n_full", "step", "start", "k", "row", "out", "loss", "lr", "t", "total", "rng",
+            "z", "i", "j", "perm", "rng_state", "shuffle", "n_steps", "learning_rates", "first_step", "losses",
+            "np", "value_and_grad", "value_and_grad_last", optimizer.update_function.__name__,
+            *optimizer.hyperparameter_names()}
+
+    def fresh(name):
+        name = "".join(c if c.isalnum() or c == "_" else "_" for c in name)
+        if not name.isidentifier() or keyword.iskeyword(name):
+            name = "v_" + name
+        base, i = name, 1
+        while name in used:
+            name, i = f"{base}_{i}", i + 1
+        used.add(name)
+        return name
+
+    suffixes = [p[len("params"):] for p in paths]  # "_W0", or "" for a single array
+    params = [fresh(p) for p in paths]
+    grads = [fresh("grad" + s) for s in suffixes]
+    slots = [[fresh(slot + s) for s in suffixes] for slot in optimizer.slots]
+    data = [fresh(f"data_{i}") for i in range(n_data)]
+    batch = [fresh(f"batch_{i}") for i in range(n_data)]
+    last_batch = [fresh(f"last_{i}") for i in range(n_data)] if last is not None else []
+    captured = [fresh(f"captured_{i}") for i in range(len(full.traced.captures))]
+    captured_last = [fresh(f"captured_last_{i}") for i in range(len(last.traced.captures))] if last is not None else []
+    scalar = [leaf.ndim == 0 for leaf in leaves]
+    flats = [fresh("flat_" + p) for p in params]
+    kernel_args = [f"{p}[0]" if s else p for p, s in zip(params, scalar)]
+    hyper = list(optimizer.hyperparameter_names())
+    update = optimizer.update_function.__name__
+
+    def step_block(kernel, batch_names, captured_names, size, indent):
+        pad = " " * indent
+        lines = [f"for k in range({size}):",
+                 "    row = perm[start + k]"]
+        lines += [f"    {b}[k] = {d}[row]" for b, d in zip(batch_names, data)]
+        lines.append(f"out = {kernel}({', '.join(kernel_args + batch_names + captured_names)})")
+        lines.append("loss = out[0]")
+        for i, (g, s) in enumerate(zip(grads, scalar)):
+            lines.append(f"{g} = np.full(1, out[{i + 1}])" if s else f"{g} = out[{i + 1}].ravel()")
+        lines += ["losses[step] = loss",
+                  "if not np.isfinite(loss):",
+                  "    return 1, step, total",
+                  f"if not np.isfinite({' + '.join(f'np.sum({g})' for g in grads)}):",
+                  "    return 2, step, total",
+                  "lr = learning_rates[step]",
+                  "t = first_step + step + 1"]
+        for i, (flat, g) in enumerate(zip(flats, grads)):
+            state = ", ".join(s[i] for s in slots)
+            lines.append(f"{update}({flat}, {g}, {state + ', ' if state else ''}lr, t, {', '.join(hyper)})")
+        lines.append(f"total += loss * {size}")
+        return [pad + line for line in lines]
+
+    header = [
+        f"# Generated by tracegrad {__version__}: one epoch of tg.fit, {type(optimizer).__name__} on "
+        f"{full.module.function}. Do not edit:",
+        "# the file is named by the hash of this text. tracegrad.train sets these before compiling:",
+        f"#   value_and_grad = {full.module.function} in {backend.module_path(full.module).name}",
+    ]
+    if last is not None:
+        rows = last.graph.inputs[len(params)].aval.shape[0]
+        header.append(f"#   value_and_grad_last = the same for the last batch of {rows}, "
+                      f"in {backend.module_path(last.module).name}")
+    header.append(f"#   {update} = {update} in {backend.module_path(optimizer.kernel_module()).name}")
+    header += ["import numpy as np", "", "value_and_grad = None"]
+    if last is not None:
+        header.append("value_and_grad_last = None")
+    header.append(f"{update} = None")
+    arguments = (params + data + batch + last_batch + captured + captured_last + [s for ss in slots for s in ss]
+                 + ["perm", "rng_state", "shuffle", "n_steps", "learning_rates", "first_step", "losses"] + hyper)
+    body = [f"    {flat} = {p}.reshape(-1)" for flat, p in zip(flats, params)]
+    body += [
+        "    n = perm.shape[0]",
+        f"    batch_size = {batch[0]}.shape[0]",
+        "    if shuffle:",
+        "        # Fisher-Yates driven by splitmix64: the same seed gives the same order everywhere",
+        "        for i in range(n):",
+        "            perm[i] = i",
+        "        rng = rng_state[0]",
+        "        for i in range(n - 1, 0, -1):",
+        "            rng += np.uint64(0x9E3779B97F4A7C15)",
+        "            z = (rng ^ (rng >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)",
+        "            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)",
+        "            z = z ^ (z >> np.uint64(31))",
+        "            j = np.int64(z % np.uint64(i + 1))",
+        "            perm[i], perm[j] = perm[j], perm[i]",
+        "        rng_state[0] = rng",
+        "    total = 0.0",
+        "    n_full = min(n_steps, n // batch_size)",
+        "    for step in range(n_full):",
+        "        start = step * batch_size",
+    ]
+    body += step_block("value_and_grad", batch, captured, "batch_size", 8)
+    if last is not None:
+        body += ["    if n_steps > n_full:  # the last, smaller batch",
+                 "        step = n_full",
+                 "        start = step * batch_size"]
+        body += step_block("value_and_grad_last", last_batch, captured_last, f"{last_batch[0]}.shape[0]", 8)
+    body.append("    return 0, n_steps, total")
+    name = full.module.function.removesuffix("_value_and_grad") + "_fit_epoch"
+    signature = _wrap_signature(f"def {name}(", arguments)
+    source = "\n".join(header + ["", ""] + signature + body) + "\n"
+    return Module(source, name, ())
+
+
+def _wrap_signature(start: str, arguments: list, width: int = 110) -> list:
+    lines, line = [], start
+    for i, arg in enumerate(arguments):
+        piece = arg + ("):" if i == len(arguments) - 1 else ", ")
+        if len(line) + len(piece.rstrip()) > width:
+            lines.append(line.rstrip())
+            line = " " * len(start) + piece
+        else:
+            line += piece
+    lines.append(line)
+    return lines
+
+
+# ------------------------------------------------------------------------------ checks and reports
+
+
+def _check_arguments(loss, data, optimizer, batch_size):
+    if isinstance(loss, Function):
+        raise DataError(f"fit takes the plain loss function, not {loss!r}: it differentiates it itself")
+    if not callable(loss):
+        raise DataError(f"loss must be a function loss(params, *batch), got {loss!r}")
+    if not isinstance(optimizer, Optimizer):
+        raise DataError(f"optimizer must be a tracegrad optimiser such as tg.optim.SGD(lr=0.1), got {optimizer!r}")
+    data = _as_arrays(data, "data")
+    n = data[0].shape[0]
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or not 1 <= batch_size <= n:
+        raise DataError(f"batch_size must be an int from 1 to the number of samples ({n}), got {batch_size!r}")
+    return data, int(batch_size)
+
+
+def _as_arrays(data, what) -> tuple:
+    if isinstance(data, np.ndarray):
+        data = (data,)
+    if not isinstance(data, (tuple, list)) or not data:
+        raise DataError(f"{what} must be an array or a tuple of arrays (X, y, ...), got {type(data).__name__}")
+    arrays = []
+    for i, d in enumerate(data):
+        d = np.ascontiguousarray(d)
+        if d.ndim == 0 or d.dtype.kind not in "biuf":
+            raise DataError(f"{what}[{i}] must be a numeric array with one row per sample, got "
+                            f"{'a scalar' if d.ndim == 0 else f'dtype {d.dtype}'}")
+        arrays.append(d)
+    lengths = [d.shape[0] for d in arrays]
+    if len(set(lengths)) > 1:
+        raise DataError(f"the arrays of {what} have different numbers of samples: "
+                        + ", ".join(f"{what}[{i}] has {m}" for i, m in enumerate(lengths)))
+    if lengths[0] == 0:
+        raise DataError(f"{what} has no samples")
+    return tuple(arrays)
+
+
+def _copy_state(optimizer, state, params) -> dict:
+    leaves, tree = flatten(params)
+    copied = {"step": int(state["step"])}
+    for slot in optimizer.slots:
+        values, slot_tree = flatten(state.get(slot))
+        if slot_tree != tree or any(np.shape(v) != p.shape for v, p in zip(values, leaves)):
+            raise DataError(f"state[{slot!r}] does not match the parameters: pass the state fit returned for them")
+        copied[slot] = unflatten(tree, [np.array(v, dtype=p.dtype, order="C") for v, p in zip(values, leaves)])
+    return copied
+
+
+def _preflight(loss, params, data, what) -> float:
+    """The loss over all the data, eagerly in NumPy: checks labels and the like before anything compiles.
+    (An index the compiled code would find out of bounds fails here first: the same loss, the same data.)"""
+    n, total = data[0].shape[0], 0.0
+    for start in range(0, n, _PREFLIGHT_ROWS):
+        rows = slice(start, start + _PREFLIGHT_ROWS)
+        try:
+            value = loss(params, *(d[rows] for d in data))
+        except IndexError as exc:
+            raise DataError(f"the loss raised IndexError on rows {start}..{min(n, start + _PREFLIGHT_ROWS) - 1} "
+                            f"of the {what}: are the labels in range? ({exc})") from None
+        total += float(value) * (min(n, start + _PREFLIGHT_ROWS) - start)
+    return total / n
+
+
+def _failure(trainer, loss, params, state, history, perm, epoch, step, code, value) -> TrainingError:
+    """The error for a non-finite loss (code 1) or gradient (code 2) at ``step`` (from 0) of ``epoch``."""
+    size = trainer.buffers[0].shape[0]
+    rows = perm[step * size:(step + 1) * size]
+    batch = tuple(d[rows] for d in trainer.data)
+    what = f"the loss is {value}" if code == 1 else f"the loss is {value:.6g} but its gradient is not finite"
+    if code == 2:
+        grads = flatten(trainer.vg(params, *batch)[1])[0]
+        names = [name for name, g in zip(leaf_paths(params, "params"), grads) if not np.all(np.isfinite(g))]
+        what += f" (in {', '.join(names)})"
+    detail = ""
+    try:
+        value_and_grad(loss, debug_nans=True)(params, *batch)
+    except NonFiniteError as exc:
+        detail = f"; the first non-finite value: {exc.message}"
+    except Exception:  # the diagnosis is a bonus: never hide the real failure behind it
+        pass
+    return TrainingError(
+        f"training stopped at epoch {epoch}, step {step + 1} of {trainer.steps} (update {state['step'] + 1}): "
+        f"{what}{detail}. err.params holds the parameters after the last complete update",
+        epoch=epoch, step=step + 1, params=params, state=state, history=history,
+        hint="lower the learning rate, normalise the inputs, or use a stable loss from tg.nn (logits forms)")
+
+
+class _Progress:
+    """One tqdm bar over the epochs when tqdm is installed (progress=True), else a printed line per epoch."""
+
+    def __init__(self, progress, epochs):
+        self.epochs, self.bar, self.plain = epochs, None, False
+        if progress is True:
+            try:
+                from tqdm.auto import tqdm
+                self.bar = tqdm(total=epochs, unit="epoch", desc="fit")
+            except ImportError:
+                self.plain = True
+        elif progress == "plain":
+            self.plain = True
+
+    def epoch(self, epoch, history):
+        parts = [f"loss {history.loss[-1]:.4f}"]
+        if history.val_loss:
+            parts.append(f"val_loss {history.val_loss[-1]:.4f}")
+        parts += [f"{name} {values[-1]:.4f}" for name, values in history.metrics.items()]
+        if self.bar is not None:
+            self.bar.set_postfix_str("  ".join(parts), refresh=False)
+            self.bar.update(1)
+        elif self.plain:
+            width = len(str(self.epochs))
+            print(f"epoch {epoch:>{width}}/{self.epochs}  " + "  ".join(parts)
+                  + f"  ({history.time[-1] * 1e3:.1f} ms)", flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
