@@ -52,8 +52,8 @@ def same(expected, got):
 
 
 def test_the_guide_has_its_pages():
-    assert {"getting_started.md", "tracing.md", "generated_code.md", "primitives.md", "performance.md",
-            "faq.md"} <= set(PAGES)
+    assert {"getting_started.md", "tracing.md", "generated_code.md", "primitives.md", "training.md",
+            "performance.md", "faq.md"} <= set(PAGES)
 
 
 @pytest.mark.parametrize("page", PAGES)
