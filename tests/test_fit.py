@@ -305,3 +305,35 @@ def test_labels_out_of_range_in_a_hand_written_loss():
         return -np.mean(logp[np.arange(y.shape[0]), y])
     with pytest.raises(tg.DataError, match="IndexError on rows 0..49 of the data: are the labels in range"):
         fit_with(loss=loss, data=(X, Y + 1))
+
+
+# ------------------------------------------------------------------------------ the examples run and check themselves
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+
+def run_example(name, *argv):
+    import runpy
+    namespace = runpy.run_path(os.path.join(EXAMPLES, name))  # not as __main__: main() is called below
+    return namespace["main"](*argv)
+
+
+@pytest.mark.parametrize("name", ["xor.py", "svm_two_layer.py", "regression.py"])
+def test_lecture_examples(name, capsys):
+    run_example(name)  # each asserts what it shows (XOR learned, spirals separated, sin(2x) fitted)
+    assert capsys.readouterr().out
+
+
+def test_digits_example(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    png = tmp_path / "loss.png"
+    accuracy = run_example("train_digits.py", ["--epochs", "12", "--png", str(png)])
+    assert accuracy >= 0.96
+    out = capsys.readouterr().out
+    assert "epoch 12/12" in out and "test accuracy" in out
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert not png.exists() and "no loss curve" in out
+    else:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -124,14 +124,17 @@ def test_loss_gradient_matches_central_differences(name):
     np.testing.assert_allclose(grad, numeric_grad(loss, PRED), rtol=1e-6, atol=1e-8)
 
 
-def test_all_of_them_compiled_by_numba(rng):
-    """One compiled function using every activation and loss: Numba agrees with the interpreter."""
+def test_compiled_by_numba(rng):
+    """One compiled function using the activations and the losses that tg.fit's tests do not compile:
+    Numba agrees with the interpreter."""
+    losses = ("mae", "huber", "log_cosh", "binary_cross_entropy", "l1_penalty")
+
     def everything(x):
         total = 0.0
         for fn, _ in ACTIVATIONS.values():
             total = total + np.sum(fn(x) * 0.1)
-        for loss in LOSSES.values():
-            total = total + loss(x[0] + 2.0)
+        for name in losses:
+            total = total + LOSSES[name](x[0] + 2.0)
         return total
     x = X + 0.01 * rng.normal(size=X.shape)
     value, grad = tg.value_and_grad(everything)(x)
