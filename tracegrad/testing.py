@@ -591,7 +591,9 @@ def check_grad(f, *args, argnums=0, mode: str = "directional", order: int = 1, r
     if report.kinks:
         warnings.warn(_kink_message(report, name), KinkWarning, stacklevel=2)
     if not report.passed:
-        raise GradCheckError(str(report), report)
+        raise GradCheckError(str(report), report, hint=(
+            "away from kinks a disagreement means a wrong derivative rule, unless the point is too ill-conditioned "
+            "for finite differences (huge values, near a singularity): then try another point or pass eps"))
     return report
 
 
