@@ -13,9 +13,10 @@ from tracegrad.draw import GRAD_COLOR, VALUE_COLOR, MissingDependencyError
 
 try:
     import graphviz  # noqa: F401
-    HAVE_GRAPHVIZ = shutil.which("dot") is not None
+    HAVE_PACKAGE = True
 except ImportError:
-    HAVE_GRAPHVIZ = False
+    HAVE_PACKAGE = False
+HAVE_GRAPHVIZ = HAVE_PACKAGE and shutil.which("dot") is not None
 needs_graphviz = pytest.mark.skipif(not HAVE_GRAPHVIZ, reason="needs tracegrad[draw] and Graphviz's dot program")
 
 NEURON_ARGS = (2.0, -1.0, -3.0, -2.0, -3.0)
@@ -256,7 +257,7 @@ def test_missing_graphviz_package_names_the_extra(monkeypatch, tmp_path):
     assert open(path).read() == d.dot
 
 
-@pytest.mark.skipif(not HAVE_GRAPHVIZ, reason="needs the graphviz package to reach its missing-program error")
+@pytest.mark.skipif(not HAVE_PACKAGE, reason="needs the graphviz package to reach its missing-program error")
 def test_missing_dot_program_says_so(monkeypatch):
     monkeypatch.setenv("PATH", "")
     with pytest.raises(MissingDependencyError, match="dot program"):
