@@ -337,3 +337,10 @@ def test_digits_example(tmp_path, capsys):
         assert not png.exists() and "no loss curve" in out
     else:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plain_progress_prints_about_twenty_lines_for_many_epochs(capsys):
+    tg.fit(sqrt_loss, {"w": np.array([100.0])}, ONES, optimizer=optim.SGD(lr=1e-3), batch_size=4, epochs=45,
+           shuffle=False, progress="plain")
+    epochs = [int(line.split()[1].split("/")[0]) for line in capsys.readouterr().out.splitlines()]
+    assert epochs == [1] + list(range(2, 45, 2)) + [45]

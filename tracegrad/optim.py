@@ -276,7 +276,8 @@ def _check(name, value, low=None, high=None, low_open=False, high_open=False) ->
     bad = (not math.isfinite(value) or low is not None and (value < low or low_open and value == low)
            or high is not None and (value > high or high_open and value == high))
     if bad:
-        interval = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'}{')' if high_open or high is None else ']'}"
+        opening, closing = "(" if low_open else "[", ")" if high_open or high is None else "]"
+        interval = f"{opening}{low}, {high if high is not None else 'inf'}{closing}"
         raise DataError(f"{name} must be in {interval}, got {value!r}")
     return value
 

@@ -76,7 +76,7 @@ class History:
     initial_loss: float = math.nan
     compile_time: float = 0.0
     steps: int = 0
-    state: dict | None = None
+    state: dict | None = field(default=None, repr=False)
     seed: int = 0
 
 
@@ -89,8 +89,9 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
     ``batch_size`` rows of each. ``params`` is any pytree of float arrays; it is copied, never modified,
     and the trained copy is returned with a ``History``. ``validation`` is a tuple like ``data``;
     ``metrics`` maps names to ``fn(params, *validation)`` (plain NumPy, run after every epoch).
-    ``progress``: a tqdm bar over the epochs when tqdm is installed, else one printed line per epoch
-    (``"plain"`` forces the lines, ``False`` is silent). ``state`` resumes from ``history.state``.
+    ``progress``: a tqdm bar over the epochs when tqdm is installed, else a printed line per epoch (at
+    most about 20 lines; ``"plain"`` forces the lines, ``False`` is silent). To continue a run exactly,
+    pass ``state=history.state, seed=history.seed``.
 
     >>> import numpy as np, tracegrad as tg
     >>> X = np.linspace(-1, 1, 64).reshape(-1, 1); y = 3 * X[:, 0] + 1
@@ -138,11 +139,13 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
     flat_params = [leaf.reshape(-1) if leaf.ndim == 0 else leaf for leaf in leaves]
     flat_slots = [s.reshape(-1) for slots in slot_leaves for s in slots]
 
+    hyperparameters = optimizer.hyperparameters()
+
     def run(n_steps, shuffle_now):
         lrs = np.array([optimizer.learning_rate(state["step"] + i) for i in range(n_steps)], dtype=np.float64)
         losses = np.zeros(max(n_steps, 1))
         args = (*flat_params, *data, *trainer.buffers, *trainer.captured(), *flat_slots, perm, rng_state,
-                bool(shuffle_now), n_steps, lrs, state["step"], losses, *optimizer.hyperparameters())
+                bool(shuffle_now), n_steps, lrs, state["step"], losses, *hyperparameters)
         try:
             return trainer.epoch(*args), losses
         except backend.NUMBA_ERRORS as exc:
@@ -443,10 +446,12 @@ def _failure(trainer, loss, params, state, history, perm, epoch, step, code, val
 
 
 class _Progress:
-    """One tqdm bar over the epochs when tqdm is installed (progress=True), else a printed line per epoch."""
+    """One tqdm bar over the epochs when tqdm is installed (progress=True), else printed lines: every
+    epoch up to 20 epochs, beyond that the first, every (epochs // 20)-th and the last."""
 
     def __init__(self, progress, epochs):
         self.epochs, self.bar, self.plain = epochs, None, False
+        self.every = max(1, epochs // 20)
         if progress is True:
             try:
                 from tqdm.auto import tqdm
@@ -464,7 +469,7 @@ class _Progress:
         if self.bar is not None:
             self.bar.set_postfix_str("  ".join(parts), refresh=False)
             self.bar.update(1)
-        elif self.plain:
+        elif self.plain and (epoch % self.every == 0 or epoch in (1, self.epochs)):
             width = len(str(self.epochs))
             print(f"epoch {epoch:>{width}}/{self.epochs}  " + "  ".join(parts)
                   + f"  ({history.time[-1] * 1e3:.1f} ms)", flush=True)
