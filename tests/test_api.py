@@ -267,3 +267,19 @@ def test_cache_dir_can_be_set(tmp_path):
         assert any(p.suffix == ".py" for p in tmp_path.iterdir())
     finally:
         tg.set_cache_dir(None)
+
+
+def test_stop_gradient_blocks_the_gradient_but_not_the_value(rng):
+    z = rng.normal(size=(3, 4))
+
+    def log_softmax(z):
+        shifted = z - tg.stop_gradient(np.max(z, axis=1, keepdims=True))
+        return shifted - np.log(np.sum(np.exp(shifted), axis=1, keepdims=True))
+
+    w = rng.normal(size=(3, 4))
+    g = tg.grad(lambda z: np.sum(log_softmax(z) * w))(z)
+    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(g, w - p * w.sum(axis=1, keepdims=True), rtol=1e-10)
+    graph = tg.make_graph(tg.grad(lambda z: np.sum(log_softmax(z) * w)), z)
+    assert "reduce_max" in str(graph) and "eq" not in [n.primitive.name for n in graph.nodes]
+    assert tg.grad(lambda x: x * tg.stop_gradient(x))(3.0) == 3.0

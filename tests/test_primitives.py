@@ -83,6 +83,8 @@ CASES = {
             (lambda a, b: np.dot(a, b), (VECTOR, (3, 2)), "real"), (lambda a, b: np.matmul(a, b), (VECTOR, VECTOR), "real")],
     "full": [(lambda x: x * 3.0, (VECTOR,), "real")],  # the seed of every backward pass
     "copy": [(lambda x: P["copy"](x) * x, (VECTOR,), "real")],
+    # finite differences cannot see a stopped gradient: only a use that does not change the derivative
+    "stop_gradient": [(lambda x: tg.stop_gradient(x) * 0.0 + x, (VECTOR,), "real")],
 }
 
 PARAMS = [pytest.param(name, i, id=f"{name}-{i}") for name in CASES for i in range(len(CASES[name]))]

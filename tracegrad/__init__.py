@@ -16,6 +16,7 @@ from .errors import (CompileError, GradTypeError, NonFiniteError, ShapeError, Tr
                      UnsupportedError)
 from .ir import Aval, Graph
 from .primitives.elementwise import sigmoid
+from .primitives.structural import stop_gradient
 from . import nn, optim
 from .errors import DataError, TrainingError
 from .train import History, fit
@@ -25,7 +26,7 @@ from .testing import check_grad, numeric_grad
 
 __all__ = [
     "nn", "optim", "fit", "History", "DataError", "TrainingError",
-    "grad", "value_and_grad", "jit", "make_graph", "source", "sigmoid",
+    "grad", "value_and_grad", "jit", "make_graph", "source", "sigmoid", "stop_gradient",
     "Function", "Compiled", "Graph", "Aval", "cache_dir", "set_cache_dir",
     "TracegradError", "TracingError", "UnsupportedError", "ShapeError", "GradTypeError", "CompileError",
     "NonFiniteError",

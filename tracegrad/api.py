@@ -88,7 +88,11 @@ class Compiled:
     direct_pack: Callable | None = None  # the same from outputs alone, when no leaf needs converting
 
     def __post_init__(self):
-        if self.traced.captures:  # captured arrays are read and checked on every call: no fast path
+        captures = self.traced.captures
+        # Constants the trace created are passed as they are; closure and global arrays are read and
+        # checked on every call, so they rule the fast path out.
+        self.held = tuple(c.current() for c in captures) if all(c.held for c in captures) else None
+        if self.held is None:
             self.direct_pack = None
 
     @property
@@ -148,7 +152,7 @@ class Function:
         direct = entry.direct_pack
         if direct is not None:  # the fast path: arguments go to Numba as they are, results need no conversion
             try:
-                return direct(entry.dispatcher(*args))
+                return direct(entry.dispatcher(*args, *entry.held))
             except backend.NUMBA_ERRORS as exc:
                 raise backend.compile_error(exc, entry.module) from None
         try:
@@ -267,13 +271,15 @@ class Function:
         just Numba's outputs regrouped: no conversion, no pytree work."""
         argnums = self.argnums
         picked = [argnums] if isinstance(argnums, int) else list(argnums)
-        if self.has_aux or not _returned_as_is(outs[0]):
-            return None
-        if not all(type(args[i]) is float or (type(args[i]) is np.ndarray and args[i].ndim) for i in picked):
+        if self.has_aux or not all(type(args[i]) is float or (type(args[i]) is np.ndarray and args[i].ndim)
+                                   for i in picked):
             return None
         if self.mode == "grad":
             return (lambda o: o[1]) if isinstance(argnums, int) else (lambda o: o[1:])
-        return (lambda o: (o[0], o[1])) if isinstance(argnums, int) else (lambda o: (o[0], o[1:]))
+        if _returned_as_is(outs[0]):
+            return (lambda o: (o[0], o[1])) if isinstance(argnums, int) else (lambda o: (o[0], o[1:]))
+        scalar = outs[0].aval.dtype.type  # a float32 loss: Numba returns it as a Python float
+        return (lambda o: (scalar(o[0]), o[1])) if isinstance(argnums, int) else (lambda o: (scalar(o[0]), o[1:]))
 
     # ------------------------------------------------------------------ inside another trace (grad of grad)
 

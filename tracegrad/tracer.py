@@ -46,6 +46,7 @@ class Capture:
 
     var: Var
     read: Callable[[], Any]  # returns the array to pass on this call
+    held: bool = False  # a constant the trace created (np.arange(n)), not a closure cell or global: never changes
 
     def current(self):
         value = self.read()
@@ -94,7 +95,8 @@ def trace(fn, args: tuple, name: str | None = None) -> Traced:
     for var, hint in local_names.items():
         if var.hint is None:
             var.hint = hint
-    captures = [Capture(var, readers.get(id(value), _holder(value))) for var, value in builder.captured]
+    captures = [Capture(var, readers[id(value)]) if id(value) in readers else Capture(var, _holder(value), True)
+                for var, value in builder.captured]
     graph = Graph(builder.name, [t.var for t in inputs] + [c.var for c in captures], builder.nodes, outputs,
                   n_args=len(inputs))
     return Traced(graph, in_tree, out_tree, captures)

@@ -459,3 +459,16 @@ def np_zeros_like(x, dtype=None):
 @numpy_function(np.ones_like)
 def np_ones_like(x, dtype=None):
     return np.ones(x.shape, dtype or x.dtype)
+
+
+@primitive
+class stop_gradient:
+    """x itself, but no gradient flows back through it (``z - stop_gradient(np.max(z))`` in a stable softmax)"""
+    shape = staticmethod(lambda x: x)
+    emit = "{x}"
+    elementwise = True
+    nondiff = True
+    view = True
+
+    def ref(x):
+        return x
