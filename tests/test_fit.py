@@ -344,3 +344,35 @@ def test_plain_progress_prints_about_twenty_lines_for_many_epochs(capsys):
            shuffle=False, progress="plain")
     epochs = [int(line.split()[1].split("/")[0]) for line in capsys.readouterr().out.splitlines()]
     assert epochs == [1] + list(range(2, 45, 2)) + [45]
+
+
+SCALE = np.ones(1)
+
+
+def scaled_loss(p, X):
+    return np.sum(np.sqrt(p["w"]) * SCALE) * np.mean(X)  # reads the global SCALE at every epoch
+
+
+def test_arrays_the_loss_reads_from_globals_are_read_every_epoch():
+    global SCALE
+    SCALE = np.ones(1)
+
+    def change_it(params, X):
+        global SCALE
+        SCALE = 2 * SCALE if SCALE.shape == (1,) else SCALE
+        return 0.0
+    params, _ = tg.fit(scaled_loss, {"w": np.array([4.0])}, ONES, optimizer=optim.SGD(lr=1.0), batch_size=4,
+                       epochs=2, shuffle=False, progress=False, metrics={"change": change_it})
+    # epoch 1 with SCALE 1: w = 4 - 1 * 0.5 / 2; epoch 2 with SCALE 2: w -= 2 * 0.5 / sqrt(w)
+    w = 4.0 - 0.25
+    np.testing.assert_allclose(params["w"], [w - 1.0 / np.sqrt(w)], rtol=1e-14)
+
+    def reshape_it(params, X):
+        global SCALE
+        SCALE = np.ones(2)
+        return 0.0
+    SCALE = np.ones(1)
+    with pytest.raises(tg.DataError, match=r"SCALE\) changed from f64\[1\] to f64\[2\]"):
+        tg.fit(scaled_loss, {"w": np.array([4.0])}, ONES, optimizer=optim.SGD(lr=1.0), batch_size=4, epochs=2,
+               progress=False, metrics={"reshape": reshape_it})
+    SCALE = np.ones(1)

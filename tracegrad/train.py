@@ -49,6 +49,7 @@ from . import __version__, backend
 from .api import Function, value_and_grad
 from .codegen import Module
 from .errors import DataError, NonFiniteError, TrainingError
+from .ir import Aval
 from .optim import Optimizer, _check_params
 from .pytree import flatten, leaf_paths, unflatten
 
@@ -217,7 +218,17 @@ class _Trainer:
         called[optimizer.update_function.__name__] = optimizer.kernel
 
     def captured(self) -> list:
-        return self.full.captured() + (self.last.captured() if self.last is not None else [])
+        """The arrays the loss reads from its closure or globals, as they are now (read every epoch)."""
+        values = []
+        for compiled in (self.full, self.last):
+            for capture, value in zip(compiled.traced.captures, compiled.captured()) if compiled else ():
+                aval = capture.var.aval
+                if value.shape != aval.shape or value.dtype != aval.dtype:
+                    raise DataError(f"an array the loss reads from outside ({capture.var.hint or 'captured'}) "
+                                    f"changed from {aval} to {Aval(value.shape, value.dtype)} during fit",
+                                    hint="change its values in place, or call fit again")
+                values.append(value)
+        return values
 
 
 _TRANSFORMED = weakref.WeakKeyDictionary()
