@@ -291,9 +291,9 @@ def _generate(full, last, leaves, paths, n_data, optimizer) -> Module:
         for i, (g, s) in enumerate(zip(grads, scalar)):
             lines.append(f"{g} = np.full(1, out[{i + 1}])" if s else f"{g} = out[{i + 1}].ravel()")
         lines += ["losses[step] = loss",
-                  "if not np.isfinite(loss):",
+                  "if not np.isfinite(loss):  # stop before this step's update; fit raises TrainingError",
                   "    return 1, step, total",
-                  f"if not np.isfinite({' + '.join(f'np.sum({g})' for g in grads)}):",
+                  f"if not np.isfinite({' + '.join(f'np.sum({g})' for g in grads)}):  # NaN or inf in a gradient",
                   "    return 2, step, total",
                   "lr = learning_rates[step]",
                   "t = first_step + step + 1"]
@@ -446,12 +446,13 @@ def _failure(trainer, loss, params, state, history, perm, epoch, step, code, val
     try:
         value_and_grad(loss, debug_nans=True)(params, *batch)
     except NonFiniteError as exc:
-        detail = f"; the first non-finite value: {exc.message}"
+        detail = f"\n  first non-finite value: {exc.message}"
     except Exception:  # the diagnosis is a bonus: never hide the real failure behind it
         pass
+    update = state["step"] + 1
     return TrainingError(
-        f"training stopped at epoch {epoch}, step {step + 1} of {trainer.steps} (update {state['step'] + 1}): "
-        f"{what}{detail}. err.params holds the parameters after the last complete update",
+        f"training stopped at epoch {epoch}, step {step + 1} of {trainer.steps} (update {update}): {what}{detail}"
+        f"\n  err.params: the parameters after update {update - 1}; no part of update {update} was applied",
         epoch=epoch, step=step + 1, params=params, state=state, history=history,
         hint="lower the learning rate, normalise the inputs, or use a stable loss from tg.nn (logits forms)")
 
