@@ -18,10 +18,10 @@ from . import backend
 from .autodiff import value_and_grad_graph
 from .codegen import Module, generate
 from .passes import optimize
-from .core import TracedArray
+from .core import TracedArray, current_builder
 from .errors import GradTypeError
 from .interpret import inline
-from .ir import Graph, Var
+from .ir import Graph, Literal, Var
 from .pytree import TreeDef, flatten, unflatten
 from .tracer import Traced, aval_of, trace
 
@@ -64,6 +64,8 @@ def _as_output(value, var):
         return value
     if aval.dtype == np.float64:
         return float(value)
+    if isinstance(var, Literal):  # a Python constant the function returned: as it was
+        return var.value
     return aval.dtype.type(value)
 
 
@@ -141,10 +143,25 @@ class Function:
     def __repr__(self):
         return f"<tracegrad.{self.mode} of {getattr(self.fun, '__qualname__', self.fun)!r}>"
 
-    def __get__(self, obj, objtype=None):  # so that methods can be decorated
-        return self if obj is None else functools.partial(self, obj)
+    def __get__(self, obj, objtype=None):
+        """A decorated method: ``self`` is bound, not traced, and argnums count the other arguments.
 
-    def __call__(self, *args):
+        Arrays reached through ``self`` are passed by reference (in-place changes are seen); rebinding an
+        attribute after the first call is not. One specialisation cache per instance."""
+        if obj is None:
+            return self
+        key = f"_tracegrad_{self.mode}_{id(self)}"
+        bound = obj.__dict__.get(key) if hasattr(obj, "__dict__") else None
+        if bound is None:
+            bound = Function(functools.partial(self.fun, obj), self.mode, self.argnums, self.has_aux, self.debug_nans)
+            bound.__name__ = getattr(self.fun, "__name__", "method")
+            if hasattr(obj, "__dict__"):
+                obj.__dict__[key] = bound
+        return bound
+
+    def __call__(self, *args, **kwargs):
+        if kwargs:  # keyword arguments are matched to their positions, then treated like the rest
+            args = _positional(self.fun, args, kwargs)
         try:
             entry = self._cache[tuple([a.__class__ if a.__class__ in _SCALARS else _signature(a) for a in args])]
         except (KeyError, TypeError):
@@ -216,7 +233,7 @@ class Function:
 
     def _build(self, args, leaves) -> Compiled:
         wrt = self._differentiable_leaves(args) if self.mode != "jit" else []
-        traced = trace(self.fun, args)
+        traced = trace(self.fun, args, name=getattr(self, "__name__", None))
         graph, pack, direct_pack = self._transform(traced, args, wrt)
         graph = optimize(graph, fusion=not self.debug_nans)  # unfused, every value is checked on its own
         suffix = {"jit": "", "grad": "_grad", "value_and_grad": "_value_and_grad"}[self.mode]
@@ -285,9 +302,14 @@ class Function:
 
     def _call_traced(self, args, leaves):
         wrt = self._differentiable_leaves(args) if self.mode != "jit" else []
-        traced = trace(self.fun, args)
+        traced = trace(self.fun, args, name=getattr(self, "__name__", None))
         graph, _, _ = self._transform(traced, args, wrt)
-        outs = inline(graph, *leaves, *(c.current() for c in traced.captures))
+        captured = [c.current() for c in traced.captures]
+        enclosing = current_builder()
+        for c, value in zip(traced.captures, captured):
+            if not c.held:  # the enclosing trace reads it again on each call too
+                enclosing.readers[id(value)] = c.read
+        outs = inline(graph, *leaves, *captured)
         n_out = len(traced.graph.outputs)
         if self.mode == "jit":
             return unflatten(traced.out_tree, outs)
@@ -316,6 +338,20 @@ def _split_aux(out_tree: TreeDef, has_aux: bool, name: str):
         raise GradTypeError(f"grad needs {name} to return one scalar, got structure {value_tree}",
                             hint="return a single value, or use has_aux=True to return (value, aux)")
     return value_tree, aux_tree
+
+
+def _positional(fun, args, kwargs) -> tuple:
+    import inspect
+
+    try:
+        bound = inspect.signature(fun).bind(*args, **kwargs)
+    except TypeError as e:
+        raise GradTypeError(f"{getattr(fun, '__name__', fun)}: {e}") from None
+    bound.apply_defaults()
+    if bound.kwargs:
+        raise GradTypeError(f"{getattr(fun, '__name__', fun)}: keyword-only or **kwargs arguments are not supported",
+                            hint="pass them positionally")
+    return tuple(bound.args)
 
 
 def _check_argnums_type(argnums):

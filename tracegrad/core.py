@@ -125,6 +125,7 @@ class Builder:
         self.inputs: list[Var] = []
         self.captured: list[tuple[Var, Any]] = []  # (input var, ndarray or outer TracedArray)
         self._captured_ids: dict[int, Var] = {}
+        self.readers: dict = {}  # id(captured array) -> how to read it again on the next call
         self.source: SourceInfo | None = None  # set while a VJP rule runs: its nodes point at the forward line
         self.group: int | None = None
         self.backward = False  # set while autodiff records a backward pass
@@ -353,7 +354,13 @@ class TracedArray:
     __matmul__, __rmatmul__ = _op("dot"), _rop("dot")
     __lt__, __le__, __gt__, __ge__ = _op("lt"), _op("le"), _op("gt"), _op("ge")
     __eq__, __ne__ = _op("eq"), _op("ne")
+    __and__, __rand__ = _op("logical_and"), _rop("logical_and")
+    __or__, __ror__ = _op("logical_or"), _rop("logical_or")
+    __xor__, __rxor__ = _op("logical_xor"), _rop("logical_xor")
     del _op, _rop
+
+    def __invert__(self):
+        return bind(PRIMITIVES["logical_not"], self)
 
     def __neg__(self):
         return bind(PRIMITIVES["neg"], self)
@@ -365,7 +372,8 @@ class TracedArray:
         return bind(PRIMITIVES["abs"], self)
 
     def __floordiv__(self, other):
-        raise UnsupportedError("// on traced values (it has no useful gradient)", user_source(), "use / and np.floor on constants")
+        raise UnsupportedError("// and % on traced values (they have no useful gradient)", user_source(),
+                               "use / and np.where")
 
     __rfloordiv__ = __mod__ = __rmod__ = __floordiv__
 
@@ -386,6 +394,7 @@ class TracedArray:
         return method
 
     sum, mean, max, min = _method(np.sum), _method(np.mean), _method(np.max), _method(np.min)
+    std, ravel = _method(np.std), _method(np.ravel)  # (.var would clash with the slot holding the Var)
     clip, dot, transpose = _method(np.clip), _method(np.dot), _method(np.transpose)
     del _method
 
@@ -393,6 +402,12 @@ class TracedArray:
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
         return NUMPY_FUNCTIONS[np.reshape](self, shape, order=order)
+
+    def flatten(self):
+        return NUMPY_FUNCTIONS[np.ravel](self)
+
+    def copy(self):
+        return self  # traced values are never modified in place: a copy is the value itself
 
     def astype(self, dtype):
         return bind(PRIMITIVES["convert"], self, dtype=np.dtype(dtype))

@@ -22,6 +22,12 @@ from .ir import Aval, Graph, Literal, Var, is_valid_name
 from .pytree import TreeDef, flatten, leaf_paths, unflatten
 
 
+# What the compiled code computes with: native-order bools, integers and float32/float64 (no float16,
+# longdouble, big-endian data, np.matrix or masked arrays, whose semantics or layout differ).
+_COMPILABLE = frozenset(np.dtype(t) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8,
+                                                 np.uint16, np.uint32, np.uint64, np.float32, np.float64))
+
+
 def aval_of(leaf) -> Aval:
     """The abstract value of one argument leaf; raises for what cannot be traced."""
     if isinstance(leaf, TracedArray):  # an argument from an enclosing trace (grad of grad)
@@ -32,7 +38,7 @@ def aval_of(leaf) -> Aval:
         return Aval((), np.int64)
     if isinstance(leaf, float):
         return Aval((), np.float64)
-    if isinstance(leaf, (np.ndarray, np.generic)) and leaf.dtype.kind in "biuf":
+    if (type(leaf) is np.ndarray or isinstance(leaf, np.generic)) and leaf.dtype in _COMPILABLE:
         return Aval(leaf.shape, leaf.dtype)
     raise GradTypeError(
         f"cannot trace an argument of type {type(leaf).__name__}"
@@ -52,7 +58,8 @@ class Capture:
         value = self.read()
         if isinstance(value, TracedArray):
             return value
-        return np.asarray(value)
+        value = np.asarray(value)
+        return value[()] if value.ndim == 0 else value  # 0-d values are scalars in compiled code
 
 
 @dataclass
@@ -88,13 +95,14 @@ def trace(fn, args: tuple, name: str | None = None) -> Traced:
         inputs = [builder.new_input(aval, hint) for aval, hint in zip(avals, names)]
         it = iter(inputs)
         traced_args = _rebuild(args, it)
-        prepared, readers = _prepare(fn, builder)
+        prepared = _prepare(fn, builder)
         result, local_names = _call_recording_locals(prepared, traced_args, builder)
         out_leaves, out_tree = flatten(result)
         outputs = [_output_atom(leaf, builder) for leaf in out_leaves]
     for var, hint in local_names.items():
         if var.hint is None:
             var.hint = hint
+    readers = builder.readers
     captures = [Capture(var, readers[id(value)]) if id(value) in readers else Capture(var, _holder(value), True)
                 for var, value in builder.captured]
     graph = Graph(builder.name, [t.var for t in inputs] + [c.var for c in captures], builder.nodes, outputs,
@@ -162,15 +170,18 @@ def _global_names(code) -> set:
     return names
 
 
-def _substitute(value, hint, builder, read, readers):
-    """What the traced copy of the function sees instead of ``value`` (or ``value`` itself)."""
+def _substitute(value, hint, builder, read):
+    """What the traced copy of the function sees instead of ``value`` (or ``value`` itself).
+
+    NumPy arrays and scalars become traced inputs read again on every call; Python numbers stay constants.
+    """
     if value is math:
         return _MATH_MODULE
     if _hashable(value) and value in MATH_FUNCTIONS:
         return _math_shim(value)
-    if isinstance(value, np.ndarray) and value.ndim > 0 and value.dtype.kind in "biuf":
+    if (type(value) is np.ndarray or isinstance(value, np.generic)) and value.dtype in _COMPILABLE:
         var = builder.capture(value, hint)
-        readers[id(value)] = read
+        builder.readers[id(value)] = read
         return TracedArray(var, builder)
     return value
 
@@ -185,9 +196,8 @@ def _hashable(value) -> bool:
 
 def _prepare(fn, builder):
     """A copy of ``fn`` whose captured arrays are traced inputs and whose ``math`` accepts traced values."""
-    readers: dict = {}  # id(array) -> how to read it again on the next call
     if not isinstance(fn, types.FunctionType):
-        return fn, readers
+        return fn
     code = fn.__code__
     cells = None
     if fn.__closure__:
@@ -198,7 +208,7 @@ def _prepare(fn, builder):
             except ValueError:  # not yet assigned
                 cells.append(cell)
                 continue
-            sub = _substitute(value, name, builder, lambda cell=cell: cell.cell_contents, readers)
+            sub = _substitute(value, name, builder, lambda cell=cell: cell.cell_contents)
             cells.append(cell if sub is value else types.CellType(sub))
         cells = tuple(cells)
     glob = fn.__globals__
@@ -206,15 +216,15 @@ def _prepare(fn, builder):
     for name in sorted(_global_names(code)):
         if name in glob:
             value = glob[name]
-            sub = _substitute(value, name, builder, lambda name=name: glob[name], readers)
+            sub = _substitute(value, name, builder, lambda name=name: glob[name])
             if sub is not value:
                 replaced[name] = sub
     if not replaced and (cells is None or all(a is b for a, b in zip(cells, fn.__closure__))):
-        return fn, readers
+        return fn
     new_globals = dict(glob, **replaced) if replaced else glob
     copy = types.FunctionType(code, new_globals, fn.__name__, fn.__defaults__, cells)
     copy.__kwdefaults__ = fn.__kwdefaults__
-    return copy, readers
+    return copy
 
 
 def _call_recording_locals(fn, args, builder):

@@ -7,7 +7,8 @@ import math
 
 import numpy as np
 
-from ..core import Infix, Prefix, primitive
+from ..core import Infix, Prefix, numpy_function, primitive
+from ..errors import UnsupportedError, user_source
 from . import shapes
 from .shapes import unary_float, binary_float, comparison
 
@@ -15,8 +16,15 @@ ADD, MUL, UNARY, POW, CMP = 11, 12, 13, 14, 6
 
 
 def elementwise(cls):
-    """Declare an elementwise primitive: its inputs broadcast to its output, element by element."""
+    """Declare an elementwise primitive: its inputs broadcast to its output, element by element.
+
+    Inputs of another dtype are converted to the output's first (``cast_inputs``), so the compiled code
+    computes in exactly the dtype NumPy's promotion gives (Numba's own promotion differs for ints with
+    float32). A declaration can narrow that with its own ``cast_inputs``.
+    """
     cls.elementwise = True
+    if "cast_inputs" not in vars(cls):
+        cls.cast_inputs = True
     return primitive(cls)
 
 
@@ -105,12 +113,13 @@ class pow:
     """x ** y"""
     numpy = [np.power]
     math = [math.pow]
-    shape = binary_float
+    shape = shapes.elementwise  # int ** int stays int, as in NumPy
     ref = np.power
     emit = Infix("**", POW, "right")
 
     def vjp(g, out, x, y):
-        return [g * y * x ** (y - 1), g * out * log(x)]
+        # d/dy x**y = x**y log x, which is 0 at x = 0 (out is 0 there): log(1) keeps 0 * -inf out
+        return [g * y * x ** (y - 1), g * out * log(where(x == 0, 1.0, x))]
 
     def simplify(x, y):
         return x if _is(y, 1) else None
@@ -351,11 +360,11 @@ def _where_shape(c, x, y):
 @elementwise
 class where:
     """c ? x : y elementwise; the gradient goes to the branch taken, zero to the other"""
-    numpy = [np.where]
     shape = _where_shape
     emit = "where({c}, {x}, {y})"
     kernel = _where_kernel
-    kernel_signatures = ("float32(boolean, float32, float32)", "float64(boolean, float64, float64)")
+    kernel_signatures = ("float32(boolean, float32, float32)", "float64(boolean, float64, float64)",
+                         "int64(boolean, int64, int64)", "boolean(boolean, boolean, boolean)")
     cast_inputs = (1, 2)
 
     def ref(c, x, y):
@@ -369,8 +378,8 @@ class where:
 
 
 def _comparison(name, op, ufunc, doc):
-    cls = type(name, (), dict(
-        __doc__=doc, numpy=[ufunc], shape=comparison, ref=ufunc, emit=Infix(op, CMP, "none"), nondiff=True))
+    cls = type(name, (), dict(__doc__=doc, numpy=[ufunc], shape=comparison, ref=ufunc,
+                              emit=Infix(op, CMP, "none"), nondiff=True, cast_inputs=()))
     return elementwise(cls)
 
 
@@ -393,6 +402,7 @@ def _convert_emit(args, out, dtype):
 @elementwise
 class convert:
     """x.astype(dtype)"""
+    cast_inputs = ()
     shape = staticmethod(lambda x, dtype: type(x)(x.shape, dtype))
     emit = _convert_emit
 
@@ -401,3 +411,46 @@ class convert:
 
     def vjp(g, out, x, dtype):
         return [convert(g, dtype=x.dtype) if x.dtype.kind == "f" else None]
+
+
+@numpy_function(np.where)
+def np_where(condition, x=None, y=None):
+    """np.where(c, x, y); a condition that is not boolean means ``c != 0``, as in NumPy."""
+    if x is None or y is None:
+        raise UnsupportedError("np.where with one argument (its result has a data-dependent shape)", user_source())
+    dtype = condition.dtype if hasattr(condition, "dtype") else np.asarray(condition).dtype
+    if dtype != np.bool_:
+        condition = condition != 0
+    return where(condition, x, y)
+
+
+# ---------------------------------------------------------------- logic on boolean masks (no gradient)
+
+
+def _logical(name, op, ufunc, doc):
+    cls = type(name, (), dict(__doc__=doc, numpy=[ufunc], shape=_logical_shape, ref=ufunc,
+                              emit=Infix(op, {"|": 7, "^": 8, "&": 9}[op]), nondiff=True, cast_inputs=()))
+    return elementwise(cls)
+
+
+def _logical_shape(x, y):
+    if x.dtype != np.bool_ or y.dtype != np.bool_:
+        raise UnsupportedError(f"&, | and ^ on traced values need boolean masks, got {x} and {y}", user_source(),
+                               "combine comparisons: (x > 0) & (x < 2)")
+    return comparison(x, y)
+
+
+logical_and = _logical("logical_and", "&", np.logical_and, "x & y on boolean masks")
+logical_or = _logical("logical_or", "|", np.logical_or, "x | y on boolean masks")
+logical_xor = _logical("logical_xor", "^", np.logical_xor, "x ^ y on boolean masks")
+
+
+@elementwise
+class logical_not:
+    """~x on a boolean mask"""
+    numpy = [np.logical_not]
+    shape = staticmethod(lambda x: x if x.dtype == np.bool_ else _logical_shape(x, x))
+    ref = np.logical_not
+    emit = "np.logical_not({x})"
+    nondiff = True
+    cast_inputs = ()

@@ -171,3 +171,17 @@ def max(x, axis=None, out=None, keepdims=False, initial=None, where=None):
 def min(x, axis=None, out=None, keepdims=False, initial=None, where=None):
     _no_extra("min", out=out, initial=initial, where=where)
     return _reduction(reduce_min, x, axis, keepdims, "min")
+
+
+@numpy_function(np.var)
+def var(x, axis=None, dtype=None, out=None, ddof=0, keepdims=False, where=None):
+    _no_extra("var", dtype=dtype, out=out, where=where)
+    centred = x - mean(x, axis=axis, keepdims=True)
+    axes = normalize_axes(axis, np.ndim(x), "var")
+    count = int(np.prod([np.shape(x)[a] for a in axes], dtype=np.int64))
+    return sum(centred * centred, axis=axis, keepdims=keepdims) / (count - ddof)
+
+
+@numpy_function(np.std)
+def std(x, axis=None, dtype=None, out=None, ddof=0, keepdims=False, where=None):
+    return np.sqrt(var(x, axis=axis, dtype=dtype, out=out, ddof=ddof, keepdims=keepdims, where=where))
