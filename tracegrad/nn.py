@@ -23,6 +23,7 @@ import numpy as np
 
 from .errors import DataError, ShapeError
 from .primitives.elementwise import sigmoid
+from .primitives.structural import stop_gradient
 from .pytree import flatten
 
 __all__ = [
@@ -67,8 +68,9 @@ def logsumexp(x, axis=None, keepdims=False):
     >>> float(logsumexp(np.array([1000.0, 1000.0])))  # np.log(np.sum(np.exp(x))) gives inf
     1000.6931471805599
     """
-    m = np.max(x, axis=axis, keepdims=True)
-    # The gradient through m is zero (1 - sum(softmax)), so m needs no stop-gradient to be correct.
+    # m is only a shift: the result does not depend on it (its gradient, 1 - sum(softmax), is zero), so no
+    # gradient needs to flow through the max: stop_gradient saves the backward pass a max's tie-breaking.
+    m = stop_gradient(np.max(x, axis=axis, keepdims=True))
     out = m + np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True))
     if keepdims:
         return out
@@ -78,16 +80,16 @@ def logsumexp(x, axis=None, keepdims=False):
 def log_softmax(x, axis=-1):
     """x - logsumexp(x): log-probabilities, stable for large logits.
 
-    Computed as (x - m) - log(sum(exp(x - m))), m the maximum: subtracting m first keeps the digits
-    that x - (m + log(...)) would lose when |x| is large.
+    Computed as (x - m) - log(sum(exp(x - m))), m the maximum (a constant shift, no gradient through it):
+    subtracting m first keeps the digits that x - (m + log(...)) would lose when |x| is large.
     """
-    shifted = x - np.max(x, axis=axis, keepdims=True)
+    shifted = x - stop_gradient(np.max(x, axis=axis, keepdims=True))
     return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
 
 
 def softmax(x, axis=-1):
     """exp(x) / sum(exp(x)) along ``axis``, with the maximum subtracted first."""
-    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    e = np.exp(x - stop_gradient(np.max(x, axis=axis, keepdims=True)))
     return e / np.sum(e, axis=axis, keepdims=True)
 
 
