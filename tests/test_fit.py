@@ -93,6 +93,7 @@ def test_training_reduces_the_loss_and_inputs_are_untouched():
         assert params[k] is not params0[k]
     assert history.loss[-1] < 0.5 * history.initial_loss
     assert len(history.loss) == len(history.time) == len(history.val_loss) == len(history.metrics["acc"]) == 5
+    assert all(w >= t for w, t in zip(history.wall_time, history.time)) and len(history.wall_time) == 5
     assert history.val_loss[-1] == pytest.approx(float(LOSS(params, X_VAL, Y_VAL)))
     assert history.metrics["acc"][-1] >= 0.9
     assert all(t > 0 for t in history.time) and history.compile_time > 0

@@ -64,7 +64,8 @@ class History:
 
     ``loss``: the mean training loss of the epoch, over its minibatches as they were trained (weighted by
     batch size); ``val_loss`` and ``metrics[name]``: on the validation data after the epoch (on the
-    training data if there is none); ``time``: seconds in the compiled epoch function;
+    training data if there is none); ``time``: seconds in the compiled epoch function; ``wall_time``:
+    seconds for the whole epoch, with validation, metrics and progress;
     ``initial_loss``: the loss on the training data before training; ``compile_time``: seconds spent
     tracing and compiling; ``steps``: updates made. To resume exactly where training stopped, pass the
     optimiser state and the shuffle stream back: ``fit(..., state=history.state, seed=history.seed)``.
@@ -74,6 +75,7 @@ class History:
     val_loss: list = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
     time: list = field(default_factory=list)
+    wall_time: list = field(default_factory=list)
     initial_loss: float = math.nan
     compile_time: float = 0.0
     steps: int = 0
@@ -92,7 +94,11 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
     ``metrics`` maps names to ``fn(params, *validation)`` (plain NumPy, run after every epoch).
     ``progress``: a tqdm bar over the epochs when tqdm is installed, else a printed line per epoch (at
     most about 20 lines; ``"plain"`` forces the lines, ``False`` is silent). To continue a run exactly,
-    pass ``state=history.state, seed=history.seed``.
+    pass ``state=history.state, seed=history.seed``. ``epochs=0`` only compiles.
+
+    Like a ``tg.value_and_grad`` function, ``fit`` traces ``loss`` once per argument shapes and reuses the
+    compiled code on later calls (and, from the disk cache, in later processes): arrays the loss reads
+    from globals are read every epoch, Python numbers only at the first trace.
 
     >>> import numpy as np, tracegrad as tg
     >>> X = np.linspace(-1, 1, 64).reshape(-1, 1); y = 3 * X[:, 0] + 1
@@ -174,6 +180,7 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
             for name, metric in metrics.items():
                 history.metrics[name].append(float(metric(params, *evaluate_on)))
             reporter.epoch(epoch, history)
+            history.wall_time.append(time.perf_counter() - t0)
     finally:
         reporter.close()
     return params, history
