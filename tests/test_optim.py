@@ -179,7 +179,9 @@ def test_hyperparameters_follow_the_update_function():
     assert optim.Adam(lr=0.1).hyperparameters() == (0.9, 0.999, 1e-8, 0.0, 0.0)
     assert optim.AdamW(lr=0.1).hyperparameters()[-1] == 1.0
     assert optim.RMSProp.hyperparameter_names() == ("alpha", "eps", "weight_decay", "momentum")
-    assert "SGD(lr=0.1, momentum=0.9" in repr(optim.SGD(lr=0.1, momentum=0.9))
+    assert repr(optim.SGD(lr=0.1, momentum=0.9)) == "SGD(lr=0.1, momentum=0.9)"
+    assert repr(optim.AdamW(weight_decay=0.1)) == "AdamW(lr=0.001, weight_decay=0.1)"
+    assert repr(optim.RMSProp(lr=optim.step_lr(0.1, every=10))) == "RMSProp(lr=step_lr(0.1, every=10, gamma=0.1))"
 
 
 @pytest.mark.parametrize("make", [

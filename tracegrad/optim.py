@@ -94,8 +94,11 @@ class Optimizer:
         self.lr = lr
 
     def __repr__(self):
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in ("lr",) + self.hyperparameter_names())
-        return f"{type(self).__name__}({fields})"
+        """The constructor call, with the arguments that differ from their defaults."""
+        defaults = inspect.signature(type(self).__init__).parameters
+        shown = [name for name, p in defaults.items() if name != "self" and (
+            name == "lr" or getattr(self, name, p.default) != p.default)]
+        return f"{type(self).__name__}({', '.join(f'{name}={getattr(self, name)!r}' for name in shown)})"
 
     # -- what fit's generated code needs
     @classmethod
@@ -243,7 +246,7 @@ def step_lr(lr: float, every: int, gamma: float = 0.1) -> Callable[[int], float]
 
     def schedule(step: int) -> float:
         return lr * gamma ** (step // every)
-    return schedule
+    return _Schedule(schedule, f"step_lr({lr!r}, every={every!r}, gamma={gamma!r})")
 
 
 def cosine_lr(lr: float, total_steps: int, final_lr: float = 0.0, warmup_steps: int = 0) -> Callable[[int], float]:
@@ -263,7 +266,21 @@ def cosine_lr(lr: float, total_steps: int, final_lr: float = 0.0, warmup_steps: 
             return lr * (step + 1) / warmup_steps
         progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
         return final_lr + (lr - final_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    return schedule
+    return _Schedule(schedule, f"cosine_lr({lr!r}, total_steps={total_steps!r}, final_lr={final_lr!r}, "
+                               f"warmup_steps={warmup_steps!r})")
+
+
+class _Schedule:
+    """A learning-rate schedule: called with the step, it gives the rate; printed, the call that made it."""
+
+    def __init__(self, function, text):
+        self.function, self.text = function, text
+
+    def __call__(self, step: int) -> float:
+        return self.function(step)
+
+    def __repr__(self):
+        return self.text
 
 
 # ------------------------------------------------------------------------- checks
