@@ -132,3 +132,12 @@ def test_array_methods_and_statistics(rng):
 def test_modulo_is_named():
     with pytest.raises(tg.UnsupportedError, match="%"):
         tg.jit(lambda x: x % 2)(1.0)
+
+
+def test_outer_accepts_lists_and_stop_gradient_leaves_no_copy_line(rng):
+    x = rng.normal(size=3)
+    np.testing.assert_allclose(tg.jit(lambda x: np.outer(x, [1.0, -0.5]))(x), np.outer(x, [1.0, -0.5]))
+    src = tg.source(tg.grad(lambda x: np.sum(x - tg.stop_gradient(np.max(x)))), x)
+    assert "stop_gradient" not in str(tg.make_graph(tg.grad(lambda x: np.sum(x - tg.stop_gradient(np.max(x)))), x))
+    import re
+    assert not re.search(r"^\s*s\d+ = s\d+\s*(#.*)?$", src, re.M), src  # no bare copy for the stopped value

@@ -66,7 +66,8 @@ def simplify(graph: Graph) -> Graph:
     - an explicit ``broadcast_to`` feeding an elementwise node that broadcasts anyway is skipped
       (``grad_Y = grad_L * G`` rather than broadcasting ``grad_L`` to G's shape first);
     - ``-(-x)`` is ``x``;
-    - the sum of a scalar broadcast to n elements is the scalar times n.
+    - the sum of a scalar broadcast to n elements is the scalar times n;
+    - ``stop_gradient(x)`` is ``x`` (optimised graphs are compiled, never differentiated again).
     """
     defs: dict = {}
     replace: dict = {}
@@ -76,6 +77,9 @@ def simplify(graph: Graph) -> Graph:
         prim = node.primitive
         if prim.elementwise:
             node = _skip_broadcasts(node, defs)
+        if prim.name == "stop_gradient":  # only differentiation cares; optimised graphs are not differentiated
+            replace[node.out] = node.inputs[0]
+            continue
         if prim.name == "neg" and isinstance(node.inputs[0], Var):
             inner = defs.get(node.inputs[0])
             if inner is not None and inner.primitive.name == "neg" and node.out.aval == inner.inputs[0].aval:

@@ -52,4 +52,5 @@ def np_dot(a, b, out=None):
 
 @numpy_function(np.outer)
 def np_outer(a, b, out=None):
+    a, b = (x if hasattr(x, "var") else np.asarray(x) for x in (a, b))
     return reshape(a, shape=(a.size, 1)) * reshape(b, shape=(b.size,))
