@@ -23,7 +23,7 @@ from .errors import GradTypeError
 from .interpret import inline
 from .ir import Graph, Literal, Var
 from .pytree import TreeDef, flatten, unflatten
-from .tracer import Traced, aval_of, trace
+from .tracer import Traced, arg_names, aval_of, trace
 
 _SCALARS = (float, int, bool)
 
@@ -362,8 +362,7 @@ def _check_argnums_type(argnums):
 
 
 def _param_names(fun, n) -> list[str]:
-    from .tracer import arg_names
-    return [arg_names(fun, (0,) * n)[i] for i in range(n)]
+    return arg_names(fun, (0,) * n)  # a scalar per argument: one name each
 
 
 def _identifier(name: str) -> str:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
-from .errors import ShapeError, SourceInfo, TracegradError, TracingError, UnsupportedError, user_source
+from .errors import ShapeError, SourceInfo, TracingError, UnsupportedError, user_source
 from .ir import Aval, Literal, Node, Var
 
 
