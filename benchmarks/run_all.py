@@ -360,8 +360,8 @@ def main(argv=None):
                       "(tracegrad's own Numba kernels compile too); warm: a second process with the same "
                       "directories; new function: an empty TRACEGRAD_CACHE_DIR with tracegrad's kernels "
                       "already in Numba's cache. 'first call' = specialize() (trace, autodiff, passes, codegen, "
-                      "writing and importing the generated module, which builds the numba.vectorize kernels "
-                      "it imports, e.g. where), then Numba's compile or cache load and the run. "
+                      "writing and importing the generated module), then Numba's compile or cache load (of "
+                      "the generated function and the kernels it imports) and the run. "
                       "Goals are checked against CPU time (the wall time includes waiting for other "
                       "processes on this shared machine)."])
 

@@ -224,7 +224,7 @@ def test_scipy_expit_traces_to_the_sigmoid_primitive(rng):
     graph = tg.make_graph(lambda x: np.sum(expit(x)), x)
     assert [node.primitive.name for node in graph.nodes] == ["sigmoid", "reduce_sum"]
     src = tg.source(tg.grad(lambda x: np.sum(expit(x))), x)
-    assert "sigmoid(x)" in src and "* (1.0 - s0) * s0" in src
+    assert "sigmoid(x[i0])" in src and "* (1.0 - s0) * s0" in src
     np.testing.assert_allclose(tg.grad(lambda x: np.sum(expit(x)))(x), expit(x) * (1 - expit(x)), rtol=1e-12)
 
 
@@ -244,12 +244,15 @@ def test_numba_cache_is_reused_by_a_new_process(tmp_path):
 
     script = tmp_path / "prog.py"
     script.write_text(textwrap.dedent("""
-        import numpy as np, tracegrad as tg
-        f = tg.grad(lambda x: np.sum(np.sin(x) * x))
+        import numpy as np, tracegrad as tg, tracegrad.kernels
+        f = tg.grad(lambda x: np.sum(tg.sigmoid(np.maximum(x, 0.0)) * np.sin(x)))
         print(f(np.ones(3))[0])
         entry = f.specialize(np.ones(3))
         stats = entry.dispatcher.stats
         print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))
+        # the kernels it calls (sigmoid; where, in maximum's gradient) are loaded from the cache too
+        print(",".join(entry.module.kernels),
+              sum(sum(getattr(tracegrad.kernels, k).stats.cache_misses.values()) for k in entry.module.kernels))
     """))
     env = dict(__import__("os").environ, TRACEGRAD_CACHE_DIR=str(tmp_path / "cache"))
     first, second = (subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
@@ -257,6 +260,7 @@ def test_numba_cache_is_reused_by_a_new_process(tmp_path):
     assert first[0] == second[0]
     assert (first[1], first[2]) == ("0", "1")  # compiled ...
     assert (second[1], second[2]) == ("1", "0")  # ... then loaded from Numba's cache, not compiled again
+    assert second[3] == "sigmoid,where" and second[4] == "0"
 
 
 def test_cache_dir_can_be_set(tmp_path):

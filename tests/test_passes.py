@@ -138,3 +138,25 @@ def test_values_used_after_the_loop_are_not_fused_away(rng):
 def numeric_grad_of(f, x):
     from tracegrad.testing import numeric_grad
     return numeric_grad(f, x)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("fusion", [True, False])
+def test_scalar_kernels_on_arrays_are_called_in_loops(rng, dtype, fusion):
+    # sigmoid and where have kernels taking scalars: even a lone array use gets a loop of its own
+    x = rng.normal(size=(3, 4)).astype(dtype)
+    fun = tg.jit(lambda x: np.where(x > 0, tg.sigmoid(x), x))
+    raw = trace(fun.fun, (x,)).graph
+    graph = optimize(raw, fusion=fusion)
+    assert names_of(graph) == (["fused"] if fusion else ["gt", "fused", "fused"])
+    out = tg.jit(fun.fun, debug_nans=not fusion)(x)
+    assert out.dtype == dtype
+    np.testing.assert_allclose(out, evaluate(raw, x)[0], rtol=1e-6 if dtype == np.float32 else 1e-15)
+    src = tg.source(tg.jit(fun.fun, debug_nans=not fusion), x)
+    assert "sigmoid(x[i0, i1])" in src
+
+
+def test_without_fusion_only_scalar_kernels_get_loops(rng):
+    x = rng.normal(size=5)
+    graph = optimize(trace(lambda x: np.exp(x) * 2.0 + x, (x,)).graph, fusion=False)
+    assert "fused" not in names_of(graph)

@@ -51,8 +51,8 @@ class Primitive:
     ref: Callable  # (*arrays, **params) -> array: the semantics (NumPy)
     emit: Any  # Infix | Prefix | "call({x}, ...)" template | callable(args, out_aval, **params) -> str or [lines]
     vjp: Callable | None = None  # (g, out, *inputs, **params) -> [cotangent or None per input]
-    kernel: Any = None  # a Python function in Numba's subset, or {name: function}, exposed by tracegrad.kernels
-    kernel_signatures: tuple = ()  # when given, the kernel is a numba.vectorize ufunc with these signatures
+    kernel: Any = None  # a Python function in Numba's subset, or {name: function}, exposed by tracegrad.kernels;
+    # an elementwise primitive's kernel takes scalars (codegen calls it inside a loop over arrays)
     simplify: Callable | None = None  # (*atoms, **params) -> an atom equal to the result, or None
     cast_inputs: Any = ()  # input positions (or True: all) converted to the output dtype before binding
     view: bool = False  # the result may share memory with an input

@@ -1,8 +1,8 @@
 """Numba versions of the primitives' kernels, for generated code to import by name.
 
-``from tracegrad.kernels import sigmoid`` compiles the ``kernel`` a primitive declares, once per
-process (and cached on disk by Numba). A kernel with ``kernel_signatures`` becomes a ufunc
-(``numba.vectorize``), so it works on scalars and arrays alike; others become ``numba.njit`` functions.
+``from tracegrad.kernels import sigmoid`` gives the ``kernel`` a primitive declares as a
+``numba.njit(cache=True)`` function, so generated code that calls it loads from Numba's disk cache in
+a new process. Kernels of elementwise primitives take scalars: codegen calls them inside loops.
 """
 import numba
 
@@ -11,14 +11,14 @@ from .core import PRIMITIVES
 
 
 def kernel_functions() -> dict:
-    """Every kernel name mapped to (python function, vectorize signatures or ())."""
+    """Every kernel name mapped to its Python function."""
     table = {}
     for prim in PRIMITIVES.values():
         if prim.kernel is None:
             continue
         kernels = prim.kernel if isinstance(prim.kernel, dict) else {prim.name: prim.kernel}
         for name, fn in kernels.items():
-            table[name] = (fn, prim.kernel_signatures)
+            table[name] = fn
     return table
 
 
@@ -28,13 +28,7 @@ _TABLE = kernel_functions()
 def __getattr__(name):
     if name not in _TABLE:
         raise AttributeError(f"tracegrad.kernels has no kernel {name!r}")
-    fn, signatures = _TABLE[name]
-    if signatures:
-        # Not cache=True: a cached caller of a cached ufunc fails to load in a new process (its
-        # environment lives in a '<dynamic>' module). Compiling the few ufunc loops is quick.
-        compiled = numba.vectorize(list(signatures))(fn)
-    else:
-        compiled = numba.njit(cache=True)(fn)
+    compiled = numba.njit(cache=True, error_model="numpy")(_TABLE[name])
     globals()[name] = compiled
     return compiled
 

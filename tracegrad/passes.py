@@ -154,14 +154,23 @@ def _statements(members: list) -> int:
     return 1 + sum(1 for m in members[:-1] if not inlinable(m, uses, consumer_group))
 
 
+def _scalar_kernel(node: Node) -> bool:
+    """The node's kernel works on one element at a time: on arrays it must be called inside a loop."""
+    return node.primitive.elementwise and node.primitive.kernel is not None
+
+
 def _fusible(node: Node) -> bool:
     # broadcast_to joins a loop as a read with broadcast indexing: inside the loop it costs nothing
     return (node.primitive.elementwise or node.primitive.name == "broadcast_to") and node.out.aval.ndim > 0
 
 
-def fuse(graph: Graph) -> Graph:
+def fuse(graph: Graph, group: bool = True) -> Graph:
     """Elementwise fusion: each maximal group of elementwise nodes of one shape, whose intermediate
-    values are used only inside the group, becomes one ``fused`` node (one loop, no temporaries)."""
+    values are used only inside the group, becomes one ``fused`` node (one loop, no temporaries).
+
+    A group that spells as one statement stays as it is (Numba fuses an array expression itself), unless
+    it uses a scalar kernel. ``group=False`` only puts each array use of a scalar kernel in a loop of its
+    own (the unfused code of ``debug_nans``)."""
     uses: dict = {}
     for node in graph.nodes:
         for a in node.inputs:
@@ -175,7 +184,9 @@ def fuse(graph: Graph) -> Graph:
         if root in assigned or not _fusible(root) or root.primitive.name == "broadcast_to":
             continue
         members = {root}
-        changed = True
+        if not group and not _scalar_kernel(root):
+            continue
+        changed = group
         while changed:
             changed = False
             for member in list(members):
@@ -188,7 +199,7 @@ def fuse(graph: Graph) -> Graph:
                     members.add(producer)
                     changed = True
         ordered = [n for n in graph.nodes if n in members]
-        if _statements(ordered) > 1:  # one statement is one loop already (Numba fuses an expression)
+        if _statements(ordered) > 1 or any(_scalar_kernel(n) for n in ordered):
             for member in members:
                 assigned[member] = root
             groups[root] = ordered
@@ -219,6 +230,7 @@ def _fused_node(members: list) -> Node:
 
 
 def optimize(graph: Graph, fusion: bool = True) -> Graph:
-    """The standard pipeline: common subexpressions, simplification, dead code, then elementwise fusion."""
+    """The standard pipeline: common subexpressions, simplification, dead code, then elementwise fusion
+    (``fusion=False``: only the loops that scalar kernels need)."""
     graph = dce(simplify(cse(graph)))
-    return fuse(graph) if fusion else graph
+    return fuse(graph, group=fusion)

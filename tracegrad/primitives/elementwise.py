@@ -270,7 +270,8 @@ class tanh:
 
 
 def _sigmoid_kernel(x):
-    return 1 / (1 + np.exp(-x))
+    one = type(x)(1)  # float32 stays float32 in Numba
+    return one / (one + np.exp(-x))
 
 
 @elementwise
@@ -283,7 +284,6 @@ class sigmoid:
     shape = unary_float
     emit = "sigmoid({x})"
     kernel = _sigmoid_kernel
-    kernel_signatures = ("float32(float32)", "float64(float64)")
 
     def ref(x):
         x = np.asarray(x)
@@ -363,8 +363,6 @@ class where:
     shape = _where_shape
     emit = "where({c}, {x}, {y})"
     kernel = _where_kernel
-    kernel_signatures = ("float32(boolean, float32, float32)", "float64(boolean, float64, float64)",
-                         "int64(boolean, int64, int64)", "boolean(boolean, boolean, boolean)")
     cast_inputs = (1, 2)
 
     def ref(c, x, y):
