@@ -287,3 +287,21 @@ def test_stop_gradient_blocks_the_gradient_but_not_the_value(rng):
     graph = tg.make_graph(tg.grad(lambda z: np.sum(log_softmax(z) * w)), z)
     assert "reduce_max" in str(graph) and "eq" not in [n.primitive.name for n in graph.nodes]
     assert tg.grad(lambda x: x * tg.stop_gradient(x))(3.0) == 3.0
+
+
+def test_the_fast_path_never_converts_arguments_numba_would_accept(rng):
+    # Numba's dispatch turns an int or a float32 into a float64 silently; the guard must not let it
+    f = tg.value_and_grad(lambda x, y: x * y + np.sin(x), argnums=(0, 1))
+    assert f(2.0, 3.0) == (pytest.approx(6.0 + np.sin(2.0)), (pytest.approx(3.0 + np.cos(2.0)), 2.0))
+    with pytest.raises(tg.GradTypeError, match="'x'"):
+        f(2, 3.0)
+    value, (gx, gy) = f(np.float32(2.0), np.float32(3.0))
+    assert type(value) is np.float32 and type(gx) is np.float32
+    x = rng.normal(size=3)
+    g = tg.grad(lambda x: np.sum(x ** 3))
+    for x in (x, rng.normal(size=4), x.astype(np.float32), x, rng.normal(size=(2, 2))):  # back and forth
+        out = g(x)
+        assert out.dtype == x.dtype and out.shape == x.shape
+        np.testing.assert_allclose(out, 3 * x ** 2, rtol=1e-6)
+    with pytest.raises(tg.GradTypeError):
+        g(x, x)  # one argument too many reaches the general path and its error

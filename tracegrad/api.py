@@ -87,15 +87,18 @@ class Compiled:
     dispatcher: Any
     traced: Traced
     pack: Callable  # (outputs, argument leaves) -> the result the user sees
-    direct_pack: Callable | None = None  # the same from outputs alone, when no leaf needs converting
+    direct: str | None = None  # the same as an expression of the outputs `o`, when no leaf needs converting
+    signature: tuple = ()  # the flat arguments' signatures (_signature), when the arguments are flat
 
     def __post_init__(self):
         captures = self.traced.captures
         # Constants the trace created are passed as they are; closure and global arrays are read and
         # checked on every call, so they rule the fast path out.
-        self.held = tuple(c.current() for c in captures) if all(c.held for c in captures) else None
-        if self.held is None:
-            self.direct_pack = None
+        held = all(c.held for c in captures)
+        self.guard = None
+        if held and self.direct is not None and self.signature:
+            self.guard = _make_guard(self.signature, self.direct, self.dispatcher,
+                                     [c.current() for c in captures], self.module)
 
     @property
     def source(self) -> str:
@@ -118,6 +121,52 @@ class Compiled:
         return self.pack(outs if isinstance(outs, tuple) else (outs,), leaves)
 
 
+class _Miss:
+    """What a guard returns when the arguments are not the ones it was made for."""
+
+    def __repr__(self):
+        return "<no match>"
+
+
+_MISS = _Miss()
+
+
+def _miss(*args):
+    return _MISS
+
+
+def _make_guard(signature: tuple, result: str, dispatcher, held: list, module: Module) -> Callable:
+    """A small Python function, written for one specialisation, that checks the arguments match its
+    signature exactly (class, dtype, shape) and then calls the compiled function; otherwise it returns
+    ``_MISS``. A check per argument costs far less than building a key for a dictionary look-up, and
+    Numba's own dispatch would convert an int or a float32 to a float64 silently."""
+    params, checks, env = [], [], {"np": np, "kernel": dispatcher, "MISS": _MISS, "ndarray": np.ndarray,
+                                   "NUMBA_ERRORS": backend.NUMBA_ERRORS, "compile_error": backend.compile_error,
+                                   "module": module}
+    for i, sig in enumerate(signature):
+        a = f"a{i}"
+        params.append(a)
+        if isinstance(sig, type):
+            checks.append(f"{a}.__class__ is {sig.__name__}")
+        elif isinstance(sig, tuple) and len(sig) == 2:
+            env[f"dtype{i}"] = sig[0]
+            checks.append(f"{a}.__class__ is ndarray and {a}.dtype is dtype{i} and {a}.shape == {sig[1]!r}")
+        else:
+            return None  # NumPy scalars: the general path converts them
+    env.update((f"h{i}", value) for i, value in enumerate(held))
+    call = ", ".join(params + [f"h{i}" for i in range(len(held))])
+    source = (f"def guard({''.join(p + '=MISS, ' for p in params)}*rest):\n"
+              f"    if {' and '.join(checks + ['not rest'])}:\n"
+              f"        try:\n"
+              f"            o = kernel({call})\n"
+              f"        except NUMBA_ERRORS as exc:\n"
+              f"            raise compile_error(exc, module) from None\n"
+              f"        return {result}\n"
+              f"    return MISS\n")
+    exec(compile(source, f"<tracegrad guard for {module.function}>", "exec"), env)
+    return env["guard"]
+
+
 class _Stale(Exception):
     """A captured array changed shape or dtype since tracing: trace again."""
 
@@ -138,6 +187,7 @@ class Function:
             debug_nans = os.environ.get("TRACEGRAD_DEBUG_NANS", "") not in ("", "0")
         self.debug_nans = debug_nans
         self._cache: dict = {}
+        self._guard = _miss
         functools.update_wrapper(self, fun, updated=())  # not __dict__: fun may be a Function itself
 
     def __repr__(self):
@@ -162,16 +212,19 @@ class Function:
     def __call__(self, *args, **kwargs):
         if kwargs:  # keyword arguments are matched to their positions, then treated like the rest
             args = _positional(self.fun, args, kwargs)
+        else:  # the fast path: the last specialisation's guard checks the arguments and calls Numba
+            out = self._guard(*args)
+            if out is not _MISS:
+                return out
         try:
             entry = self._cache[tuple([a.__class__ if a.__class__ in _SCALARS else _signature(a) for a in args])]
         except (KeyError, TypeError):
             return self._call_general(args)
-        direct = entry.direct_pack
-        if direct is not None:  # the fast path: arguments go to Numba as they are, results need no conversion
-            try:
-                return direct(entry.dispatcher(*args, *entry.held))
-            except backend.NUMBA_ERRORS as exc:
-                raise backend.compile_error(exc, entry.module) from None
+        if entry.guard is not None:
+            self._guard = entry.guard
+            out = entry.guard(*args)
+            if out is not _MISS:
+                return out
         try:
             return entry.run(args)
         except _Stale:
@@ -232,17 +285,20 @@ class Function:
         return wrt
 
     def _build(self, args, leaves) -> Compiled:
+        _check_arity(self.fun, args)
         wrt = self._differentiable_leaves(args) if self.mode != "jit" else []
         traced = trace(self.fun, args, name=getattr(self, "__name__", None))
-        graph, pack, direct_pack = self._transform(traced, args, wrt)
+        graph, pack, direct = self._transform(traced, args, wrt)
         graph = optimize(graph, fusion=not self.debug_nans)  # unfused, every value is checked on its own
         suffix = {"jit": "", "grad": "_grad", "value_and_grad": "_value_and_grad"}[self.mode]
         name = _identifier(traced.graph.name) + suffix + ("_debug_nans" if self.debug_nans else "")
         graph.name = name
         module = generate(graph, name, check_finite=self.debug_nans)
         if any(type(leaf) is np.ndarray and leaf.ndim == 0 for leaf in leaves):
-            direct_pack = None  # 0-d arrays are passed to Numba as scalars
-        return Compiled(graph, module, backend.load(module), traced, pack, direct_pack)
+            direct = None  # 0-d arrays are passed to Numba as scalars
+        flat = flatten(args)[1] == flatten(tuple(range(len(args))))[1]
+        signature = tuple(_signature(leaf) for leaf in leaves) if flat else ()
+        return Compiled(graph, module, backend.load(module), traced, pack, direct, signature)
 
     def _transform(self, traced: Traced, args, wrt):
         """The graph to compile, and how to turn its flat outputs back into this function's results."""
@@ -255,9 +311,7 @@ class Function:
 
             def pack(values, leaves):
                 return unflatten(out_tree, [_as_output(v, var) for v, var in zip(values, outs)])
-            direct = None
-            if out_tree.kind == "leaf" and _returned_as_is(outs[0]):
-                direct = lambda values: values[0]
+            direct = "o[0]" if out_tree.kind == "leaf" and _returned_as_is(outs[0]) else None
             return graph, pack, direct
 
         value_tree, aux_tree = _split_aux(out_tree, self.has_aux, graph.name)
@@ -283,20 +337,20 @@ class Function:
             return result if mode == "grad" else (value, result)
         return vg, pack, self._direct_pack(args, outs)
 
-    def _direct_pack(self, args, outs):
-        """For the common case (argnums pick plain floats or arrays, float64 value, no aux), results are
-        just Numba's outputs regrouped: no conversion, no pytree work."""
+    def _direct_pack(self, args, outs) -> str | None:
+        """For the common case (argnums pick plain floats or arrays, no aux), the result is Numba's outputs
+        ``o`` regrouped, with no pytree work: the expression that regroups them, or None."""
         argnums = self.argnums
         picked = [argnums] if isinstance(argnums, int) else list(argnums)
         if self.has_aux or not all(type(args[i]) is float or (type(args[i]) is np.ndarray and args[i].ndim)
                                    for i in picked):
             return None
+        grads = "o[1]" if isinstance(argnums, int) else "o[1:]"
         if self.mode == "grad":
-            return (lambda o: o[1]) if isinstance(argnums, int) else (lambda o: o[1:])
-        if _returned_as_is(outs[0]):
-            return (lambda o: (o[0], o[1])) if isinstance(argnums, int) else (lambda o: (o[0], o[1:]))
-        scalar = outs[0].aval.dtype.type  # a float32 loss: Numba returns it as a Python float
-        return (lambda o: (scalar(o[0]), o[1])) if isinstance(argnums, int) else (lambda o: (scalar(o[0]), o[1:]))
+            return grads
+        # a float32 loss: Numba returns it as a Python float
+        value = "o[0]" if _returned_as_is(outs[0]) else f"np.{outs[0].aval.dtype.name}(o[0])"
+        return f"({value}, {grads})"
 
     # ------------------------------------------------------------------ inside another trace (grad of grad)
 
@@ -338,6 +392,20 @@ def _split_aux(out_tree: TreeDef, has_aux: bool, name: str):
         raise GradTypeError(f"grad needs {name} to return one scalar, got structure {value_tree}",
                             hint="return a single value, or use has_aux=True to return (value, aux)")
     return value_tree, aux_tree
+
+
+def _check_arity(fun, args) -> None:
+    """A clear error, before tracing, when ``fun`` cannot take ``args``."""
+    import inspect
+
+    try:
+        signature = inspect.signature(fun)
+    except (TypeError, ValueError):  # no signature to read (some builtins): nothing to check
+        return
+    try:
+        signature.bind(*args)
+    except TypeError as e:
+        raise GradTypeError(f"{getattr(fun, '__name__', fun)}: {e}") from None
 
 
 def _positional(fun, args, kwargs) -> tuple:
