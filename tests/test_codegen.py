@@ -103,3 +103,50 @@ def test_comments_never_touch_long_statements():
         if "# " in line and not line.lstrip().startswith("#"):
             code, _ = line.split("# ", 1)
             assert code.endswith("  "), line
+
+
+def _unrolled(n):
+    def f(x, w):
+        for i in range(n):
+            x = np.tanh(x * w) + 0.5 * x
+        return np.sum(x * x)
+    return f
+
+
+@pytest.mark.parametrize("debug_nans", [False, True])
+def test_long_code_is_split_into_parts_that_compute_the_same(rng, monkeypatch, debug_nans):
+    import tracegrad.codegen as codegen
+
+    x, w = rng.normal(size=5), rng.normal(size=5)
+    f = _unrolled(12)
+    whole = tg.value_and_grad(f, argnums=(0, 1), debug_nans=debug_nans)
+    expected = whole(x, w)
+    assert not whole.specialize(x, w).module.parts
+    monkeypatch.setattr(codegen, "PART_LINES", 25)
+    monkeypatch.setattr(codegen, "SPLIT_LINES", 50)
+    split = tg.value_and_grad(f, argnums=(0, 1), debug_nans=debug_nans)
+    entry = split.specialize(x, w)
+    parts = entry.module.parts
+    assert len(parts) >= 3 and parts[0] == f"{entry.module.function}_part1"
+    for part in parts:
+        assert f"def {part}(" in entry.source and f"= {part}(" in entry.source
+    value, grads = split(x, w)
+    assert value == pytest.approx(expected[0], rel=1e-14)
+    for g, e in zip(grads, expected[1]):
+        np.testing.assert_allclose(g, e, rtol=1e-13)
+    reference = evaluate(entry.graph, x, w)
+    np.testing.assert_allclose(grads[1], reference[2], rtol=1e-12)
+    assert tg.value_and_grad(f, argnums=(0, 1), debug_nans=debug_nans).source(x, w) == entry.source
+
+
+def test_each_part_takes_what_it_reads_and_returns_what_is_read_later():
+    from tracegrad.codegen import _split
+
+    body = [("a", [("a = x + 1", None)]), ("b", [("b = a * 2", None)]), ("c", [("c = np.sin(b) + x", None)]),
+            ("d", [("d = c * a", None), ("if not np.isfinite(d): raise NonFiniteError('b is not finite')", None)])]
+    functions = _split(body, ["x"], "return d, b", "f", 3)  # parts of 3 lines
+    assert [(name, args) for name, args, _ in functions] == [("f_part1", ["x"]), ("f_part2", ["a", "c"]),
+                                                             ("f", ["x"])]
+    assert functions[0][2][-1] == ("return a, b, c", None)
+    assert functions[1][2][-1] == ("return d,", None)
+    assert [line for line, _ in functions[2][2]] == ["a, b, c = f_part1(x)", "d, = f_part2(a, c)", "return d, b"]

@@ -9,7 +9,9 @@ from __future__ import annotations
 import functools
 import os
 import keyword
-from dataclasses import dataclass
+import logging
+import time
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -26,6 +28,20 @@ from .pytree import TreeDef, flatten, unflatten
 from .tracer import Traced, arg_names, aval_of, trace
 
 _SCALARS = (float, int, bool)
+_log = logging.getLogger("tracegrad")
+
+
+class _Stopwatch:
+    """Seconds per stage, each lap from the end of the one before."""
+
+    def __init__(self):
+        self.laps: dict = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.laps[stage] = now - self._last
+        self._last = now
 
 
 def _signature(leaf):
@@ -80,6 +96,11 @@ class Compiled:
 
     ``dispatcher`` is a ``numba.njit`` function: call it from your own ``@numba.njit`` code with the
     flattened arguments followed by ``captured()`` (arrays the function reads from its closure or globals).
+
+    ``timings`` holds the seconds each stage of making it took: ``trace``, ``autodiff``, ``passes``,
+    ``codegen``, ``load`` (writing and importing the module) and, after the first call, ``numba``
+    (Numba's compile or cache load, and that call). The same is logged at INFO level on the
+    ``"tracegrad"`` logger: ``logging.basicConfig(level=logging.INFO)`` shows it.
     """
 
     graph: Graph
@@ -89,6 +110,7 @@ class Compiled:
     pack: Callable  # (outputs, argument leaves) -> the result the user sees
     direct: str | None = None  # the same as an expression of the outputs `o`, when no leaf needs converting
     signature: tuple = ()  # the flat arguments' signatures (_signature), when the arguments are flat
+    timings: dict = field(default_factory=dict)  # seconds per stage: trace, autodiff, passes, codegen, load, numba
 
     def __post_init__(self):
         captures = self.traced.captures
@@ -235,7 +257,18 @@ class Function:
         if any(isinstance(leaf, TracedArray) for leaf in leaves):
             return self._call_traced(args, leaves)
         entry = self.specialize(*args, _retrace=retrace)
-        return entry.run(leaves)
+        if "numba" in entry.timings:
+            return entry.run(leaves)
+        clock = _Stopwatch()  # the first call: Numba compiles, or loads from its cache
+        result = entry.run(leaves)
+        clock.lap("numba")
+        entry.timings.update(clock.laps)
+        stats = entry.dispatcher.stats
+        _log.info("compiled %s (%d lines%s): %s; Numba %s", entry.module.function, entry.source.count("\n"),
+                  f", {len(entry.module.parts) + 1} functions" if entry.module.parts else "",
+                  ", ".join(f"{stage} {seconds * 1e3:.1f} ms" for stage, seconds in entry.timings.items()),
+                  "loaded from its cache" if sum(stats.cache_hits.values()) else "compiled")
+        return result
 
     # ------------------------------------------------------------------ specialisation
 
@@ -286,19 +319,26 @@ class Function:
 
     def _build(self, args, leaves) -> Compiled:
         _check_arity(self.fun, args)
+        clock = _Stopwatch()
         wrt = self._differentiable_leaves(args) if self.mode != "jit" else []
         traced = trace(self.fun, args, name=getattr(self, "__name__", None))
+        clock.lap("trace")
         graph, pack, direct = self._transform(traced, args, wrt)
+        clock.lap("autodiff")
         graph = optimize(graph, fusion=not self.debug_nans)  # unfused, every value is checked on its own
+        clock.lap("passes")
         suffix = {"jit": "", "grad": "_grad", "value_and_grad": "_value_and_grad"}[self.mode]
         name = _identifier(traced.graph.name) + suffix + ("_debug_nans" if self.debug_nans else "")
         graph.name = name
         module = generate(graph, name, check_finite=self.debug_nans)
+        clock.lap("codegen")
+        dispatcher = backend.load(module)
+        clock.lap("load")
         if any(type(leaf) is np.ndarray and leaf.ndim == 0 for leaf in leaves):
             direct = None  # 0-d arrays are passed to Numba as scalars
         flat = flatten(args)[1] == flatten(tuple(range(len(args))))[1]
         signature = tuple(_signature(leaf) for leaf in leaves) if flat else ()
-        return Compiled(graph, module, backend.load(module), traced, pack, direct, signature)
+        return Compiled(graph, module, dispatcher, traced, pack, direct, signature, clock.laps)
 
     def _transform(self, traced: Traced, args, wrt):
         """The graph to compile, and how to turn its flat outputs back into this function's results."""

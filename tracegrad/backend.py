@@ -107,9 +107,11 @@ def load(module: Module):
         py_module = importlib.util.module_from_spec(spec)
         sys.modules[name] = py_module  # Numba's cache finds the module by name when it loads
         spec.loader.exec_module(py_module)
-        function = getattr(py_module, module.function)
         # error_model="numpy": 1/0 gives inf and 0/0 nan, as in NumPy, instead of raising
-        dispatcher = numba.njit(cache=True, error_model="numpy")(function)
+        jit = numba.njit(cache=True, error_model="numpy")
+        for part in module.parts:  # globals the function calls: compiled when it is
+            setattr(py_module, part, jit(getattr(py_module, part)))
+        dispatcher = jit(getattr(py_module, module.function))
         _loaded[path] = dispatcher
         return dispatcher
 
