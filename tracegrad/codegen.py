@@ -23,10 +23,10 @@ from .passes import inlinable as _inlinable
 
 ATOM = 16  # precedence of a name, literal or call
 # Numba's compile time grows faster than linearly with a function's length: code longer than
-# SPLIT_LINES is written as parts of about PART_LINES lines, each compiled on its own (9,600 lines of
-# scalar code: 36 s in one function, 18 s in parts). Shorter code is not split: passing many arrays
-# between parts costs more to compile than it saves (800 lines: 4.3 s whole, 9.4 s in two parts).
-SPLIT_LINES = 2000
+# SPLIT_LINES is written as parts of about PART_LINES lines, each compiled on its own (16,000 lines of
+# scalar code: 107 s in one function, 42 s in parts). Shorter code is not split: passing many values
+# between parts costs more to compile than it saves (4,000 lines: 6.8 s whole, 8.9 s in parts).
+SPLIT_LINES = 5000
 PART_LINES = 400
 
 
