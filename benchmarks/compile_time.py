@@ -25,7 +25,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Report, machine, revision  # noqa: E402
+from harness import Report, machine  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -82,7 +82,7 @@ def main():
     parser.add_argument("--quick", action="store_true")
     opts = parser.parse_args()
     report = Report()
-    print(f"machine: {machine()}\ntracegrad {revision()}")
+    print(f"machine: {machine()}")
     stages = ("trace", "autodiff", "passes", "codegen", "load", "numba")
 
     keys = ["neuron", "f3", "rosen_1000", "mlp_32_f32"] if not opts.quick else ["neuron", "mlp_32_f32"]
