@@ -133,3 +133,9 @@ def test_gather_index_out_of_bounds_raises():
 def test_errors_are_one_family():
     for cls in (tg.TracingError, tg.UnsupportedError, tg.ShapeError, tg.GradTypeError, tg.CompileError):
         assert issubclass(cls, tg.TracegradError)
+
+
+def test_dict_keys_that_cannot_be_sorted_get_a_clear_error():
+    params = {"w": np.ones(2), 1: np.ones(2)}
+    with pytest.raises(tg.GradTypeError, match=r"cannot be sorted together \(int, str\)"):
+        tg.grad(lambda p: np.sum(p["w"] * p[1]))(params)

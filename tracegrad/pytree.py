@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .errors import GradTypeError
+
 
 class TreeDef:
     """The structure of a pytree without its leaves; hashable, so it can key a cache."""
@@ -65,10 +67,20 @@ def _flatten(tree, leaves) -> TreeDef:
         kind = "tuple" if type(tree) is tuple else "list"
         return TreeDef(kind, None, tuple(_flatten(child, leaves) for child in tree))
     if type(tree) is dict:
-        keys = tuple(sorted(tree))
+        keys = _sorted_keys(tree)
         return TreeDef("dict", keys, tuple(_flatten(tree[k], leaves) for k in keys))
     leaves.append(tree)
     return LEAF
+
+
+def _sorted_keys(tree: dict) -> tuple:
+    try:
+        return tuple(sorted(tree))
+    except TypeError:
+        kinds = sorted({type(k).__name__ for k in tree})
+        raise GradTypeError(f"a dict in the arguments has keys that cannot be sorted together ({', '.join(kinds)}): "
+                            "tracegrad visits dict entries in sorted key order",
+                            hint="use keys of one kind, e.g. all strings") from None
 
 
 def unflatten(treedef: TreeDef, leaves) -> Any:
@@ -103,7 +115,7 @@ def leaf_paths(tree: Any, prefix: str) -> list[str]:
             for i, child in enumerate(node):
                 walk(child, f"{name}_{i}")
         elif type(node) is dict:
-            for key in sorted(node):
+            for key in _sorted_keys(node):
                 walk(node[key], f"{name}_{key}")
         else:
             names.append(name)
