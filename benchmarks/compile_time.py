@@ -85,7 +85,7 @@ def main():
     print(f"machine: {machine()}")
     stages = ("trace", "autodiff", "passes", "codegen", "load", "numba")
 
-    keys = ["neuron", "f3", "rosen_1000", "mlp_32_f32"] if not opts.quick else ["neuron", "mlp_32_f32"]
+    keys = ["neuron", "sin_exp", "rosen_1000", "mlp_32_f32"] if not opts.quick else ["neuron", "mlp_32_f32"]
     rounds = 1 if opts.quick else 3
     rows = []
     for key in keys:

@@ -18,7 +18,7 @@ import harness  # noqa: E402
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tracegrad.kernels import max_axis, reshape, where  # noqa: E402
+from tracegrad.kernels import max_axis, reshape, sum_axis, where  # noqa: E402
 
 N, H, C = 1024, 128, 10
 f32 = np.float32
@@ -42,7 +42,12 @@ def bias_relu_loop(s1, b1):
 
 @numba.njit
 def relu_grad_generated(s2, grad_h):
-    return where(s2 == np.float32(0.0), grad_h * np.float32(0.5), where(s2 > np.float32(0.0), grad_h, np.float32(0.0)))
+    grad_s2 = np.empty((N, H), np.float32)
+    for i0 in range(N):
+        for i1 in range(H):
+            grad_s2[i0, i1] = where(s2[i0, i1] == np.float32(0.0), grad_h[i0, i1] * np.float32(0.5),
+                                    where(s2[i0, i1] > np.float32(0.0), grad_h[i0, i1], np.float32(0.0)))
+    return grad_s2
 
 
 @numba.njit
@@ -57,7 +62,7 @@ def relu_grad_loop(s2, grad_h):
 
 @numba.njit
 def sum_axis0_generated(a):
-    return np.sum(a, axis=0)
+    return sum_axis(a, 0)
 
 
 @numba.njit
@@ -72,10 +77,10 @@ def sum_axis0_loop(a):
 @numba.njit
 def max_gradient_generated(grad_z, logits, m):
     """The gradient through ``m = np.max(logits, axis=1, keepdims=True)``: zero for a softmax, computed anyway."""
-    grad_m = reshape(np.sum((-grad_z), axis=1), (N, 1))
+    grad_m = reshape(sum_axis((-grad_z), 1), (N, 1))
     grad_s4 = reshape(grad_m, (N,))
     s19 = (logits == m).astype(np.float32)
-    return grad_z + s19 * reshape((grad_s4 / np.sum(s19, axis=1)), (N, 1))
+    return grad_z + s19 * reshape((grad_s4 / sum_axis(s19, 1)), (N, 1))
 
 
 @numba.njit
@@ -106,9 +111,9 @@ def main():
     pairs = [
         ("s2 = s1 + b1; h = np.maximum(s2, 0)  [forward, 1024x128]",
          (bias_relu_generated, (s1, b1)), (bias_relu_loop, (s1.copy(), b1))),
-        ("grad_s2 = where(s2 == 0, grad_h * 0.5, where(s2 > 0, grad_h, 0))",
+        ("grad_s2[i0, i1] = where(s2[i0, i1] == 0, grad_h[i0, i1] * 0.5, where(...))  [loop]",
          (relu_grad_generated, (s2, grad_h)), (relu_grad_loop, (s2, grad_h))),
-        ("grad_b1 = np.sum(grad_s2, axis=0)  [1024x128]",
+        ("grad_b1 = sum_axis(grad_s2, 0)  [1024x128]",
          (sum_axis0_generated, (grad_h,)), (sum_axis0_loop, (grad_h,))),
         ("gradient through the softmax's max (zero), 4 statements",
          (max_gradient_generated, (grad_z, logits, m)), None),

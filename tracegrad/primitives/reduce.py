@@ -91,27 +91,47 @@ def _chooser_vjp(g, out, x, axes):
     return [hit * reshape(g / count, shape=kept)]
 
 
+# Plain loops: Numba's np.max(x[i]) per row and np.maximum(out, x[i]) per column take 6x as long on the
+# short rows of a softmax. `v != v` keeps a NaN, as np.max does.
 def _max_axis_kernel(x, axis):
+    n, m = x.shape
     if axis == 0:
         out = x[0].copy()
-        for i in range(1, x.shape[0]):
-            out = np.maximum(out, x[i])
+        for i in range(1, n):
+            for j in range(m):
+                v = x[i, j]
+                if v > out[j] or v != v:
+                    out[j] = v
         return out
-    out = np.empty(x.shape[0], x.dtype)
-    for i in range(x.shape[0]):
-        out[i] = np.max(x[i])
+    out = np.empty(n, x.dtype)
+    for i in range(n):
+        best = x[i, 0]
+        for j in range(1, m):
+            v = x[i, j]
+            if v > best or v != v:
+                best = v
+        out[i] = best
     return out
 
 
 def _min_axis_kernel(x, axis):
+    n, m = x.shape
     if axis == 0:
         out = x[0].copy()
-        for i in range(1, x.shape[0]):
-            out = np.minimum(out, x[i])
+        for i in range(1, n):
+            for j in range(m):
+                v = x[i, j]
+                if v < out[j] or v != v:
+                    out[j] = v
         return out
-    out = np.empty(x.shape[0], x.dtype)
-    for i in range(x.shape[0]):
-        out[i] = np.min(x[i])
+    out = np.empty(n, x.dtype)
+    for i in range(n):
+        best = x[i, 0]
+        for j in range(1, m):
+            v = x[i, j]
+            if v < best or v != v:
+                best = v
+        out[i] = best
     return out
 
 
