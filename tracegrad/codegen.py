@@ -24,7 +24,7 @@ from .passes import inlinable as _inlinable
 ATOM = 16  # precedence of a name, literal or call
 # Numba's compile time grows faster than linearly with a function's length: code longer than
 # SPLIT_LINES is written as parts of about PART_LINES lines, each compiled on its own (16,000 lines of
-# scalar code: 107 s in one function, 42 s in parts). Shorter code is not split: passing many values
+# scalar code: 97 s in one function, 46 s in parts; benchmarks/compile_time.py). Shorter code is not split: passing many values
 # between parts costs more to compile than it saves (4,000 lines: 6.8 s whole, 8.9 s in parts).
 SPLIT_LINES = 5000
 PART_LINES = 400
@@ -209,7 +209,7 @@ def generate(graph: Graph, function: str | None = None, comments: bool = True, c
             if isinstance(a, Var):
                 consumer_group[a] = node.group
 
-    body: list = []  # statements: (name defined or None, [(code, note), ...])
+    body: list = []  # statements: (the name each defines, [(code, note), ...])
     exprs: dict = {}  # inlined temporaries: var -> (text, precedence)
     defined_by: dict = {}
     last_source, in_backward = None, False
