@@ -13,7 +13,8 @@ import pytest
 import tracegrad as tg
 from tracegrad.core import NUMPY_FUNCTIONS, PRIMITIVES, primitive
 from tracegrad.primitives import shapes
-from tracegrad.testing import DEFAULTS, KinkWarning
+from tracegrad.testing import DEFAULTS
+from tracegrad import KinkWarning  # exported at the top level for warning filters
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(2, 3))

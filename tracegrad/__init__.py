@@ -22,7 +22,7 @@ from .errors import DataError, TrainingError
 from .train import History, fit
 from .draw import Drawing, MissingDependencyError, draw
 from .errors import GradCheckError
-from .testing import check_grad, numeric_grad
+from .testing import KinkWarning, check_grad, numeric_grad
 
 __all__ = [
     "nn", "optim", "fit", "History", "DataError", "TrainingError",
@@ -31,5 +31,5 @@ __all__ = [
     "TracegradError", "TracingError", "UnsupportedError", "ShapeError", "GradTypeError", "CompileError",
     "NonFiniteError",
     "draw", "Drawing", "MissingDependencyError",
-    "check_grad", "numeric_grad", "GradCheckError",
+    "check_grad", "numeric_grad", "GradCheckError", "KinkWarning",
 ]
