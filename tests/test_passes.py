@@ -160,3 +160,38 @@ def test_without_fusion_only_scalar_kernels_get_loops(rng):
     x = rng.normal(size=5)
     graph = optimize(trace(lambda x: np.exp(x) * 2.0 + x, (x,)).graph, fusion=False)
     assert "fused" not in names_of(graph)
+
+
+SLICED = {
+    "shifted 1-d": (lambda x: np.sum(x[1:-1] * x[:-2] + np.sin(x[2:]) ** 2 * x[:-1].mean()), (7,)),
+    "2-d rows and columns": (lambda x: np.sum(np.tanh(x[1:, :2]) * x[:-1, 1:]), (4, 3)),
+    "integer index and newaxis": (lambda x: np.sum(x[:, 0][:, None] * x[:, 1:] + x[2, 1:] ** 2), (3, 4)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SLICED))
+def test_slice_gradients_are_read_in_loops_not_padded(rng, name):
+    # the gradient of x[1:] is place(g, index=(1:,)): zeros of x's shape with g written from 1 on; fused,
+    # the loop reads g[i0 - 1] where i0 >= 1 instead of building the padded array
+    f, shape = SLICED[name]
+    x = rng.normal(size=shape)
+    fun = tg.value_and_grad(f)
+    raw, captured = raw_value_and_grad_graph(f, x)
+    expected = evaluate(raw, x, *captured)
+    value, g = fun(x)
+    assert value == pytest.approx(expected[0], rel=1e-13)
+    np.testing.assert_allclose(g, expected[1], rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(g, numeric_grad_of(f, x), rtol=1e-6, atol=1e-8)
+    graph = tg.make_graph(fun, x)
+    fused_places = [m for n in graph.nodes if n.primitive.name == "fused"
+                    for m in n.params["body"].nodes if m.primitive.name == "place"]
+    assert fused_places, "no slice gradient was fused"
+    assert " if i" in tg.source(fun, x)
+
+
+def test_fused_slice_gradients_keep_float32(rng):
+    x = rng.normal(size=9).astype(np.float32)
+    g = tg.grad(lambda x: np.sum(x[1:] * x[:-1]))(x)
+    assert g.dtype == np.float32
+    np.testing.assert_allclose(g, np.r_[x[1:], 0] + np.r_[0, x[:-1]], rtol=1e-6)
+    assert "else np.float32(0.0))" in tg.source(tg.grad(lambda x: np.sum(x[1:] * x[:-1])), x)

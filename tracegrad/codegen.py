@@ -172,6 +172,8 @@ def _fused_lines(node, names: dict) -> list:
     for member in body.nodes:
         if member.primitive.name == "broadcast_to":  # reading the input with broadcast indexing is enough
             spelled = read(member.inputs[0])
+        elif member.primitive.name == "place":  # the slice's value where it covers the index, else zero
+            spelled = _placed_read(member, index, names, read if member.inputs[0] in inside else None)
         else:
             spelled = spell(member, [read(a) for a in member.inputs], scalar=True)
         out = member.out
@@ -181,6 +183,38 @@ def _fused_lines(node, names: dict) -> list:
         target = f"{root}[{', '.join(index)}]" if out is node.out else names[out]
         lines.append(f"{indent}{target} = {spelled[0]}")
     return [line.replace("{", "{{").replace("}", "}}") for line in lines]
+
+
+def _placed_read(node, index: list, names: dict, read_inside=None):
+    """``place(x, shape, index)`` read at the loop index: ``(x[i0 - 1] if i0 >= 1 else 0.0)``.
+
+    ``read_inside`` reads ``x`` when the loop computes it too; it then has the loop's shape, so the index
+    covers it whole and x is read as it is."""
+    x, shape = node.inputs[0], node.out.aval.shape
+    conditions, at, d = [], [], 0
+    for entry in node.params["index"]:
+        if entry is None:  # an axis of size 1 that x has and the result does not
+            at.append("0")
+            continue
+        i, n = index[d], shape[d]
+        d += 1
+        if isinstance(entry, slice):
+            start, stop, _ = entry.indices(n)
+            conditions += [f"{i} >= {start}"] * (start > 0) + [f"{i} < {stop}"] * (stop < n)
+            at.append(f"{i} - {start}" if start else i)
+        else:
+            conditions.append(f"{i} == {entry % n}")
+    at += index[d:]
+    if read_inside is not None:
+        return read_inside(x)
+    if isinstance(x, Literal):
+        value = _literal(x)[0]
+    else:
+        value = f"{names[x]}[{', '.join(at)}]" if at else names[x]
+    if not conditions:
+        return value, ATOM
+    zero = literal_source(0.0, node.out.aval.dtype)
+    return f"({value} if {' and '.join(conditions)} else {zero})", ATOM
 
 
 def generate(graph: Graph, function: str | None = None, comments: bool = True, check_finite: bool = False) -> Module:

@@ -160,8 +160,24 @@ def _scalar_kernel(node: Node) -> bool:
 
 
 def _fusible(node: Node) -> bool:
-    # broadcast_to joins a loop as a read with broadcast indexing: inside the loop it costs nothing
-    return (node.primitive.elementwise or node.primitive.name == "broadcast_to") and node.out.aval.ndim > 0
+    # broadcast_to joins a loop as a read with broadcast indexing, and place (a slice's gradient, padded
+    # with zeros) as a read with an offset where the slice covers the index: inside the loop both cost nothing
+    return (node.primitive.elementwise or node.primitive.name == "broadcast_to" or _loop_place(node)) \
+        and node.out.aval.ndim > 0
+
+
+def _loop_place(node: Node) -> bool:
+    """A ``place`` of a basic index with unit steps: a loop can read it as ``x[i0 - 1] if i0 >= 1 else 0``."""
+    if node.primitive.name != "place":
+        return False
+    shape, dims = node.out.aval.shape, iter(range(node.out.aval.ndim))
+    for entry in node.params["index"]:
+        if entry is None:
+            continue
+        n = shape[next(dims)]
+        if isinstance(entry, slice) and (entry.step not in (None, 1) or not len(range(*entry.indices(n)))):
+            return False
+    return True
 
 
 def fuse(graph: Graph, group: bool = True) -> Graph:
@@ -181,7 +197,7 @@ def fuse(graph: Graph, group: bool = True) -> Graph:
     assigned: dict = {}  # member node -> root node of its group
     groups: dict = {}  # root -> [members in graph order]
     for root in reversed(graph.nodes):
-        if root in assigned or not _fusible(root) or root.primitive.name == "broadcast_to":
+        if root in assigned or not _fusible(root) or root.primitive.name in ("broadcast_to", "place"):
             continue
         members = {root}
         if not group and not _scalar_kernel(root):
