@@ -17,9 +17,9 @@ import numpy as np
 from dataclasses import dataclass
 
 from . import __version__
-from .core import Infix, Prefix
+from .core import Infix, Prefix, broadcast_subscripts
 from .ir import Aval, Graph, Literal, Var, assign_names, literal_source
-from .passes import inlinable as _inlinable
+from .passes import inlinable as _inlinable, loop_read
 
 ATOM = 16  # precedence of a name, literal or call
 # Numba's compile time grows faster than linearly with a function's length: code longer than
@@ -160,9 +160,7 @@ def _fused_lines(node, names: dict) -> list:
         ashape = atom.aval.shape
         if not ashape:
             return names[atom], ATOM
-        lead = len(shape) - len(ashape)  # broadcasting: size-1 axes read element 0, missing axes are dropped
-        at = ["0" if d == 1 and shape[lead + k] != 1 else index[lead + k] for k, d in enumerate(ashape)]
-        return f"{names[atom]}[{', '.join(at)}]", ATOM
+        return f"{names[atom]}[{', '.join(broadcast_subscripts(index, shape, ashape))}]", ATOM
 
     root = names[node.out]
     lines = [f"{root} = {_empty(shape, node.out.aval.dtype)}"]
@@ -170,10 +168,16 @@ def _fused_lines(node, names: dict) -> list:
         lines.append("    " * d + f"for {index[d]} in range({n}):")
     indent = "    " * len(shape)
     for member in body.nodes:
-        if member.primitive.name == "broadcast_to":  # reading the input with broadcast indexing is enough
-            spelled = read(member.inputs[0])
-        elif member.primitive.name == "place":  # the slice's value where it covers the index, else zero
-            spelled = _placed_read(member, index, names, read if member.inputs[0] in inside else None)
+        structural = loop_read(member)
+        if structural is not None:  # its input, read at the subscripts the primitive gives
+            at, conditions = structural
+            x = member.inputs[0]
+            # a literal, a scalar or a value this loop computes (the op then covers it whole) reads as it is
+            spelled = (f"{names[x]}[{', '.join(at)}]", ATOM) if isinstance(x, Var) and x not in inside and at \
+                else read(x)
+            if conditions:  # where it has no value, zero
+                zero = literal_source(0.0, member.out.aval.dtype)
+                spelled = f"({spelled[0]} if {' and '.join(conditions)} else {zero})", ATOM
         else:
             spelled = spell(member, [read(a) for a in member.inputs], scalar=True)
         out = member.out
@@ -183,38 +187,6 @@ def _fused_lines(node, names: dict) -> list:
         target = f"{root}[{', '.join(index)}]" if out is node.out else names[out]
         lines.append(f"{indent}{target} = {spelled[0]}")
     return [line.replace("{", "{{").replace("}", "}}") for line in lines]
-
-
-def _placed_read(node, index: list, names: dict, read_inside=None):
-    """``place(x, shape, index)`` read at the loop index: ``(x[i0 - 1] if i0 >= 1 else 0.0)``.
-
-    ``read_inside`` reads ``x`` when the loop computes it too; it then has the loop's shape, so the index
-    covers it whole and x is read as it is."""
-    x, shape = node.inputs[0], node.out.aval.shape
-    conditions, at, d = [], [], 0
-    for entry in node.params["index"]:
-        if entry is None:  # an axis of size 1 that x has and the result does not
-            at.append("0")
-            continue
-        i, n = index[d], shape[d]
-        d += 1
-        if isinstance(entry, slice):
-            start, stop, _ = entry.indices(n)
-            conditions += [f"{i} >= {start}"] * (start > 0) + [f"{i} < {stop}"] * (stop < n)
-            at.append(f"{i} - {start}" if start else i)
-        else:
-            conditions.append(f"{i} == {entry % n}")
-    at += index[d:]
-    if read_inside is not None:
-        return read_inside(x)
-    if isinstance(x, Literal):
-        value = _literal(x)[0]
-    else:
-        value = f"{names[x]}[{', '.join(at)}]" if at else names[x]
-    if not conditions:
-        return value, ATOM
-    zero = literal_source(0.0, node.out.aval.dtype)
-    return f"({value} if {' and '.join(conditions)} else {zero})", ATOM
 
 
 def generate(graph: Graph, function: str | None = None, comments: bool = True, check_finite: bool = False) -> Module:
@@ -288,8 +260,7 @@ def generate(graph: Graph, function: str | None = None, comments: bool = True, c
             name = f"np.copy({name})"  # never hand back the caller's own array, a view of it, or one array twice
         returns.append(name)
     params = [names[v] for v in graph.inputs]
-    functions = _split(body, params, "return " + ", ".join(returns) + ("," if len(returns) == 1 else ""),
-                       function, PART_LINES, SPLIT_LINES)
+    functions = _split(body, params, f"return {_tuple(returns)}", function, PART_LINES, SPLIT_LINES)
     width = min(max((len(code) for _, _, lines in functions for code, note in lines if note), default=0), 56) + 2
     text = "\n\n".join(
         f"def {name}({', '.join(args)}):\n" + "".join(
@@ -312,6 +283,11 @@ _NAME = re.compile(r"(?<![\w.'\"])[A-Za-z_]\w*")
 _STRING = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
 
 
+def _tuple(items: list) -> str:
+    """``a, b`` / ``a,`` / (nothing): a tuple to return or unpack."""
+    return ", ".join(items) + ("," if len(items) == 1 else "")
+
+
 def _names_read(lines, values: set) -> set:
     return {name for code, _ in lines for name in _NAME.findall(_STRING.sub("", code)) if name in values}
 
@@ -322,29 +298,28 @@ def _split(body: list, params: list, ret: str, function: str, size: int, above: 
     defined before it and returning those read after it, and ``function`` calling them in order."""
     if sum(len(lines) for _, lines in body) <= max(size, above):
         return [(function, params, [line for _, lines in body for line in lines] + [(ret, None)])]
-    chunks = [[]]
+    chunks, length = [[]], 0
     for statement in body:
-        if chunks[-1] and sum(len(lines) for _, lines in chunks[-1]) + len(statement[1]) > size:
+        if chunks[-1] and length + len(statement[1]) > size:
             chunks.append([])
+            length = 0
         chunks[-1].append(statement)
+        length += len(statement[1])
     order = {name: i for i, name in enumerate(params + [name for name, _ in body])}  # definition order
     values = set(order)  # not the scalars local to a loop
-    reads = [_names_read([line for _, lines in chunk for line in lines], values) for chunk in chunks]
-    read_later = _names_read([(ret, None)], values)
-    outs = [None] * len(chunks)
+    lines = [[line for _, statement in chunk for line in statement] for chunk in chunks]
+    defined = [{name for name, _ in chunk} for chunk in chunks]
+    needed = [_names_read(chunk_lines, values) - names for chunk_lines, names in zip(lines, defined)]
+    outs, read_later = [None] * len(chunks), _names_read([(ret, None)], values)
     for k in reversed(range(len(chunks))):
-        defined = {name for name, _ in chunks[k]}
-        outs[k] = sorted(defined & read_later, key=order.get)
-        read_later |= reads[k] - defined
+        outs[k] = sorted(defined[k] & read_later, key=order.get)
+        read_later |= needed[k]
     functions, calls = [], []
-    for k, chunk in enumerate(chunks):
+    for k in range(len(chunks)):
         name = f"{function}_part{k + 1}"
         while name in order:
             name += "_"
-        defined = {n for n, _ in chunk}
-        args = sorted(reads[k] - defined, key=order.get)
-        results = ", ".join(outs[k]) + ("," if len(outs[k]) == 1 else "")
-        lines = [line for _, lines in chunk for line in lines]
-        functions.append((name, args, lines + [(f"return {results}".rstrip(), None)]))
+        args, results = sorted(needed[k], key=order.get), _tuple(outs[k])
+        functions.append((name, args, lines[k] + [(f"return {results}".rstrip(), None)]))
         calls.append((f"{results} = " * bool(results) + f"{name}({', '.join(args)})", None))
     return functions + [(function, params, calls + [(ret, None)])]

@@ -54,6 +54,9 @@ class Primitive:
     kernel: Any = None  # a Python function in Numba's subset, or {name: function}, exposed by tracegrad.kernels;
     # an elementwise primitive's kernel takes scalars (codegen calls it inside a loop over arrays)
     simplify: Callable | None = None  # (*atoms, **params) -> an atom equal to the result, or None
+    # A structural op a fused loop can read element by element: (loop indices, out shape, input shape, /,
+    # **params) -> (the input's subscripts, conditions under which it is read, else 0), or None if it cannot
+    loop_index: Callable | None = None
     cast_inputs: Any = ()  # input positions (or True: all) converted to the output dtype before binding
     view: bool = False  # the result may share memory with an input
     nondiff: bool = False  # no gradient flows through (comparisons, sign)
@@ -66,6 +69,13 @@ class Primitive:
 
     def __call__(self, *args, **params):
         return bind(self, *args, **params)
+
+
+def broadcast_subscripts(loop: list, out_shape: tuple, in_shape: tuple) -> list:
+    """Subscripts reading an array of ``in_shape``, broadcast to ``out_shape``, at the loop indices
+    ``loop``: size-1 axes read element 0, missing leading axes are dropped."""
+    lead = len(out_shape) - len(in_shape)
+    return ["0" if d == 1 and out_shape[lead + k] != 1 else loop[lead + k] for k, d in enumerate(in_shape)]
 
 
 PRIMITIVES: dict[str, Primitive] = {}

@@ -159,25 +159,19 @@ def _scalar_kernel(node: Node) -> bool:
     return node.primitive.elementwise and node.primitive.kernel is not None
 
 
+def loop_read(node: Node):
+    """How a fused loop reads a structural node (``broadcast_to``, a slice's gradient ``place``) element by
+    element, from its primitive's ``loop_index``: (subscripts of its input, conditions), or None."""
+    prim = node.primitive
+    if prim.loop_index is None:
+        return None
+    loop = [f"i{d}" for d in range(node.out.aval.ndim)]
+    return prim.loop_index(loop, node.out.aval.shape, node.inputs[0].aval.shape, **node.params)
+
+
 def _fusible(node: Node) -> bool:
-    # broadcast_to joins a loop as a read with broadcast indexing, and place (a slice's gradient, padded
-    # with zeros) as a read with an offset where the slice covers the index: inside the loop both cost nothing
-    return (node.primitive.elementwise or node.primitive.name == "broadcast_to" or _loop_place(node)) \
-        and node.out.aval.ndim > 0
-
-
-def _loop_place(node: Node) -> bool:
-    """A ``place`` of a basic index with unit steps: a loop can read it as ``x[i0 - 1] if i0 >= 1 else 0``."""
-    if node.primitive.name != "place":
-        return False
-    shape, dims = node.out.aval.shape, iter(range(node.out.aval.ndim))
-    for entry in node.params["index"]:
-        if entry is None:
-            continue
-        n = shape[next(dims)]
-        if isinstance(entry, slice) and (entry.step not in (None, 1) or not len(range(*entry.indices(n)))):
-            return False
-    return True
+    # structural nodes join a loop as reads of their input: inside the loop they cost nothing
+    return (node.primitive.elementwise or loop_read(node) is not None) and node.out.aval.ndim > 0
 
 
 def fuse(graph: Graph, group: bool = True) -> Graph:
@@ -197,11 +191,11 @@ def fuse(graph: Graph, group: bool = True) -> Graph:
     assigned: dict = {}  # member node -> root node of its group
     groups: dict = {}  # root -> [members in graph order]
     for root in reversed(graph.nodes):
-        if root in assigned or not _fusible(root) or root.primitive.name in ("broadcast_to", "place"):
+        if root in assigned or not root.primitive.elementwise or not _fusible(root):
             continue
-        members = {root}
         if not group and not _scalar_kernel(root):
             continue
+        members = {root}
         changed = group
         while changed:
             changed = False

@@ -1,7 +1,7 @@
 """Primitives that move data without arithmetic: reshape, transpose, broadcast, indexing, concatenation."""
 import numpy as np
 
-from ..core import NUMPY_FUNCTIONS, PRIMITIVES, TracedArray, numpy_function, primitive
+from ..core import NUMPY_FUNCTIONS, PRIMITIVES, TracedArray, broadcast_subscripts, numpy_function, primitive
 from ..errors import ShapeError, UnsupportedError, user_source
 from ..ir import Aval, literal_source
 
@@ -88,6 +88,8 @@ class broadcast_to:
     shape = _broadcast_shape
     emit = "np.broadcast_to({x}, {shape})"
     view = True
+    loop_index = staticmethod(lambda loop, out_shape, in_shape, /, shape: (
+        broadcast_subscripts(loop, out_shape, in_shape), []))
 
     def ref(x, shape):
         return np.broadcast_to(x, shape)
@@ -141,12 +143,32 @@ class getitem:
         return [place(g, shape=tuple(x.shape), index=index)]
 
 
+def _place_loop_index(loop, out_shape, in_shape, /, shape, index):
+    """Read inside a loop as ``(x[i0 - 1] if i0 >= 1 else 0.0)``: unit-step slices, ints and None only."""
+    at, conditions, dims = [], [], iter(zip(loop, out_shape))
+    for entry in index:
+        if entry is None:  # an axis of size 1 that x has and the result does not
+            at.append("0")
+            continue
+        i, n = next(dims)
+        if isinstance(entry, slice):
+            start, stop, step = entry.indices(n)
+            if step != 1 or start >= stop:
+                return None
+            conditions += [f"{i} >= {start}"] * (start > 0) + [f"{i} < {stop}"] * (stop < n)
+            at.append(f"{i} - {start}" if start else i)
+        else:
+            conditions.append(f"{i} == {entry % n}")
+    return at + [i for i, _ in dims], conditions
+
+
 @primitive
 class place:
     """zeros of ``shape`` with ``x`` written at ``index``: the transpose of getitem"""
     shape = staticmethod(lambda x, shape, index: Aval(shape, x.dtype))
     emit = staticmethod(lambda args, out, shape, index: [
         f"{{out}} = {_zeros(shape, out.dtype)}", f"{{out}}[{_format_index(index)}] = {args[0]}"])
+    loop_index = _place_loop_index
 
     def ref(x, shape, index):
         out = np.zeros(shape, np.asarray(x).dtype)
