@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from . import __version__
 from .core import Infix, Prefix, broadcast_subscripts
 from .ir import Aval, Graph, Literal, Var, assign_names, literal_source
-from .passes import inlinable as _inlinable, loop_read
+from .passes import accumulate_write, accumulation_leaves, accumulation_tree, inlinable as _inlinable, loop_read
 
 ATOM = 16  # precedence of a name, literal or call
 # Numba's compile time grows faster than linearly with a function's length: code longer than
@@ -132,6 +132,11 @@ def _kernel_names(nodes) -> tuple:
     return tuple(sorted(names))
 
 
+def _zeros(shape, dtype) -> str:
+    dtype = np.dtype(dtype)
+    return f"np.zeros({shape!r})" if dtype == np.float64 else f"np.zeros({shape!r}, np.{dtype.name})"
+
+
 def _empty(shape, dtype) -> str:
     dtype = np.dtype(dtype)
     return f"np.empty({shape!r})" if dtype == np.float64 else f"np.empty({shape!r}, np.{dtype.name})"
@@ -162,12 +167,27 @@ def _fused_lines(node, names: dict) -> list:
             return names[atom], ATOM
         return f"{names[atom]}[{', '.join(broadcast_subscripts(index, shape, ashape))}]", ATOM
 
-    root = names[node.out]
-    lines = [f"{root} = {_empty(shape, node.out.aval.dtype)}"]
+    root, out_aval = names[node.out], node.out.aval
+    leaves, joins = [], set()
+    if node.params["accumulate"]:  # the output is summed in the loop: it starts at zero
+        defs = {member.out: member for member in body.nodes}
+        leaves = accumulation_leaves(defs[node.out], defs, uses)
+        joins = accumulation_tree(defs[node.out], leaves, defs) - set(leaves)  # the adds, done by +=
+        zero = literal_source(0, out_aval.dtype)
+        lines = [f"{root} = {zero}" if not out_aval.shape else f"{root} = {_zeros(out_aval.shape, out_aval.dtype)}"]
+    else:
+        lines = [f"{root} = {_empty(shape, out_aval.dtype)}"]
     for d, n in enumerate(shape):
         lines.append("    " * d + f"for {index[d]} in range({n}):")
     indent = "    " * len(shape)
     for member in body.nodes:
+        if member in leaves:  # added into the output where the primitive says
+            at = accumulate_write(member)
+            target = f"{root}[{', '.join(at)}]" if at else root
+            lines.append(f"{indent}{target} += {read(member.inputs[0])[0]}")
+            continue
+        if member in joins:
+            continue
         structural = loop_read(member)
         if structural is not None:  # its input, read at the subscripts the primitive gives
             at, conditions = structural

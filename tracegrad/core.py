@@ -57,12 +57,24 @@ class Primitive:
     # A structural op a fused loop can read element by element: (loop indices, out shape, input shape, /,
     # **params) -> (the input's subscripts, conditions under which it is read, else 0), or None if it cannot
     loop_index: Callable | None = None
+    # An op a fused loop over its input can compute by accumulation (``reduce_sum``, a slice's gradient
+    # ``place``): (loop indices over the input, input shape, out shape, /, **params) -> the output's
+    # subscripts each input element is added to, or None if it cannot
+    accumulate_index: Callable | None = None
+    # Cheap enough to compute again in every fused loop that reads it rather than store as an array
+    # (None: the operators, ``+ - * / ** -x`` and comparisons, and aliases)
+    cheap: bool | None = None
     cast_inputs: Any = ()  # input positions (or True: all) converted to the output dtype before binding
     view: bool = False  # the result may share memory with an input
     nondiff: bool = False  # no gradient flows through (comparisons, sign)
     elementwise: bool = False  # applied element by element; inputs broadcast implicitly to the output
     domain: Any = None  # test data: how to draw valid inputs (see tests/)
     doc: str = ""
+
+    def __post_init__(self):
+        if self.cheap is None:
+            object.__setattr__(self, "cheap", self.elementwise and (
+                isinstance(self.emit, (Infix, Prefix)) or self.emit == "{x}"))
 
     def __repr__(self):
         return f"<primitive {self.name}>"

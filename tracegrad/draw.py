@@ -222,15 +222,17 @@ def _grad_function(fun, args) -> Function:
     return value_and_grad(base, argnums=argnums)
 
 
-def _expand(nodes) -> list:
-    """The nodes with every nested body (a fused loop) replaced by the nodes it holds."""
-    out = []
+def _expand(nodes, seen=None) -> list:
+    """The nodes with every nested body (a fused loop) replaced by the nodes it holds, each once (a value
+    several loops compute again is drawn where it is first computed)."""
+    out, seen = [], set() if seen is None else seen
     for node in nodes:
         bodies = [v for v in node.params.values() if isinstance(v, Graph)]
         if bodies:
             for body in bodies:
-                out.extend(_expand(body.nodes))
-        else:
+                out.extend(_expand(body.nodes, seen))
+        elif node not in seen:
+            seen.add(node)
             out.append(node)
     return out
 

@@ -176,6 +176,8 @@ def assign_names(graph: Graph, reserved=frozenset()) -> dict:
         return f"{base}_{k}"
 
     for var in order:
+        if var in names:  # a value several fused loops compute again
+            continue
         if var.hint and is_valid_name(var.hint):
             name = unique(var.hint)
         elif var.grad_of is not None and var.grad_of in names:

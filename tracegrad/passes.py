@@ -114,12 +114,12 @@ def _skip_broadcasts(node: Node, defs: dict) -> Node:
 # ---------------------------------------------------------------- elementwise fusion
 
 
-def _fused_vjp(g, out, *inputs, body, shape):
+def _fused_vjp(g, out, *inputs, body, shape, accumulate):
     raise IRError("fused nodes are made after differentiation and cannot be differentiated")
 
 
-def _fused_ref(*inputs, body, shape):
-    return np.broadcast_to(evaluate(body, *inputs)[0], shape).copy()
+def _fused_ref(*inputs, body, shape, accumulate):
+    return np.broadcast_to(evaluate(body, *inputs)[0], body.outputs[0].aval.shape).copy()
 
 
 # Not in the registry: fusion makes these nodes, users never write them.
@@ -128,12 +128,18 @@ fused = Primitive(
     doc="""A group of elementwise nodes computed in one loop nest over ``shape``: no temporary arrays.
 
     ``body`` is a graph over the same values (its inputs are this node's inputs, its one output this
-    node's output); codegen writes it as ``for i0 in range(n): ...`` with the body's statements inside.""",
-    shape=lambda *avals, body, shape: body.outputs[0].aval,
+    node's output); codegen writes it as ``for i0 in range(n): ...`` with the body's statements inside.
+    With ``accumulate`` the output is a sum of reductions or slice gradients of values of ``shape``
+    (``accumulation_leaves``), added up inside the loop: ``out += s8``, ``grad_x[i0 + 1] += grad_s3``.""",
+    shape=lambda *avals, body, shape, accumulate: body.outputs[0].aval,
     ref=_fused_ref,
     emit=None,  # written by codegen as a loop nest
     vjp=_fused_vjp,
 )
+
+# A value fusion computes again in each loop that reads it, instead of storing it, is built from at most
+# this many cheap nodes (x[1:] - x[:-1] ** 2 is two).
+RECOMPUTE_NODES = 8
 
 
 def inlinable(node: Node, uses: dict, consumer_group: dict) -> bool:
@@ -169,14 +175,66 @@ def loop_read(node: Node):
     return prim.loop_index(loop, node.out.aval.shape, node.inputs[0].aval.shape, **node.params)
 
 
+def accumulate_write(node: Node):
+    """How a loop over a node's input computes it by adding each element into the output (``reduce_sum``,
+    a slice's gradient ``place``), from its primitive's ``accumulate_index``: the output's subscripts at
+    the loop indices, or None."""
+    prim, x = node.primitive, node.inputs[0] if node.inputs else None
+    if prim.accumulate_index is None or not isinstance(x, Var) or not x.aval.ndim or node.out.aval.dtype.kind != "f":
+        return None
+    loop = [f"i{d}" for d in range(x.aval.ndim)]
+    return prim.accumulate_index(loop, x.aval.shape, node.out.aval.shape, **node.params)
+
+
+def accumulation_leaves(node: Node, defs: dict, uses: dict, outputs=frozenset()):
+    """The accumulating nodes (``accumulate_write``) whose sum ``node`` is, all over inputs of one shape,
+    joined by ``add`` nodes used only there (``uses``: how many nodes use each value); or None. ``np.sum(s8)`` is one leaf; the gradient of x in
+    ``x[1:] * x[:-1]`` is two (the two slices' ``place``)."""
+    if accumulate_write(node) is not None:
+        return [node]
+    if node.primitive.name != "add":
+        return None
+    leaves = []
+    for a in node.inputs:
+        producer = defs.get(a) if isinstance(a, Var) else None
+        if producer is None or a.aval != node.out.aval or a in outputs or uses.get(a) != 1:
+            return None
+        below = accumulation_leaves(producer, defs, uses, outputs)
+        if below is None:
+            return None
+        leaves += below
+    return leaves if len({leaf.inputs[0].aval.shape for leaf in leaves}) == 1 else None
+
+
 def _fusible(node: Node) -> bool:
     # structural nodes join a loop as reads of their input: inside the loop they cost nothing
     return (node.primitive.elementwise or loop_read(node) is not None) and node.out.aval.ndim > 0
 
 
+def _recomputable(graph: Graph, uses: dict, outputs: set) -> set:
+    """Cheap elementwise values that every fused loop reading them computes again instead of reading an
+    array: each user is elementwise over the same shape or accumulates it, and the value is built from
+    at most ``RECOMPUTE_NODES`` such nodes."""
+    size: dict = {}
+    for node in graph.nodes:
+        shape = node.out.aval.shape
+        if not (node.primitive.cheap and shape and node.out not in outputs):
+            continue
+        if not all((user.primitive.elementwise and user.out.aval.shape == shape) or accumulate_write(user) is not None
+                   for user in uses.get(node.out, ())):
+            continue
+        total = 1 + sum(size.get(a, 0) for a in set(node.inputs))
+        if total <= RECOMPUTE_NODES:
+            size[node.out] = total
+    return {node for node in graph.nodes if node.out in size}
+
+
 def fuse(graph: Graph, group: bool = True) -> Graph:
-    """Elementwise fusion: each maximal group of elementwise nodes of one shape, whose intermediate
-    values are used only inside the group, becomes one ``fused`` node (one loop, no temporaries).
+    """Elementwise fusion: each maximal group of elementwise nodes of one shape becomes one ``fused``
+    node (one loop nest, no temporaries). A group ends in an elementwise node, or in reductions and slice
+    gradients of its values, summed inside the loop (``accumulation_leaves``). Its other values are used
+    only inside the group, or are cheap enough to compute again in every loop that needs them
+    (``x[:-1] ** 2``: recomputed rather than stored for the backward pass).
 
     A group that spells as one statement stays as it is (Numba fuses an array expression itself), unless
     it uses a scalar kernel. ``group=False`` only puts each array use of a scalar kernel in a loop of its
@@ -188,14 +246,24 @@ def fuse(graph: Graph, group: bool = True) -> Graph:
                 uses.setdefault(a, []).append(node)
     outputs = {v for v in graph.outputs if isinstance(v, Var)}
     defs = {node.out: node for node in graph.nodes}
-    assigned: dict = {}  # member node -> root node of its group
-    groups: dict = {}  # root -> [members in graph order]
+    counts = {v: len(users) for v, users in uses.items()}
+    again = _recomputable(graph, uses, outputs) if group else set()
+    assigned: dict = {}  # member node -> root node of its group (recomputed nodes are never assigned)
+    copied: set = set()  # nodes some loop computes again: their inputs must stay available
+    groups: dict = {}  # root -> ([members in graph order], domain, accumulate)
     for root in reversed(graph.nodes):
-        if root in assigned or not root.primitive.elementwise or not _fusible(root):
+        if root in assigned:
             continue
-        if not group and not _scalar_kernel(root):
+        # (a value other loops compute again keeps its inputs: they read them)
+        leaves = accumulation_leaves(root, defs, counts, outputs) if group and root not in copied else None
+        if leaves is not None:
+            members = accumulation_tree(root, leaves, defs)
+            domain = leaves[0].inputs[0].aval.shape
+        elif root.primitive.elementwise and _fusible(root) and (group or _scalar_kernel(root)):
+            members, domain = {root}, root.out.aval.shape
+        else:
             continue
-        members = {root}
+        copies = set()  # recomputed here; other loops may compute them too, so never assigned
         changed = group
         while changed:
             changed = False
@@ -203,16 +271,24 @@ def fuse(graph: Graph, group: bool = True) -> Graph:
                 for a in member.inputs:
                     producer = defs.get(a) if isinstance(a, Var) else None
                     if (producer is None or producer in members or producer in assigned or not _fusible(producer)
-                            or producer.out.aval.shape != root.out.aval.shape or producer.out in outputs
-                            or not all(user in members for user in uses[producer.out])):
+                            or producer.out.aval.shape != domain or producer.out in outputs):
+                        continue
+                    # used only here, by values no other loop computes again: it belongs to this loop
+                    if producer not in copied and all(user in members and user not in copied
+                                                      for user in uses[producer.out]):
+                        pass
+                    elif producer in again:  # cheap: computed again here, and wherever else it is read
+                        copies.add(producer)
+                        copied.add(producer)
+                    else:
                         continue
                     members.add(producer)
                     changed = True
         ordered = [n for n in graph.nodes if n in members]
         if _statements(ordered) > 1 or any(_scalar_kernel(n) for n in ordered):
-            for member in members:
+            for member in members - copies:
                 assigned[member] = root
-            groups[root] = ordered
+            groups[root] = (ordered, domain, leaves is not None)
     if not groups:
         return graph
     nodes = []
@@ -221,11 +297,22 @@ def fuse(graph: Graph, group: bool = True) -> Graph:
         if root is None:
             nodes.append(node)
         elif node is root:
-            nodes.append(_fused_node(groups[root]))
-    return Graph(graph.name, graph.inputs, nodes, graph.outputs, graph.n_args, dict(graph.meta))
+            nodes.append(_fused_node(*groups[root]))
+    return dce(Graph(graph.name, graph.inputs, nodes, graph.outputs, graph.n_args, dict(graph.meta)))
 
 
-def _fused_node(members: list) -> Node:
+def accumulation_tree(root: Node, leaves: list, defs: dict) -> set:
+    """The nodes of an accumulation: its leaves and the ``add`` nodes joining them."""
+    members, todo = set(leaves), [root]
+    while todo:
+        node = todo.pop()
+        members.add(node)
+        if node not in leaves:
+            todo.extend(defs[a] for a in node.inputs)
+    return members
+
+
+def _fused_node(members: list, domain: tuple, accumulate: bool) -> Node:
     root = members[-1]
     inside = {m.out for m in members}
     inputs, seen = [], set()
@@ -235,7 +322,7 @@ def _fused_node(members: list) -> Node:
                 seen.add(a)
                 inputs.append(a)
     body = Graph(f"fused_{root.primitive.name}", list(inputs), list(members), [root.out])
-    params = dict(body=body, shape=root.out.aval.shape)
+    params = dict(body=body, shape=domain, accumulate=accumulate)
     return Node(fused, tuple(inputs), params, root.out, root.source, None, root.backward)
 
 

@@ -305,6 +305,7 @@ class abs:
     shape = shapes.same
     ref = np.absolute
     emit = "np.abs({x})"
+    cheap = True
 
     def vjp(g, out, x):
         return [g * sign(x)]
@@ -317,6 +318,7 @@ class sign:
     shape = shapes.same
     ref = np.sign
     emit = "np.sign({x})"
+    cheap = True
     nondiff = True
 
 
@@ -327,6 +329,7 @@ class maximum:
     shape = shapes.elementwise
     ref = np.maximum
     emit = "np.maximum({x}, {y})"
+    cheap = True
 
     def vjp(g, out, x, y):
         tie = x == y
@@ -341,6 +344,7 @@ class minimum:
     shape = shapes.elementwise
     ref = np.minimum
     emit = "np.minimum({x}, {y})"
+    cheap = True
 
     def vjp(g, out, x, y):
         tie = x == y
@@ -362,6 +366,7 @@ class where:
     """c ? x : y elementwise; the gradient goes to the branch taken, zero to the other"""
     shape = _where_shape
     emit = "where({c}, {x}, {y})"
+    cheap = True
     kernel = _where_kernel
     cast_inputs = (1, 2)
 

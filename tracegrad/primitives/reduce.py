@@ -50,6 +50,8 @@ class reduce_sum:
     shape = _sum_shape
     emit = _sum_emit
     kernel = {"sum_axis": _sum_axis_kernel}
+    accumulate_index = staticmethod(lambda loop, in_shape, out_shape, /, axes: [
+        i for d, i in enumerate(loop) if d not in axes])
 
     def ref(x, axes):
         return np.sum(x, axis=axes, dtype=_sum_shape(Aval(np.shape(x), np.asarray(x).dtype), axes).dtype)

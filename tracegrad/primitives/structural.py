@@ -162,6 +162,24 @@ def _place_loop_index(loop, out_shape, in_shape, /, shape, index):
     return at + [i for i, _ in dims], conditions
 
 
+def _place_accumulate_index(loop, in_shape, out_shape, /, shape, index):
+    """Computed in a loop over x as ``out[i0 + 1] += x[i0]``: slices, ints and None."""
+    at, loop, dims = [], iter(loop), iter(shape)
+    for entry in index:
+        if entry is None:  # an axis of size 1 that x has and the result does not
+            next(loop)
+            continue
+        n = next(dims)
+        if isinstance(entry, slice):
+            start, _, step = entry.indices(n)
+            i = next(loop)
+            scaled = i if step == 1 else f"{start} - {i}" if step == -1 else f"{step} * {i}"
+            at.append(f"{scaled} + {start}" if start and step != -1 else scaled)
+        else:
+            at.append(str(entry % n))
+    return at + list(loop)
+
+
 @primitive
 class place:
     """zeros of ``shape`` with ``x`` written at ``index``: the transpose of getitem"""
@@ -169,6 +187,7 @@ class place:
     emit = staticmethod(lambda args, out, shape, index: [
         f"{{out}} = {_zeros(shape, out.dtype)}", f"{{out}}[{_format_index(index)}] = {args[0]}"])
     loop_index = _place_loop_index
+    accumulate_index = _place_accumulate_index
 
     def ref(x, shape, index):
         out = np.zeros(shape, np.asarray(x).dtype)
