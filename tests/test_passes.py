@@ -105,10 +105,11 @@ def test_fusion_turns_elementwise_chains_into_loops_with_the_same_names(rng):
     graph = tg.make_graph(fun, x)
     assert "fused" in names_of(graph)
     src = tg.source(fun, x)
-    # the forward pass is one loop ending in its sum; the backward one loop adding into grad_x
-    assert src.count("for i0 in range(49):") == 2 and "        grad_s3 = " in src
+    # one loop computes the sum and adds the gradient into grad_x, as a hand-written Rosenbrock does
+    assert src.count("for i0 in range(49):") == 1 and "        grad_s3 = " in src
     assert "out += s8" in src and "grad_x[i0 + 1] += grad_s0" in src
     assert src.count("np.empty(") + src.count("np.zeros(") == 1  # grad_x: no array is stored for the backward
+    assert [n.primitive.name for n in graph.nodes].count("fused") == 1
     value, g = fun(x)
     raw, captured = raw_value_and_grad_graph(rosenbrock, x)
     expected = evaluate(raw, x)
@@ -224,3 +225,67 @@ def test_fused_slice_gradients_keep_float32(rng):
     np.testing.assert_allclose(g, np.r_[x[1:], 0] + np.r_[0, x[:-1]], rtol=1e-6)
     src = tg.source(tg.grad(lambda x: np.sum(x[1:] * x[:-1])), x)
     assert "grad_x = np.zeros((9,), np.float32)" in src and "out = np.float32(0.0)" in src
+
+
+def affine(W, b, X):
+    Y = X @ W + b
+    return np.sum(Y ** 2)
+
+
+def test_loops_over_the_same_values_become_one_loop_with_several_outputs(rng):
+    W, b, X = rng.normal(size=(3, 2)), rng.normal(size=2), rng.normal(size=(4, 3))
+    fun = tg.value_and_grad(affine, argnums=(0, 1))
+    graph = tg.make_graph(fun, W, b, X).verify()
+    loops = [n for n in graph.nodes if n.primitive.name == "fused"]
+    assert len(loops) == 1 and len(loops[0].outs) == 3
+    assert "out: f64[], grad_b: f64[2], grad_s0: f64[4,2] = fused[shape=(4, 2), accumulate=(True, True, False)]" \
+        in str(graph)
+    src = tg.source(fun, W, b, X)
+    assert src.count("for i0 in range(4):") == 1 and "grad_b[i1] += grad_Y" in src
+    assert "# forward and backward pass in one loop" in src
+    value, (gW, gb) = fun(W, b, X)
+    raw, captured = raw_value_and_grad_graph(affine, W, b, X)
+    expected = evaluate(raw, W, b, X)
+    assert value == pytest.approx(expected[0], rel=1e-13)
+    np.testing.assert_allclose(gW, expected[1], rtol=1e-13)
+    np.testing.assert_allclose(gb, expected[2], rtol=1e-13)
+    np.testing.assert_allclose(gb, numeric_grad_of(lambda b: affine(W, b, X), b), rtol=1e-7)
+
+
+def test_a_loop_needing_another_loops_output_stays_apart(rng):
+    def f(W, x):  # the ReLU's backward loop needs grad_h, computed from the forward loop's h
+        h = np.maximum(x @ W + 1.0, 0.0)
+        return np.sum(np.tanh(h @ W) ** 2)
+
+    W, x = rng.normal(size=(3, 3)), rng.normal(size=(4, 3))
+    fun = tg.grad(f)
+    graph = tg.make_graph(fun, W, x).verify()
+    loops = [n for n in graph.nodes if n.primitive.name == "fused"]
+    assert len(loops) >= 2
+    for k, loop in enumerate(loops):  # no loop reads what a loop after it computes
+        later = {v for other in loops[k + 1:] for v in other.outs}
+        assert not later & set(loop.inputs)
+    np.testing.assert_allclose(fun(W, x), numeric_grad_of(lambda W: f(W, x), W), rtol=1e-6, atol=1e-9)
+
+
+def test_long_chains_keep_checkpoints_instead_of_recomputing_from_the_start(rng):
+    from tracegrad.passes import RECOMPUTE_NODES, _recomputable
+
+    def f(x):  # the backward pass needs every y: recomputing each from x would cost O(n^2)
+        y = x
+        for _ in range(3 * RECOMPUTE_NODES):
+            y = y * y * 0.5 + 0.1
+        return np.sum(y * y)
+
+    x = rng.normal(size=6)
+    raw, _ = raw_value_and_grad_graph(f, x)
+    graph = dce(simplify(cse(raw)))
+    uses = {}
+    for node in graph.nodes:
+        for a in node.inputs:
+            uses.setdefault(a, []).append(node)
+    again = _recomputable(graph, uses, set(graph.outputs))
+    forward = [n for n in graph.nodes if not n.backward and n.primitive.cheap]
+    stored = [n for n in forward if n not in again]  # checkpoints: each value is at most N nodes from one
+    assert len(stored) >= len(forward) // (RECOMPUTE_NODES + 1) > 0
+    np.testing.assert_allclose(tg.grad(f)(x), evaluate(raw, x)[1], rtol=1e-12)

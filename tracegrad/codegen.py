@@ -167,23 +167,25 @@ def _fused_lines(node, names: dict) -> list:
             return names[atom], ATOM
         return f"{names[atom]}[{', '.join(broadcast_subscripts(index, shape, ashape))}]", ATOM
 
-    root, out_aval = names[node.out], node.out.aval
-    leaves, joins = [], set()
-    if node.params["accumulate"]:  # the output is summed in the loop: it starts at zero
-        defs = {member.out: member for member in body.nodes}
-        leaves = accumulation_leaves(defs[node.out], defs, uses)
-        joins = accumulation_tree(defs[node.out], leaves, defs) - set(leaves)  # the adds, done by +=
-        zero = literal_source(0, out_aval.dtype)
-        lines = [f"{root} = {zero}" if not out_aval.shape else f"{root} = {_zeros(out_aval.shape, out_aval.dtype)}"]
-    else:
-        lines = [f"{root} = {_empty(shape, out_aval.dtype)}"]
+    lines, stored, sums, joins = [], set(), {}, set()  # sums: each accumulating node -> the output it adds to
+    defs = {member.out: member for member in body.nodes}
+    for out, accumulate in zip(node.outs, node.params["accumulate"]):
+        if accumulate:  # a sum of the loop's values: it starts at zero
+            leaves = accumulation_leaves(defs[out], defs, uses)
+            sums.update((leaf, out) for leaf in leaves)
+            joins |= accumulation_tree(defs[out], leaves, defs) - set(leaves)  # the adds, done by +=
+            zero = literal_source(0, out.aval.dtype) if not out.aval.shape else _zeros(out.aval.shape, out.aval.dtype)
+            lines.append(f"{names[out]} = {zero}")
+        else:
+            stored.add(out)
+            lines.append(f"{names[out]} = {_empty(shape, out.aval.dtype)}")
     for d, n in enumerate(shape):
         lines.append("    " * d + f"for {index[d]} in range({n}):")
     indent = "    " * len(shape)
     for member in body.nodes:
-        if member in leaves:  # added into the output where the primitive says
-            at = accumulate_write(member)
-            target = f"{root}[{', '.join(at)}]" if at else root
+        if member in sums:  # added into the output where the primitive says
+            at, total = accumulate_write(member), names[sums[member]]
+            target = f"{total}[{', '.join(at)}]" if at else total
             lines.append(f"{indent}{target} += {read(member.inputs[0])[0]}")
             continue
         if member in joins:
@@ -201,10 +203,10 @@ def _fused_lines(node, names: dict) -> list:
         else:
             spelled = spell(member, [read(a) for a in member.inputs], scalar=True)
         out = member.out
-        if out is not node.out and _inlinable(member, uses, consumer_group):
+        if out not in stored and _inlinable(member, uses, consumer_group):
             exprs[out] = spelled
             continue
-        target = f"{root}[{', '.join(index)}]" if out is node.out else names[out]
+        target = f"{names[out]}[{', '.join(index)}]" if out in stored else names[out]
         lines.append(f"{indent}{target} = {spelled[0]}")
     return [line.replace("{", "{{").replace("}", "}}") for line in lines]
 
@@ -235,13 +237,13 @@ def generate(graph: Graph, function: str | None = None, comments: bool = True, c
             if isinstance(a, Var):
                 consumer_group[a] = node.group
 
-    body: list = []  # statements: (the name each defines, [(code, note), ...])
+    body: list = []  # statements: (the names each defines, [(code, note), ...])
     exprs: dict = {}  # inlined temporaries: var -> (text, precedence)
     defined_by: dict = {}
     last_source, in_backward = None, False
     used_kernels = set()
     for node in graph.nodes:
-        defined_by[node.out] = node
+        defined_by.update((out, node) for out in node.outs)
         args = [_literal(a) if isinstance(a, Literal) else exprs.pop(a, None) or (names[a], ATOM) for a in node.inputs]
         if node.primitive.emit is None:  # a fused loop
             spelled = _fused_lines(node, names)
@@ -260,6 +262,8 @@ def generate(graph: Graph, function: str | None = None, comments: bool = True, c
             if node.backward and not in_backward:
                 statement.append(("# backward pass", None))
                 in_backward, last_source = True, None
+            if node.primitive.emit is None and len({m.backward for m in node.params["body"].nodes}) == 2:
+                statement.append(("# forward and backward pass in one loop", None))
             if node.source is not None and node.source != last_source:
                 note = node.source.short()
                 last_source = node.source
@@ -268,7 +272,7 @@ def generate(graph: Graph, function: str | None = None, comments: bool = True, c
         statement.extend((line, note if i == 0 else None) for i, line in enumerate(lines))
         if check_finite and out.aval.dtype.kind == "f":
             statement.append((_finite_check(names[out], node), None))
-        body.append((names[out], statement))
+        body.append(([names[v] for v in node.outs], statement))
 
     returns = []
     for i, out in enumerate(graph.outputs):
@@ -325,10 +329,10 @@ def _split(body: list, params: list, ret: str, function: str, size: int, above: 
             length = 0
         chunks[-1].append(statement)
         length += len(statement[1])
-    order = {name: i for i, name in enumerate(params + [name for name, _ in body])}  # definition order
+    order = {name: i for i, name in enumerate(params + [name for defined, _ in body for name in defined])}
     values = set(order)  # not the scalars local to a loop
     lines = [[line for _, statement in chunk for line in statement] for chunk in chunks]
-    defined = [{name for name, _ in chunk} for chunk in chunks]
+    defined = [{name for names, _ in chunk for name in names} for chunk in chunks]
     needed = [_names_read(chunk_lines, values) - names for chunk_lines, names in zip(lines, defined)]
     outs, read_later = [None] * len(chunks), _names_read([(ret, None)], values)
     for k in reversed(range(len(chunks))):

@@ -163,6 +163,8 @@ def draw(fun, *args, backward: bool = False, values: bool = False, grads: bool =
         raise ValueError(f"by_line must be one of {', '.join(map(repr, BY_LINE))}, got {by_line!r}")
     graph, inputs = _graph_and_inputs(fun, args, backward, need_inputs=values or grads)
     nodes = _expand(graph.nodes)
+    # forward nodes first: a loop computing the forward sum and the gradients sits in the backward pass
+    nodes = [n for n in nodes if not n.backward] + [n for n in nodes if n.backward]
     names = _names(graph, nodes)
     env = gradients = None
     if values or grads:

@@ -18,11 +18,12 @@ def evaluate(graph: Graph, *inputs) -> list:
     read = lambda atom: atom.aval.dtype.type(atom.value) if isinstance(atom, Literal) else env[atom]
     for node in graph.nodes:
         result = node.primitive.ref(*(read(a) for a in node.inputs), **node.params)
-        aval = node.out.aval
-        if np.shape(result) != aval.shape or np.asarray(result).dtype != aval.dtype:
-            raise IRError(f"{node.primitive.name}: reference gave {np.asarray(result).dtype}{list(np.shape(result))}, "
-                          f"shape rule says {aval}")
-        env[node.out] = _as_value(result, aval.dtype)
+        for out, value in zip(node.outs, result) if node.also else [(node.out, result)]:
+            aval = out.aval
+            if np.shape(value) != aval.shape or np.asarray(value).dtype != aval.dtype:
+                raise IRError(f"{node.primitive.name}: reference gave {np.asarray(value).dtype}{list(np.shape(value))}, "
+                              f"shape rule says {aval}")
+            env[out] = _as_value(value, aval.dtype)
     return [read(out) for out in graph.outputs]
 
 

@@ -95,7 +95,8 @@ class Node:
 
     ``source`` points at the user's line; ``group`` numbers the nodes one VJP rule made together
     (codegen may inline single-use temporaries inside a group); ``backward`` marks the nodes of a
-    backward pass.
+    backward pass. ``also`` holds further outputs: only a fused loop has them (one loop computing
+    several arrays or sums).
     """
 
     primitive: Any  # core.Primitive
@@ -105,6 +106,11 @@ class Node:
     source: SourceInfo | None = None
     group: int | None = None
     backward: bool = False
+    also: tuple = ()
+
+    @property
+    def outs(self) -> tuple:
+        return (self.out,) + self.also
 
 
 @dataclass(eq=False)
@@ -149,8 +155,8 @@ def defined_vars(nodes) -> list:
     for node in nodes:
         for value in node.params.values():
             if isinstance(value, Graph):
-                out.extend(v for v in defined_vars(value.nodes) if v is not node.out)
-        out.append(node.out)
+                out.extend(v for v in defined_vars(value.nodes) if v not in node.outs)
+        out.extend(node.outs)
     return out
 
 
@@ -175,19 +181,28 @@ def assign_names(graph: Graph, reserved=frozenset()) -> dict:
             k += 1
         return f"{base}_{k}"
 
+    present = set(order)
+    waiting: dict = {}  # value -> its cotangents defined before it (a loop computing both moved it later)
+
+    def name(var, text):
+        names[var] = text
+        used.add(text)
+        for cotangent in waiting.pop(var, ()):
+            name(cotangent, unique("grad_" + text))
+
     for var in order:
         if var in names:  # a value several fused loops compute again
             continue
         if var.hint and is_valid_name(var.hint):
-            name = unique(var.hint)
+            name(var, unique(var.hint))
         elif var.grad_of is not None and var.grad_of in names:
-            name = unique("grad_" + names[var.grad_of])
+            name(var, unique("grad_" + names[var.grad_of]))
+        elif var.grad_of is not None and var.grad_of in present:
+            waiting.setdefault(var.grad_of, []).append(var)
         else:
             while f"s{counter}" in taken or f"s{counter}" in used:
                 counter += 1
-            name = f"s{counter}"
-        names[var] = name
-        used.add(name)
+            name(var, f"s{counter}")
     return names
 
 
@@ -239,8 +254,8 @@ def _format_nodes(nodes, names, lines, indent):
     for node in nodes:
         ins = " ".join(format_atom(a, names) for a in node.inputs)
         params = {k: v for k, v in node.params.items() if not isinstance(v, Graph)}
-        lines.append(f"{indent}{names[node.out]}: {node.out.aval} = "
-                     f"{node.primitive.name}{format_params(params)} {ins}".rstrip())
+        outs = ", ".join(f"{names[v]}: {v.aval}" for v in node.outs)
+        lines.append(f"{indent}{outs} = {node.primitive.name}{format_params(params)} {ins}".rstrip())
         for value in node.params.values():
             if isinstance(value, Graph):
                 _format_nodes(value.nodes, names, lines, indent + "    ")
@@ -269,15 +284,16 @@ def verify(graph: Graph) -> None:
                 raise IRError(f"graph {graph.name}: node {i} ({node.primitive.name}) uses {atom!r} before it is defined")
             if not isinstance(atom, (Var, Literal)):
                 raise IRError(f"graph {graph.name}: node {i} has a non-atom input {atom!r}")
-        if node.out in defined:
-            raise IRError(f"graph {graph.name}: {node.out!r} is assigned twice (node {i})")
+        for out in node.outs:
+            if out in defined:
+                raise IRError(f"graph {graph.name}: {out!r} is assigned twice (node {i})")
+            defined.add(out)
         expected = node.primitive.shape(*(a.aval for a in node.inputs), **node.params)
         if expected != node.out.aval:
             raise IRError(
                 f"graph {graph.name}: node {i} ({node.primitive.name}) has aval {node.out.aval}, "
                 f"but its shape rule gives {expected}"
             )
-        defined.add(node.out)
     for out in graph.outputs:
         if isinstance(out, Var) and out not in defined:
             raise IRError(f"graph {graph.name}: output {out!r} is never defined")

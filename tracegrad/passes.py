@@ -29,7 +29,7 @@ def dce(graph: Graph) -> Graph:
     live = {v for v in graph.outputs if isinstance(v, Var)}
     kept = []
     for node in reversed(graph.nodes):
-        if node.out in live:
+        if any(out in live for out in node.outs):
             kept.append(node)
             live.update(a for a in node.inputs if isinstance(a, Var))
     kept.reverse()
@@ -119,7 +119,8 @@ def _fused_vjp(g, out, *inputs, body, shape, accumulate):
 
 
 def _fused_ref(*inputs, body, shape, accumulate):
-    return np.broadcast_to(evaluate(body, *inputs)[0], body.outputs[0].aval.shape).copy()
+    results = [np.broadcast_to(value, out.aval.shape).copy() for value, out in zip(evaluate(body, *inputs), body.outputs)]
+    return results if len(results) > 1 else results[0]
 
 
 # Not in the registry: fusion makes these nodes, users never write them.
@@ -127,10 +128,11 @@ fused = Primitive(
     name="fused",
     doc="""A group of elementwise nodes computed in one loop nest over ``shape``: no temporary arrays.
 
-    ``body`` is a graph over the same values (its inputs are this node's inputs, its one output this
-    node's output); codegen writes it as ``for i0 in range(n): ...`` with the body's statements inside.
-    With ``accumulate`` the output is a sum of reductions or slice gradients of values of ``shape``
-    (``accumulation_leaves``), added up inside the loop: ``out += s8``, ``grad_x[i0 + 1] += grad_s3``.""",
+    ``body`` is a graph over the same values (its inputs are this node's inputs, its outputs this
+    node's outputs); codegen writes it as ``for i0 in range(n): ...`` with the body's statements inside.
+    An output of shape ``shape`` is stored element by element; one whose ``accumulate`` entry is True is
+    a sum of reductions or slice gradients of values of ``shape`` (``accumulation_leaves``), added up
+    inside the loop: ``out += s8``, ``grad_x[i0 + 1] += grad_s3``.""",
     shape=lambda *avals, body, shape, accumulate: body.outputs[0].aval,
     ref=_fused_ref,
     emit=None,  # written by codegen as a loop nest
@@ -138,7 +140,8 @@ fused = Primitive(
 )
 
 # A value fusion computes again in each loop that reads it, instead of storing it, is built from at most
-# this many cheap nodes (x[1:] - x[:-1] ** 2 is two).
+# this many cheap nodes since the last stored value (x[1:] - x[:-1] ** 2 is two): a long chain keeps
+# every ninth value as an array, so recomputing costs at most this much per value.
 RECOMPUTE_NODES = 8
 
 
@@ -322,12 +325,54 @@ def _fused_node(members: list, domain: tuple, accumulate: bool) -> Node:
                 seen.add(a)
                 inputs.append(a)
     body = Graph(f"fused_{root.primitive.name}", list(inputs), list(members), [root.out])
-    params = dict(body=body, shape=domain, accumulate=accumulate)
+    params = dict(body=body, shape=domain, accumulate=(accumulate,))
     return Node(fused, tuple(inputs), params, root.out, root.source, None, root.backward)
+
+
+def merge_loops(graph: Graph) -> Graph:
+    """Fused loops over the same shape that read the same values become one loop computing all their
+    outputs, when the later one needs nothing the earlier one computes: the forward pass's sum and the
+    backward pass's gradient in one loop; a bias gradient and the gradient it sums in one loop."""
+    nodes: list = []
+    open_loops: list = []  # fused nodes in ``nodes`` whose outputs nothing after them has read yet
+    for node in graph.nodes:
+        reads = {a for a in node.inputs if isinstance(a, Var)}
+        open_loops = [loop for loop in open_loops if not reads.intersection(loop.outs)]
+        if node.primitive is fused:
+            partner = next((loop for loop in reversed(open_loops) if _mergeable(loop, node)), None)
+            if partner is not None:
+                open_loops.remove(partner)
+                nodes.remove(partner)
+                node = _merged(partner, node)
+            open_loops.append(node)
+        nodes.append(node)
+    return Graph(graph.name, graph.inputs, nodes, graph.outputs, graph.n_args, dict(graph.meta))
+
+
+def _mergeable(first: Node, second: Node) -> bool:
+    if first.params["shape"] != second.params["shape"]:
+        return False
+    inside_a = {m.out for m in first.params["body"].nodes}
+    inside_b = {m.out for m in second.params["body"].nodes}
+    if inside_b.intersection(first.outs):  # the second computes an output of the first again: it stays apart
+        return False
+    return bool(set(first.inputs) & set(second.inputs) or inside_a & inside_b)
+
+
+def _merged(first: Node, second: Node) -> Node:
+    a, b = first.params["body"], second.params["body"]
+    members = list(a.nodes) + [m for m in b.nodes if m not in set(a.nodes)]  # values both compute, once
+    inputs = list(first.inputs) + [v for v in second.inputs if v not in set(first.inputs)]
+    outs = first.outs + second.outs
+    body = Graph(a.name, inputs, members, list(outs))
+    params = dict(body=body, shape=first.params["shape"],
+                  accumulate=first.params["accumulate"] + second.params["accumulate"])
+    return Node(fused, tuple(inputs), params, outs[0], first.source, None, second.backward, also=outs[1:])
 
 
 def optimize(graph: Graph, fusion: bool = True) -> Graph:
     """The standard pipeline: common subexpressions, simplification, dead code, then elementwise fusion
     (``fusion=False``: only the loops that scalar kernels need)."""
     graph = dce(simplify(cse(graph)))
-    return fuse(graph, group=fusion)
+    graph = fuse(graph, group=fusion)
+    return merge_loops(graph) if fusion else graph
