@@ -262,8 +262,10 @@ def generate(graph: Graph, function: str | None = None, comments: bool = True, c
             if node.backward and not in_backward:
                 statement.append(("# backward pass", None))
                 in_backward, last_source = True, None
-            if node.primitive.emit is None and len({m.backward for m in node.params["body"].nodes}) == 2:
-                statement.append(("# forward and backward pass in one loop", None))
+            if node.primitive.emit is None and len(node.outs) > 1:
+                passes = {m.backward for m in node.params["body"].nodes if m.out in node.outs}
+                if len(passes) == 2:  # a forward value and gradients from one loop (merge_loops)
+                    statement.append(("# forward and backward pass in one loop", None))
             if node.source is not None and node.source != last_source:
                 note = node.source.short()
                 last_source = node.source
