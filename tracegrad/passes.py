@@ -191,8 +191,8 @@ def accumulate_write(node: Node):
 
 def accumulation_leaves(node: Node, defs: dict, uses: dict, outputs=frozenset()):
     """The accumulating nodes (``accumulate_write``) whose sum ``node`` is, all over inputs of one shape,
-    joined by ``add`` nodes used only there (``uses``: how many nodes use each value); or None. ``np.sum(s8)`` is one leaf; the gradient of x in
-    ``x[1:] * x[:-1]`` is two (the two slices' ``place``)."""
+    joined by ``add`` nodes used only there (``uses``: how many nodes use each value); or None.
+    ``np.sum(s8)`` is one leaf; the gradient of x in ``x[1:] * x[:-1]`` is two (the slices' ``place``)."""
     if accumulate_write(node) is not None:
         return [node]
     if node.primitive.name != "add":
@@ -277,14 +277,13 @@ def fuse(graph: Graph, group: bool = True) -> Graph:
                             or producer.out.aval.shape != domain or producer.out in outputs):
                         continue
                     # used only here, by values no other loop computes again: it belongs to this loop
-                    if producer not in copied and all(user in members and user not in copied
-                                                      for user in uses[producer.out]):
-                        pass
-                    elif producer in again:  # cheap: computed again here, and wherever else it is read
-                        copies.add(producer)
+                    exclusive = producer not in copied and all(user in members and user not in copied
+                                                               for user in uses[producer.out])
+                    if not exclusive:
+                        if producer not in again:
+                            continue
+                        copies.add(producer)  # cheap: computed again here, and wherever else it is read
                         copied.add(producer)
-                    else:
-                        continue
                     members.add(producer)
                     changed = True
         ordered = [n for n in graph.nodes if n in members]
