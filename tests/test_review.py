@@ -112,6 +112,10 @@ def test_keyword_arguments_and_defaults():
     g = tg.grad(f, argnums=1)
     assert g(3.0, y=5.0) == 3.0
     assert tg.grad(f)(3.0) == 2.0
+    for _ in range(3):  # after the fast path took over: keywords, fewer arguments, other functions
+        assert g(3.0, 5.0) == 3.0 and g(3.0, y=5.0) == 3.0 and g(x=4.0, y=1.0) == 4.0
+    h = tg.grad(f, argnums=1)
+    assert h(2.0, 1.0) == h(2.0, 1.0) == 2.0 and g(3.0, 5.0) == 3.0  # each Function has its own
 
 
 def test_python_constants_returned_come_back_as_they_were():

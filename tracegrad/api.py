@@ -153,20 +153,18 @@ class _Miss:
 _MISS = _Miss()
 
 
-def _miss(*args):
-    return _MISS
-
-
 def _make_guard(signature: tuple, result: str, dispatcher, held: list, module: Module) -> Callable:
-    """A small Python function, written for one specialisation, that checks the arguments match its
-    signature exactly (class, dtype, shape) and then calls the compiled function; otherwise it returns
-    ``_MISS``. A check per argument costs far less than building a key for a dictionary look-up, and
-    Numba's own dispatch would convert an int or a float32 to a float64 silently."""
+    """A ``__call__`` written for one specialisation: it checks that the arguments match its signature
+    exactly (class, dtype, shape), then calls the compiled function; otherwise it hands them to
+    ``Function._dispatch``. It becomes the class's ``__call__`` of the function it serves (each Function
+    has a class of its own), so a matching call costs one Python frame. A check per argument costs far
+    less than building a key for a dictionary look-up, and Numba's own dispatch would convert an int or a
+    float32 to a float64 silently."""
     params, checks, env = [], [], {"np": np, "kernel": dispatcher, "MISS": _MISS, "ndarray": np.ndarray,
                                    "NUMBA_ERRORS": backend.NUMBA_ERRORS, "compile_error": backend.compile_error,
-                                   "module": module}
+                                   "module": module, "dispatch": Function._dispatch}
     for i, sig in enumerate(signature):
-        a = f"a{i}"
+        a = f"_a{i}"  # names no caller passes as keywords: those go to the general path
         params.append(a)
         if isinstance(sig, type):
             checks.append(f"{a}.__class__ is {sig.__name__}")
@@ -177,16 +175,17 @@ def _make_guard(signature: tuple, result: str, dispatcher, held: list, module: M
             return None  # NumPy scalars: the general path converts them
     env.update((f"h{i}", value) for i, value in enumerate(held))
     call = ", ".join(params + [f"h{i}" for i in range(len(held))])
-    source = (f"def guard({''.join(p + '=MISS, ' for p in params)}*rest):\n"
-              f"    if {' and '.join(checks + ['not rest'])}:\n"
+    given = "".join(f"{a}, " for a in params)
+    source = (f"def __call__(self, {''.join(p + '=MISS, ' for p in params)}*rest, **kwargs):\n"
+              f"    if {' and '.join(checks + ['not rest', 'not kwargs'])}:\n"
               f"        try:\n"
               f"            o = kernel({call})\n"
               f"        except NUMBA_ERRORS as exc:\n"
               f"            raise compile_error(exc, module) from None\n"
               f"        return {result}\n"
-              f"    return MISS\n")
+              f"    return dispatch(self, tuple(a for a in ({given}) if a is not MISS) + rest, kwargs)\n")
     exec(compile(source, f"<tracegrad guard for {module.function}>", "exec"), env)
-    return env["guard"]
+    return env["__call__"]
 
 
 class _Stale(Exception):
@@ -209,8 +208,9 @@ class Function:
             debug_nans = os.environ.get("TRACEGRAD_DEBUG_NANS", "") not in ("", "0")
         self.debug_nans = debug_nans
         self._cache: dict = {}
-        self._guard = _miss
         functools.update_wrapper(self, fun, updated=())  # not __dict__: fun may be a Function itself
+        # a class of its own, whose __call__ becomes the guard of the specialisation last called
+        self.__class__ = type("Function", (Function,), {"__module__": __name__, "__qualname__": "Function"})
 
     def __repr__(self):
         return f"<tracegrad.{self.mode} of {getattr(self.fun, '__qualname__', self.fun)!r}>"
@@ -232,21 +232,19 @@ class Function:
         return bound
 
     def __call__(self, *args, **kwargs):
+        # Until a specialisation with a guard has been called; then the guard is this class's __call__
+        # (the fast path) and calls _dispatch for arguments it was not made for.
+        return self._dispatch(args, kwargs)
+
+    def _dispatch(self, args, kwargs):
         if kwargs:  # keyword arguments are matched to their positions, then treated like the rest
             args = _positional(self.fun, args, kwargs)
-        else:  # the fast path: the last specialisation's guard checks the arguments and calls Numba
-            out = self._guard(*args)
-            if out is not _MISS:
-                return out
         try:
             entry = self._cache[tuple([a.__class__ if a.__class__ in _SCALARS else _signature(a) for a in args])]
         except (KeyError, TypeError):
             return self._call_general(args)
         if entry.guard is not None:
-            self._guard = entry.guard
-            out = entry.guard(*args)
-            if out is not _MISS:
-                return out
+            type(self).__call__ = entry.guard  # the next call like this one takes the fast path
         try:
             return entry.run(args)
         except _Stale:
