@@ -88,6 +88,7 @@ class broadcast_to:
     shape = _broadcast_shape
     emit = "np.broadcast_to({x}, {shape})"
     view = True
+    cheap = True  # in a loop it is a read: each loop reads its input rather than a stored broadcast
     loop_index = staticmethod(lambda loop, out_shape, in_shape, /, shape: (
         broadcast_subscripts(loop, out_shape, in_shape), []))
 
