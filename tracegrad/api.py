@@ -108,7 +108,7 @@ class Compiled:
     dispatcher: Any
     traced: Traced
     pack: Callable  # (outputs, argument leaves) -> the result the user sees
-    direct: str | None = None  # the same as an expression of the outputs `o`, when no leaf needs converting
+    direct: str | None = None  # the same as an expression of the outputs `o0, o1, ...`, when no leaf needs converting
     signature: tuple = ()  # the flat arguments' signatures (_signature), when the arguments are flat
     timings: dict = field(default_factory=dict)  # seconds per stage: trace, autodiff, passes, codegen, load, numba
 
@@ -119,7 +119,7 @@ class Compiled:
         held = all(c.held for c in captures)
         self.guard = None
         if held and self.direct is not None and self.signature:
-            self.guard = _make_guard(self.signature, self.direct, self.dispatcher,
+            self.guard = _make_guard(self.signature, self.direct, len(self.graph.outputs), self.dispatcher,
                                      [c.current() for c in captures], self.module)
 
     @property
@@ -153,7 +153,7 @@ class _Miss:
 _MISS = _Miss()
 
 
-def _make_guard(signature: tuple, result: str, dispatcher, held: list, module: Module) -> Callable:
+def _make_guard(signature: tuple, result: str, n_out: int, dispatcher, held: list, module: Module) -> Callable:
     """A ``__call__`` written for one specialisation: it checks that the arguments match its signature
     exactly (class, dtype, shape), then calls the compiled function; otherwise it hands them to
     ``Function._dispatch``. It becomes the class's ``__call__`` of the function it serves (each Function
@@ -179,7 +179,7 @@ def _make_guard(signature: tuple, result: str, dispatcher, held: list, module: M
     source = (f"def __call__(self, {''.join(p + '=MISS, ' for p in params)}*rest, **kwargs):\n"
               f"    if {' and '.join(checks + ['not rest', 'not kwargs'])}:\n"
               f"        try:\n"
-              f"            o = kernel({call})\n"
+              f"            {''.join(f'o{i}, ' for i in range(n_out))}= kernel({call})\n"
               f"        except NUMBA_ERRORS as exc:\n"
               f"            raise compile_error(exc, module) from None\n"
               f"        return {result}\n"
@@ -349,7 +349,7 @@ class Function:
 
             def pack(values, leaves):
                 return unflatten(out_tree, [_as_output(v, var) for v, var in zip(values, outs)])
-            direct = "o[0]" if out_tree.kind == "leaf" and _returned_as_is(outs[0]) else None
+            direct = "o0" if out_tree.kind == "leaf" and _returned_as_is(outs[0]) else None
             return graph, pack, direct
 
         value_tree, aux_tree = _split_aux(out_tree, self.has_aux, graph.name)
@@ -373,21 +373,21 @@ class Function:
                 aux = unflatten(aux_tree, [_as_output(v, var) for v, var in zip(values[1:n_out], outs[1:])])
                 return (result, aux) if mode == "grad" else ((value, aux), result)
             return result if mode == "grad" else (value, result)
-        return vg, pack, self._direct_pack(args, outs)
+        return vg, pack, self._direct_pack(args, outs, len(vg.outputs))
 
-    def _direct_pack(self, args, outs) -> str | None:
-        """For the common case (argnums pick plain floats or arrays, no aux), the result is Numba's outputs
-        ``o`` regrouped, with no pytree work: the expression that regroups them, or None."""
+    def _direct_pack(self, args, outs, n: int) -> str | None:
+        """For the common case (argnums pick plain floats or arrays, no aux), the result is Numba's ``n``
+        outputs ``o0, o1, ...`` regrouped, with no pytree work: the expression that regroups them, or None."""
         argnums = self.argnums
         picked = [argnums] if isinstance(argnums, int) else list(argnums)
         if self.has_aux or not all(type(args[i]) is float or (type(args[i]) is np.ndarray and args[i].ndim)
                                    for i in picked):
             return None
-        grads = "o[1]" if isinstance(argnums, int) else "o[1:]"
+        grads = "o1" if isinstance(argnums, int) else f"({''.join(f'o{i}, ' for i in range(1, n))})"
         if self.mode == "grad":
             return grads
         # a float32 loss: Numba returns it as a Python float
-        value = "o[0]" if _returned_as_is(outs[0]) else f"np.{outs[0].aval.dtype.name}(o[0])"
+        value = "o0" if _returned_as_is(outs[0]) else f"np.{outs[0].aval.dtype.name}(o0)"
         return f"({value}, {grads})"
 
     # ------------------------------------------------------------------ inside another trace (grad of grad)
