@@ -71,6 +71,17 @@ def test_simplify_removes_double_negation_and_sums_of_broadcast_scalars():
     assert evaluate(simpler, 2.0) == evaluate(graph, 2.0) == [12.0]
 
 
+def test_simplify_joins_reshapes_of_reshapes():
+    def f(x):  # (2, 3) -> (6,) -> (3, 2) is one reshape; (2, 3) -> (6,) -> (2, 3) is none
+        return np.sum(x.reshape(6).reshape(3, 2) * 2.0) + np.sum(x.reshape(6).reshape(2, 3) * 3.0)
+
+    graph = cse(trace(f, (np.ones((2, 3)),)).graph)
+    simpler = dce(simplify(graph))
+    assert names_of(graph).count("reshape") == 3 and names_of(simpler).count("reshape") == 1
+    x = np.arange(6.0).reshape(2, 3)
+    assert evaluate(simpler, x) == evaluate(graph, x)
+
+
 SPECIAL = [np.nan, np.inf, -np.inf, 0.0]
 
 

@@ -65,7 +65,7 @@ def simplify(graph: Graph) -> Graph:
 
     - an explicit ``broadcast_to`` feeding an elementwise node that broadcasts anyway is skipped
       (``grad_Y = grad_L * G`` rather than broadcasting ``grad_L`` to G's shape first);
-    - ``-(-x)`` is ``x``;
+    - ``-(-x)`` is ``x``; a reshape of a reshape is one reshape (or none, back to the same shape);
     - the sum of a scalar broadcast to n elements is the scalar times n;
     - ``stop_gradient(x)`` is ``x`` (optimised graphs are compiled, never differentiated again).
     """
@@ -85,6 +85,13 @@ def simplify(graph: Graph) -> Graph:
             if inner is not None and inner.primitive.name == "neg" and node.out.aval == inner.inputs[0].aval:
                 replace[node.out] = inner.inputs[0]
                 continue
+        if prim.name == "reshape" and isinstance(node.inputs[0], Var):  # reshape(reshape(x)): one reshape of x
+            inner = defs.get(node.inputs[0])
+            if inner is not None and inner.primitive.name == "reshape" and isinstance(inner.inputs[0], Var):
+                if inner.inputs[0].aval == node.out.aval:
+                    replace[node.out] = inner.inputs[0]
+                    continue
+                node = dataclasses.replace(node, inputs=(inner.inputs[0],))
         if prim.name == "reduce_sum" and isinstance(node.inputs[0], Var):
             inner = defs.get(node.inputs[0])
             if inner is not None and inner.primitive.name == "broadcast_to" and inner.inputs[0].aval.shape == () \
