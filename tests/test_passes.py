@@ -300,3 +300,55 @@ def test_long_chains_keep_checkpoints_instead_of_recomputing_from_the_start(rng)
     stored = [n for n in forward if n not in again]  # checkpoints: each value is at most N nodes from one
     assert len(stored) >= len(forward) // (RECOMPUTE_NODES + 1) > 0
     np.testing.assert_allclose(tg.grad(f)(x), evaluate(raw, x)[1], rtol=1e-12)
+
+
+def test_a_value_stored_for_the_backward_pass_is_summed_in_the_loop_that_computes_it(rng):
+    def f(z):  # e is stored (the backward pass reads it) and summed by rows in the same loop
+        e = np.exp(z * 0.5)
+        return np.sum(np.log(np.sum(e, axis=1)))
+
+    z = rng.normal(size=(3, 4))
+    src = tg.source(tg.grad(f), z)
+    assert "e[i0, i1] = np.exp(s0)" in src and "[i0] += e[i0, i1]" in src and "sum_axis" not in src
+    raw, _ = raw_value_and_grad_graph(f, z)
+    np.testing.assert_allclose(tg.grad(f)(z), evaluate(raw, z)[1], rtol=1e-13)
+    np.testing.assert_allclose(tg.grad(f)(z), numeric_grad_of(f, z), rtol=1e-7)
+
+
+def test_a_loop_reading_a_sum_waits_for_the_loop_that_sums(rng):
+    def log_softmax_loss(z, w):  # the second loop reads the row sums: it cannot be the same loop
+        s = np.exp(z - np.max(z, axis=1, keepdims=True))
+        logp = z - np.log(np.sum(s, axis=1, keepdims=True))
+        return np.sum(logp * w)
+
+    z, w = rng.normal(size=(4, 5)), rng.normal(size=(4, 5))
+    fun = tg.value_and_grad(log_softmax_loss)
+    graph = tg.make_graph(fun, z, w).verify()
+    for node in graph.nodes:
+        if node.primitive.name == "fused":
+            summed = {v for v, s in zip(node.outs, node.params["accumulate"]) if s}
+            assert not summed & {a for m in node.params["body"].nodes for a in m.inputs}
+    raw, captured = raw_value_and_grad_graph(log_softmax_loss, z, w)
+    expected = evaluate(raw, z, w, *captured)
+    value, g = fun(z, w)
+    assert value == pytest.approx(expected[0], rel=1e-13)
+    np.testing.assert_allclose(g, expected[1], rtol=1e-12, atol=1e-15)
+
+
+def test_an_unrolled_elementwise_network_is_one_loop_of_scalars(rng):
+    def f(x, w):
+        for _ in range(4):
+            x = np.tanh(x * w) + 0.5 * x
+        return np.sum(x * x)
+
+    x, w = rng.normal(size=6), rng.normal(size=6)
+    fun = tg.value_and_grad(f, argnums=(0, 1))
+    src = tg.source(fun, x, w)
+    assert src.count("for i0 in range(6):") == 1
+    assert src.count("np.empty(") == 2  # grad_x and grad_w: every other value is a scalar of the loop
+    raw, _ = raw_value_and_grad_graph(f, x, w)
+    expected = evaluate(raw, x, w)
+    value, (gx, gw) = fun(x, w)
+    assert value == pytest.approx(expected[0], rel=1e-13)
+    np.testing.assert_allclose(gx, expected[1], rtol=1e-12)
+    np.testing.assert_allclose(gw, expected[2], rtol=1e-12)

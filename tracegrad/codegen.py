@@ -160,9 +160,9 @@ def _fused_lines(node, names: dict) -> list:
             return _literal(atom)
         if atom in exprs:
             return exprs.pop(atom)
-        if atom in inside:
+        if atom in inside and atom not in stored:
             return names[atom], ATOM
-        ashape = atom.aval.shape
+        ashape = atom.aval.shape  # (a stored output read by a later statement reads back its element)
         if not ashape:
             return names[atom], ATOM
         return f"{names[atom]}[{', '.join(broadcast_subscripts(index, shape, ashape))}]", ATOM

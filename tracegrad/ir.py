@@ -153,10 +153,9 @@ def defined_vars(nodes) -> list:
     """The values the nodes define, in order, including those inside nested graphs (fused loops)."""
     out = []
     for node in nodes:
-        for value in node.params.values():
-            if isinstance(value, Graph):
-                out.extend(v for v in defined_vars(value.nodes) if v not in node.outs)
-        out.extend(node.outs)
+        inner = [v for value in node.params.values() if isinstance(value, Graph) for v in defined_vars(value.nodes)]
+        out.extend(inner)  # a loop's outputs where its body computes them
+        out.extend(v for v in node.outs if v not in inner)
     return out
 
 

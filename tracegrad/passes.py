@@ -337,38 +337,84 @@ def _fused_node(members: list, domain: tuple, accumulate: bool) -> Node:
 
 def merge_loops(graph: Graph) -> Graph:
     """Fused loops over the same shape that read the same values become one loop computing all their
-    outputs, when the later one needs nothing the earlier one computes: the forward pass's sum and the
-    backward pass's gradient in one loop; a bias gradient and the gradient it sums in one loop."""
+    outputs, when nothing between them reads the earlier one's outputs and the later one reads them, if
+    at all, element by element at the loop's own index (a stored value, not a sum, which is complete only
+    after the loop): the forward pass's sum and the backward pass's gradient in one loop; a bias gradient
+    and the gradient it sums; ``s5 = np.exp(z)``, stored for the backward pass, and its row sums. A lone
+    sum or slice gradient (``np.sum(s5, axis=1)``) joins the loop that computes its terms."""
     nodes: list = []
     open_loops: list = []  # fused nodes in ``nodes`` whose outputs nothing after them has read yet
     for node in graph.nodes:
         reads = {a for a in node.inputs if isinstance(a, Var)}
-        open_loops = [loop for loop in open_loops if not reads.intersection(loop.outs)]
+        loop = _as_loop(node)
+        partner = None if loop is None else next((l for l in reversed(open_loops) if _mergeable(l, loop)), None)
+        open_loops = [l for l in open_loops if l is not partner and not reads.intersection(l.outs)]
+        if partner is not None:
+            nodes.remove(partner)
+            node = _merged(partner, loop)
         if node.primitive is fused:
-            partner = next((loop for loop in reversed(open_loops) if _mergeable(loop, node)), None)
-            if partner is not None:
-                open_loops.remove(partner)
-                nodes.remove(partner)
-                node = _merged(partner, node)
             open_loops.append(node)
         nodes.append(node)
+    read = {a for node in nodes for a in node.inputs} | set(graph.outputs)
+    nodes = [_without_unread(node, read) if node.also else node for node in nodes]
     return Graph(graph.name, graph.inputs, nodes, graph.outputs, graph.n_args, dict(graph.meta))
 
 
+def _without_unread(loop: Node, read: set) -> Node:
+    """A merged loop stores only the values read after it: the others were read inside it."""
+    kept = [(v, summed) for v, summed in zip(loop.outs, loop.params["accumulate"]) if summed or v in read]
+    if len(kept) == len(loop.outs):
+        return loop
+    outs = tuple(v for v, _ in kept)
+    body = loop.params["body"]
+    params = dict(loop.params, body=Graph(body.name, body.inputs, body.nodes, list(outs)),
+                  accumulate=tuple(summed for _, summed in kept))
+    return dataclasses.replace(loop, params=params, out=outs[0], also=outs[1:])
+
+
+def _as_loop(node: Node):
+    """The node as a fused loop: itself, or a lone sum or slice gradient as a loop over its input."""
+    if node.primitive is fused:
+        return node
+    if accumulate_write(node) is None:
+        return None
+    x = node.inputs[0]
+    body = Graph(f"fused_{node.primitive.name}", [x], [node], [node.out])
+    return Node(fused, (x,), dict(body=body, shape=x.aval.shape, accumulate=(True,)), node.out, node.source,
+                None, node.backward)
+
+
+# Loops are not merged past this many nodes in one body: code is split for Numba only between statements,
+# and a loop is one statement (codegen.SPLIT_LINES).
+MERGE_NODES = 300
+
+
 def _mergeable(first: Node, second: Node) -> bool:
-    if first.params["shape"] != second.params["shape"]:
+    domain = first.params["shape"]
+    if second.params["shape"] != domain:
+        return False
+    if len(first.params["body"].nodes) + len(second.params["body"].nodes) > MERGE_NODES:
         return False
     inside_a = {m.out for m in first.params["body"].nodes}
     inside_b = {m.out for m in second.params["body"].nodes}
     if inside_b.intersection(first.outs):  # the second computes an output of the first again: it stays apart
         return False
-    return bool(set(first.inputs) & set(second.inputs) or inside_a & inside_b)
+    stored = {v for v, summed in zip(first.outs, first.params["accumulate"]) if not summed}
+    needed = set(second.inputs).intersection(first.outs)
+    if needed - stored:  # a sum is complete only after the loop
+        return False
+    for member in second.params["body"].nodes:  # read at the loop index: elementwise, or summed
+        at_index = (member.primitive.elementwise and member.out.aval.shape == domain) or \
+            accumulate_write(member) is not None
+        if not at_index and needed.intersection(member.inputs):
+            return False
+    return bool(needed or set(first.inputs) & set(second.inputs) or inside_a & inside_b)
 
 
 def _merged(first: Node, second: Node) -> Node:
     a, b = first.params["body"], second.params["body"]
     members = list(a.nodes) + [m for m in b.nodes if m not in set(a.nodes)]  # values both compute, once
-    inputs = list(first.inputs) + [v for v in second.inputs if v not in set(first.inputs)]
+    inputs = list(first.inputs) + [v for v in second.inputs if v not in set(first.inputs) and v not in first.outs]
     outs = first.outs + second.outs
     body = Graph(a.name, inputs, members, list(outs))
     params = dict(body=body, shape=first.params["shape"],
