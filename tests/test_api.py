@@ -305,3 +305,18 @@ def test_the_fast_path_never_converts_arguments_numba_would_accept(rng):
         np.testing.assert_allclose(out, 3 * x ** 2, rtol=1e-6)
     with pytest.raises(tg.GradTypeError):
         g(x, x)  # one argument too many reaches the general path and its error
+
+
+def _twice_sin(x):
+    return 2.0 * np.sin(x)
+
+
+def test_transformed_functions_pickle_and_copy():
+    import copy
+    import pickle
+
+    f = tg.value_and_grad(_twice_sin)
+    assert f(0.5) == f(0.5)  # the fast path is installed on f's own class
+    for g in (pickle.loads(pickle.dumps(f)), copy.deepcopy(f)):
+        assert g(0.5) == f(0.5) and g(0.25) == (pytest.approx(2 * np.sin(0.25)), pytest.approx(2 * np.cos(0.25)))
+        assert type(g) is not type(f)  # each has its own fast path

@@ -215,6 +215,9 @@ class Function:
     def __repr__(self):
         return f"<tracegrad.{self.mode} of {getattr(self.fun, '__qualname__', self.fun)!r}>"
 
+    def __reduce__(self):  # its own class cannot be pickled; a copy compiles (or loads) again when called
+        return Function, (self.fun, self.mode, self.argnums, self.has_aux, self.debug_nans)
+
     def __get__(self, obj, objtype=None):
         """A decorated method: ``self`` is bound, not traced, and argnums count the other arguments.
 
