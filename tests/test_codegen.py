@@ -84,7 +84,7 @@ def test_provenance_comments_point_at_the_users_line():
     import inspect
     line = inspect.getsourcelines(f)[1] + 1
     assert f"# test_codegen.py:{line}" in src
-    assert "# backward pass" in src
+    assert "# forward and backward pass in one loop" in src  # the sum and the gradient: one loop
 
 
 def test_the_module_is_a_real_file_with_exactly_the_shown_source():

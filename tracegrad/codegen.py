@@ -115,6 +115,14 @@ def _finite_check(name: str, node) -> str:
     return f"if not {test}: raise NonFiniteError({message!r})"
 
 
+def _passes_of(node) -> set:
+    """Which passes a node's outputs belong to: {False} forward, {True} backward, both for a loop that
+    computes a forward value and gradients."""
+    if node.primitive.emit is None:
+        return {m.backward for m in node.params["body"].nodes if m.out in node.outs}
+    return {node.backward}
+
+
 def _kernels_of(node) -> list:
     kernel = node.primitive.kernel
     if kernel is None:
@@ -241,8 +249,10 @@ def generate(graph: Graph, function: str | None = None, comments: bool = True, c
     exprs: dict = {}  # inlined temporaries: var -> (text, precedence)
     defined_by: dict = {}
     last_source, in_backward = None, False
+    # "# backward pass" goes after the last statement computing a forward value (a loop may compute both)
+    forward_ends = max((i for i, node in enumerate(graph.nodes) if _passes_of(node) != {True}), default=-1)
     used_kernels = set()
-    for node in graph.nodes:
+    for i, node in enumerate(graph.nodes):
         defined_by.update((out, node) for out in node.outs)
         args = [_literal(a) if isinstance(a, Literal) else exprs.pop(a, None) or (names[a], ATOM) for a in node.inputs]
         if node.primitive.emit is None:  # a fused loop
@@ -259,13 +269,11 @@ def generate(graph: Graph, function: str | None = None, comments: bool = True, c
             continue
         note, statement = None, []
         if comments:
-            if node.backward and not in_backward:
+            if node.backward and not in_backward and i > forward_ends:
                 statement.append(("# backward pass", None))
                 in_backward, last_source = True, None
-            if node.primitive.emit is None and len(node.outs) > 1:
-                passes = {m.backward for m in node.params["body"].nodes if m.out in node.outs}
-                if len(passes) == 2:  # a forward value and gradients from one loop (merge_loops)
-                    statement.append(("# forward and backward pass in one loop", None))
+            if len(_passes_of(node)) == 2:  # a forward value and gradients from one loop (merge_loops)
+                statement.append(("# forward and backward pass in one loop", None))
             if node.source is not None and node.source != last_source:
                 note = node.source.short()
                 last_source = node.source
