@@ -307,7 +307,32 @@ def fuse(graph: Graph, group: bool = True) -> Graph:
             nodes.append(node)
         elif node is root:
             nodes.append(_fused_node(*groups[root]))
+    return _read_what_is_stored(dce(Graph(graph.name, graph.inputs, nodes, graph.outputs, graph.n_args,
+                                          dict(graph.meta))))
+
+
+def _read_what_is_stored(graph: Graph) -> Graph:
+    """A value a loop would compute again that is stored as an array anyway (a user needed it whole) is
+    read from the array instead: one value, one name, and no work done twice."""
+    stored = {v for node in graph.nodes for v in node.outs}
+    nodes = [_without_copies_of(node, stored) if node.primitive is fused else node for node in graph.nodes]
     return dce(Graph(graph.name, graph.inputs, nodes, graph.outputs, graph.n_args, dict(graph.meta)))
+
+
+def _without_copies_of(loop: Node, stored: set) -> Node:
+    body = loop.params["body"]
+    if not any(m.out in stored and m.out not in loop.outs for m in body.nodes):
+        return loop
+    needed, kept = set(body.outputs), []
+    for member in reversed(body.nodes):  # what the outputs still need, reading stored values as arrays
+        if member.out in needed and (member.out in loop.outs or member.out not in stored):
+            kept.append(member)
+            needed.update(a for a in member.inputs if isinstance(a, Var))
+    kept.reverse()
+    inside = {m.out for m in kept}
+    inputs = list(dict.fromkeys(a for m in kept for a in m.inputs if isinstance(a, Var) and a not in inside))
+    params = dict(loop.params, body=Graph(body.name, inputs, kept, body.outputs))
+    return dataclasses.replace(loop, inputs=tuple(inputs), params=params)
 
 
 def accumulation_tree(root: Node, leaves: list, defs: dict) -> set:
