@@ -329,8 +329,7 @@ def _without_copies_of(loop: Node, stored: set) -> Node:
             kept.append(member)
             needed.update(a for a in member.inputs if isinstance(a, Var))
     kept.reverse()
-    inside = {m.out for m in kept}
-    inputs = list(dict.fromkeys(a for m in kept for a in m.inputs if isinstance(a, Var) and a not in inside))
+    inputs = _read_from_outside(kept)
     params = dict(loop.params, body=Graph(body.name, inputs, kept, body.outputs))
     return dataclasses.replace(loop, inputs=tuple(inputs), params=params)
 
@@ -346,15 +345,15 @@ def accumulation_tree(root: Node, leaves: list, defs: dict) -> set:
     return members
 
 
+def _read_from_outside(members: list) -> list:
+    """The values a loop body reads that it does not compute, in order of first use."""
+    inside = {m.out for m in members}
+    return list(dict.fromkeys(a for m in members for a in m.inputs if isinstance(a, Var) and a not in inside))
+
+
 def _fused_node(members: list, domain: tuple, accumulate: bool) -> Node:
     root = members[-1]
-    inside = {m.out for m in members}
-    inputs, seen = [], set()
-    for member in members:
-        for a in member.inputs:
-            if isinstance(a, Var) and a not in inside and a not in seen:
-                seen.add(a)
-                inputs.append(a)
+    inputs = _read_from_outside(members)
     body = Graph(f"fused_{root.primitive.name}", list(inputs), list(members), [root.out])
     params = dict(body=body, shape=domain, accumulate=(accumulate,))
     return Node(fused, tuple(inputs), params, root.out, root.source, None, root.backward)
@@ -438,8 +437,9 @@ def _mergeable(first: Node, second: Node) -> bool:
 
 def _merged(first: Node, second: Node) -> Node:
     a, b = first.params["body"], second.params["body"]
-    members = list(a.nodes) + [m for m in b.nodes if m not in set(a.nodes)]  # values both compute, once
-    inputs = list(first.inputs) + [v for v in second.inputs if v not in set(first.inputs) and v not in first.outs]
+    in_a, read_by_a = set(a.nodes), set(first.inputs)
+    members = list(a.nodes) + [m for m in b.nodes if m not in in_a]  # values both compute, once
+    inputs = list(first.inputs) + [v for v in second.inputs if v not in read_by_a and v not in first.outs]
     outs = first.outs + second.outs
     body = Graph(a.name, inputs, members, list(outs))
     params = dict(body=body, shape=first.params["shape"],
