@@ -27,6 +27,10 @@ def binary(fn, domain="real"):
 I3 = np.array([0, 2, 0])  # a repeated index: scatter_add must accumulate
 J3 = np.array([1, 0, 2])
 
+def _both(carry, ys):
+    return carry * ys[0] + ys[-1]
+
+
 # primitive name -> list of (function of float arrays, argument shapes, domain)
 CASES = {
     "add": binary(lambda x, y: x + y),
@@ -88,6 +92,15 @@ CASES = {
     "full": [(lambda x: x * 3.0, (VECTOR,), "real")],  # the seed of every backward pass
     "copy": [(lambda x: P["copy"](x) * x, (VECTOR,), "real")],
     # finite differences cannot see a stopped gradient: only a use that does not change the derivative
+    # a scan with an array carry and stacked outputs, a fori_loop over a pytree of two carries, a reversed
+    # scan reading a closed-over array, and loops of length 0 and 1
+    "loop": [(lambda x: tg.scan(lambda c, r: (c * np.sin(r) + r, c * r), 0.5, x)[1], (VECTOR,), "real"),
+             (lambda x, y: tg.fori_loop(0, 3, lambda i, c: (c[0] * y + np.tanh(c[1]), c[1] * 0.9 + c[0]), (x, y))[0],
+              (VECTOR, VECTOR), "real"),
+             (lambda h, xs: _both(*tg.scan(lambda h, x: (np.tanh(h * xs[0] + x), h), h, xs, reverse=True)),
+              (VECTOR, (4, 3)), "real"),
+             (lambda x: tg.fori_loop(0, 0, lambda i, c: c * 2.0, x) + tg.fori_loop(5, 6, lambda i, c: c * np.cos(c), x),
+              (MATRIX,), "real")],
     "stop_gradient": [(lambda x: tg.stop_gradient(x) * 0.0 + x, (VECTOR,), "real")],
 }
 

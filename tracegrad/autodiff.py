@@ -11,7 +11,7 @@ import itertools
 
 import numpy as np
 
-from .core import PRIMITIVES, Builder, TracedArray
+from .core import PRIMITIVES, Builder, TracedArray, current_builder
 from .errors import GradTypeError
 from .ir import Aval, Graph, IRError, Var
 from .passes import dce
@@ -32,25 +32,33 @@ def value_and_grad_graph(graph: Graph, wrt: list[int], name: str | None = None) 
     builder.nodes = list(graph.nodes)
     builder.backward = True
     with builder:
-        grads = backward(builder, graph.nodes, out, [graph.inputs[i] for i in wrt])
+        seeds = {}
+        if isinstance(out, Var):
+            builder.source = next((n.source for n in graph.nodes if out in n.outs), None)
+            seeds[out] = seed(out.aval, 1.0, out)
+        grads = backward(builder, graph.nodes, seeds, [graph.inputs[i] for i in wrt])
     if builder.captured:
         raise IRError("a VJP rule captured an array; rules must be written with traced operations only")
     result = Graph(builder.name, list(graph.inputs), builder.nodes, list(graph.outputs) + grads, graph.n_args)
     return dce(result)
 
 
-def backward(builder: Builder, nodes: list, out, wrt: list[Var]) -> list[Var]:
-    """Record the backward pass of ``nodes`` into ``builder``; return the cotangent of each ``wrt`` var."""
-    forward_vars = {n.out for n in nodes} | set(builder.inputs)
+def seed(aval, value, grad_of=None) -> Var:
+    """A constant cotangent recorded in the current builder (``grad_L = 1.0``, or zeros)."""
+    var = current_builder().add_node(PRIMITIVES["full"], (), dict(shape=aval.shape, value=value, dtype=aval.dtype),
+                                     aval)
+    var.grad_of = grad_of
+    return var
+
+
+def backward(builder: Builder, nodes: list, seeds: dict, wrt: list[Var]) -> list[Var]:
+    """Record the backward pass of ``nodes`` into ``builder``, starting from the cotangents ``seeds``
+    ({value: its cotangent Var}); return the cotangent of each ``wrt`` var (zeros where it has none)."""
+    forward_vars = {v for n in nodes for v in n.outs} | set(builder.inputs)
     active = set(wrt)  # values that depend on a requested input
     for node in nodes:
         if not node.primitive.nondiff and any(isinstance(a, Var) and a in active for a in node.inputs):
-            active.add(node.out)
-
-    def fill(aval, value, grad_of):
-        var = builder.add_node(PRIMITIVES["full"], (), dict(shape=aval.shape, value=value, dtype=aval.dtype), aval)
-        var.grad_of = grad_of
-        return var
+            active.update(node.outs)
 
     def finalize(var, g):
         """Make ``g`` the value displayed as ``grad_<var>``: name it, or alias it if it has a name already."""
@@ -63,21 +71,23 @@ def backward(builder: Builder, nodes: list, out, wrt: list[Var]) -> list[Var]:
         alias.grad_of = var
         return alias
 
-    cotangents: dict = {}
-    if isinstance(out, Var) and out in active:
-        builder.source = next((n.source for n in nodes if n.out is out), None)
-        cotangents[out] = fill(out.aval, 1.0, out)
+    cotangents = {var: g for var, g in seeds.items() if var in active}
     groups = itertools.count()
     for node in reversed(nodes):
-        g = cotangents.pop(node.out, None)
-        if g is None:
+        gs = [cotangents.pop(out, None) for out in node.outs]
+        if all(g is None for g in gs):
             continue
-        g = finalize(node.out, g)
+        gs = [None if g is None else finalize(out, g) for out, g in zip(node.outs, gs)]
         if node.primitive.vjp is None:
             continue
         builder.source, builder.group = node.source, next(groups)
         args = [TracedArray(a, builder) if isinstance(a, Var) else a.aval.dtype.type(a.value) for a in node.inputs]
-        rules = node.primitive.vjp(TracedArray(g, builder), TracedArray(node.out, builder), *args, **node.params)
+        if node.primitive.multiple_results:
+            g = [None if g is None else TracedArray(g, builder) for g in gs]
+            out = [TracedArray(v, builder) for v in node.outs]
+        else:
+            g, out = TracedArray(gs[0], builder), TracedArray(node.out, builder)
+        rules = node.primitive.vjp(g, out, *args, **node.params)
         for atom, ct in zip(node.inputs, rules):
             if ct is None or not isinstance(atom, Var) or atom not in active:
                 continue
@@ -87,7 +97,7 @@ def backward(builder: Builder, nodes: list, out, wrt: list[Var]) -> list[Var]:
     grads = []
     for var in wrt:
         g = cotangents.get(var)
-        grads.append(finalize(var, g) if g is not None else fill(var.aval, 0.0, var))
+        grads.append(finalize(var, g) if g is not None else seed(var.aval, 0.0, var))
     return grads
 
 

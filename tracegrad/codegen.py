@@ -17,7 +17,7 @@ import numpy as np
 from dataclasses import dataclass
 
 from . import __version__
-from .core import Infix, Prefix, broadcast_subscripts
+from .core import Block, Infix, Prefix, broadcast_subscripts
 from .ir import Aval, Graph, Literal, Var, assign_names, literal_source
 from .passes import accumulate_write, accumulation_leaves, accumulation_tree, inlinable as _inlinable, loop_read
 
@@ -219,6 +219,111 @@ def _fused_lines(node, names: dict) -> list:
     return [line.replace("{", "{{").replace("}", "}}") for line in lines]
 
 
+def _loop_indices(nodes) -> set:
+    """The index names of every fused loop, nested bodies included (``i0, i1, ...``)."""
+    names = set()
+    for node in nodes:
+        if node.primitive.emit is None:
+            names.update(f"i{d}" for d in range(len(node.params["shape"])))
+        for value in node.params.values():
+            if isinstance(value, Graph):
+                names |= _loop_indices(value.nodes)
+    return names
+
+
+class Printer:
+    """Writes statements for a graph's nodes under the names ``ir.assign_names`` chose. A ``Block``
+    primitive (a loop) asks it for its nested graph's lines (``block``), its outer values' spellings
+    (``alias``) and how to spell atoms and new arrays."""
+
+    def __init__(self, names: dict, comments: bool, check_finite: bool):
+        self.names = names
+        self.comments = comments
+        self.check_finite = check_finite
+        self.used_kernels: set = set()
+        self.defined_by: dict = {}
+        self.last_source = None
+
+    def alias(self, var: Var, text: str) -> None:
+        """Spell ``var`` (a nested graph's input) as the outer value ``text``."""
+        self.names[var] = text
+
+    def atom(self, atom) -> str:
+        return _literal(atom)[0] if isinstance(atom, Literal) else self.names[atom]
+
+    def empty(self, aval) -> str:
+        return _empty(aval.shape, aval.dtype)
+
+    def block(self, graph: Graph) -> list:
+        """The lines ``(code, note)`` computing ``graph``'s outputs from its inputs (a loop's body)."""
+        return [line for _, lines in self.statements(graph.nodes, graph.outputs) for line in lines]
+
+    def statements(self, nodes: list, outputs: list, top: bool = False) -> list:
+        """One entry per statement: (the names it defines, [(code, note), ...])."""
+        names, comments, check_finite = self.names, self.comments, self.check_finite
+        uses: dict = {}
+        consumer_group = {}
+        for node in nodes:
+            block = isinstance(node.primitive.emit, Block)
+            for a in node.inputs:
+                if isinstance(a, Var):
+                    uses[a] = uses.get(a, 0) + (2 if block else 1)  # a loop reads its inputs as names
+                    consumer_group[a] = node.group
+        for out in outputs:
+            if isinstance(out, Var):
+                uses[out] = uses.get(out, 0) + 2  # outputs are never inlined
+
+        body: list = []
+        exprs: dict = {}  # inlined temporaries: var -> (text, precedence)
+        in_backward = False
+        # "# backward pass" goes after the last statement computing a forward value (a loop may compute both)
+        forward_ends = max((i for i, node in enumerate(nodes) if _passes_of(node) != {True}), default=-1) if top \
+            else len(nodes)
+        for i, node in enumerate(nodes):
+            self.defined_by.update((out, node) for out in node.outs)
+            args = [_literal(a) if isinstance(a, Literal) else exprs.pop(a, None) or (names[a], ATOM)
+                    for a in node.inputs]
+            emit, out = node.primitive.emit, node.out
+            if isinstance(emit, Block):
+                self.used_kernels.update(_kernels_of(node))
+                spelled = None
+            elif emit is None:  # a fused loop
+                spelled = _fused_lines(node, names)
+                kernels = _kernel_names(node.params["body"].nodes)
+            else:
+                spelled = spell(node, args)
+                kernels = _kernels_of(node)
+            if spelled is not None:
+                text = "\n".join(spelled if isinstance(spelled, list) else [spelled[0]])
+                self.used_kernels.update(k for k in kernels if k + "(" in text)
+                if isinstance(spelled, tuple) and _inlinable(node, uses, consumer_group):
+                    exprs[out] = spelled
+                    continue
+            note, statement = None, []
+            if comments:
+                if node.backward and not in_backward and i > forward_ends:
+                    statement.append(("# backward pass", None))
+                    in_backward, self.last_source = True, None
+                if len(_passes_of(node)) == 2:  # a forward value and gradients from one loop (merge_loops)
+                    statement.append(("# forward and backward pass in one loop", None))
+                if node.source is not None and node.source != self.last_source:
+                    note = node.source.short()
+                    self.last_source = node.source
+            if spelled is None:  # a block: the lines of its body keep their own notes
+                lines = emit.render(self, node, args)
+                statement.extend((code, note if k == 0 else inner) for k, (code, inner) in enumerate(lines))
+                checked = [v for v in node.outs if v.aval.dtype.kind == "f"]
+            else:
+                lines = [line.format(out=names[out]) for line in spelled] if isinstance(spelled, list) else \
+                    [f"{names[out]} = {spelled[0]}"]
+                statement.extend((line, note if k == 0 else None) for k, line in enumerate(lines))
+                checked = [out] if out.aval.dtype.kind == "f" else []
+            if check_finite:
+                statement.extend((_finite_check(names[v], node), None) for v in checked)
+            body.append(([names[v] for v in node.outs], statement))
+        return body
+
+
 def generate(graph: Graph, function: str | None = None, comments: bool = True, check_finite: bool = False) -> Module:
     """Generate the module that defines ``function(*graph.inputs)`` returning ``graph.outputs``.
 
@@ -229,60 +334,10 @@ def generate(graph: Graph, function: str | None = None, comments: bool = True, c
     """
     function = function or graph.name
     all_kernels = _kernel_names(graph.nodes)
-    loop_indices = {f"i{d}" for node in graph.nodes if "body" in node.params for d in range(len(node.params["shape"]))}
-    names = assign_names(graph, reserved=frozenset(all_kernels) | {function} | loop_indices)
-    uses: dict = {}
-    for node in graph.nodes:
-        for a in node.inputs:
-            if isinstance(a, Var):
-                uses[a] = uses.get(a, 0) + 1
-    for out in graph.outputs:
-        if isinstance(out, Var):
-            uses[out] = uses.get(out, 0) + 2  # outputs are never inlined
-    consumer_group = {}
-    for node in graph.nodes:
-        for a in node.inputs:
-            if isinstance(a, Var):
-                consumer_group[a] = node.group
-
-    body: list = []  # statements: (the names each defines, [(code, note), ...])
-    exprs: dict = {}  # inlined temporaries: var -> (text, precedence)
-    defined_by: dict = {}
-    last_source, in_backward = None, False
-    # "# backward pass" goes after the last statement computing a forward value (a loop may compute both)
-    forward_ends = max((i for i, node in enumerate(graph.nodes) if _passes_of(node) != {True}), default=-1)
-    used_kernels = set()
-    for i, node in enumerate(graph.nodes):
-        defined_by.update((out, node) for out in node.outs)
-        args = [_literal(a) if isinstance(a, Literal) else exprs.pop(a, None) or (names[a], ATOM) for a in node.inputs]
-        if node.primitive.emit is None:  # a fused loop
-            spelled = _fused_lines(node, names)
-            kernels = _kernel_names(node.params["body"].nodes)
-        else:
-            spelled = spell(node, args)
-            kernels = _kernels_of(node)
-        text = "\n".join(spelled if isinstance(spelled, list) else [spelled[0]])
-        used_kernels.update(k for k in kernels if k + "(" in text)
-        out = node.out
-        if isinstance(spelled, tuple) and _inlinable(node, uses, consumer_group):
-            exprs[out] = spelled
-            continue
-        note, statement = None, []
-        if comments:
-            if node.backward and not in_backward and i > forward_ends:
-                statement.append(("# backward pass", None))
-                in_backward, last_source = True, None
-            if len(_passes_of(node)) == 2:  # a forward value and gradients from one loop (merge_loops)
-                statement.append(("# forward and backward pass in one loop", None))
-            if node.source is not None and node.source != last_source:
-                note = node.source.short()
-                last_source = node.source
-        lines = [line.format(out=names[out]) for line in spelled] if isinstance(spelled, list) else \
-            [f"{names[out]} = {spelled[0]}"]
-        statement.extend((line, note if i == 0 else None) for i, line in enumerate(lines))
-        if check_finite and out.aval.dtype.kind == "f":
-            statement.append((_finite_check(names[out], node), None))
-        body.append(([names[v] for v in node.outs], statement))
+    names = assign_names(graph, reserved=frozenset(all_kernels) | {function} | _loop_indices(graph.nodes))
+    printer = Printer(names, comments, check_finite)
+    body = printer.statements(graph.nodes, graph.outputs, top=True)
+    defined_by, used_kernels = printer.defined_by, printer.used_kernels
 
     returns = []
     for i, out in enumerate(graph.outputs):

@@ -42,6 +42,14 @@ class Prefix:
     prec: int
 
 
+@dataclass(frozen=True)
+class Block:
+    """A statement that holds other statements (a loop): ``render(printer, node, args)`` returns the lines
+    ``(code, note)`` of the whole block, asking ``printer`` for the lines of its nested graph."""
+
+    render: Callable
+
+
 @dataclass(frozen=True, eq=False)
 class Primitive:
     """Everything tracegrad knows about one operation. Built by ``@primitive`` from a declaration."""
@@ -69,6 +77,15 @@ class Primitive:
     nondiff: bool = False  # no gradient flows through (comparisons, sign)
     elementwise: bool = False  # applied element by element; inputs broadcast implicitly to the output
     domain: Any = None  # test data: how to draw valid inputs (see tests/)
+    # Several outputs: ``shape`` returns a tuple of avals, ``bind`` a list of values, ``vjp`` receives a list
+    # of cotangents (None where an output has none) and a list of outputs
+    multiple_results: bool = False
+    # A node holding a nested graph that defines values of its own (a loop's index and carries):
+    # (node) -> those Vars, named like any other value; the rest of the nested graph's inputs are the
+    # node's inputs under other names
+    scoped: Callable | None = None
+    # (node, live outputs) -> the node without the outputs nothing reads, or None when all are needed
+    prune: Callable | None = None
     doc: str = ""
 
     def __post_init__(self):
@@ -188,16 +205,18 @@ class Builder:
     def wrap(self, var: Var) -> "TracedArray":
         return TracedArray(var, self)
 
-    def add_node(self, prim: Primitive, inputs: tuple, params: dict, aval: Aval) -> Var:
+    def add_node(self, prim: Primitive, inputs: tuple, params: dict, aval) -> Var:
+        """Record ``prim[params](*inputs)``; ``aval`` is a tuple of avals for a primitive of several
+        results, which returns the tuple of their Vars."""
         if self.watch is not None and self.watched_frame is None:
             frame = sys._getframe(1)
             while frame is not None and frame.f_code is not self.watch:
                 frame = frame.f_back
             self.watched_frame = frame
-        out = Var(aval)
+        outs = tuple(Var(a) for a in aval) if prim.multiple_results else (Var(aval),)
         source = self.source if self.source is not None or self.backward else user_source()
-        self.nodes.append(Node(prim, inputs, params, out, source, self.group, self.backward))
-        return out
+        self.nodes.append(Node(prim, inputs, params, outs[0], source, self.group, self.backward, also=outs[1:]))
+        return outs if prim.multiple_results else outs[0]
 
 
 class _State(threading.local):
@@ -253,6 +272,8 @@ def bind(prim: Primitive, *args, **params):
         if simpler is not None and simpler.aval == aval:
             return _wrap(simpler, builder)
     out = builder.add_node(prim, tuple(atoms), params, aval)
+    if prim.multiple_results:
+        return [TracedArray(v, builder) for v in out]
     return TracedArray(out, builder)
 
 

@@ -18,7 +18,8 @@ def evaluate(graph: Graph, *inputs) -> list:
     read = lambda atom: atom.aval.dtype.type(atom.value) if isinstance(atom, Literal) else env[atom]
     for node in graph.nodes:
         result = node.primitive.ref(*(read(a) for a in node.inputs), **node.params)
-        for out, value in zip(node.outs, result) if node.also else [(node.out, result)]:
+        several = node.also or node.primitive.multiple_results
+        for out, value in zip(node.outs, result) if several else [(node.out, result)]:
             aval = out.aval
             if np.shape(value) != aval.shape or np.asarray(value).dtype != aval.dtype:
                 raise IRError(f"{node.primitive.name}: reference gave {np.asarray(value).dtype}{list(np.shape(value))}, "
@@ -43,7 +44,9 @@ def inline(graph: Graph, *inputs) -> list:
     try:
         for node in graph.nodes:
             builder.source = node.source
-            if node.inputs:
+            if node.primitive.multiple_results:
+                env.update(zip(node.outs, bind(node.primitive, *(read(a) for a in node.inputs), **node.params)))
+            elif node.inputs:
                 env[node.out] = bind(node.primitive, *(read(a) for a in node.inputs), **node.params)
             else:
                 env[node.out] = builder.wrap(builder.add_node(node.primitive, (), node.params, node.out.aval))

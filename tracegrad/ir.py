@@ -150,10 +150,13 @@ def is_valid_name(name: str) -> bool:
 
 
 def defined_vars(nodes) -> list:
-    """The values the nodes define, in order, including those inside nested graphs (fused loops)."""
+    """The values the nodes define, in order, including those inside nested graphs (fused loops, a loop's
+    index and carries)."""
     out = []
     for node in nodes:
-        inner = [v for value in node.params.values() if isinstance(value, Graph) for v in defined_vars(value.nodes)]
+        scoped = list(node.primitive.scoped(node)) if getattr(node.primitive, "scoped", None) else []
+        inner = scoped + [v for value in node.params.values() if isinstance(value, Graph)
+                          for v in defined_vars(value.nodes)]
         out.extend(inner)  # a loop's outputs where its body computes them
         out.extend(v for v in node.outs if v not in inner)
     return out
@@ -256,8 +259,23 @@ def _format_nodes(nodes, names, lines, indent):
         outs = ", ".join(f"{names[v]}: {v.aval}" for v in node.outs)
         lines.append(f"{indent}{outs} = {node.primitive.name}{format_params(params)} {ins}".rstrip())
         for value in node.params.values():
-            if isinstance(value, Graph):
+            if not isinstance(value, Graph):
+                continue
+            if getattr(node.primitive, "scoped", None):  # a block: its own values, and the outer ones it reads
+                names = {**names, **outer_names(node, value, names)}
+                lines.append(f"{indent}    ({', '.join(names[v] for v in node.primitive.scoped(node))}) ->")
+                _format_nodes(value.nodes, names, lines, indent + "      ")
+                lines.append(f"{indent}      return " + ", ".join(format_atom(v, names) for v in value.outputs))
+            else:
                 _format_nodes(value.nodes, names, lines, indent + "    ")
+
+
+def outer_names(node: Node, body: Graph, names: dict) -> dict:
+    """A block's nested-graph inputs that are not its own (``scoped``) values are its node's inputs, in
+    order, under the names (or literals) of those."""
+    own = set(node.primitive.scoped(node))
+    rest = [v for v in body.inputs if v not in own]
+    return {v: format_atom(a, names) for v, a in zip(rest, node.inputs)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,6 +306,12 @@ def verify(graph: Graph) -> None:
                 raise IRError(f"graph {graph.name}: {out!r} is assigned twice (node {i})")
             defined.add(out)
         expected = node.primitive.shape(*(a.aval for a in node.inputs), **node.params)
+        if getattr(node.primitive, "multiple_results", False):
+            expected, got = tuple(expected), tuple(v.aval for v in node.outs)
+            if expected != got:
+                raise IRError(f"graph {graph.name}: node {i} ({node.primitive.name}) has avals "
+                              f"{', '.join(map(str, got))}, but its shape rule gives {', '.join(map(str, expected))}")
+            continue
         if expected != node.out.aval:
             raise IRError(
                 f"graph {graph.name}: node {i} ({node.primitive.name}) has aval {node.out.aval}, "

@@ -24,12 +24,16 @@ def _with_inputs(node: Node, replace: dict) -> Node:
     return node if inputs == node.inputs else dataclasses.replace(node, inputs=inputs)
 
 
-def dce(graph: Graph) -> Graph:
-    """Dead-code elimination: drop nodes no output depends on."""
+def dce(graph: Graph, prune: bool = False) -> Graph:
+    """Dead-code elimination: drop nodes no output depends on. With ``prune``, loops also drop the
+    outputs nothing reads, such as the carries they store for a gradient (so only for graphs that are
+    not differentiated again)."""
     live = {v for v in graph.outputs if isinstance(v, Var)}
     kept = []
     for node in reversed(graph.nodes):
         if any(out in live for out in node.outs):
+            if prune and node.primitive.prune is not None:  # a loop stores only the outputs something reads
+                node = node.primitive.prune(node, live) or node
             kept.append(node)
             live.update(a for a in node.inputs if isinstance(a, Var))
     kept.reverse()
@@ -38,7 +42,9 @@ def dce(graph: Graph) -> Graph:
 
 def _key(node: Node):
     inputs = tuple(("lit", a.value, a.aval.dtype.str) if isinstance(a, Literal) else id(a) for a in node.inputs)
-    return node.primitive.name, inputs, repr(sorted(node.params.items()))
+    # a nested graph is itself only (its printed form does not tell how its values are wired)
+    params = sorted((k, ("graph", id(v)) if isinstance(v, Graph) else v) for k, v in node.params.items())
+    return node.primitive.name, inputs, repr(params)
 
 
 def cse(graph: Graph) -> Graph:
@@ -121,6 +127,32 @@ def _skip_broadcasts(node: Node, defs: dict) -> Node:
 # ---------------------------------------------------------------- elementwise fusion
 
 
+def _without_orphan_aliases(graph: Graph) -> Graph:
+    """An alias (``copy``) naming the gradient of a value the graph no longer computes (a loop body's
+    forward value that only its gradient needed) names nothing: its users read the aliased value."""
+    present = set(graph.inputs) | {v for node in graph.nodes for v in node.outs}
+    replace, nodes = {}, []
+    for node in graph.nodes:
+        node = _with_inputs(node, replace)
+        grad_of = node.out.grad_of
+        if node.primitive.name == "copy" and grad_of is not None and grad_of not in present \
+                and isinstance(node.inputs[0], Var):
+            replace[node.out] = node.inputs[0]
+            continue
+        nodes.append(node)
+    return _rebuild(graph, nodes, replace) if replace else graph
+
+
+def _optimize_bodies(graph: Graph, fusion: bool) -> Graph:
+    nodes = []
+    for node in graph.nodes:
+        if node.primitive.scoped is not None:  # a loop: its body is a graph of its own
+            params = {k: optimize(v, fusion) if isinstance(v, Graph) else v for k, v in node.params.items()}
+            node = dataclasses.replace(node, params=params)
+        nodes.append(node)
+    return Graph(graph.name, graph.inputs, nodes, graph.outputs, graph.n_args, dict(graph.meta))
+
+
 def _fused_vjp(g, out, *inputs, body, shape, accumulate):
     raise IRError("fused nodes are made after differentiation and cannot be differentiated")
 
@@ -199,20 +231,26 @@ def accumulate_write(node: Node):
 def accumulation_leaves(node: Node, defs: dict, uses: dict, outputs=frozenset()):
     """The accumulating nodes (``accumulate_write``) whose sum ``node`` is, all over inputs of one shape,
     joined by ``add`` nodes used only there (``uses``: how many nodes use each value); or None.
-    ``np.sum(s8)`` is one leaf; the gradient of x in ``x[1:] * x[:-1]`` is two (the slices' ``place``)."""
+    ``np.sum(s8)`` is one leaf; the gradient of x in ``x[1:] * x[:-1]`` is two (the slices' ``place``).
+    (A walk with a stack, not recursion: an unrolled sum of 10,000 terms is a chain 10,000 adds deep.)"""
     if accumulate_write(node) is not None:
         return [node]
     if node.primitive.name != "add":
         return None
-    leaves = []
-    for a in node.inputs:
-        producer = defs.get(a) if isinstance(a, Var) else None
-        if producer is None or a.aval != node.out.aval or a in outputs or uses.get(a) != 1:
-            return None
-        below = accumulation_leaves(producer, defs, uses, outputs)
-        if below is None:
-            return None
-        leaves += below
+    leaves, todo = [], [node]
+    while todo:
+        current = todo.pop()
+        if current is not node:
+            if accumulate_write(current) is not None:
+                leaves.append(current)
+                continue
+            if current.primitive.name != "add":
+                return None
+        for a in reversed(current.inputs):  # left to right, as written
+            producer = defs.get(a) if isinstance(a, Var) else None
+            if producer is None or a.aval != current.out.aval or a in outputs or uses.get(a) != 1:
+                return None
+            todo.append(producer)
     return leaves if len({leaf.inputs[0].aval.shape for leaf in leaves}) == 1 else None
 
 
@@ -380,7 +418,7 @@ def merge_loops(graph: Graph) -> Graph:
             open_loops.append(node)
         nodes.append(node)
     read = {a for node in nodes for a in node.inputs} | set(graph.outputs)
-    nodes = [_without_unread(node, read) if node.also else node for node in nodes]
+    nodes = [_without_unread(node, read) if node.primitive is fused and node.also else node for node in nodes]
     return Graph(graph.name, graph.inputs, nodes, graph.outputs, graph.n_args, dict(graph.meta))
 
 
@@ -449,7 +487,9 @@ def _merged(first: Node, second: Node) -> Node:
 
 def optimize(graph: Graph, fusion: bool = True) -> Graph:
     """The standard pipeline: common subexpressions, simplification, dead code, then elementwise fusion
-    (``fusion=False``: only the loops that scalar kernels need)."""
-    graph = dce(simplify(cse(graph)))
+    (``fusion=False``: only the loops that scalar kernels need). The bodies of loops are optimised the same
+    way, after the loops have dropped the outputs nothing reads."""
+    graph = _without_orphan_aliases(dce(simplify(cse(graph)), prune=True))
+    graph = _optimize_bodies(graph, fusion)
     graph = fuse(graph, group=fusion)
     return merge_loops(graph) if fusion else graph

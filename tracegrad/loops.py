@@ -1,0 +1,164 @@
+"""Loops that stay loops: ``scan`` and ``fori_loop`` trace their body once into a ``loop`` node.
+
+A Python ``for`` loop over traced values is unrolled by tracing: n iterations become n copies of the body
+in the graph and in the generated code, and Numba's compile time grows with them. These functions trace
+the body once, whatever the trip count; the generated code is one ``for t in range(n):`` loop, and its
+gradient is one loop running backwards. They follow JAX's signatures (``jax.lax.scan``,
+``jax.lax.fori_loop``), with pytrees of floats and arrays as carries. Called outside a traced function,
+they simply run the Python loop.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .core import Builder, TracedArray, current_builder
+from .errors import ShapeError, TracingError, user_source
+from .ir import Aval, Literal
+from .primitives.control import close, loop_bind
+from .pytree import flatten, unflatten
+from .tracer import _call_recording_locals, _output_atom, _prepare, arg_names, aval_of
+
+
+def scan(f, init, xs=None, length: int | None = None, reverse: bool = False):
+    """Run ``carry, y = f(carry, x)`` for each row ``x`` of ``xs``; return the last carry and the ``y``s stacked.
+
+    Equivalent to::
+
+        carry, ys = init, []
+        for x in xs:                    # xs[::-1] with reverse=True (ys keep the order of xs)
+            carry, y = f(carry, x)
+            ys.append(y)
+        return carry, np.stack(ys)
+
+    ``init`` and ``carry`` are pytrees (tuples, lists, dicts) of floats and arrays; the carry ``f`` returns
+    must have the same structure, shapes and dtypes. ``xs`` is a pytree of arrays with one leading length
+    (or ``None`` with ``length=n``); ``y`` is a pytree or ``None``. Inside a traced function the body is
+    traced once and compiled as one loop, whatever the length; its gradient is a loop running backwards,
+    reading the carries the forward loop stored at each step.
+    """
+    x_leaves, x_tree = flatten(xs)
+    n = _length(x_leaves, length)
+    if current_builder() is None:
+        return _run(f, init, xs, x_tree, x_leaves, n, reverse)
+    return _trace_loop(f, init, x_leaves, x_tree, n, reverse, "scan")
+
+
+def fori_loop(lower: int, upper: int, body_fun, init_val):
+    """``val = body_fun(i, val)`` for ``i`` in ``range(lower, upper)``; returns the last ``val``.
+
+    ``lower`` and ``upper`` are Python ints (the trip count is part of the compiled code). ``val`` is a
+    pytree of floats and arrays whose structure, shapes and dtypes ``body_fun`` keeps. Inside a traced
+    function ``body_fun`` is traced once: the generated code is one ``for`` loop and its gradient one loop
+    running backwards.
+    """
+    for name, bound in (("lower", lower), ("upper", upper)):
+        if isinstance(bound, TracedArray) or not isinstance(bound, (int, np.integer)) or isinstance(bound, bool):
+            raise TracingError(f"fori_loop's {name} bound must be a Python int, not {type(bound).__name__}",
+                               user_source(), "the trip count must be known when tracing; use a static int")
+    lower, upper = int(lower), int(upper)
+    n = max(upper - lower, 0)
+    if current_builder() is None:
+        val = init_val
+        for i in range(lower, upper):
+            val = body_fun(i, val)
+        return val
+    carry, _ = _trace_loop(body_fun, init_val, [], flatten(None)[1], n, False, "fori_loop", lower)
+    return carry
+
+
+def _length(x_leaves: list, length) -> int:
+    lengths = set()
+    for x in x_leaves:
+        shape = np.shape(x)
+        if not shape:
+            raise ShapeError("scan: every leaf of xs needs a leading axis to scan over, got a scalar", user_source())
+        lengths.add(shape[0])
+    if len(lengths) > 1:
+        raise ShapeError(f"scan: the leaves of xs have different lengths {sorted(lengths)}", user_source())
+    if length is not None:
+        if lengths and lengths != {length}:
+            raise ShapeError(f"scan: length={length} but xs has length {lengths.pop()}", user_source())
+        return int(length)
+    if not lengths:
+        raise ShapeError("scan: give xs or length", user_source())
+    return lengths.pop()
+
+
+def _run(f, init, xs, x_tree, x_leaves, n, reverse):
+    """The loop itself, in Python, on NumPy values (scan called outside any trace)."""
+    carry, ys = init, [None] * n
+    for t in (range(n - 1, -1, -1) if reverse else range(n)):
+        carry, ys[t] = f(carry, unflatten(x_tree, [x[t] for x in x_leaves]))
+    if n == 0 or ys[0] is None:
+        return carry, None
+    y_leaves = [flatten(y)[0] for y in ys]
+    return carry, unflatten(flatten(ys[0])[1], [np.stack(column) for column in zip(*y_leaves)])
+
+
+def _concrete(leaf, aval):
+    """A Python number as a NumPy scalar of its own dtype, so joining the loop does not change it."""
+    return aval.dtype.type(leaf) if isinstance(leaf, (bool, int, float)) else leaf
+
+
+def _trace_loop(f, init, x_leaves, x_tree, n, reverse, what, lower=None):
+    """Trace ``f`` once into a loop node. ``lower`` given: ``f(i, carry)`` (fori_loop), else ``f(carry, x)``."""
+    init_leaves, init_tree = flatten(init)
+    init_avals = [aval_of(leaf) for leaf in init_leaves]
+    row_avals = [Aval(np.shape(x)[1:], x.dtype) for x in x_leaves]
+    index_name = "t"
+    if lower is not None:
+        names = arg_names(f, (0, init))
+        index_name, carry_names, row_names = (names[0] if lower == 0 else "t"), names[1:], []
+    else:
+        names = arg_names(f, (init, unflatten(x_tree, list(x_leaves))))
+        carry_names, row_names = names[:len(init_leaves)], names[len(init_leaves):]
+    source = user_source()
+    name = getattr(f, "__name__", what)
+    name = what if name == "<lambda>" else name
+    with Builder(name) as inner:
+        t = inner.new_input(Aval((), np.int64), index_name)
+        carries = [inner.new_input(aval, hint) for aval, hint in zip(init_avals, carry_names)]
+        rows = [inner.new_input(aval, hint) for aval, hint in zip(row_avals, row_names)]
+        carry = unflatten(init_tree, carries)
+        prepared = _prepare(f, inner)
+        if lower is not None:
+            args = (t if lower == 0 else t + lower, carry)
+        else:
+            args = (carry, unflatten(x_tree, rows))
+        result, local_names = _call_recording_locals(prepared, args, inner)
+        if lower is not None:
+            new_carry, y = result, None
+        elif isinstance(result, tuple) and len(result) == 2:
+            new_carry, y = result
+        else:
+            raise TracingError(f"scan's function must return a pair (carry, y), got {type(result).__name__}", source)
+        out_leaves, out_tree = flatten(new_carry)
+        if out_tree != init_tree:
+            raise TracingError(f"{what}: the body returns a carry of structure {out_tree}, but it started as "
+                               f"{init_tree}", source, "return the carry in the structure it came in")
+        carry_out = []
+        for k, (leaf, aval) in enumerate(zip(out_leaves, init_avals)):
+            atom = Literal(leaf, aval.dtype) if isinstance(leaf, (bool, int, float)) else _output_atom(leaf, inner)
+            if atom.aval != aval:
+                raise TracingError(f"{what}: carry {carry_names[k]!r} goes in as {aval} and comes out of the body as "
+                                   f"{atom.aval}", source,
+                                   "a carry keeps its shape and dtype; convert it (x.astype) or start it as it ends")
+            carry_out.append(atom)
+        y_leaves, y_tree = flatten(y)
+        ys = [_output_atom(leaf, inner) for leaf in y_leaves]
+    for var, hint in local_names.items():
+        if var.hint is None:
+            var.hint = hint
+    outer = current_builder()
+    for key, read in inner.readers.items():  # closure and global arrays the body reads: read at every call
+        outer.readers.setdefault(key, read)
+    graph, consts = close(inner, [t.var] + [c.var for c in carries] + [r.var for r in rows], carry_out + ys, name)
+    outer_source = outer.source
+    outer.source = source
+    try:
+        outs = loop_bind(graph, consts, [_concrete(leaf, aval) for leaf, aval in zip(init_leaves, init_avals)],
+                         list(x_leaves), n, reverse)
+    finally:
+        outer.source = outer_source
+    return unflatten(init_tree, outs[:len(init_leaves)]), (unflatten(y_tree, outs[len(init_leaves):])
+                                                           if y_leaves or y_tree.kind != "none" else None)

@@ -1,0 +1,234 @@
+"""Control flow as IR: ``loop``, a counted loop whose body is a graph (``tg.scan``, ``tg.fori_loop``).
+
+A loop node reads constants, initial carries and sequences, and runs its body ``length`` times::
+
+    carries, ys = loop[body, length, n_consts, n_carry, reverse](*consts, *init, *xs)
+
+The body is a closed graph with inputs ``(t, *consts, *carries, *x_t)`` (``t`` the iteration's index,
+``x_t`` the sequences' rows ``xs[t]``) and outputs ``(*new_carries, *y_t)``; the node's outputs are the
+final carries, then each ``y`` stacked over the iterations (shape ``(length, *y_t.shape)``). Every loop
+made by ``loop_bind`` also stacks each carry as it was at the start of each iteration: its VJP, a loop
+running backwards (``for t in range(n - 1, -1, -1):``), reads them instead of running the forward loop
+again, and ``prune`` drops them when no gradient needs them.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from ..core import PRIMITIVES, Block, Builder, TracedArray, current_builder, primitive
+from ..errors import ShapeError, user_source
+from ..ir import Aval, Graph, IRError, Literal, Var
+
+
+def _layout(body: Graph, n_consts: int, n_carry: int):
+    """The body's inputs as (index, consts, carries, rows of the sequences)."""
+    ins = body.inputs
+    return ins[0], ins[1:1 + n_consts], ins[1 + n_consts:1 + n_consts + n_carry], ins[1 + n_consts + n_carry:]
+
+
+def _shape(*avals, body, length, n_consts, n_carry, reverse):
+    _, consts, carries, rows = _layout(body, n_consts, n_carry)
+    expected = [v.aval for v in consts] + [v.aval for v in carries] + [Aval((length,) + v.aval.shape, v.aval.dtype)
+                                                                         for v in rows]
+    if list(avals) != expected:
+        raise ShapeError(f"loop inputs {', '.join(map(str, avals))} do not match its body "
+                         f"({', '.join(map(str, expected))})")
+    outs = [o.aval for o in body.outputs]
+    return tuple(outs[:n_carry]) + tuple(Aval((length,) + a.shape, a.dtype) for a in outs[n_carry:])
+
+
+def _ref(*inputs, body, length, n_consts, n_carry, reverse):
+    from ..interpret import evaluate  # (interpret imports core, which imports the primitives)
+
+    consts, carry = list(inputs[:n_consts]), list(inputs[n_consts:n_consts + n_carry])
+    xs = inputs[n_consts + n_carry:]
+    ys = [np.empty((length,) + o.aval.shape, o.aval.dtype) for o in body.outputs[n_carry:]]
+    for t in (range(length - 1, -1, -1) if reverse else range(length)):
+        outs = evaluate(body, np.int64(t), *consts, *carry, *(x[t] for x in xs))
+        carry = outs[:n_carry]
+        for stacked, y in zip(ys, outs[n_carry:]):
+            stacked[t] = y
+    return [np.asarray(c, o.aval.dtype)[()] for c, o in zip(carry, body.outputs)] + ys
+
+
+def _render(printer, node, args):
+    """``for t in range(n):`` with the body's statements inside, under the same names."""
+    p = node.params
+    body, length, n_carry = p["body"], p["length"], p["n_carry"]
+    index, consts, carries, rows = _layout(body, p["n_consts"], n_carry)
+    args = [text for text, _ in args]
+    name = printer.names
+    for var, text in zip(consts, args):  # the body reads the constants under their outer names
+        printer.alias(var, text)
+    lines = [f"{name[v]} = {text}" for v, text in zip(carries, args[len(consts):])]
+    stacked = list(zip(node.outs[n_carry:], body.outputs[n_carry:]))
+    lines += [f"{name[out]} = {printer.empty(out.aval)}" for out, _ in stacked]
+    order = f"range({length - 1}, -1, -1)" if p["reverse"] else f"range({length})"
+    lines.append(f"for {name[index]} in {order}:")
+    inner = [f"{name[v]} = {x}[{name[index]}]" for v, x in zip(rows, args[len(consts) + n_carry:])]
+    lines = [(line, None) for line in lines] + [("    " + line, None) for line in inner]
+    lines += [("    " + code, note) for code, note in printer.block(body)]
+    lines += [(f"    {name[out]}[{name[index]}] = {printer.atom(y)}", None) for out, y in stacked]
+    changed = [(name[v], printer.atom(new)) for v, new in zip(carries, body.outputs) if new is not v]
+    if changed:
+        lines.append(("    " + ", ".join(a for a, _ in changed) + " = " + ", ".join(b for _, b in changed), None))
+    finals = [(name[out], name[v]) for out, v in zip(node.outs, carries)]
+    if finals:
+        lines.append((", ".join(a for a, _ in finals) + " = " + ", ".join(b for _, b in finals), None))
+    return lines
+
+
+def _scoped(node):
+    index, _, carries, rows = _layout(node.params["body"], node.params["n_consts"], node.params["n_carry"])
+    return [index, *carries, *rows]
+
+
+def _prune(node, live):
+    """Drop the stacked outputs nothing reads (carries stored for a gradient nobody asked for), the body's
+    nodes they alone needed, and the constants and sequences the body no longer reads."""
+    p, n_carry = node.params, node.params["n_carry"]
+    body = p["body"]
+    index, consts, carries, rows = _layout(body, p["n_consts"], n_carry)
+    keep = [k for k, out in enumerate(node.outs) if k < n_carry or out in live]
+    outputs = [body.outputs[k] for k in keep]
+    needed, nodes = {v for v in outputs if isinstance(v, Var)}, []
+    for member in reversed(body.nodes):
+        if any(out in needed for out in member.outs):
+            nodes.append(member)
+            needed.update(a for a in member.inputs if isinstance(a, Var))
+    keep_consts = [i for i, v in enumerate(consts) if v in needed]
+    keep_rows = [m for m, v in enumerate(rows) if v in needed]
+    if len(keep) == len(node.outs) and len(keep_consts) == len(consts) and len(keep_rows) == len(rows):
+        return None
+    start = len(consts) + n_carry
+    inputs = [node.inputs[i] for i in keep_consts] + list(node.inputs[len(consts):start]) + \
+        [node.inputs[start + m] for m in keep_rows]
+    body = Graph(body.name, [index] + [consts[i] for i in keep_consts] + list(carries) + [rows[m] for m in keep_rows],
+                 nodes[::-1], outputs)
+    outs = [node.outs[k] for k in keep]
+    return dataclasses.replace(node, inputs=tuple(inputs), params=dict(p, body=body, n_consts=len(keep_consts)),
+                               out=outs[0], also=tuple(outs[1:]))
+
+
+@primitive
+class loop:
+    """a counted loop: ``length`` runs of ``body`` over carried values and the rows of sequences"""
+    shape = _shape
+    ref = _ref
+    emit = Block(_render)
+    multiple_results = True
+    scoped = _scoped
+    prune = _prune
+    view = True  # a carry can come out as it went in (no iterations)
+
+    def vjp(gs, outs, *inputs, body, length, n_consts, n_carry, reverse):
+        return _loop_vjp(gs, outs, inputs, body, length, n_consts, n_carry, reverse)
+
+
+# ---------------------------------------------------------------- building loops
+
+
+def close(builder: Builder, inputs: list, outputs: list, name: str) -> tuple[Graph, list]:
+    """The graph ``builder`` recorded, closed: values it read from enclosing traces (or arrays it
+    captured) become inputs placed after ``inputs[:1]`` (the index), returned as constants for the node."""
+    consts = [value for _, value in builder.captured]
+    captured = [var for var, _ in builder.captured]
+    graph = Graph(name, [inputs[0]] + captured + list(inputs[1:]), builder.nodes, outputs)
+    return graph, consts
+
+
+def loop_bind(body: Graph, consts: list, init: list, xs: list, length: int, reverse: bool = False) -> list:
+    """Record a loop node; returns its outputs (final carries, then each ``y`` stacked). ``body`` has the
+    inputs ``(t, *consts, *carries, *x_t)``; each carry is also stacked, for the loop's VJP."""
+    n_carry = len(init)
+    _, _, carries, _ = _layout(body, len(consts), n_carry)
+    body = Graph(body.name, body.inputs, body.nodes, list(body.outputs) + list(carries))
+    params = dict(body=body, length=int(length), n_consts=len(consts), n_carry=n_carry, reverse=bool(reverse))
+    outs = PRIMITIVES["loop"](*consts, *init, *xs, **params)
+    return outs[:len(outs) - n_carry]
+
+
+def _grad_name(out, carry: Var) -> str | None:
+    hint = out.hint if isinstance(out, Var) and out.hint else carry.hint
+    return f"grad_{hint}" if hint else None
+
+
+def _zeros(aval: Aval) -> TracedArray:
+    from ..autodiff import seed
+
+    return TracedArray(seed(aval, 0.0), current_builder())
+
+
+def _loop_vjp(gs, outs, inputs, body, length, n_consts, n_carry, reverse):
+    """The backward loop: runs the other way, recomputes each iteration's body from the carries the
+    forward loop stored, and carries the carries' cotangents and the constants' summed cotangents."""
+    from ..autodiff import backward
+    from ..interpret import inline
+
+    index, const_vars, carry_vars, row_vars = _layout(body, n_consts, n_carry)
+    consts, init, xs = inputs[:n_consts], inputs[n_consts:n_consts + n_carry], inputs[n_consts + n_carry:]
+    stacked = body.outputs[n_carry:]
+    history = {}  # carry -> the stacked output holding it at each iteration's start
+    for k, y in enumerate(stacked):
+        for j, c in enumerate(carry_vars):
+            if y is c:
+                history.setdefault(j, k)
+    if len(history) < n_carry:
+        raise IRError("a loop whose stored carries were dropped cannot be differentiated")
+    is_float = lambda v: isinstance(v, Var) and v.aval.dtype.kind == "f"
+    d_carry = [j for j, v in enumerate(carry_vars) if is_float(v)]
+    d_const = [i for i, v in enumerate(const_vars) if is_float(v)]
+    d_rows = [m for m, v in enumerate(row_vars) if is_float(v)]
+    g_finals, g_ys = gs[:n_carry], gs[n_carry:]
+    seeded = [k for k, g in enumerate(g_ys) if g is not None]
+
+    outer = current_builder()
+    with Builder(f"{body.name}_vjp") as inner:
+        inner.backward, inner.source = True, outer.source
+        t = inner.new_input(index.aval, index.hint)
+        c_in = [inner.new_input(v.aval, v.hint) for v in const_vars]
+        # the cotangent carried in is that of the carry the body returns: grad_x for x = x + dt * v
+        ct_carry = [inner.new_input(carry_vars[j].aval, _grad_name(body.outputs[j], carry_vars[j])) for j in d_carry]
+        ct_const = [inner.new_input(const_vars[i].aval) for i in d_const]
+        h_in = [inner.new_input(v.aval, v.hint) for v in carry_vars]
+        x_in = [inner.new_input(v.aval, v.hint) for v in row_vars]
+        gy_in = [inner.new_input(stacked[k].aval) for k in seeded]
+        inner.backward = False
+        recomputed = inline(body, t, *c_in, *h_in, *x_in)
+        start = len(inner.nodes)
+        inner.backward = True
+        seeds: dict = {}
+
+        def add_seed(value, ct):
+            if isinstance(value, TracedArray) and value.dtype.kind == "f":
+                seeds[value.var] = (TracedArray(seeds[value.var], inner) + ct).var if value.var in seeds else ct.var
+
+        for j, ct in zip(d_carry, ct_carry):
+            add_seed(recomputed[j], ct)
+        for k, gy in zip(seeded, gy_in):
+            add_seed(recomputed[n_carry + k], gy)
+        wrt = [c_in[i].var for i in d_const] + [h_in[j].var for j in d_carry] + [x_in[m].var for m in d_rows]
+        grads = [inner.wrap(g) for g in backward(inner, inner.nodes[:start], seeds, wrt)]
+        g_const, g_carry, g_rows = grads[:len(d_const)], grads[len(d_const):len(d_const) + len(d_carry)], \
+            grads[len(d_const) + len(d_carry):]
+        new_ct_const = [acc + g for acc, g in zip(ct_const, g_const)]
+        outputs = [g.var for g in g_carry + new_ct_const + g_rows]
+    ordered = [t.var] + [v.var for v in c_in + ct_carry + ct_const + h_in + x_in + gy_in]
+    graph, captured = close(inner, ordered, outputs, f"{body.name}_vjp")
+    if captured:
+        raise IRError("the VJP of a loop body read a value from outside it")
+    inputs_consts = list(consts)
+    ct_init = [g_finals[j] if g_finals[j] is not None else _zeros(carry_vars[j].aval) for j in d_carry]
+    ct_init += [_zeros(const_vars[i].aval) for i in d_const]
+    rows_in = [outs[n_carry + history[j]] for j in range(n_carry)] + list(xs) + [g_ys[k] for k in seeded]
+    results = loop_bind(graph, inputs_consts, ct_init, rows_in, length, not reverse)
+    ct = [None] * len(inputs)
+    for j, value in zip(d_carry, results):
+        ct[n_consts + j] = value
+    for i, value in zip(d_const, results[len(d_carry):]):
+        ct[i] = value
+    for m, value in zip(d_rows, results[len(d_carry) + len(d_const):]):
+        ct[n_consts + n_carry + m] = value
+    return ct
