@@ -167,7 +167,25 @@ def test_interpreter_and_compiled_code_agree():
         np.testing.assert_allclose(compiled[1][key], r, rtol=1e-12)
 
 
+def test_while_loop_runs_until_its_condition_fails():
+    def f(x):
+        y, n = tg.while_loop(lambda s: s[0] < 10.0, lambda s: (s[0] * 1.5 + 0.1, s[1] + 1), (x, 0))
+        return y + n
+
+    assert tg.jit(f)(1.0) == f(1.0) == pytest.approx(13.46875 + 6)
+    assert tg.jit(f)(20.0) == 20.0  # no iteration
+    assert "while True:" in tg.source(tg.jit(f), 1.0)
+
+
 # ---------------------------------------------------------------- bad input
+
+
+def test_the_gradient_of_a_while_loop_is_an_error_naming_the_line():
+    with pytest.raises(tg.GradTypeError, match="while_loop has no gradient") as info:
+        tg.grad(lambda x: tg.while_loop(lambda c: c < 5.0, lambda c: c * 2.0, x))(1.0)
+    assert "test_loops.py" in str(info.value) and "fori_loop" in str(info.value)
+    with pytest.raises(tg.TracingError, match="not a boolean scalar"):
+        tg.jit(lambda x: tg.while_loop(lambda c: c, lambda c: c * 2.0, x))(1.0)
 
 
 def test_a_carry_that_changes_shape_or_dtype_is_an_error_naming_the_line():

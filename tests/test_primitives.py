@@ -27,6 +27,10 @@ def binary(fn, domain="real"):
 I3 = np.array([0, 2, 0])  # a repeated index: scatter_add must accumulate
 J3 = np.array([1, 0, 2])
 
+def _count_to_five(s):
+    return tg.while_loop(lambda c: c < 5.0, lambda c: c + 1.0 + 0.0 * s, 0.0)
+
+
 def _both(carry, ys):
     return carry * ys[0] + ys[-1]
 
@@ -101,6 +105,8 @@ CASES = {
               (VECTOR, (4, 3)), "real"),
              (lambda x: tg.fori_loop(0, 0, lambda i, c: c * 2.0, x) + tg.fori_loop(5, 6, lambda i, c: c * np.cos(c), x),
               (MATRIX,), "real")],
+    # forward only: the loop reads x through stop_gradient, and its result (5.0) does not depend on x
+    "while_loop": [(lambda x: x * _count_to_five(tg.stop_gradient(np.sum(x))), (VECTOR,), "real")],
     "stop_gradient": [(lambda x: tg.stop_gradient(x) * 0.0 + x, (VECTOR,), "real")],
 }
 

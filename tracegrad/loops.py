@@ -1,4 +1,5 @@
-"""Loops that stay loops: ``scan`` and ``fori_loop`` trace their body once into a ``loop`` node.
+"""Loops that stay loops: ``scan`` and ``fori_loop`` trace their body once into a ``loop`` node;
+``while_loop`` into a ``while_loop`` node (forward only).
 
 A Python ``for`` loop over traced values is unrolled by tracing: n iterations become n copies of the body
 in the graph and in the generated code, and Numba's compile time grows with them. These functions trace
@@ -11,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .core import Builder, TracedArray, current_builder
+from .core import PRIMITIVES, Builder, TracedArray, current_builder
 from .errors import ShapeError, TracingError, user_source
-from .ir import Aval, Literal
+from .ir import Aval, Graph, Literal
 from .primitives.control import close, loop_bind
 from .pytree import flatten, unflatten
 from .tracer import _call_recording_locals, _output_atom, _prepare, arg_names, aval_of
@@ -64,6 +65,69 @@ def fori_loop(lower: int, upper: int, body_fun, init_val):
         return val
     carry, _ = _trace_loop(body_fun, init_val, [], flatten(None)[1], n, False, "fori_loop", lower)
     return carry
+
+
+def while_loop(cond_fun, body_fun, init_val):
+    """``val = body_fun(val)`` while ``cond_fun(val)`` is true; returns the last ``val``.
+
+    ``cond_fun`` returns a boolean scalar (``val[0] < 1.0``, not Python's ``and``/``or``: use ``&``/``|``),
+    ``body_fun`` returns ``val`` in the structure, shapes and dtypes it came in. The trip count is known only
+    when the loop runs, so it has no gradient (as in JAX): differentiating through it is a
+    ``tg.GradTypeError``. Use ``fori_loop`` or ``scan`` for loops you differentiate.
+    """
+    if current_builder() is None:
+        val = init_val
+        while cond_fun(val):
+            val = body_fun(val)
+        return val
+    init_leaves, init_tree = flatten(init_val)
+    init_avals = [aval_of(leaf) for leaf in init_leaves]
+    carry_names = arg_names(body_fun, (init_val,))
+    source = user_source()
+    with Builder("cond") as first:
+        carries = [first.new_input(aval, hint) for aval, hint in zip(init_avals, carry_names)]
+        result, _ = _call_recording_locals(_prepare(cond_fun, first), (unflatten(init_tree, carries),), first)
+        flag = _output_atom(result, first)
+        if flag.aval != Aval((), np.bool_):
+            raise TracingError(f"while_loop: the condition returns {flag.aval}, not a boolean scalar", source,
+                               "compare: x < 1.0; combine with & and |")
+    with Builder(getattr(body_fun, "__name__", "body")) as second:
+        second.captured, second._captured_ids = list(first.captured), dict(first._captured_ids)  # shared constants
+        second.inputs = list(first.inputs)
+        carry = unflatten(init_tree, [second.wrap(c.var) for c in carries])
+        result, local_names = _call_recording_locals(_prepare(body_fun, second), (carry,), second)
+        carry_out = _carry_atoms(result, init_tree, init_avals, carry_names, second, "while_loop", source)
+    for var, hint in local_names.items():
+        if var.hint is None:
+            var.hint = hint
+    outer = current_builder()
+    for key, read in list(first.readers.items()) + list(second.readers.items()):
+        outer.readers.setdefault(key, read)
+    consts = [value for _, value in second.captured]
+    const_vars = [var for var, _ in second.captured]
+    inputs = const_vars + [c.var for c in carries]
+    cond = Graph("cond", inputs, first.nodes, [flag])
+    body = Graph(second.name, inputs, second.nodes, carry_out)
+    init = [_concrete(leaf, aval) for leaf, aval in zip(init_leaves, init_avals)]
+    outs = PRIMITIVES["while_loop"](*consts, *init, cond=cond, body=body, n_consts=len(consts))
+    return unflatten(init_tree, outs)
+
+
+def _carry_atoms(new_carry, init_tree, init_avals, carry_names, builder, what, source) -> list:
+    """The body's returned carry as atoms, checked against the carry it started as."""
+    out_leaves, out_tree = flatten(new_carry)
+    if out_tree != init_tree:
+        raise TracingError(f"{what}: the body returns a carry of structure {out_tree}, but it started as "
+                           f"{init_tree}", source, "return the carry in the structure it came in")
+    atoms = []
+    for k, (leaf, aval) in enumerate(zip(out_leaves, init_avals)):
+        atom = Literal(leaf, aval.dtype) if isinstance(leaf, (bool, int, float)) else _output_atom(leaf, builder)
+        if atom.aval != aval:
+            raise TracingError(f"{what}: carry {carry_names[k]!r} goes in as {aval} and comes out of the body as "
+                               f"{atom.aval}", source,
+                               "a carry keeps its shape and dtype; convert it (x.astype) or start it as it ends")
+        atoms.append(atom)
+    return atoms
 
 
 def _length(x_leaves: list, length) -> int:
@@ -132,18 +196,7 @@ def _trace_loop(f, init, x_leaves, x_tree, n, reverse, what, lower=None):
             new_carry, y = result
         else:
             raise TracingError(f"scan's function must return a pair (carry, y), got {type(result).__name__}", source)
-        out_leaves, out_tree = flatten(new_carry)
-        if out_tree != init_tree:
-            raise TracingError(f"{what}: the body returns a carry of structure {out_tree}, but it started as "
-                               f"{init_tree}", source, "return the carry in the structure it came in")
-        carry_out = []
-        for k, (leaf, aval) in enumerate(zip(out_leaves, init_avals)):
-            atom = Literal(leaf, aval.dtype) if isinstance(leaf, (bool, int, float)) else _output_atom(leaf, inner)
-            if atom.aval != aval:
-                raise TracingError(f"{what}: carry {carry_names[k]!r} goes in as {aval} and comes out of the body as "
-                                   f"{atom.aval}", source,
-                                   "a carry keeps its shape and dtype; convert it (x.astype) or start it as it ends")
-            carry_out.append(atom)
+        carry_out = _carry_atoms(new_carry, init_tree, init_avals, carry_names, inner, what, source)
         y_leaves, y_tree = flatten(y)
         ys = [_output_atom(leaf, inner) for leaf in y_leaves]
     for var, hint in local_names.items():

@@ -1,4 +1,5 @@
-"""Control flow as IR: ``loop``, a counted loop whose body is a graph (``tg.scan``, ``tg.fori_loop``).
+"""Control flow as IR: ``loop``, a counted loop whose body is a graph (``tg.scan``, ``tg.fori_loop``), and
+``while_loop`` (``tg.while_loop``, forward only).
 
 A loop node reads constants, initial carries and sequences, and runs its body ``length`` times::
 
@@ -232,3 +233,71 @@ def _loop_vjp(gs, outs, inputs, body, length, n_consts, n_carry, reverse):
     for m, value in zip(d_rows, results[len(d_carry) + len(d_const):]):
         ct[n_consts + n_carry + m] = value
     return ct
+
+
+# ---------------------------------------------------------------- while
+
+
+def _while_layout(node):
+    n_consts = node.params["n_consts"]
+    return node.params["body"].inputs[n_consts:]
+
+
+def _while_shape(*avals, cond, body, n_consts):
+    expected = [v.aval for v in body.inputs]
+    if list(avals) != expected:
+        raise ShapeError(f"while_loop inputs {', '.join(map(str, avals))} do not match its body "
+                         f"({', '.join(map(str, expected))})")
+    return tuple(o.aval for o in body.outputs)
+
+
+def _while_ref(*inputs, cond, body, n_consts):
+    from ..interpret import evaluate
+
+    consts, carry = list(inputs[:n_consts]), list(inputs[n_consts:])
+    while evaluate(cond, *consts, *carry)[0]:
+        carry = evaluate(body, *consts, *carry)
+    return [np.asarray(c, o.aval.dtype)[()] for c, o in zip(carry, body.outputs)]
+
+
+def _while_render(printer, node, args):
+    """``while True:`` the condition's statements, ``if not c: break``, the body's statements."""
+    p = node.params
+    cond, body, n_consts = p["cond"], p["body"], p["n_consts"]
+    name = printer.names
+    texts = [text for text, _ in args]
+    for var, text in zip(body.inputs[:n_consts], texts):
+        printer.alias(var, text)
+    carries = body.inputs[n_consts:]
+    lines = [(f"{name[v]} = {text}", None) for v, text in zip(carries, texts[n_consts:])]
+    lines.append(("while True:", None))
+    lines += [("    " + code, note) for code, note in printer.block(cond)]
+    lines.append((f"    if not {printer.atom(cond.outputs[0])}:", None))
+    lines.append(("        break", None))
+    lines += [("    " + code, note) for code, note in printer.block(body)]
+    changed = [(name[v], printer.atom(new)) for v, new in zip(carries, body.outputs) if new is not v]
+    if changed:
+        lines.append(("    " + ", ".join(a for a, _ in changed) + " = " + ", ".join(b for _, b in changed), None))
+    lines.append((", ".join(name[out] for out in node.outs) + " = " + ", ".join(name[v] for v in carries), None))
+    return lines
+
+
+def _while_vjp(gs, outs, *inputs, cond, body, n_consts):
+    from ..errors import GradTypeError
+
+    raise GradTypeError("while_loop has no gradient: its trip count is known only when it runs",
+                        current_builder().source,
+                        "write the loop with tg.fori_loop (a fixed trip count) or tg.scan to differentiate it, "
+                        "or stop the gradient at its inputs with tg.stop_gradient")
+
+
+@primitive
+class while_loop:
+    """``while cond(carry): carry = body(carry)``: forward only (no gradient)"""
+    shape = _while_shape
+    ref = _while_ref
+    emit = Block(_while_render)
+    multiple_results = True
+    scoped = _while_layout
+    view = True
+    vjp = staticmethod(_while_vjp)
