@@ -379,3 +379,27 @@ def test_a_slice_taken_twice_is_read_from_its_array_not_computed_again(rng):
     value, g = fun(x)
     assert value == pytest.approx(f(x), rel=1e-13)
     np.testing.assert_allclose(g, numeric_grad_of(f, x), rtol=1e-6, atol=1e-9)
+
+
+def test_long_unrolled_chains_need_no_recursion():
+    """An unrolled sum of 1,500 terms is a chain 1,500 adds deep: every pass walks it without recursion
+    (Python's default limit is 1,000 frames), and without walking it again from each of its adds."""
+    import sys
+
+    def total(x):
+        s = 0.0
+        for i in range(1500):
+            s = s + x[i] * x[i + 1]
+        return s
+
+    x = np.random.default_rng(0).normal(size=1501)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(400)  # far below the chain's depth
+    try:
+        graph, captured = raw_value_and_grad_graph(total, x)
+        optimized = optimize(graph)
+    finally:
+        sys.setrecursionlimit(limit)
+    value, grad = evaluate(optimized, x, *captured)
+    assert value == pytest.approx(np.sum(x[:-1] * x[1:]), rel=1e-12)
+    np.testing.assert_allclose(grad, np.r_[x[1:], 0.0] + np.r_[0.0, x[:-1]], rtol=1e-12)

@@ -104,7 +104,9 @@ def simplify(graph: Graph) -> Graph:
                     and node.out.aval.shape == ():
                 count = Literal(inner.out.aval.size, node.out.aval.dtype)
                 node = dataclasses.replace(node, primitive=PRIMITIVES["mul"], inputs=(inner.inputs[0], count), params={})
-        defs[node.out] = node
+        # an alias stands for what it aliases (one lookup, however long the chain of aliases)
+        source = defs.get(node.inputs[0]) if prim.name == "copy" and isinstance(node.inputs[0], Var) else None
+        defs[node.out] = source if source is not None and source.primitive.name in ("copy", "broadcast_to") else node
         nodes.append(node)
     return _rebuild(graph, nodes, replace)
 
@@ -112,9 +114,7 @@ def simplify(graph: Graph) -> Graph:
 def _skip_broadcasts(node: Node, defs: dict) -> Node:
     inputs = list(node.inputs)
     for i, atom in enumerate(inputs):
-        source = defs.get(atom) if isinstance(atom, Var) else None
-        while source is not None and source.primitive.name == "copy":  # look through aliases (grad_s7 = grad_s8)
-            source = defs.get(source.inputs[0]) if isinstance(source.inputs[0], Var) else None
+        source = defs.get(atom) if isinstance(atom, Var) else None  # aliases are looked through (grad_s7 = grad_s8)
         if source is None or source.primitive.name != "broadcast_to":
             continue
         candidate = inputs[:i] + [source.inputs[0]] + inputs[i + 1:]
@@ -240,16 +240,15 @@ def accumulation_leaves(node: Node, defs: dict, uses: dict, outputs=frozenset())
     leaves, todo = [], [node]
     while todo:
         current = todo.pop()
-        if current is not node:
-            if accumulate_write(current) is not None:
-                leaves.append(current)
-                continue
-            if current.primitive.name != "add":
-                return None
+        if current is not node and accumulate_write(current) is not None:
+            leaves.append(current)
+            continue
         for a in reversed(current.inputs):  # left to right, as written
             producer = defs.get(a) if isinstance(a, Var) else None
             if producer is None or a.aval != current.out.aval or a in outputs or uses.get(a) != 1:
                 return None
+            if accumulate_write(producer) is None and producer.primitive.name != "add":
+                return None  # (at once: an unrolled sum must not be walked from each of its adds)
             todo.append(producer)
     return leaves if len({leaf.inputs[0].aval.shape for leaf in leaves}) == 1 else None
 
@@ -294,6 +293,7 @@ def fuse(graph: Graph, group: bool = True) -> Graph:
                 uses.setdefault(a, []).append(node)
     outputs = {v for v in graph.outputs if isinstance(v, Var)}
     defs = {node.out: node for node in graph.nodes}
+    position = {node: k for k, node in enumerate(graph.nodes)}
     counts = {v: len(users) for v, users in uses.items()}
     again = _recomputable(graph, uses, outputs) if group else set()
     assigned: dict = {}  # member node -> root node of its group (recomputed nodes are never assigned)
@@ -312,26 +312,26 @@ def fuse(graph: Graph, group: bool = True) -> Graph:
         else:
             continue
         copies = set()  # recomputed here; other loops may compute them too, so never assigned
-        changed = group
-        while changed:
-            changed = False
-            for member in list(members):
-                for a in member.inputs:
-                    producer = defs.get(a) if isinstance(a, Var) else None
-                    if (producer is None or producer in members or producer in assigned or not _fusible(producer)
-                            or producer.out.aval.shape != domain or producer.out in outputs):
-                        continue
-                    # used only here, by values no other loop computes again: it belongs to this loop
-                    exclusive = producer not in copied and all(user in members and user not in copied
-                                                               for user in uses[producer.out])
-                    if not exclusive:
-                        if producer not in again:
-                            continue
-                        copies.add(producer)  # cheap: computed again here, and wherever else it is read
-                        copied.add(producer)
-                    members.add(producer)
-                    changed = True
-        ordered = [n for n in graph.nodes if n in members]
+        # Grow the group from its members' inputs. A producer refused because one of its users was not yet a
+        # member is looked at again when that user joins (a new member's producers are all looked at).
+        todo = [a for member in members for a in member.inputs] if group else []
+        while todo:
+            a = todo.pop()
+            producer = defs.get(a) if isinstance(a, Var) else None
+            if (producer is None or producer in members or producer in assigned or not _fusible(producer)
+                    or producer.out.aval.shape != domain or producer.out in outputs):
+                continue
+            # used only here, by values no other loop computes again: it belongs to this loop
+            exclusive = producer not in copied and all(user in members and user not in copied
+                                                       for user in uses[producer.out])
+            if not exclusive:
+                if producer not in again:
+                    continue
+                copies.add(producer)  # cheap: computed again here, and wherever else it is read
+                copied.add(producer)
+            members.add(producer)
+            todo.extend(producer.inputs)
+        ordered = sorted(members, key=position.__getitem__)
         if _statements(ordered) > 1 or any(_scalar_kernel(n) for n in ordered):
             for member in members - copies:
                 assigned[member] = root
