@@ -141,6 +141,28 @@ def test_nested_loops_and_second_order():
     assert gg == pytest.approx(numeric_grad(tg.grad(f), 0.3), rel=1e-6)
 
 
+def test_checkpointed_loops_store_every_kth_carry_and_give_the_same_gradient():
+    def f(x0, k, checkpoint=None):
+        step = lambda i, s: s + 0.01 * np.sin(s * k + i * 0.001)
+        return np.sum(tg.fori_loop(0, 100, step, x0, checkpoint=checkpoint))
+
+    def g(h, xs, checkpoint=None):  # 23 rows in blocks of 5: four blocks and 3 rows after them
+        c, ys = tg.scan(lambda h, x: (np.tanh(h + x), h * x), h, xs, checkpoint=checkpoint, reverse=True)
+        return np.sum(c) + np.sum(ys ** 2)
+
+    x0, xs = np.array([0.3, -0.2]), np.random.default_rng(0).normal(size=(23, 2))
+    for fun, args, k in [(f, (x0, 1.5), 10), (g, (x0, xs), 5)]:
+        plain = tg.value_and_grad(fun, argnums=(0, 1))(*args)
+        blocked = tg.value_and_grad(lambda a, b: fun(a, b, k), argnums=(0, 1))(*args)
+        assert blocked[0] == pytest.approx(plain[0], rel=1e-13)
+        for p, b in zip(plain[1], blocked[1]):
+            np.testing.assert_allclose(b, p, rtol=1e-12)
+    src = tg.source(tg.grad(lambda a, b: f(a, b, 10)), x0, 1.5)
+    assert "np.empty((100," not in src and "np.empty((10, 2))" in src  # ten carries stored, ten at a time
+    with pytest.raises(tg.TracingError, match="checkpoint must be a positive int"):
+        tg.grad(lambda a, b: f(a, b, 0))(x0, 1.5)
+
+
 def test_jit_of_a_scan_stores_no_carries():
     src = tg.source(tg.jit(lambda xs: tg.scan(lambda c, x: (c * x, None), 1.0, xs)[0]), np.ones(5))
     assert src.count("np.empty") == 0  # the stacked carries only a gradient reads are dropped

@@ -20,7 +20,7 @@ from .pytree import flatten, unflatten
 from .tracer import _call_recording_locals, _output_atom, _prepare, arg_names, aval_of
 
 
-def scan(f, init, xs=None, length: int | None = None, reverse: bool = False):
+def scan(f, init, xs=None, length: int | None = None, reverse: bool = False, checkpoint: int | None = None):
     """Run ``carry, y = f(carry, x)`` for each row ``x`` of ``xs``; return the last carry and the ``y``s stacked.
 
     Equivalent to::
@@ -36,21 +36,28 @@ def scan(f, init, xs=None, length: int | None = None, reverse: bool = False):
     (or ``None`` with ``length=n``); ``y`` is a pytree or ``None``. Inside a traced function the body is
     traced once and compiled as one loop, whatever the length; its gradient is a loop running backwards,
     reading the carries the forward loop stored at each step.
+
+    ``checkpoint=k`` trades time for memory on long loops: the loop runs as blocks of ``k`` steps, only each
+    block's first carry is stored, and the gradient runs each block forward again (n/k + k carries stored
+    instead of n, about one more forward pass of work; ``k`` near the square root of n stores least).
     """
     x_leaves, x_tree = flatten(xs)
     n = _length(x_leaves, length)
     if current_builder() is None:
         return _run(f, init, xs, x_tree, x_leaves, n, reverse)
+    if checkpoint is not None and _check_block(checkpoint) < n:
+        return _blocks(lambda c, rows, m: scan(f, c, unflatten(x_tree, rows), length=m, reverse=reverse),
+                       init, x_leaves, n, checkpoint, reverse)
     return _trace_loop(f, init, x_leaves, x_tree, n, reverse, "scan")
 
 
-def fori_loop(lower: int, upper: int, body_fun, init_val):
+def fori_loop(lower: int, upper: int, body_fun, init_val, checkpoint: int | None = None):
     """``val = body_fun(i, val)`` for ``i`` in ``range(lower, upper)``; returns the last ``val``.
 
     ``lower`` and ``upper`` are Python ints (the trip count is part of the compiled code). ``val`` is a
     pytree of floats and arrays whose structure, shapes and dtypes ``body_fun`` keeps. Inside a traced
     function ``body_fun`` is traced once: the generated code is one ``for`` loop and its gradient one loop
-    running backwards.
+    running backwards. ``checkpoint=k``: store the state only every ``k`` steps (see ``scan``).
     """
     for name, bound in (("lower", lower), ("upper", upper)):
         if isinstance(bound, TracedArray) or not isinstance(bound, (int, np.integer)) or isinstance(bound, bool):
@@ -63,8 +70,53 @@ def fori_loop(lower: int, upper: int, body_fun, init_val):
         for i in range(lower, upper):
             val = body_fun(i, val)
         return val
+    if checkpoint is not None and _check_block(checkpoint) < n:
+        def block(carry, rows, m):  # the block's first step is rows[0]
+            return fori_loop(0, m, lambda j, c: body_fun(rows[0][0] + j, c), carry), None
+        steps = np.arange(lower, upper, dtype=np.int64)
+        return _blocks(block, init_val, [steps], n, checkpoint, False)[0]
     carry, _ = _trace_loop(body_fun, init_val, [], flatten(None)[1], n, False, "fori_loop", lower)
     return carry
+
+
+def _check_block(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise TracingError(f"checkpoint must be a positive int (steps per stored carry), got {k!r}", user_source())
+    return int(k)
+
+
+def _blocks(run, init, x_leaves: list, n: int, k: int, reverse: bool):
+    """A loop of n steps as an outer loop over blocks of k steps, each ``run(carry, rows, k)`` (an inner
+    loop), and the last n % k steps after them; the outer loop stores only each block's first carry."""
+    whole = n // k * k
+    head = [x[:whole].reshape((n // k, k) + tuple(x.shape[1:])) for x in x_leaves]
+    tail = [x[whole:] for x in x_leaves]
+
+    def outer(carry, rows):
+        return run(carry, list(rows), k)
+
+    def blocks(carry):
+        carry, ys = scan(outer, carry, tuple(head), reverse=reverse)
+        return carry, None if ys is None else _map(lambda y: y.reshape((whole,) + tuple(y.shape[2:])), ys)
+
+    def rest(carry):
+        return run(carry, tail, n - whole) if n > whole else (carry, None)
+
+    if reverse:
+        carry, ys_tail = rest(init)
+        carry, ys_head = blocks(carry)
+    else:
+        carry, ys_head = blocks(init)
+        carry, ys_tail = rest(carry)
+    if ys_head is None or ys_tail is None:
+        return carry, ys_head
+    head_leaves, tree = flatten(ys_head)
+    return carry, unflatten(tree, [np.concatenate([a, b]) for a, b in zip(head_leaves, flatten(ys_tail)[0])])
+
+
+def _map(fn, tree):
+    leaves, treedef = flatten(tree)
+    return unflatten(treedef, [fn(leaf) for leaf in leaves])
 
 
 def while_loop(cond_fun, body_fun, init_val):
