@@ -163,6 +163,19 @@ def test_checkpointed_loops_store_every_kth_carry_and_give_the_same_gradient():
         tg.grad(lambda a, b: f(a, b, 0))(x0, 1.5)
 
 
+def test_the_loop_index_indexes_traced_arrays():
+    def products(x):
+        return tg.fori_loop(0, x.shape[0] - 1, lambda i, s: s + x[i] * x[i + 1], 0.0)
+
+    x = np.random.default_rng(2).normal(size=30)
+    value, g = tg.value_and_grad(products)(x)
+    assert value == pytest.approx(np.sum(x[:-1] * x[1:]), rel=1e-13)
+    np.testing.assert_allclose(g, np.r_[x[1:], 0.0] + np.r_[0.0, x[:-1]], rtol=1e-13)
+    past_the_end = tg.jit(lambda x: tg.fori_loop(0, 3, lambda i, s: s + x[i + 1], 0.0))
+    with pytest.raises(IndexError, match="out of bounds"):
+        past_the_end(np.ones(3))
+
+
 def test_jit_of_a_scan_stores_no_carries():
     src = tg.source(tg.jit(lambda xs: tg.scan(lambda c, x: (c * x, None), 1.0, xs)[0]), np.ones(5))
     assert src.count("np.empty") == 0  # the stacked carries only a gradient reads are dropped

@@ -107,6 +107,11 @@ CASES = {
               (MATRIX,), "real")],
     # forward only: the loop reads x through stop_gradient, and its result (5.0) does not depend on x
     "while_loop": [(lambda x: x * _count_to_five(tg.stop_gradient(np.sum(x))), (VECTOR,), "real")],
+    # x[i] at a loop's index (i traced), and its transpose
+    "dynamic_index": [(lambda x: tg.fori_loop(0, 3, lambda i, c: c + x[i] * x[i + 1], 0.0), ((4,),), "real"),
+                      (lambda x: tg.fori_loop(0, 2, lambda i, c: c * x[-1 - i, 1:], x[0, 1:]), ((3, 3),), "real")],
+    "dynamic_place": [(lambda x: tg.fori_loop(0, 2, lambda i, c: c + P["dynamic_place"](x[i], i, shape=(3, 2)) * x[0, 0],
+                                              np.zeros((3, 2))), ((3, 2),), "real")],
     "stop_gradient": [(lambda x: tg.stop_gradient(x) * 0.0 + x, (VECTOR,), "real")],
 }
 
@@ -145,6 +150,15 @@ def interpret_value_and_grad(loss, args):
     return outs[0], outs[1:]
 
 
+def all_nodes(graph):
+    """The graph's nodes and those of the graphs nested in them (loop bodies)."""
+    for node in graph.nodes:
+        yield node
+        for value in node.params.values():
+            if isinstance(value, tg.Graph):
+                yield from all_nodes(value)
+
+
 def test_every_primitive_has_cases():
     missing = sorted(set(PRIMITIVES) - set(CASES))
     assert not missing, f"primitives without test cases: {missing}"
@@ -155,7 +169,7 @@ def test_shape_rule_matches_reference(name, i):
     loss, args, fn = make_case(name, i)
     graph = tg.make_graph(fn, *args)
     graph.verify()
-    assert any(node.primitive.name == name for node in graph.nodes) or name == "full"
+    assert any(node.primitive.name == name for node in all_nodes(graph)) or name == "full"
     expected = fn(*args)  # eager NumPy
     got = evaluate(graph, *args, *tg.jit(fn).specialize(*args).captured())[0]
     assert np.shape(got) == np.shape(expected)

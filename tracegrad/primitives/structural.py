@@ -281,8 +281,69 @@ class scatter_add:
 
 def _is_index_array(entry) -> bool:
     if isinstance(entry, TracedArray):
-        return True
+        return entry.ndim > 0
     return isinstance(entry, (list, np.ndarray)) and np.ndim(entry) > 0
+
+
+def _is_traced_int(entry) -> bool:
+    return isinstance(entry, TracedArray) and entry.ndim == 0
+
+
+# ---------------------------------------------------------------- x[i] with a traced integer i (a loop's index)
+
+
+def _dynamic_index_shape(x, i):
+    if i.shape or i.dtype.kind not in "iu":
+        raise UnsupportedError(f"an index must be an integer scalar, not {i}", user_source())
+    if not x.shape:
+        raise ShapeError("cannot index a scalar", user_source())
+    return Aval(x.shape[1:], x.dtype)
+
+
+def _at_kernel(x, i):
+    n = x.shape[0]
+    if i < -n or i >= n:
+        raise IndexError("tracegrad: index out of bounds in x[i]")
+    return x[i]
+
+
+def _put_at_kernel(g, i, out):
+    n = out.shape[0]
+    if i < -n or i >= n:
+        raise IndexError("tracegrad: index out of bounds in x[i]")
+    out[i] = g
+    return out
+
+
+@primitive
+class dynamic_index:
+    """x[i] along the first axis, with a traced integer i (a loop's index): bounds-checked, negative i from
+    the end"""
+    shape = _dynamic_index_shape
+    emit = "at({x}, {i})"
+    kernel = {"at": _at_kernel}
+
+    def ref(x, i):
+        return np.asarray(x)[int(i)]
+
+    def vjp(g, out, x, i):
+        return [dynamic_place(g, i, shape=tuple(x.shape)), None]
+
+
+@primitive
+class dynamic_place:
+    """zeros of ``shape`` with g at row i: the transpose of ``dynamic_index``"""
+    shape = staticmethod(lambda g, i, shape: Aval(shape, g.dtype))
+    emit = staticmethod(lambda args, out, shape: f"put_at({args[0]}, {args[1]}, {_zeros(shape, out.dtype)})")
+    kernel = {"put_at": _put_at_kernel}
+
+    def ref(g, i, shape):
+        out = np.zeros(shape, np.asarray(g).dtype)
+        out[int(i)] = g
+        return out
+
+    def vjp(g, out, x, i, shape):
+        return [dynamic_index(g, i), None]
 
 
 @numpy_function("getitem")
@@ -294,6 +355,12 @@ def index(x, index):
         i = index.index(Ellipsis)
         used = sum(1 for e in index if e is not None and e is not Ellipsis)
         index = index[:i] + (slice(None),) * (x.ndim - used) + index[i + 1:]
+    if index and _is_traced_int(index[0]):  # x[i] at a loop's index, then the rest of the index
+        row = dynamic_index(x, index[0])
+        return row if len(index) == 1 else NUMPY_FUNCTIONS["getitem"](row, index[1:])
+    if any(_is_traced_int(e) for e in index):
+        raise UnsupportedError("a traced integer index only as the first index (x[i], x[i, 1:])", user_source(),
+                               "transpose so the axis indexed by the loop comes first")
     arrays = [e for e in index if _is_index_array(e)]
     if arrays:
         arrays = [np.asarray(a) if isinstance(a, list) else a for a in arrays]
