@@ -1,0 +1,61 @@
+"""jacrev / jacobian / hessian: one compiled loop of reverse passes, checked against central differences."""
+import numpy as np
+import pytest
+
+import tracegrad as tg
+from tracegrad.testing import numeric_grad
+
+
+def rosenbrock(x):
+    return np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)
+
+
+def numeric_jacobian(f, x, out_shape):
+    """Central differences of each output entry, laid out as out_shape + x.shape."""
+    size = int(np.prod(out_shape))
+    rows = [numeric_grad(lambda x: np.reshape(f(x), (size,))[k], x) for k in range(size)]
+    return np.reshape(np.stack(rows), tuple(out_shape) + np.shape(x))
+
+
+def test_hessian_of_rosenbrock_matches_differences_and_is_symmetric():
+    x = np.random.default_rng(0).normal(size=6)
+    H = tg.hessian(rosenbrock)(x)
+    assert H.shape == (6, 6)
+    np.testing.assert_allclose(H, numeric_jacobian(tg.grad(rosenbrock), x, (6,)), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(H, H.T)  # symmetric to the last bit is not promised in general, but holds here
+
+
+def test_jacrev_layout_and_several_arguments():
+    def f(x, y):
+        return np.tanh(x[:, None] * y[None, :]) + np.sin(x)[:, None]
+
+    x, y = np.array([0.1, -0.7]), np.array([0.3, 0.4, 1.5])
+    jx, jy = tg.jacrev(f, argnums=(0, 1))(x, y)
+    assert jx.shape == (2, 3, 2) and jy.shape == (2, 3, 3)
+    np.testing.assert_allclose(jx, numeric_jacobian(lambda x: f(x, y), x, (2, 3)), rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(jy, numeric_jacobian(lambda y: f(x, y), y, (2, 3)), rtol=1e-7, atol=1e-9)
+    assert tg.jacobian is tg.jacrev
+
+
+def test_jacobian_of_a_scalar_function_is_its_gradient_and_aux_passes_through():
+    x = np.array([0.5, 2.0])
+    j, aux = tg.jacrev(lambda x: (np.sum(x ** 3), x * 2), has_aux=True)(x)
+    np.testing.assert_allclose(j, 3 * x ** 2, rtol=1e-14)
+    np.testing.assert_array_equal(aux, x * 2)
+    assert tg.jacrev(lambda t: np.ones(3) * (t + t * t))(2.0).tolist() == [5.0] * 3  # R -> R^3
+
+
+def test_hessian_traces_into_an_enclosing_function():
+    def curvature_along(x, v):  # v' H v, differentiated again
+        return v @ tg.hessian(rosenbrock)(x) @ v
+
+    x, v = np.array([0.5, 1.2, -0.3]), np.array([1.0, -2.0, 0.5])
+    g = tg.grad(curvature_along)(x, v)
+    np.testing.assert_allclose(g, numeric_grad(lambda x: curvature_along(x, v), x), rtol=1e-6)
+
+
+def test_bad_input():
+    with pytest.raises(tg.GradTypeError, match="one argument position"):
+        tg.hessian(rosenbrock, argnums=(0,))
+    with pytest.raises(tg.GradTypeError, match="pair"):
+        tg.jacrev(lambda x: x * 2, has_aux=True)(np.ones(2))
