@@ -301,3 +301,107 @@ class while_loop:
     scoped = _while_layout
     view = True
     vjp = staticmethod(_while_vjp)
+
+
+# ---------------------------------------------------------------- a function with its own VJP
+
+
+def _custom_shape(*avals, fwd, n_consts, n_out, bwd, trees):
+    if list(avals) != [v.aval for v in fwd.inputs]:
+        raise ShapeError("custom_vjp inputs do not match its forward function")
+    return tuple(o.aval for o in fwd.outputs)
+
+
+def _custom_ref(*inputs, fwd, n_consts, n_out, bwd, trees):
+    from ..interpret import evaluate
+
+    return evaluate(fwd, *inputs)
+
+
+def _custom_render(printer, node, args):
+    """The forward function's statements in place, its results under the node's names."""
+    fwd = node.params["fwd"]
+    for var, (text, _) in zip(fwd.inputs, args):
+        printer.alias(var, text)
+    lines = printer.block(fwd)
+    outs = [(printer.names[out], printer.atom(value)) for out, value in zip(node.outs, fwd.outputs)]
+    return lines + [(", ".join(a for a, _ in outs) + " = " + ", ".join(b for _, b in outs), None)]
+
+
+def _custom_prune(node, live):
+    """Without a gradient, the residuals the backward function would read are not kept."""
+    p = node.params
+    keep = [k for k, out in enumerate(node.outs) if k < p["n_out"] or out in live]
+    if len(keep) == len(node.outs):
+        return None
+    fwd = p["fwd"]
+    fwd = Graph(fwd.name, fwd.inputs, fwd.nodes, [fwd.outputs[k] for k in keep])
+    outs = [node.outs[k] for k in keep]
+    return dataclasses.replace(node, params=dict(p, fwd=fwd), out=outs[0], also=tuple(outs[1:]))
+
+
+def _custom_vjp(gs, outs, *inputs, fwd, n_consts, n_out, bwd, trees):
+    from ..errors import TracegradError
+    from ..pytree import flatten, unflatten
+
+    out_tree, res_tree, arg_trees = trees
+    g = unflatten(out_tree, [g if g is not None else _zeros(o.aval) for g, o in zip(gs[:n_out], fwd.outputs)])
+    res = unflatten(res_tree, outs[n_out:])
+    cts = bwd(res, g)
+    name = getattr(bwd, "__name__", "bwd")
+    if not isinstance(cts, tuple) or len(cts) != len(arg_trees):
+        raise TracegradError(f"custom_vjp: {name} must return a tuple of {len(arg_trees)} gradient(s), one per "
+                             f"argument, not {type(cts).__name__}" + (f" of {len(cts)}" if isinstance(cts, tuple) else ""),
+                             current_builder().source)
+    leaves = []
+    for k, (ct, tree) in enumerate(zip(cts, arg_trees)):
+        ct_leaves, ct_tree = flatten(ct)
+        if ct is None:
+            ct_leaves = [None] * tree.num_leaves
+        elif ct_tree != tree:
+            raise TracegradError(f"custom_vjp: {name} returns a gradient of structure {ct_tree} for argument {k}, "
+                                 f"which has structure {tree}", current_builder().source)
+        leaves.extend(ct_leaves)
+    for leaf, var in zip(leaves, fwd.inputs[n_consts:]):
+        if leaf is not None and tuple(np.shape(leaf)) != var.aval.shape:
+            raise ShapeError(f"custom_vjp: {name} returns a gradient of shape {tuple(np.shape(leaf))} for an "
+                             f"argument of shape {var.aval.shape}", current_builder().source)
+    if any(g is not None for g in gs[n_out:]):  # (differentiating the backward pass: the residuals' gradients
+        leaves = [a if b is None else b if a is None else a + b   # flow back through the forward function)
+                  for a, b in zip(leaves, _through(fwd, gs, n_consts, n_out, inputs))]
+    return [None] * n_consts + leaves
+
+
+def _through(fwd: Graph, gs, n_consts, n_out, inputs) -> list:
+    """The gradients of the arguments from the cotangents of the residuals, by ordinary reverse mode
+    through the forward function, replayed here."""
+    from ..autodiff import backward
+    from ..interpret import inline
+
+    builder = current_builder()
+    saved = builder.source, builder.group
+    start = len(builder.nodes)
+    args = [a if isinstance(a, TracedArray) else a for a in inputs]
+    outs = inline(fwd, *args)
+    seeds: dict = {}
+    for value, g in zip(outs[n_out:], gs[n_out:]):
+        if g is not None and isinstance(value, TracedArray) and value.dtype.kind == "f":
+            seeds[value.var] = (TracedArray(seeds[value.var], builder) + g).var if value.var in seeds else g.var
+    wrt = [a.var for a in args[n_consts:] if isinstance(a, TracedArray)]
+    grads = iter(backward(builder, builder.nodes[start:], seeds, wrt))
+    builder.source, builder.group = saved
+    return [builder.wrap(next(grads)) if isinstance(a, TracedArray) else None for a in args[n_consts:]]
+
+
+@primitive
+class custom_vjp_call:
+    """a function with a derivative of its own (``tg.custom_vjp``): its forward function's statements in
+    place, and the user's backward function as its VJP"""
+    shape = _custom_shape
+    ref = _custom_ref
+    emit = Block(_custom_render)
+    multiple_results = True
+    scoped = staticmethod(lambda node: [])
+    prune = _custom_prune
+    view = True
+    vjp = staticmethod(_custom_vjp)

@@ -1,0 +1,77 @@
+"""tg.custom_vjp: the notes' module with a forward and a backward function, JAX's decorator API."""
+import numpy as np
+import pytest
+
+import tracegrad as tg
+from tracegrad.testing import numeric_grad
+
+
+@tg.custom_vjp
+def log1pexp(x):
+    return np.log1p(np.exp(x))
+
+
+def log1pexp_fwd(x):
+    return log1pexp(x), x  # inside its own forward function the call is the plain function
+
+
+def log1pexp_bwd(x, g):
+    return (g * tg.sigmoid(x),)  # exp(x) / (1 + exp(x)) without the inf / inf
+
+
+log1pexp.defvjp(log1pexp_fwd, log1pexp_bwd)
+
+
+@tg.custom_vjp
+def gate(x, y):
+    """The notes' multiply gate, written as a module."""
+    return x * y
+
+
+gate.defvjp(lambda x, y: (x * y, (x, y)), lambda res, g: (g * res[1], g * res[0]))
+
+
+def test_the_stable_rule_is_used_where_the_plain_derivative_is_nan():
+    x = np.array([-1000.0, 0.0, 3.0, 1000.0])
+    with np.errstate(all="ignore"):
+        plain = tg.grad(lambda x: np.sum(np.log1p(np.exp(x))))(x)
+    assert np.isnan(plain[-1])
+    g = tg.grad(lambda x: np.sum(log1pexp(x)))(x)
+    np.testing.assert_allclose(g, [0.0, 0.5, 1 / (1 + np.exp(-3.0)), 1.0], rtol=1e-15)
+    assert "sigmoid(" in tg.source(tg.grad(lambda x: np.sum(log1pexp(x))), x)  # the rule is in the source
+
+
+def test_a_gate_with_its_own_backward_matches_differences_to_second_order():
+    f = lambda x, y: np.sum(np.sin(gate(x, y)) * gate(y, y))
+    x, y = np.array([0.3, -1.2]), np.array([0.7, 2.0])
+    gx, gy = tg.grad(f, argnums=(0, 1))(x, y)
+    np.testing.assert_allclose(gx, numeric_grad(f, x, y, argnums=0), rtol=1e-8)
+    np.testing.assert_allclose(gy, numeric_grad(f, x, y, argnums=1), rtol=1e-8)
+    second = tg.grad(lambda t: tg.grad(lambda s: log1pexp(s) * s)(t))(0.5)
+    assert second == pytest.approx(numeric_grad(tg.grad(lambda s: log1pexp(s) * s), 0.5), rel=1e-6)
+
+
+def test_outside_a_trace_it_is_the_plain_function():
+    assert log1pexp(0.0) == np.log(2.0) and gate(2.0, 3.0) == 6.0
+
+
+def test_bad_rules_are_errors_naming_the_problem():
+    wrong_count = tg.custom_vjp(lambda x: x * 2)
+    wrong_count.defvjp(lambda x: (x * 2, None), lambda res, g: g * 2)
+    with pytest.raises(tg.TracegradError, match="tuple of 1 gradient"):
+        tg.grad(lambda x: np.sum(wrong_count(x)))(np.ones(2))
+    wrong_shape = tg.custom_vjp(lambda x: x * 2)
+    wrong_shape.defvjp(lambda x: (x * 2, None), lambda res, g: (np.sum(g),))
+    with pytest.raises(tg.ShapeError, match=r"shape \(\) for an argument of shape \(2,\)"):
+        tg.grad(lambda x: np.sum(wrong_shape(x)))(np.ones(2))
+    no_rule = tg.custom_vjp(lambda x: x * 2)
+    with pytest.raises(tg.TracegradError, match="defvjp"):
+        tg.grad(lambda x: no_rule(x))(1.0)
+
+    def closes_over(x):
+        f = tg.custom_vjp(lambda y: y * x)
+        f.defvjp(lambda y: (y * x, None), lambda res, g: (g * 2,))
+        return f(x)
+
+    with pytest.raises(tg.UnsupportedError, match="without receiving it as an argument"):
+        tg.grad(closes_over)(1.0)
