@@ -59,3 +59,50 @@ def test_bad_input():
         tg.hessian(rosenbrock, argnums=(0,))
     with pytest.raises(tg.GradTypeError, match="pair"):
         tg.jacrev(lambda x: x * 2, has_aux=True)(np.ones(2))
+
+
+def two_args(x, y):
+    return np.tanh(x[:, None] * y[None, :]) + np.sin(x)[:, None]
+
+
+X, Y = np.array([0.1, -0.7]), np.array([0.3, 0.4, 1.5])
+
+
+def test_jvp_matches_a_directional_difference():
+    tx, ty = np.array([1.0, 2.0]), np.array([0.5, -1.0, 0.2])
+    out, tangent = tg.jvp(two_args, (X, Y), (tx, ty))
+    np.testing.assert_allclose(out, two_args(X, Y), rtol=1e-15)
+    eps = 1e-6
+    expected = (two_args(X + eps * tx, Y + eps * ty) - two_args(X - eps * tx, Y - eps * ty)) / (2 * eps)
+    np.testing.assert_allclose(tangent, expected, rtol=1e-7, atol=1e-9)
+
+
+def test_vjp_and_jvp_agree_the_dot_product_test():
+    """<u, J v> == <J^T u, v> for random u, v: forward and reverse mode describe one Jacobian."""
+    rng = np.random.default_rng(3)
+    u, vx, vy = rng.normal(size=(2, 3)), rng.normal(size=2), rng.normal(size=3)
+    _, jv = tg.jvp(two_args, (X, Y), (vx, vy))
+    out, pullback = tg.vjp(two_args, X, Y)
+    jtu = pullback(u)
+    assert np.sum(u * jv) == pytest.approx(np.sum(jtu[0] * vx) + np.sum(jtu[1] * vy), rel=1e-12)
+
+
+def test_jacfwd_equals_jacrev():
+    np.testing.assert_allclose(tg.jacfwd(two_args, argnums=1)(X, Y), tg.jacrev(two_args, argnums=1)(X, Y),
+                               rtol=1e-14, atol=1e-15)
+
+
+def test_hvp_without_forming_the_hessian():
+    x, v = np.random.default_rng(4).normal(size=5), np.arange(5.0)
+    (hv,) = tg.hvp(rosenbrock, (x,), (v,))
+    np.testing.assert_allclose(hv, tg.hessian(rosenbrock)(x) @ v, rtol=1e-12)
+
+
+def test_tangents_and_cotangents_must_fit():
+    with pytest.raises(tg.ShapeError, match="tangents of structure"):
+        tg.jvp(two_args, (X, Y), (X,))
+    with pytest.raises(tg.ShapeError, match="dtype float32"):
+        tg.jvp(two_args, (X, Y), (X.astype(np.float32), Y))
+    _, pullback = tg.vjp(two_args, X, Y)
+    with pytest.raises(tg.ShapeError, match=r"cotangent of shape \(3,\)"):
+        pullback(np.ones(3))

@@ -1,4 +1,5 @@
-"""Jacobians and Hessians, built from ``grad`` and a loop: ``jacrev`` (= ``jacobian``) and ``hessian``.
+"""Transformations built from ``grad`` and loops: ``vjp``, ``jvp``, ``jacrev`` (= ``jacobian``), ``jacfwd``
+and ``hessian``.
 
 The Jacobian of ``f`` is one loop over the entries of ``f``'s output, each step the gradient of one entry
 (a reverse pass): ``J[k] = grad(lambda x: f(x).ravel()[k])(x)``. The loop is a ``scan``, so the whole
@@ -11,8 +12,112 @@ from __future__ import annotations
 import numpy as np
 
 from .api import grad, jit
-from .errors import GradTypeError
+from .core import current_builder
+from .errors import GradTypeError, ShapeError, user_source
 from .loops import scan
+from .pytree import flatten, unflatten
+
+
+def _vdot(tree, cotangent_tree) -> float:
+    """<tree, cotangent>: the sum over the floating-point leaves of their elementwise products."""
+    leaves, structure = flatten(tree)
+    cts, ct_structure = flatten(cotangent_tree)
+    if structure != ct_structure:
+        raise ShapeError(f"a cotangent of structure {ct_structure} for an output of structure {structure}",
+                         user_source())
+    total = 0.0
+    for leaf, ct in zip(leaves, cts):
+        if np.shape(leaf) != np.shape(ct):
+            raise ShapeError(f"a cotangent of shape {np.shape(ct)} for an output of shape {np.shape(leaf)}",
+                             user_source())
+        if _dtype(ct).kind == "f" and _dtype(leaf).kind == "f":  # (integer outputs have no gradient)
+            total = total + np.sum(leaf * ct)
+    return total
+
+
+def vjp(fun, *primals):
+    """``(fun(*primals), vjp_fn)``: ``vjp_fn(cotangent)`` is the vector-Jacobian product, one tuple entry per
+    primal (JAX's convention), computed by one compiled reverse pass (``grad`` of <fun, cotangent>).
+    Outputs and cotangents are pytrees of floats and arrays of the same structure and shapes."""
+    argnums = tuple(range(len(primals)))
+    pullback = grad(lambda *args: _vdot(fun(*args[:-1]), args[-1]), argnums=argnums)
+    out = fun(*primals) if current_builder() is not None else jit(fun)(*primals)
+
+    def vjp_fn(cotangent):
+        return pullback(*primals, cotangent)
+
+    return out, vjp_fn
+
+
+def jvp(fun, primals: tuple, tangents: tuple):
+    """``(fun(*primals), J @ tangents)``: the Jacobian-vector product (forward mode, JAX's signature).
+
+    Computed exactly from two reverse passes (``u -> J^T u`` is linear in u, and the gradient in u of
+    <J^T u, tangents> is J tangents), compiled as one function: any primitive, loop or ``custom_vjp`` that
+    has a reverse-mode rule has a forward-mode one. Tangents have the primals' structure, shapes and dtypes.
+    """
+    primals, tangents = tuple(primals), tuple(tangents)
+    p_leaves, p_tree = flatten(primals)
+    t_leaves, t_tree = flatten(tangents)
+    if p_tree != t_tree or any(np.shape(p) != np.shape(t) for p, t in zip(p_leaves, t_leaves)):
+        raise ShapeError(f"jvp: tangents of structure {t_tree} and shapes {[np.shape(t) for t in t_leaves]} for "
+                         f"primals of structure {p_tree} and shapes {[np.shape(p) for p in p_leaves]}", user_source())
+    for p, t in zip(p_leaves, t_leaves):
+        if _dtype(p) != _dtype(t):
+            raise ShapeError(f"jvp: a tangent of dtype {_dtype(t)} for a primal of dtype {_dtype(p)}", user_source())
+    n = len(primals)
+
+    def both(*args):
+        xs, ts = args[:n], args[n:]
+        out = fun(*xs)
+        zero = _map(lambda leaf: leaf * 0.0, out)  # any u: the result is linear in it
+
+        def pulled_back_along_tangents(u):
+            return _vdot(grad(lambda *x: _vdot(fun(*x), u), argnums=tuple(range(n)))(*xs), ts)
+
+        return out, grad(pulled_back_along_tangents)(zero)
+
+    return jit(both)(*primals, *tangents) if current_builder() is None else both(*primals, *tangents)
+
+
+def jacfwd(fun, argnums=0):
+    """The Jacobian column by column: one ``jvp`` per entry of the argument, in one compiled loop. Same
+    layout as ``jacrev`` (``out + arg``); cheaper than ``jacrev`` when the argument is smaller than the
+    output."""
+    if not isinstance(argnums, int):
+        raise GradTypeError("jacfwd takes one argument position (argnums=int)")
+
+    def columns(*args):
+        x = args[argnums]
+        shape, size = tuple(np.shape(x)), int(np.prod(np.shape(x), dtype=np.int64))
+
+        def column(k):
+            basis = np.reshape(np.arange(size) == k, shape) * 1.0
+
+            def along(xk):
+                return fun(*args[:argnums], xk, *args[argnums + 1:])
+            return jvp(along, (x,), (basis.astype(_dtype(x)),))[1]
+
+        out = fun(*args)
+        if not shape:
+            return column(0)
+        _, cols = scan(lambda carry, k: (carry, column(k)), 0.0, np.arange(size))
+        out_shape = tuple(np.shape(out))
+        cols = np.reshape(cols, (size,) + out_shape)  # column k is d out / d x_k
+        return np.reshape(np.transpose(cols, tuple(range(1, len(out_shape) + 1)) + (0,)), out_shape + shape)
+
+    columns.__name__ = f"jacfwd_{getattr(fun, '__name__', 'f')}".replace("<lambda>", "lambda")
+    return jit(columns)
+
+
+def _dtype(value) -> np.dtype:
+    """The dtype of an array, a traced value or a Python number (float for a Python float)."""
+    return np.dtype(value.dtype) if hasattr(value, "dtype") else np.result_type(value)
+
+
+def _map(fn, tree):
+    leaves, structure = flatten(tree)
+    return unflatten(structure, [fn(leaf) for leaf in leaves])
 
 
 def jacrev(fun, argnums=0, has_aux: bool = False):
@@ -56,6 +161,19 @@ def hessian(fun, argnums=0, has_aux: bool = False):
         raise GradTypeError("hessian takes one argument position (argnums=int)",
                             hint="stack the arguments into one array, or use jacrev(grad(f, argnums=...))")
     return jacrev(grad(fun, argnums=argnums, has_aux=has_aux), argnums=argnums, has_aux=has_aux)
+
+
+def hvp(fun, primals: tuple, tangents: tuple):
+    """The Hessian-vector product of a scalar ``fun`` at ``primals`` along ``tangents``, without forming the
+    Hessian: the gradient of <grad fun, tangents>, one compiled function."""
+    n = len(primals)
+
+    def product(*args):
+        return grad(lambda *x: _vdot(grad(fun, argnums=tuple(range(n)))(*x), args[n:]),
+                    argnums=tuple(range(n)))(*args[:n])
+
+    result = jit(product)(*primals, *tangents) if current_builder() is None else product(*primals, *tangents)
+    return result
 
 
 def _split(result, has_aux):
