@@ -106,3 +106,34 @@ def test_tangents_and_cotangents_must_fit():
     _, pullback = tg.vjp(two_args, X, Y)
     with pytest.raises(tg.ShapeError, match=r"cotangent of shape \(3,\)"):
         pullback(np.ones(3))
+
+
+def example_loss(params, x, y):
+    h = np.tanh(params["W"] @ x + params["b"])
+    return (np.sum(h) - y) ** 2
+
+
+def test_vmap_of_grad_gives_per_example_gradients():
+    rng = np.random.default_rng(0)
+    params = {"W": rng.normal(size=(4, 3)), "b": rng.normal(size=4)}
+    X, Y = rng.normal(size=(6, 3)), rng.normal(size=6)
+    per = tg.vmap(tg.grad(example_loss), in_axes=(None, 0, 0))(params, X, Y)
+    assert per["W"].shape == (6, 4, 3) and per["b"].shape == (6, 4)
+    for i in range(6):
+        g = tg.grad(example_loss)(params, X[i], Y[i])
+        np.testing.assert_allclose(per["W"][i], g["W"], rtol=1e-14)
+        np.testing.assert_allclose(per["b"][i], g["b"], rtol=1e-14)
+    # the mean of the per-example gradients is the batch gradient
+    batch = tg.grad(lambda p: np.mean(tg.vmap(example_loss, in_axes=(None, 0, 0))(p, X, Y)))(params)
+    np.testing.assert_allclose(np.mean(per["W"], axis=0), batch["W"], rtol=1e-12)
+
+
+def test_vmap_axes():
+    x = np.arange(6.0).reshape(2, 3)
+    np.testing.assert_array_equal(tg.vmap(lambda r: r * 2, in_axes=1, out_axes=1)(x), x * 2)
+    np.testing.assert_array_equal(tg.vmap(lambda r: np.sum(r))(x), [3.0, 12.0])
+    np.testing.assert_array_equal(tg.vmap(lambda r, c: r * c, in_axes=(0, None))(x, 2.0), x * 2)
+    with pytest.raises(tg.ShapeError, match="different sizes"):
+        tg.vmap(lambda a, b: a + b)(np.ones(2), np.ones(3))
+    with pytest.raises(tg.ShapeError, match="out of range"):
+        tg.vmap(lambda a: a, in_axes=2)(np.ones((2, 2)))

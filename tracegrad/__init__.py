@@ -16,7 +16,7 @@ from .errors import (CompileError, GradTypeError, NonFiniteError, ShapeError, Tr
                      UnsupportedError)
 from .ir import Aval, Graph
 from .loops import fori_loop, scan, while_loop
-from .transforms import hessian, hvp, jacfwd, jacobian, jacrev, jvp, vjp
+from .transforms import hessian, hvp, jacfwd, jacobian, jacrev, jvp, vjp, vmap
 from .custom import custom_vjp
 from .primitives.elementwise import sigmoid
 from .primitives.structural import stop_gradient
@@ -29,7 +29,7 @@ from .testing import KinkWarning, check_grad, numeric_grad
 
 __all__ = [
     "nn", "optim", "fit", "History", "DataError", "TrainingError",
-    "grad", "value_and_grad", "jit", "make_graph", "source", "sigmoid", "stop_gradient", "scan", "fori_loop", "while_loop", "jacrev", "jacfwd", "jacobian", "hessian", "hvp", "jvp", "vjp", "custom_vjp",
+    "grad", "value_and_grad", "jit", "make_graph", "source", "sigmoid", "stop_gradient", "scan", "fori_loop", "while_loop", "jacrev", "jacfwd", "jacobian", "hessian", "hvp", "jvp", "vjp", "vmap", "custom_vjp",
     "Function", "Compiled", "Graph", "Aval", "cache_dir", "set_cache_dir",
     "TracegradError", "TracingError", "UnsupportedError", "ShapeError", "GradTypeError", "CompileError",
     "NonFiniteError",
