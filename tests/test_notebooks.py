@@ -59,6 +59,14 @@ EXPECTED = {
         "is not finite (forward pass)",
         "gradient: [1.  0.  0.5]",
     ]),
+    "05_loops_and_transformations": dict(drawings=0, text=[
+        "loss ",
+        "gradient shapes: [('U', (4, 2)), ('W', (4, 4)), ('b', (4,))]",
+        "for t in range(20):",
+        "[[ 802. -400.    0.]",
+        "per-example gradients: (8, 3)",
+        "their mean equals the batch gradient: True",
+    ]),
 }
 
 
