@@ -220,11 +220,10 @@ def _loop_vjp(gs, outs, inputs, body, length, n_consts, n_carry, reverse):
     graph, captured = close(inner, ordered, outputs, f"{body.name}_vjp")
     if captured:
         raise IRError("the VJP of a loop body read a value from outside it")
-    inputs_consts = list(consts)
     ct_init = [g_finals[j] if g_finals[j] is not None else _zeros(carry_vars[j].aval) for j in d_carry]
     ct_init += [_zeros(const_vars[i].aval) for i in d_const]
     rows_in = [outs[n_carry + history[j]] for j in range(n_carry)] + list(xs) + [g_ys[k] for k in seeded]
-    results = loop_bind(graph, inputs_consts, ct_init, rows_in, length, not reverse)
+    results = loop_bind(graph, list(consts), ct_init, rows_in, length, not reverse)
     ct = [None] * len(inputs)
     for j, value in zip(d_carry, results):
         ct[n_consts + j] = value
@@ -381,7 +380,7 @@ def _through(fwd: Graph, gs, n_consts, n_out, inputs) -> list:
     builder = current_builder()
     saved = builder.source, builder.group
     start = len(builder.nodes)
-    args = [a if isinstance(a, TracedArray) else a for a in inputs]
+    args = list(inputs)
     outs = inline(fwd, *args)
     seeds: dict = {}
     for value, g in zip(outs[n_out:], gs[n_out:]):
