@@ -307,13 +307,17 @@ def _wrap(atom, builder):
 # TracedArray: NumPy-like values that record nodes
 
 
-def _concrete_error(what: str):
+_BRANCH_HINT = "branch with np.where(cond, a, b), np.maximum/np.minimum or np.clip instead of Python if/while"
+_NUMBER_HINT = ("keep it a traced value: use NumPy functions (np.sin rather than math.sin, x.astype(np.float64) "
+                "rather than float(x)); math.sin and the like work in the traced function and in the functions it "
+                "calls by name, but not in methods or functions reached through an attribute")
+_ARRAY_HINT = ("build arrays of traced values with np.stack([...]) or np.concatenate; an argument passed as a "
+               "Python list is traced as separate values, one per entry: pass np.array(...) instead")
+
+
+def _concrete_error(what: str, hint: str = _BRANCH_HINT):
     def method(self, *args):
-        raise TracingError(
-            f"{what} on a traced value: its value is not known while tracing",
-            user_source(),
-            "branch with np.where(cond, a, b), np.maximum/np.minimum or np.clip instead of Python if/while",
-        )
+        raise TracingError(f"{what} on a traced value: its value is not known while tracing", user_source(), hint)
 
     return method
 
@@ -353,13 +357,15 @@ class TracedArray:
         return (self[i] for i in range(self.shape[0]))
 
     __bool__ = _concrete_error("bool() (an if, while, and/or, or assert)")
-    __float__ = _concrete_error("float()")
-    __int__ = _concrete_error("int()")
-    __index__ = _concrete_error("use as an index or size")
-    __complex__ = _concrete_error("complex()")
+    __float__ = _concrete_error("float() (or a math function)", _NUMBER_HINT)
+    __int__ = _concrete_error("int()", _NUMBER_HINT)
+    __index__ = _concrete_error("use as an index or size", "index with Python ints, slices or integer arrays "
+                                "known while tracing; select values with np.where")
+    __complex__ = _concrete_error("complex()", _NUMBER_HINT)
 
     def __array__(self, dtype=None, copy=None):
-        _concrete_error("conversion to a NumPy array (np.asarray, np.array or a NumPy function tracegrad does not know)")(self)
+        _concrete_error("conversion to a NumPy array (np.asarray, np.array or a NumPy function tracegrad does not "
+                        "know)", _ARRAY_HINT)(self)
 
     # Operators: each looks up its primitive by name, so this class depends on no declaration.
     def _op(name):

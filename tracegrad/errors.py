@@ -47,6 +47,18 @@ def user_source() -> SourceInfo | None:
     return None
 
 
+def raised_at(exc: BaseException) -> SourceInfo | None:
+    """The user's line an exception was raised from: the innermost frame of its traceback that is neither
+    tracegrad's nor NumPy's."""
+    found, tb = None, exc.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if not filename.startswith("<frozen") and not _is_internal(filename):
+            found = SourceInfo(filename, tb.tb_lineno, linecache.getline(filename, tb.tb_lineno).strip())
+        tb = tb.tb_next
+    return found
+
+
 class TracegradError(Exception):
     """Base class of every error tracegrad raises on purpose.
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import primitives  # noqa: F401  (registers the primitives)
 from .core import MATH_FUNCTIONS, Builder, TracedArray, _to_atom
-from .errors import GradTypeError, UnsupportedError
+from .errors import GradTypeError, TracegradError, UnsupportedError, raised_at
 from .ir import Aval, Graph, Literal, Var, is_valid_name
 from .pytree import TreeDef, flatten, leaf_paths, unflatten
 
@@ -96,7 +96,14 @@ def trace(fn, args: tuple, name: str | None = None) -> Traced:
         it = iter(inputs)
         traced_args = _rebuild(args, it)
         prepared = _prepare(fn, builder)
-        result, local_names = _call_recording_locals(prepared, traced_args, builder)
+        try:
+            result, local_names = _call_recording_locals(prepared, traced_args, builder)
+        except TypeError as exc:  # list + 1, None * 2 ...: say which argument was not an array
+            note = None if isinstance(exc, TracegradError) else _container_note(fn, args)
+            if note is None:
+                raise
+            raise GradTypeError(f"{builder.name} raised TypeError while tracing: {exc}\n  {note}", raised_at(exc),
+                                hint="pass np.array(...) where the function expects an array") from None
         out_leaves, out_tree = flatten(result)
         outputs = [_output_atom(leaf, builder) for leaf in out_leaves]
     for var, hint in local_names.items():
@@ -108,6 +115,28 @@ def trace(fn, args: tuple, name: str | None = None) -> Traced:
     graph = Graph(builder.name, [t.var for t in inputs] + [c.var for c in captures], builder.nodes, outputs,
                   n_args=len(inputs))
     return Traced(graph, in_tree, out_tree, captures)
+
+
+def _container_note(fn, args) -> str | None:
+    """What to tell the user about arguments that are pytrees (or None) rather than arrays, if any."""
+    names = _top_names(fn, len(args))
+    notes = []
+    for name, arg in zip(names, args):
+        if arg is None:
+            notes.append(f"argument {name!r} is None: it is traced as an empty pytree, with no value in it")
+        elif type(arg) in (tuple, list, dict):
+            notes.append(f"argument {name!r} is a {type(arg).__name__}: tracegrad traces a {type(arg).__name__} "
+                         f"as a pytree, one traced value per entry, not as an array")
+    return "; ".join(notes) or None
+
+
+def _top_names(fn, n) -> list[str]:
+    try:
+        params = [p.name for p in inspect.signature(fn).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    return [params[i] if i < len(params) else f"arg{i}" for i in range(n)]
 
 
 def _rebuild(tree, it):

@@ -435,6 +435,10 @@ def _preflight(loss, params, data, what) -> float:
         except IndexError as exc:
             raise DataError(f"the loss raised IndexError on rows {start}..{min(n, start + _PREFLIGHT_ROWS) - 1} "
                             f"of the {what}: are the labels in range? ({exc})") from None
+        if np.ndim(value) != 0 or not isinstance(value, (float, int, np.floating, np.integer, np.ndarray)):
+            shape = f"shape {np.shape(value)}" if hasattr(value, "shape") else f"a {type(value).__name__}"
+            raise DataError(f"the loss must return one number (the mean over the batch), got {shape}",
+                            hint="reduce it, e.g. return np.mean(...), or tg.nn.mse(pred, y)")
         total += float(value) * (min(n, start + _PREFLIGHT_ROWS) - start)
     return total / n
 
