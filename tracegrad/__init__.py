@@ -18,14 +18,14 @@ from .ir import Aval, Graph
 from .primitives.elementwise import sigmoid
 from .primitives.structural import stop_gradient
 from . import nn, optim
-from .errors import DataError, TrainingError
+from .errors import DataError, NonFiniteTrainingError, TrainingError, TrainingInterrupted
 from .train import History, fit
 from .draw import Drawing, MissingDependencyError, draw
 from .errors import GradCheckError
 from .testing import KinkWarning, check_grad, numeric_grad
 
 __all__ = [
-    "nn", "optim", "fit", "History", "DataError", "TrainingError",
+    "nn", "optim", "fit", "History", "DataError", "TrainingError", "TrainingInterrupted", "NonFiniteTrainingError",
     "grad", "value_and_grad", "jit", "make_graph", "source", "sigmoid", "stop_gradient",
     "Function", "Compiled", "Graph", "Aval", "cache_dir", "set_cache_dir",
     "TracegradError", "TracingError", "UnsupportedError", "ShapeError", "GradTypeError", "CompileError",
