@@ -87,3 +87,142 @@ def test_fit_with_a_vector_loss_is_a_data_error():
     with pytest.raises(tg.DataError, match=r"one number .* shape \(4,\)"):
         tg.fit(lambda p, X: X @ p, np.zeros(2), (np.ones((4, 2)),), optimizer=tg.optim.SGD(lr=0.1),
                batch_size=2, progress=False)
+
+
+# ------------------------------------------------------------------------------ wrong results: what is read at each call
+
+ZERO_D = np.array(2.0)
+HELPER_ARRAY = np.array([1.0, 2.0])
+
+
+def times_zero_d(x):
+    return x * ZERO_D
+
+
+def compare_zero_d(x):
+    return np.where(ZERO_D < x, x, 0.0) + ZERO_D * x  # the array on the left: NumPy's ufunc path
+
+
+def dot_helper_array(x):
+    return np.sum(x * HELPER_ARRAY)
+
+
+def sin_helper(x):
+    return math.sin(x) * math.exp(x)
+
+
+def calls_sin_helper(x):
+    return sin_helper(x) + 1.0
+
+
+def test_a_0d_array_read_through_a_helper_sees_in_place_changes():
+    f = tg.grad(lambda x: times_zero_d(x))
+    assert f(1.0) == 2.0 and f(1.0) == 2.0  # the second call may take the fast path
+    try:
+        ZERO_D[()] = 7.0
+        assert f(1.0) == 7.0 and f(1.0) == 7.0
+    finally:
+        ZERO_D[()] = 2.0
+
+
+def test_a_0d_array_on_the_left_of_an_operator_sees_in_place_changes():
+    f = tg.grad(compare_zero_d)
+    assert f(3.0) == 3.0
+    try:
+        ZERO_D[()] = 5.0
+        assert f(3.0) == 5.0
+    finally:
+        ZERO_D[()] = 2.0
+
+
+def test_a_global_array_of_a_helper_is_read_at_every_call():
+    global HELPER_ARRAY
+    f = tg.grad(lambda x: dot_helper_array(x))
+    saved = HELPER_ARRAY
+    try:
+        np.testing.assert_array_equal(f(np.ones(2)), [1.0, 2.0])
+        HELPER_ARRAY = np.array([5.0, 6.0])
+        np.testing.assert_array_equal(f(np.ones(2)), [5.0, 6.0])
+        HELPER_ARRAY = np.array([1.0, 2.0, 3.0])  # a new shape traces again
+        np.testing.assert_array_equal(f(np.ones(3)), [1.0, 2.0, 3.0])
+    finally:
+        HELPER_ARRAY = saved
+
+
+@pytest.mark.parametrize("x", [0.3, np.float32(0.3)])
+def test_math_works_in_helpers_called_by_name(x):
+    expected = math.cos(x) * math.exp(x) + math.sin(x) * math.exp(x)
+    assert np.isclose(tg.grad(calls_sin_helper)(x), expected, rtol=1e-6)
+    assert np.isclose(tg.grad(lambda y: 2.0 * calls_sin_helper(y))(x), 2 * expected, rtol=1e-6)  # two levels down
+
+
+def test_a_helper_that_calls_itself_is_followed():
+    def power(x, n):
+        return math.exp(x - x) * x if n == 1 else x * power(x, n - 1)
+
+    assert tg.grad(lambda x: power(x, 3))(2.0) == 12.0
+
+
+def test_helpers_are_not_modified():
+    tg.grad(calls_sin_helper)(0.1)
+    assert calls_sin_helper.__globals__["sin_helper"] is sin_helper
+    assert sin_helper.__globals__["math"] is math
+
+
+PARAMS = {"W": np.array([1.0, 2.0])}
+
+
+def dict_entry_loss(x):
+    return np.sum(x * PARAMS["W"])
+
+
+def test_a_global_dict_entry_is_read_at_every_call():
+    f = tg.grad(dict_entry_loss)
+    saved = PARAMS["W"]
+    try:
+        np.testing.assert_array_equal(f(np.ones(2)), [1.0, 2.0])
+        PARAMS["W"] = np.array([3.0, 4.0])
+        np.testing.assert_array_equal(f(np.ones(2)), [3.0, 4.0])
+    finally:
+        PARAMS["W"] = saved
+
+
+class Layer:
+    def __init__(self, b):
+        self.b = b
+
+
+class Model:
+    def __init__(self):
+        self.W = np.array([1.0, 2.0])
+        self.layers = [Layer(np.array([0.5, 0.5]))]
+
+    @tg.value_and_grad
+    def loss(self, x):
+        hidden = x * self.W + self.layers[0].b
+        return np.sum(hidden) + math.sin(0.0 * hidden[0])
+
+
+def test_rebinding_attributes_of_self_is_seen_by_a_decorated_method():
+    model = Model()
+    assert model.loss(np.ones(2)) == (4.0, pytest.approx(np.array([1.0, 2.0])))
+    model.W = model.W - 0.5 * model.loss(np.ones(2))[1]  # a gradient step written the natural way
+    model.layers[0].b = np.array([10.0, 10.0])
+    value, g = model.loss(np.ones(2))
+    assert value == 21.5 and np.array_equal(g, [0.5, 1.0])
+    source = tg.source(Model.loss.__get__(model), np.ones(2))
+    assert "def loss_value_and_grad(x, W, b):" in source and "hidden" in source  # names from self and the method
+
+
+def test_an_attribute_that_disappears_is_a_clear_error():
+    model = Model()
+    model.loss(np.ones(2))
+    del model.W
+    with pytest.raises(tg.TracegradError, match=r"at self\.W, cannot be read any more \(AttributeError"):
+        model.loss(np.ones(2))
+
+
+def test_arrays_created_while_tracing_are_held_and_keep_the_fast_path():
+    f = tg.value_and_grad(lambda x: np.sum(x * np.arange(3.0)))
+    compiled = f.specialize(np.ones(3))
+    assert [c.held for c in compiled.traced.captures] == [True] and compiled.guard is not None

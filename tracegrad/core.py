@@ -273,9 +273,12 @@ def _to_atom(value, builder: Builder):
         return _WeakLiteral(value, np.result_type(value))
     if isinstance(value, (list, tuple)):  # a shape passed where an array belongs is a bug in a rule
         raise TypeError("primitive inputs must be arrays; pass params such as shape= by keyword")
-    if isinstance(value, (np.ndarray, np.generic)):
-        if value.ndim == 0:
+    if isinstance(value, np.generic):  # immutable: a constant
+        return Literal(value.item(), value.dtype)
+    if isinstance(value, np.ndarray):
+        if value.ndim == 0 and builder.backward:  # a VJP rule's scalar, which NumPy made a 0-d array (0.0 == g)
             return Literal(value.item(), value.dtype)
+        # The user's arrays, even 0-d ones: an array held by reference may change in place (Z[()] = 7)
         if value.dtype.kind not in "biuf":
             raise UnsupportedError(f"arrays of dtype {value.dtype} cannot take part in a traced computation", user_source())
         return builder.capture(value)

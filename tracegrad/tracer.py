@@ -7,8 +7,11 @@ gives its local variables become the names of the values they hold.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
+import os
+import sysconfig
 import types
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -17,7 +20,7 @@ import numpy as np
 
 from . import primitives  # noqa: F401  (registers the primitives)
 from .core import MATH_FUNCTIONS, Builder, TracedArray, _to_atom
-from .errors import GradTypeError, TracegradError, UnsupportedError, raised_at
+from .errors import GradTypeError, TracegradError, UnsupportedError, _is_internal, raised_at
 from .ir import Aval, Graph, Literal, Var, is_valid_name
 from .pytree import TreeDef, flatten, leaf_paths, unflatten
 
@@ -95,13 +98,16 @@ def trace(fn, args: tuple, name: str | None = None) -> Traced:
         inputs = [builder.new_input(aval, hint) for aval, hint in zip(avals, names)]
         it = iter(inputs)
         traced_args = _rebuild(args, it)
-        prepared = _prepare(fn, builder)
+        preparer = _Preparer(builder)
+        prepared = preparer.prepare(fn)
         try:
             result, local_names = _call_recording_locals(prepared, traced_args, builder)
-        except TypeError as exc:  # list + 1, None * 2 ...: say which argument was not an array
-            note = None if isinstance(exc, TracegradError) else _container_note(fn, args)
-            if note is None:
+        except (TypeError, UnsupportedError) as exc:  # list + 1, None * x ...: say which argument was not an array
+            note = _container_note(fn, args)
+            if note is None or isinstance(exc, TracegradError) and not isinstance(exc, UnsupportedError):
                 raise
+            if isinstance(exc, UnsupportedError):
+                raise UnsupportedError(f"{exc.message}\n  {note}", exc.source, exc.hint) from None
             raise GradTypeError(f"{builder.name} raised TypeError while tracing: {exc}\n  {note}", raised_at(exc),
                                 hint="pass np.array(...) where the function expects an array") from None
         out_leaves, out_tree = flatten(result)
@@ -109,7 +115,14 @@ def trace(fn, args: tuple, name: str | None = None) -> Traced:
     for var, hint in local_names.items():
         if var.hint is None:
             var.hint = hint
-    readers = builder.readers
+    readers = dict(builder.readers)
+    unread = {id(value): value for _, value in builder.captured
+              if id(value) not in readers and type(value) is np.ndarray}
+    for key, (read, name) in _path_readers(unread, preparer.roots).items():
+        readers[key] = read
+        var = builder._captured_ids[key]
+        if var.hint is None and isinstance(name, str) and is_valid_name(name):
+            var.hint = name  # self.W is named W
     captures = [Capture(var, readers[id(value)]) if id(value) in readers else Capture(var, _holder(value), True)
                 for var, value in builder.captured]
     graph = Graph(builder.name, [t.var for t in inputs] + [c.var for c in captures], builder.nodes, outputs,
@@ -153,8 +166,10 @@ def _output_atom(leaf, builder):
         return leaf.var
     if isinstance(leaf, (bool, int, float)) and not isinstance(leaf, np.generic):
         return Literal(leaf, np.result_type(leaf))
-    atom = _to_atom(leaf, builder)
-    return atom
+    if not isinstance(leaf, (TracedArray, np.ndarray, np.generic)):
+        raise GradTypeError(f"{builder.name} returned a {type(leaf).__name__}: a traced function returns numbers, "
+                            f"arrays, or tuples, lists and dicts of them")
+    return _to_atom(leaf, builder)
 
 
 # ---------------------------------------------------------------- closures, globals and math
@@ -223,37 +238,176 @@ def _hashable(value) -> bool:
         return False
 
 
-def _prepare(fn, builder):
-    """A copy of ``fn`` whose captured arrays are traced inputs and whose ``math`` accepts traced values."""
-    if not isinstance(fn, types.FunctionType):
-        return fn
-    code = fn.__code__
-    cells = None
-    if fn.__closure__:
-        cells = []
-        for name, cell in zip(code.co_freevars, fn.__closure__):
+class _Preparer:
+    """Makes the copies ``trace`` runs: see ``prepare``. Keeps the containers the functions read by name
+    (``roots``), where ``_path_readers`` looks for arrays reached through them."""
+
+    def __init__(self, builder):
+        self.builder = builder
+        self.prepared: dict = {}  # each function seen -> its copy, or itself when it needs none
+        self.roots: list = []  # (how to read it again, the value now, its name): dicts, lists, objects, self
+
+    def prepare(self, fn):
+        """A copy of ``fn`` whose captured arrays are traced inputs and whose ``math`` accepts traced values.
+
+        The same goes, recursively, for the user's own functions it calls by a global or closure name
+        (helpers, and theirs): arrays they read from their globals are read at every call too, and
+        ``math`` works in them. A decorated method (a ``functools.partial`` binding ``self``) is the
+        copy of its function, bound to the same ``self``.
+        """
+        if isinstance(fn, functools.partial) and isinstance(fn.func, types.FunctionType):
+            for i, arg in enumerate(fn.args):
+                self._root(arg, lambda arg=arg: arg, "self" if i == 0 else f"<argument {i}>")
+            return functools.partial(self.prepare(fn.func), *fn.args, **fn.keywords)
+        if not isinstance(fn, types.FunctionType):
+            return fn
+        if fn in self.prepared:
+            return self.prepared[fn]
+        self.prepared[fn] = fn  # until its copy exists, a recursive call reaches the original
+        code = fn.__code__
+        cells = list(fn.__closure__ or ())
+        for i, (name, cell) in enumerate(zip(code.co_freevars, cells)):
             try:
                 value = cell.cell_contents
             except ValueError:  # not yet assigned
-                cells.append(cell)
                 continue
-            sub = _substitute(value, name, builder, lambda cell=cell: cell.cell_contents)
-            cells.append(cell if sub is value else types.CellType(sub))
-        cells = tuple(cells)
-    glob = fn.__globals__
-    replaced = {}
-    for name in sorted(_global_names(code)):
-        if name in glob:
-            value = glob[name]
-            sub = _substitute(value, name, builder, lambda name=name: glob[name])
+            sub = self._substitute(value, name, lambda cell=cell: cell.cell_contents)
             if sub is not value:
-                replaced[name] = sub
-    if not replaced and (cells is None or all(a is b for a, b in zip(cells, fn.__closure__))):
-        return fn
-    new_globals = dict(glob, **replaced) if replaced else glob
-    copy = types.FunctionType(code, new_globals, fn.__name__, fn.__defaults__, cells)
-    copy.__kwdefaults__ = fn.__kwdefaults__
-    return copy
+                cells[i] = types.CellType(sub)
+        glob = fn.__globals__
+        replaced = {}
+        for name in sorted(_global_names(code)):
+            if name in glob:
+                value = glob[name]
+                sub = self._substitute(value, name, lambda name=name: glob[name])
+                if sub is not value:
+                    replaced[name] = sub
+        if not replaced and all(a is b for a, b in zip(cells, fn.__closure__ or ())):
+            return fn
+        new_globals = dict(glob, **replaced) if replaced else glob
+        # a function that calls itself, by a closure name or a global one, calls the copy
+        own = [i for i, cell in enumerate(cells) if cell is fn.__closure__[i] and _contents(cell) is fn]
+        for i in own:
+            cells[i] = types.CellType()
+        copy = types.FunctionType(code, new_globals, fn.__name__, fn.__defaults__, tuple(cells) if cells else None)
+        copy.__kwdefaults__ = fn.__kwdefaults__
+        copy.__dict__.update(fn.__dict__)
+        self.prepared[fn] = copy
+        for i in own:
+            cells[i].cell_contents = copy
+        if replaced:
+            for name in _global_names(code):
+                if glob.get(name) is fn:
+                    new_globals[name] = copy
+        return copy
+
+    def _substitute(self, value, hint, read):
+        if isinstance(value, types.FunctionType) and _is_users(value):
+            return self.prepare(value)
+        self._root(value, read, hint)
+        return _substitute(value, hint, self.builder, read)
+
+    def _root(self, value, read, name):
+        if _searchable(value):
+            self.roots.append((read, value, name))
+
+
+# Arrays reached through containers are looked for this deep (self.layers[0].W is 3), among this many values
+PATH_DEPTH, PATH_BUDGET = 3, 5000
+
+
+def _searchable(value) -> bool:
+    """A value the path search looks into: a dict, list or tuple, or a plain object (not a module, class,
+    function or array) with a ``__dict__``."""
+    if type(value) in (dict, list, tuple):
+        return True
+    if isinstance(value, (np.ndarray, np.generic, types.ModuleType, type, types.FunctionType, functools.partial,
+                          TracedArray, str, bytes, int, float, complex)):
+        return False
+    return type(getattr(value, "__dict__", None)) is dict
+
+
+def _children(value):
+    """(step, child) pairs of a searchable value: dict entries, items, attributes."""
+    if type(value) is dict:
+        return ((("item", key), child) for key, child in value.items())
+    if type(value) in (list, tuple):
+        return ((("item", i), child) for i, child in enumerate(value))
+    return ((("attr", name), child) for name, child in vars(value).items())
+
+
+def _path_readers(targets: dict, roots: list) -> dict:
+    """Readers for arrays the trace held (``targets``: id -> array) that it can find again, at every call,
+    through the containers the traced functions read by name: ``self.W``, ``PARAMS["W"]``,
+    ``self.layers[0].W``. Breadth first, so the shortest path wins; the search is bounded (``PATH_DEPTH``,
+    ``PATH_BUDGET`` values looked at). Arrays it does not find stay as they were traced (held by reference).
+    Returns {id: (reader, the last key of its path)}."""
+    found: dict = {}
+    if not targets:
+        return found
+    queue, seen, budget = [(read, value, (name,)) for read, value, name in roots], set(), PATH_BUDGET
+    for depth in range(PATH_DEPTH):
+        next_queue = []
+        for read, value, path in queue:
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            for step, child in _children(value):
+                budget -= 1
+                if budget < 0:
+                    return found
+                key = id(child)
+                if key in targets and key not in found and child is targets[key]:
+                    found[key] = (_path_reader(read, path + (step,)), step[1])
+                    if len(found) == len(targets):
+                        return found
+                elif depth + 1 < PATH_DEPTH and _searchable(child):
+                    next_queue.append((read, child, path + (step,)))
+        queue = next_queue
+    return found
+
+
+def _path_reader(read_root, path):
+    def read():
+        value = read_root()
+        for kind, key in path[1:]:
+            try:
+                value = value[key] if kind == "item" else getattr(value, key)
+            except (KeyError, IndexError, AttributeError, TypeError) as exc:
+                raise TracegradError(f"an array the traced function read while tracing, at "
+                                     f"{_spell(path)}, cannot be read any more ({type(exc).__name__}: {exc})",
+                                     hint="keep it where the function reads it, or pass it as an argument") from None
+        return value
+    return read
+
+
+def _spell(path) -> str:
+    return path[0] + "".join(f"[{key!r}]" if kind == "item" else f".{key}" for kind, key in path[1:])
+
+
+def _contents(cell):
+    try:
+        return cell.cell_contents
+    except ValueError:
+        return None
+
+
+def _library_dirs() -> tuple:
+    paths = sysconfig.get_paths()
+    return tuple(os.path.join(os.path.abspath(paths[key]), "") for key in ("stdlib", "platstdlib", "purelib", "platlib")
+                 if key in paths)
+
+
+_LIBRARY_DIRS = _library_dirs()
+
+
+def _is_users(fn) -> bool:
+    """A function of the user's own (not tracegrad's, NumPy's, the standard library's or an installed
+    package's): the tracer follows calls into it."""
+    filename = fn.__code__.co_filename
+    if filename.startswith("<frozen"):
+        return False
+    return not _is_internal(filename) and not os.path.abspath(filename).startswith(_LIBRARY_DIRS)
 
 
 def _call_recording_locals(fn, args, builder):
@@ -262,7 +416,7 @@ def _call_recording_locals(fn, args, builder):
     The builder keeps the function's frame (found when the first node is recorded); once the function
     has returned, the frame still holds its final local variables.
     """
-    builder.watch = getattr(fn, "__code__", None)
+    builder.watch = getattr(fn.func if isinstance(fn, functools.partial) else fn, "__code__", None)
     result = fn(*args)
     frame, builder.watch, builder.watched_frame = builder.watched_frame, None, None
     names: dict = {}
