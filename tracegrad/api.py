@@ -116,7 +116,8 @@ class Compiled:
         captures = self.traced.captures
         # Constants the trace created are passed as they are; closure and global arrays are read and
         # checked on every call, so they rule the fast path out.
-        held = all(c.held for c in captures)
+        # A 0-d array is passed as a scalar: the guard would keep its value at the time it was made.
+        held = all(c.held and c.var.aval.shape for c in captures)
         self.guard = None
         if held and self.direct is not None and self.signature:
             self.guard = _make_guard(self.signature, self.direct, len(self.graph.outputs), self.dispatcher,
@@ -197,7 +198,7 @@ class Function:
 
     def __init__(self, fun: Callable, mode: str, argnums=0, has_aux: bool = False, debug_nans: bool | None = None):
         if not callable(fun):
-            raise TypeError(f"{mode} expects a function, got {type(fun).__name__}")
+            raise GradTypeError(f"{mode} expects a function, got {type(fun).__name__}")
         if mode != "jit":
             _check_argnums_type(argnums)
         self.fun = fun
@@ -221,8 +222,8 @@ class Function:
     def __get__(self, obj, objtype=None):
         """A decorated method: ``self`` is bound, not traced, and argnums count the other arguments.
 
-        Arrays reached through ``self`` are passed by reference (in-place changes are seen); rebinding an
-        attribute after the first call is not. One specialisation cache per instance."""
+        Arrays reached through ``self`` (``self.W``, ``self.layers[0].b``) are read again at every call, so
+        rebinding an attribute (``self.W = self.W - lr * g``) is seen. One specialisation cache per instance."""
         if obj is None:
             return self
         key = f"_tracegrad_{self.mode}_{id(self)}"
@@ -568,6 +569,8 @@ def make_graph(fun: Callable, *args) -> Graph:
     """
     if isinstance(fun, Function):
         return fun.graph(*args)
+    if not callable(fun):
+        raise GradTypeError(f"make_graph expects a function, got {type(fun).__name__}")
     return trace(fun, args).graph
 
 
@@ -575,5 +578,7 @@ def source(fun: Callable, *args) -> str:
     """The generated Python source that runs for ``fun`` and arguments like ``args``: exactly the text
     Numba compiles. A plain function is shown as ``jit(fun)``; a ``grad`` function with its backward pass."""
     if not isinstance(fun, Function):
+        if not callable(fun):
+            raise GradTypeError(f"source expects a function, got {type(fun).__name__}")
         fun = jit(fun)
     return fun.source(*args)

@@ -111,7 +111,8 @@ class CompileError(TracegradError):
 
 
 class DataError(TracegradError, ValueError):
-    """Training data or settings that do not fit: lengths that differ, a bad batch size, labels out of range."""
+    """Data or settings that do not fit: training data of different lengths, a bad batch size, labels out
+    of range, a ``check_grad`` mode or a ``draw`` layout that does not exist."""
 
 
 class TrainingError(TracegradError):

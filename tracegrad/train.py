@@ -48,7 +48,8 @@ import numpy as np
 from . import __version__, backend
 from .api import Function, value_and_grad
 from .codegen import Module
-from .errors import DataError, NonFiniteError, NonFiniteTrainingError, TrainingError, TrainingInterrupted
+from .errors import (DataError, NonFiniteError, NonFiniteTrainingError, TracegradError, TrainingError,
+                     TrainingInterrupted, raised_at)
 from .ir import Aval
 from .optim import Optimizer, _check_params
 from .pytree import flatten, leaf_paths, unflatten
@@ -130,6 +131,8 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
         raise DataError(f"seed must be an int, got {seed!r}")
     if validation is not None:
         validation = _as_arrays(validation, "validation")
+    if metrics is not None and (not isinstance(metrics, dict) or not all(map(callable, metrics.values()))):
+        raise DataError(f"metrics must be a dict of name: fn(params, *validation), got {metrics!r}")
     metrics = dict(metrics or {})
     if progress not in (True, False, "plain"):
         raise DataError(f"progress must be True, False or 'plain', got {progress!r}")
@@ -202,7 +205,7 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
             reporter.epoch(epoch, history)
             history.wall_time.append(time.perf_counter() - t0)
             saved = checkpoint()
-    except TrainingError:
+    except (TrainingError, DataError):  # a captured array changed shape: the user's to fix, before resuming
         raise
     except KeyboardInterrupt:
         raise _stopped(TrainingInterrupted, "interrupted", saved, tree, optimizer, history, epoch, epochs) from None
@@ -462,7 +465,13 @@ def _preflight(loss, params, data, what) -> float:
             value = loss(params, *(d[rows] for d in data))
         except IndexError as exc:
             raise DataError(f"the loss raised IndexError on rows {start}..{min(n, start + _PREFLIGHT_ROWS) - 1} "
-                            f"of the {what}: are the labels in range? ({exc})") from None
+                            f"of the {what}: are the labels in range? ({exc})", raised_at(exc)) from None
+        except TracegradError:
+            raise
+        except Exception as exc:  # shapes that do not fit, a loss taking other arguments ...
+            raise DataError(f"the loss raised {type(exc).__name__} on the {what} before training: {exc}",
+                            raised_at(exc), hint=f"fit calls loss(params, *{what}) on batches of rows of each "
+                            f"array in the {what}") from None
         if np.ndim(value) != 0 or not isinstance(value, (float, int, np.floating, np.integer, np.ndarray)):
             shape = f"shape {np.shape(value)}" if hasattr(value, "shape") else f"a {type(value).__name__}"
             raise DataError(f"the loss must return one number (the mean over the batch), got {shape}",
