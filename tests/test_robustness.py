@@ -226,3 +226,18 @@ def test_arrays_created_while_tracing_are_held_and_keep_the_fast_path():
     f = tg.value_and_grad(lambda x: np.sum(x * np.arange(3.0)))
     compiled = f.specialize(np.ones(3))
     assert [c.held for c in compiled.traced.captures] == [True] and compiled.guard is not None
+
+
+def test_an_array_in_a_module_of_the_users_own_is_read_at_every_call():
+    import types
+    settings = types.ModuleType("settings")
+    settings.__file__ = __file__  # the user's own module (not a library's)
+    settings.W = np.array([1.0, 2.0])
+
+    def loss(x):
+        return np.sum(x * settings.W)
+
+    f = tg.grad(loss)
+    np.testing.assert_array_equal(f(np.ones(2)), [1.0, 2.0])
+    settings.W = np.array([3.0, 4.0])
+    np.testing.assert_array_equal(f(np.ones(2)), [3.0, 4.0])

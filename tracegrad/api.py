@@ -25,7 +25,7 @@ from .errors import GradTypeError
 from .interpret import inline
 from .ir import Graph, Literal, Var
 from .pytree import TreeDef, flatten, unflatten
-from .tracer import Traced, _container_note, arg_names, aval_of, trace
+from .tracer import Traced, arg_names, aval_of, container_note, trace
 
 _SCALARS = (float, int, bool)
 _log = logging.getLogger("tracegrad")
@@ -364,7 +364,7 @@ class Function:
             direct = "o0" if out_tree.kind == "leaf" and _returned_as_is(outs[0]) else None
             return graph, pack, direct
 
-        value_tree, aux_tree = _split_aux(out_tree, self.has_aux, graph.name, _container_note(self.fun, args))
+        value_tree, aux_tree = _split_aux(out_tree, self.has_aux, graph.name, container_note(self.fun, args))
         n_out = len(graph.outputs)
         vg = value_and_grad_graph(graph, wrt)
         outs = list(graph.outputs)

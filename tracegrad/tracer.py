@@ -103,7 +103,7 @@ def trace(fn, args: tuple, name: str | None = None) -> Traced:
         try:
             result, local_names = _call_recording_locals(prepared, traced_args, builder)
         except (TypeError, UnsupportedError) as exc:  # list + 1, None * x ...: say which argument was not an array
-            note = _container_note(fn, args)
+            note = container_note(fn, args)
             if note is None or isinstance(exc, TracegradError) and not isinstance(exc, UnsupportedError):
                 raise
             if isinstance(exc, UnsupportedError):
@@ -130,7 +130,7 @@ def trace(fn, args: tuple, name: str | None = None) -> Traced:
     return Traced(graph, in_tree, out_tree, captures)
 
 
-def _container_note(fn, args) -> str | None:
+def container_note(fn, args) -> str | None:
     """What to tell the user about arguments that are pytrees (or None) rather than arrays, if any."""
     names = _top_names(fn, len(args))
     notes = []
@@ -317,11 +317,15 @@ PATH_DEPTH, PATH_BUDGET = 3, 5000
 
 
 def _searchable(value) -> bool:
-    """A value the path search looks into: a dict, list or tuple, or a plain object (not a module, class,
-    function or array) with a ``__dict__``."""
+    """A value the path search looks into: a dict, list or tuple, one of the user's own modules, or a plain
+    object (not a class, function or array) with a ``__dict__``."""
     if type(value) in (dict, list, tuple):
         return True
-    if isinstance(value, (np.ndarray, np.generic, types.ModuleType, type, types.FunctionType, functools.partial,
+    if isinstance(value, types.ModuleType):
+        filename = getattr(value, "__file__", None)
+        return isinstance(filename, str) and not _is_internal(filename) \
+            and not os.path.abspath(filename).startswith(_LIBRARY_DIRS)
+    if isinstance(value, (np.ndarray, np.generic, type, types.FunctionType, functools.partial,
                           TracedArray, str, bytes, int, float, complex)):
         return False
     return type(getattr(value, "__dict__", None)) is dict
