@@ -20,7 +20,7 @@ import numpy as np
 
 from . import primitives  # noqa: F401  (registers the primitives)
 from .core import MATH_FUNCTIONS, Builder, TracedArray, _to_atom
-from .errors import GradTypeError, TracegradError, UnsupportedError, _is_internal, raised_at
+from .errors import GradTypeError, TracegradError, TracingError, UnsupportedError, _is_internal, raised_at
 from .ir import Aval, Graph, Literal, Var, is_valid_name
 from .pytree import TreeDef, flatten, leaf_paths, unflatten
 
@@ -102,14 +102,11 @@ def trace(fn, args: tuple, name: str | None = None) -> Traced:
         prepared = preparer.prepare(fn)
         try:
             result, local_names = _call_recording_locals(prepared, traced_args, builder)
-        except (TypeError, UnsupportedError) as exc:  # list + 1, None * x ...: say which argument was not an array
-            note = container_note(fn, args)
-            if note is None or isinstance(exc, TracegradError) and not isinstance(exc, UnsupportedError):
+        except (TypeError, TracegradError) as exc:  # list + 1, None * x ...: say which argument was not an array
+            explained = _explained(exc, container_note(fn, args), builder.name)
+            if explained is None:
                 raise
-            if isinstance(exc, UnsupportedError):
-                raise UnsupportedError(f"{exc.message}\n  {note}", exc.source, exc.hint) from None
-            raise GradTypeError(f"{builder.name} raised TypeError while tracing: {exc}\n  {note}", raised_at(exc),
-                                hint="pass np.array(...) where the function expects an array") from None
+            raise explained from None
         out_leaves, out_tree = flatten(result)
         outputs = [_output_atom(leaf, builder) for leaf in out_leaves]
     for var, hint in local_names.items():
@@ -128,6 +125,19 @@ def trace(fn, args: tuple, name: str | None = None) -> Traced:
     graph = Graph(builder.name, [t.var for t in inputs] + [c.var for c in captures], builder.nodes, outputs,
                   n_args=len(inputs))
     return Traced(graph, in_tree, out_tree, captures)
+
+
+def _explained(exc, note, name):
+    """``exc`` (raised while tracing ``name``) again with ``note`` on arguments that are pytrees or None,
+    when it is the kind of error such an argument causes; else None."""
+    if note is None:
+        return None
+    if type(exc) is UnsupportedError or type(exc) is TracingError and exc.message.startswith("conversion to"):
+        return type(exc)(f"{exc.message}\n  {note}", exc.source, exc.hint)
+    if isinstance(exc, TypeError) and not isinstance(exc, TracegradError):
+        return GradTypeError(f"{name} raised TypeError while tracing: {exc}\n  {note}", raised_at(exc),
+                             hint="pass np.array(...) where the function expects an array")
+    return None
 
 
 def container_note(fn, args) -> str | None:
