@@ -338,7 +338,10 @@ def _searchable(value) -> bool:
     if isinstance(value, (np.ndarray, np.generic, type, types.FunctionType, functools.partial,
                           TracedArray, str, bytes, int, float, complex)):
         return False
-    return type(getattr(value, "__dict__", None)) is dict
+    try:
+        return type(getattr(value, "__dict__", None)) is dict
+    except Exception:  # a proxy whose attribute look-up raises: not looked into
+        return False
 
 
 def _children(value):
