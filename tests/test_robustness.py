@@ -244,3 +244,63 @@ def test_an_array_in_a_module_of_the_users_own_is_read_at_every_call():
     np.testing.assert_array_equal(f(np.ones(2)), [1.0, 2.0])
     settings.W = np.array([3.0, 4.0])
     np.testing.assert_array_equal(f(np.ones(2)), [3.0, 4.0])
+
+
+class Constants:
+    W = np.array([1.0, 2.0])
+
+
+def class_attribute_loss(x):
+    return np.sum(x * Constants.W)
+
+
+TARGET = np.array([1.0, 2.0])
+LOSSES = {"dot": lambda x: np.sum(x * TARGET)}  # called through a dict: tracegrad does not prepare it
+
+
+def test_a_class_attribute_is_read_at_every_call():
+    f = tg.grad(class_attribute_loss)
+    saved = Constants.W
+    try:
+        np.testing.assert_array_equal(f(np.ones(2)), [1.0, 2.0])
+        Constants.W = np.array([5.0, 6.0])
+        np.testing.assert_array_equal(f(np.ones(2)), [5.0, 6.0])
+    finally:
+        Constants.W = saved
+
+
+def test_a_global_of_a_function_called_through_a_dict_is_read_at_every_call():
+    global TARGET
+    f = tg.grad(lambda x: LOSSES["dot"](x))
+    saved = TARGET
+    try:
+        np.testing.assert_array_equal(f(np.ones(2)), [1.0, 2.0])
+        TARGET = np.array([7.0, 8.0])
+        np.testing.assert_array_equal(f(np.ones(2)), [7.0, 8.0])
+    finally:
+        TARGET = saved
+
+
+DEEP = {"a": {"b": {"c": {"W": np.array([1.0, 2.0]), "tags": ["a list, so that the collector tracks this dict"]}}}}
+
+
+def deep_loss(x):
+    return np.sum(x * DEEP["a"]["b"]["c"]["W"])
+
+
+def test_an_array_deeper_than_the_search_warns_that_rebinding_is_not_seen():
+    with pytest.warns(tg.HeldArrayWarning, match=r"kept in a dict entry 'W' .* rebinding it is not") as record:
+        tg.grad(deep_loss).specialize(np.ones(2))
+    assert record[0].filename == __file__ and record[0].lineno == deep_loss.__code__.co_firstlineno + 1
+
+
+def test_arrays_created_while_tracing_or_read_at_each_call_give_no_warning():
+    import warnings
+
+    def loss(x, labels):
+        return tg.nn.softmax_cross_entropy(x, labels) + np.sum(x[:, 0] * np.arange(3.0)) + dict_entry_loss(x[0])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tg.grad(loss).specialize(np.ones((3, 2)), np.array([0, 1, 1]))
+        Model().loss.specialize(np.ones(2))

@@ -15,6 +15,7 @@ from .backend import cache_dir, set_cache_dir
 from .errors import (CompileError, GradTypeError, NonFiniteError, ShapeError, TracegradError, TracingError,
                      UnsupportedError)
 from .ir import Aval, Graph
+from .tracer import HeldArrayWarning
 from .primitives.elementwise import sigmoid
 from .primitives.structural import stop_gradient
 from . import nn, optim
@@ -29,7 +30,7 @@ __all__ = [
     "grad", "value_and_grad", "jit", "make_graph", "source", "sigmoid", "stop_gradient",
     "Function", "Compiled", "Graph", "Aval", "cache_dir", "set_cache_dir",
     "TracegradError", "TracingError", "UnsupportedError", "ShapeError", "GradTypeError", "CompileError",
-    "NonFiniteError",
+    "NonFiniteError", "HeldArrayWarning",
     "draw", "Drawing", "MissingDependencyError",
     "check_grad", "numeric_grad", "GradCheckError", "KinkWarning",
 ]

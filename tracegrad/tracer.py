@@ -8,11 +8,14 @@ gives its local variables become the names of the values they hold.
 from __future__ import annotations
 
 import functools
+import gc
 import inspect
 import math
 import os
+import sys
 import sysconfig
 import types
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -115,11 +118,15 @@ def trace(fn, args: tuple, name: str | None = None) -> Traced:
     readers = dict(builder.readers)
     unread = {id(value): value for _, value in builder.captured
               if id(value) not in readers and type(value) is np.ndarray}
-    for key, (read, name) in _path_readers(unread, preparer.roots).items():
+    found = _path_readers(unread, preparer.roots)
+    for key, (read, name) in found.items():
         readers[key] = read
         var = builder._captured_ids[key]
         if var.hint is None and isinstance(name, str) and is_valid_name(name):
             var.hint = name  # self.W is named W
+    for key in found:
+        del unread[key]
+    readers.update(_owner_readers(unread, builder))
     captures = [Capture(var, readers[id(value)]) if id(value) in readers else Capture(var, _holder(value), True)
                 for var, value in builder.captured]
     graph = Graph(builder.name, [t.var for t in inputs] + [c.var for c in captures], builder.nodes, outputs,
@@ -333,8 +340,7 @@ def _searchable(value) -> bool:
         return True
     if isinstance(value, types.ModuleType):
         filename = getattr(value, "__file__", None)
-        return isinstance(filename, str) and not _is_internal(filename) \
-            and not os.path.abspath(filename).startswith(_LIBRARY_DIRS)
+        return isinstance(filename, str) and _is_users_file(filename)
     if isinstance(value, (np.ndarray, np.generic, type, types.FunctionType, functools.partial,
                           TracedArray, str, bytes, int, float, complex)):
         return False
@@ -384,6 +390,83 @@ def _path_readers(targets: dict, roots: list) -> dict:
     return found
 
 
+class HeldArrayWarning(UserWarning):
+    """A traced function reads an array that tracegrad cannot read again at each call (kept deep inside
+    the user's dicts): in-place changes are seen, rebinding it is not."""
+
+
+def _owner_readers(unread: dict, builder) -> dict:
+    """Readers for arrays of ``unread`` (id -> array: held, not found by the path search) that a module of
+    the user's own or a class keeps under a name (a global of a function called through a dict, ``Cls.W``):
+    those are read at every call too. For one some other dict keeps under a name (deeper than the search),
+    a ``HeldArrayWarning`` at the user's line says rebinding it will not be seen (lists are not looked at:
+    tracegrad's own lists of captured values would be mistaken for the user's).
+
+    Arrays only the trace holds were created while tracing (``np.arange(n)``), and tuples cannot be rebound
+    into: neither is worth a word. Reference counts spare the heap search (``gc.get_referrers``) in the
+    common case. Best effort: the collector does not track a dict holding only arrays and strings, so an
+    array deep inside such dicts stays held without a word."""
+    if not unread:
+        return {}
+    # a probe with the references each array of `unread` has here: a (var, array) pair, a dict, a list
+    holders = [(None, np.empty(0))]
+    holders.append({0: holders[0][1]})
+    baseline = _reference_counts([holders[0][1]])[0]
+    values = list(unread.values())
+    suspects = [value for value, count in zip(values, _reference_counts(values)) if count > baseline]
+    del values
+    if not suspects:
+        return {}
+    ours = {id(unread), id(builder.captured), id(suspects)} | {id(n.params) for n in builder.nodes}
+    modules = {}  # id(a module's globals) -> its name, and None for tracegrad's, NumPy's and libraries'
+    for name, module in list(sys.modules.items()):
+        filename = getattr(module, "__file__", None)
+        if isinstance(filename, str):
+            modules[id(vars(module))] = name if _is_users_file(filename) else None
+    readers, warned = {}, set()
+    for referrer in gc.get_referrers(*suspects):
+        if type(referrer) is not dict or id(referrer) in ours or modules.get(id(referrer), "") is None:
+            continue
+        for key, value in list(referrer.items()):
+            if not isinstance(key, str):  # a cache keyed by arguments, not a name
+                continue
+            if not any(value is v for v in suspects) or id(value) in readers:
+                continue
+            owner = modules.get(id(referrer)) or _class_of(referrer, key, value)
+            if owner is not None:
+                readers[id(value)] = (lambda owner_dict=referrer, key=key: owner_dict[key]) \
+                    if isinstance(owner, str) else (lambda cls=owner, key=key: getattr(cls, key))
+            elif id(value) not in warned:
+                warned.add(id(value))
+                _warn_held_array(builder, value, f"dict entry {key!r}")
+    return readers
+
+
+def _class_of(dictionary, key, value):
+    """The class whose attribute dictionary ``dictionary`` is, if any."""
+    for referrer in gc.get_referrers(dictionary):
+        if isinstance(referrer, type) and referrer.__dict__.get(key) is value:
+            return referrer
+    return None
+
+
+def _warn_held_array(builder, value, where):
+    var = builder._captured_ids[id(value)]
+    use = next((n.source for n in builder.nodes if var in n.inputs and n.source), None)
+    message = (f"{builder.name} reads an array ({var.aval}) kept in a {where} that tracegrad cannot read again "
+               f"at each call (deeper than {PATH_DEPTH} steps from a name the function uses): in-place changes "
+               f"are seen, but rebinding it is not. Pass it as an argument, or keep it in a global, a closure "
+               f"variable or an attribute of self")
+    if use is not None:
+        warnings.warn_explicit(message, HeldArrayWarning, use.filename, use.lineno)
+    else:
+        warnings.warn(message, HeldArrayWarning, stacklevel=5)
+
+
+def _reference_counts(values: list) -> list:
+    return [sys.getrefcount(value) for value in values]
+
+
 def _path_reader(read_root, path):
     def read():
         value = read_root()
@@ -421,7 +504,10 @@ _LIBRARY_DIRS = _library_dirs()
 def _is_users(fn) -> bool:
     """A function of the user's own (not tracegrad's, NumPy's, the standard library's or an installed
     package's): the tracer follows calls into it."""
-    filename = fn.__code__.co_filename
+    return _is_users_file(fn.__code__.co_filename)
+
+
+def _is_users_file(filename: str) -> bool:
     if filename.startswith("<frozen"):
         return False
     return not _is_internal(filename) and not os.path.abspath(filename).startswith(_LIBRARY_DIRS)
