@@ -15,7 +15,7 @@ from .backend import cache_dir, set_cache_dir
 from .errors import (CompileError, GradTypeError, NonFiniteError, ShapeError, TracegradError, TracingError,
                      UnsupportedError)
 from .ir import Aval, Graph
-from .tracer import HeldArrayWarning
+from .captures import HeldArrayWarning
 from .primitives.elementwise import sigmoid
 from .primitives.structural import stop_gradient
 from . import nn, optim

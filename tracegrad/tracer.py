@@ -1,29 +1,26 @@
 """Run a user's Python function on traced values and record it as a ``Graph``.
 
-Arrays the function reads from its closure or globals become extra graph inputs that are read again
-on every call (so an in-place change is seen), never constants baked into the code. ``math`` functions
-in the function's globals are swapped for versions that accept traced scalars. The names the function
-gives its local variables become the names of the values they hold.
+Arrays the function reads from its closure or globals, and those of the user's helpers it calls by
+name, become extra graph inputs that are read again on every call (so an in-place change or a rebinding
+is seen), never constants baked into the code; ``captures`` finds how to read the other arrays a trace
+captures. ``math`` functions in those globals are swapped for versions that accept traced scalars. The
+names the function gives its local variables become the names of the values they hold.
 """
 from __future__ import annotations
 
 import functools
-import gc
 import inspect
 import math
-import os
-import sys
-import sysconfig
 import types
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
 from . import primitives  # noqa: F401  (registers the primitives)
+from .captures import is_users_function, owner_readers, path_readers, searchable
 from .core import MATH_FUNCTIONS, Builder, TracedArray, _to_atom
-from .errors import GradTypeError, TracegradError, TracingError, UnsupportedError, _is_internal, raised_at
+from .errors import GradTypeError, TracegradError, TracingError, UnsupportedError, raised_at
 from .ir import Aval, Graph, Literal, Var, is_valid_name
 from .pytree import TreeDef, flatten, leaf_paths, unflatten
 
@@ -118,7 +115,7 @@ def trace(fn, args: tuple, name: str | None = None) -> Traced:
     readers = dict(builder.readers)
     unread = {id(value): value for _, value in builder.captured
               if id(value) not in readers and type(value) is np.ndarray}
-    found = _path_readers(unread, preparer.roots)
+    found = path_readers(unread, preparer.roots)
     for key, (read, name) in found.items():
         readers[key] = read
         var = builder._captured_ids[key]
@@ -126,7 +123,7 @@ def trace(fn, args: tuple, name: str | None = None) -> Traced:
             var.hint = name  # self.W is named W
     for key in found:
         del unread[key]
-    readers.update(_owner_readers(unread, builder))
+    readers.update(owner_readers(unread, builder))
     captures = [Capture(var, readers[id(value)]) if id(value) in readers else Capture(var, _holder(value), True)
                 for var, value in builder.captured]
     graph = Graph(builder.name, [t.var for t in inputs] + [c.var for c in captures], builder.nodes, outputs,
@@ -257,7 +254,7 @@ def _hashable(value) -> bool:
 
 class _Preparer:
     """Makes the copies ``trace`` runs: see ``prepare``. Keeps the containers the functions read by name
-    (``roots``), where ``_path_readers`` looks for arrays reached through them."""
+    (``roots``), where ``captures.path_readers`` looks for arrays reached through them."""
 
     def __init__(self, builder):
         self.builder = builder
@@ -319,170 +316,14 @@ class _Preparer:
         return copy
 
     def _substitute(self, value, hint, read):
-        if isinstance(value, types.FunctionType) and _is_users(value):
+        if isinstance(value, types.FunctionType) and is_users_function(value):
             return self.prepare(value)
         self._root(value, read, hint)
         return _substitute(value, hint, self.builder, read)
 
     def _root(self, value, read, name):
-        if _searchable(value):
+        if searchable(value):
             self.roots.append((read, value, name))
-
-
-# Arrays reached through containers are looked for this deep (self.layers[0].W is 3), among this many values
-PATH_DEPTH, PATH_BUDGET = 3, 5000
-
-
-def _searchable(value) -> bool:
-    """A value the path search looks into: a dict, list or tuple, one of the user's own modules, or a plain
-    object (not a class, function or array) with a ``__dict__``."""
-    if type(value) in (dict, list, tuple):
-        return True
-    if isinstance(value, types.ModuleType):
-        filename = getattr(value, "__file__", None)
-        return isinstance(filename, str) and _is_users_file(filename)
-    if isinstance(value, (np.ndarray, np.generic, type, types.FunctionType, functools.partial,
-                          TracedArray, str, bytes, int, float, complex)):
-        return False
-    try:
-        return type(getattr(value, "__dict__", None)) is dict
-    except Exception:  # a proxy whose attribute look-up raises: not looked into
-        return False
-
-
-def _children(value):
-    """(step, child) pairs of a searchable value: dict entries, items, attributes."""
-    if type(value) is dict:
-        return ((("item", key), child) for key, child in value.items())
-    if type(value) in (list, tuple):
-        return ((("item", i), child) for i, child in enumerate(value))
-    return ((("attr", name), child) for name, child in vars(value).items())
-
-
-def _path_readers(targets: dict, roots: list) -> dict:
-    """Readers for arrays the trace held (``targets``: id -> array) that it can find again, at every call,
-    through the containers the traced functions read by name: ``self.W``, ``PARAMS["W"]``,
-    ``self.layers[0].W``. Breadth first, so the shortest path wins; the search is bounded (``PATH_DEPTH``,
-    ``PATH_BUDGET`` values looked at). Arrays it does not find stay as they were traced (held by reference).
-    Returns {id: (reader, the last key of its path)}."""
-    found: dict = {}
-    if not targets:
-        return found
-    queue, seen, budget = [(read, value, (name,)) for read, value, name in roots], set(), PATH_BUDGET
-    for depth in range(PATH_DEPTH):
-        next_queue = []
-        for read, value, path in queue:
-            if id(value) in seen:
-                continue
-            seen.add(id(value))
-            for step, child in _children(value):
-                budget -= 1
-                if budget < 0:
-                    return found
-                key = id(child)
-                if key in targets and key not in found and child is targets[key]:
-                    found[key] = (_path_reader(read, path + (step,)), step[1])
-                    if len(found) == len(targets):
-                        return found
-                elif depth + 1 < PATH_DEPTH and _searchable(child):
-                    next_queue.append((read, child, path + (step,)))
-        queue = next_queue
-    return found
-
-
-class HeldArrayWarning(UserWarning):
-    """A traced function reads an array that tracegrad cannot read again at each call (kept deep inside
-    the user's dicts): in-place changes are seen, rebinding it is not."""
-
-
-def _owner_readers(unread: dict, builder) -> dict:
-    """Readers for arrays of ``unread`` (id -> array: held, not found by the path search) that a module of
-    the user's own or a class keeps under a name (a global of a function called through a dict, ``Cls.W``):
-    those are read at every call too. For one some other dict keeps under a name (deeper than the search),
-    a ``HeldArrayWarning`` at the user's line says rebinding it will not be seen (lists are not looked at:
-    tracegrad's own lists of captured values would be mistaken for the user's).
-
-    Arrays only the trace holds were created while tracing (``np.arange(n)``), and tuples cannot be rebound
-    into: neither is worth a word. Reference counts spare the heap search (``gc.get_referrers``) in the
-    common case. Best effort: the collector does not track a dict holding only arrays and strings, so an
-    array deep inside such dicts stays held without a word."""
-    if not unread:
-        return {}
-    # a probe with the references each array of `unread` has here: a (var, array) pair, a dict, a list
-    holders = [(None, np.empty(0))]
-    holders.append({0: holders[0][1]})
-    baseline = _reference_counts([holders[0][1]])[0]
-    values = list(unread.values())
-    suspects = [value for value, count in zip(values, _reference_counts(values)) if count > baseline]
-    del values
-    if not suspects:
-        return {}
-    ours = {id(unread), id(builder.captured), id(suspects)} | {id(n.params) for n in builder.nodes}
-    modules = {}  # id(a module's globals) -> its name, and None for tracegrad's, NumPy's and libraries'
-    for name, module in list(sys.modules.items()):
-        filename = getattr(module, "__file__", None)
-        if isinstance(filename, str):
-            modules[id(vars(module))] = name if _is_users_file(filename) else None
-    readers, warned = {}, set()
-    for referrer in gc.get_referrers(*suspects):
-        if type(referrer) is not dict or id(referrer) in ours or modules.get(id(referrer), "") is None:
-            continue
-        for key, value in list(referrer.items()):
-            if not isinstance(key, str):  # a cache keyed by arguments, not a name
-                continue
-            if not any(value is v for v in suspects) or id(value) in readers:
-                continue
-            owner = modules.get(id(referrer)) or _class_of(referrer, key, value)
-            if owner is not None:
-                readers[id(value)] = (lambda owner_dict=referrer, key=key: owner_dict[key]) \
-                    if isinstance(owner, str) else (lambda cls=owner, key=key: getattr(cls, key))
-            elif id(value) not in warned:
-                warned.add(id(value))
-                _warn_held_array(builder, value, f"dict entry {key!r}")
-    return readers
-
-
-def _class_of(dictionary, key, value):
-    """The class whose attribute dictionary ``dictionary`` is, if any."""
-    for referrer in gc.get_referrers(dictionary):
-        if isinstance(referrer, type) and referrer.__dict__.get(key) is value:
-            return referrer
-    return None
-
-
-def _warn_held_array(builder, value, where):
-    var = builder._captured_ids[id(value)]
-    use = next((n.source for n in builder.nodes if var in n.inputs and n.source), None)
-    message = (f"{builder.name} reads an array ({var.aval}) kept in a {where} that tracegrad cannot read again "
-               f"at each call (deeper than {PATH_DEPTH} steps from a name the function uses): in-place changes "
-               f"are seen, but rebinding it is not. Pass it as an argument, or keep it in a global, a closure "
-               f"variable or an attribute of self")
-    if use is not None:
-        warnings.warn_explicit(message, HeldArrayWarning, use.filename, use.lineno)
-    else:
-        warnings.warn(message, HeldArrayWarning, stacklevel=5)
-
-
-def _reference_counts(values: list) -> list:
-    return [sys.getrefcount(value) for value in values]
-
-
-def _path_reader(read_root, path):
-    def read():
-        value = read_root()
-        for kind, key in path[1:]:
-            try:
-                value = value[key] if kind == "item" else getattr(value, key)
-            except (KeyError, IndexError, AttributeError, TypeError) as exc:
-                raise TracegradError(f"an array the traced function read while tracing, at "
-                                     f"{_spell(path)}, cannot be read any more ({type(exc).__name__}: {exc})",
-                                     hint="keep it where the function reads it, or pass it as an argument") from None
-        return value
-    return read
-
-
-def _spell(path) -> str:
-    return path[0] + "".join(f"[{key!r}]" if kind == "item" else f".{key}" for kind, key in path[1:])
 
 
 def _contents(cell):
@@ -490,27 +331,6 @@ def _contents(cell):
         return cell.cell_contents
     except ValueError:
         return None
-
-
-def _library_dirs() -> tuple:
-    paths = sysconfig.get_paths()
-    return tuple(os.path.join(os.path.abspath(paths[key]), "") for key in ("stdlib", "platstdlib", "purelib", "platlib")
-                 if key in paths)
-
-
-_LIBRARY_DIRS = _library_dirs()
-
-
-def _is_users(fn) -> bool:
-    """A function of the user's own (not tracegrad's, NumPy's, the standard library's or an installed
-    package's): the tracer follows calls into it."""
-    return _is_users_file(fn.__code__.co_filename)
-
-
-def _is_users_file(filename: str) -> bool:
-    if filename.startswith("<frozen"):
-        return False
-    return not _is_internal(filename) and not os.path.abspath(filename).startswith(_LIBRARY_DIRS)
 
 
 def _call_recording_locals(fn, args, builder):
