@@ -288,7 +288,8 @@ def deep_loss(x):
     return np.sum(x * DEEP["a"]["b"]["c"]["W"])
 
 
-def test_an_array_deeper_than_the_search_warns_that_rebinding_is_not_seen():
+def test_an_array_deeper_than_the_search_warns_that_rebinding_is_not_seen(monkeypatch):
+    monkeypatch.setattr("tracegrad.captures._WARNED", set())
     with pytest.warns(tg.HeldArrayWarning, match=r"kept in a dict entry 'W' .* rebinding it is not") as record:
         tg.grad(deep_loss).specialize(np.ones(2))
     assert record[0].filename == __file__ and record[0].lineno == deep_loss.__code__.co_firstlineno + 1
@@ -304,3 +305,14 @@ def test_arrays_created_while_tracing_or_read_at_each_call_give_no_warning():
         warnings.simplefilter("error")
         tg.grad(loss).specialize(np.ones((3, 2)), np.array([0, 1, 1]))
         Model().loss.specialize(np.ones(2))
+
+
+def test_the_warning_comes_once_per_line(monkeypatch):
+    import warnings
+    monkeypatch.setattr("tracegrad.captures._WARNED", set())
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("default")
+        tg.grad(deep_loss).specialize(np.ones(2))
+        tg.grad(deep_loss).specialize(np.ones(2))
+        tg.jit(deep_loss).specialize(np.ones(2))
+    assert len([w for w in record if w.category is tg.HeldArrayWarning]) == 1

@@ -146,13 +146,21 @@ def owner_readers(unread: dict, builder) -> dict:
             if not any(value is v for v in suspects) or id(value) in readers:
                 continue
             owner = modules.get(id(referrer)) or _class_of(referrer, key, value)
-            if owner is not None:
-                readers[id(value)] = (lambda owner_dict=referrer, key=key: owner_dict[key]) \
-                    if isinstance(owner, str) else (lambda cls=owner, key=key: getattr(cls, key))
-            elif id(value) not in warned:
+            if isinstance(owner, str):  # a module's global
+                readers[id(value)] = _path_reader(lambda globals_=referrer: globals_, (owner, ("item", key)))
+            elif owner is not None:  # a class attribute
+                readers[id(value)] = _path_reader(lambda cls=owner: cls, (owner.__qualname__, ("attr", key)))
+            elif id(value) not in warned and not _tracegrads(referrer):
                 warned.add(id(value))
                 _warn_held_array(builder, value, f"dict entry {key!r}")
     return readers
+
+
+def _tracegrads(dictionary) -> bool:
+    """Whether ``dictionary`` holds the globals of code tracegrad generated (a guard keeping the arrays its
+    specialisation passes on)."""
+    return any(isinstance(referrer, types.FunctionType) and referrer.__globals__ is dictionary
+               and referrer.__code__.co_filename.startswith("<tracegrad") for referrer in gc.get_referrers(dictionary))
 
 
 def _class_of(dictionary, key, value):
@@ -163,6 +171,9 @@ def _class_of(dictionary, key, value):
     return None
 
 
+_WARNED: set = set()  # (file, line, message) of each HeldArrayWarning given
+
+
 def _warn_held_array(builder, value, where):
     var = builder._captured_ids[id(value)]
     use = next((n.source for n in builder.nodes if var in n.inputs and n.source), None)
@@ -170,6 +181,10 @@ def _warn_held_array(builder, value, where):
                f"at each call (deeper than {PATH_DEPTH} steps from a name the function uses): in-place changes "
                f"are seen, but rebinding it is not. Pass it as an argument, or keep it in a global, a closure "
                f"variable or an attribute of self")
+    key = (use.filename, use.lineno, message) if use is not None else (None, 0, message)
+    if key in _WARNED:  # once per line and message in a process (Numba's compiling resets warnings' own registry)
+        return
+    _WARNED.add(key)
     if use is not None:
         warnings.warn_explicit(message, HeldArrayWarning, use.filename, use.lineno)
     else:
