@@ -306,6 +306,25 @@ def test_a_stop_keeps_the_last_complete_epoch_and_resuming_is_bit_for_bit(error,
             assert np.array_equal(history.state[slot][name], full_history.state[slot][name])
 
 
+def test_a_real_ctrl_c_is_a_training_interrupted_carrying_the_last_complete_epoch():
+    import signal
+
+    calls = []
+
+    def press_ctrl_c_in_epoch_3(params, X, y):
+        calls.append(1)
+        if len(calls) == 3:
+            signal.raise_signal(signal.SIGINT)  # Python's own handler raises KeyboardInterrupt from here
+        return 0.0
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        tg.fit(LOSS, start(), (X, Y), optimizer=optim.SGD(lr=0.1), batch_size=BATCH, epochs=5,
+               metrics={"ctrl_c": press_ctrl_c_in_epoch_3}, progress=False)
+    err = info.value
+    assert isinstance(err, tg.TrainingInterrupted) and err.epoch == 3 and len(err.history.loss) == 2
+    assert err.state["step"] == 2 * 4 and "interrupted" in str(err)
+
+
 def test_a_stop_in_the_first_epoch_gives_back_the_starting_point():
     p0 = start()
     with pytest.raises(tg.TrainingError) as info:
