@@ -77,16 +77,20 @@ class Traced:
 
 def arg_names(fn, args) -> list[str]:
     """One readable name per flattened leaf of ``args``, from the function's parameter names."""
+    names = []
+    for base, arg in zip(_parameter_names(fn, len(args)), args):
+        names.extend(leaf_paths(arg, base))
+    return names
+
+
+def _parameter_names(fn, n) -> list[str]:
+    """The names of ``fn``'s first ``n`` positional parameters (``arg<i>`` past those it declares)."""
     try:
-        params = [p for p in inspect.signature(fn).parameters.values()
+        params = [p.name for p in inspect.signature(fn).parameters.values()
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     except (TypeError, ValueError):
         params = []
-    names = []
-    for i, arg in enumerate(args):
-        base = params[i].name if i < len(params) else f"arg{i}"
-        names.extend(leaf_paths(arg, base))
-    return names
+    return [params[i] if i < len(params) else f"arg{i}" for i in range(n)]
 
 
 def trace(fn, args: tuple, name: str | None = None) -> Traced:
@@ -112,23 +116,28 @@ def trace(fn, args: tuple, name: str | None = None) -> Traced:
     for var, hint in local_names.items():
         if var.hint is None:
             var.hint = hint
+    captures = _captures(builder, preparer.roots)
+    graph = Graph(builder.name, [t.var for t in inputs] + [c.var for c in captures], builder.nodes, outputs,
+                  n_args=len(inputs))
+    return Traced(graph, in_tree, out_tree, captures)
+
+
+def _captures(builder, roots) -> list[Capture]:
+    """How each captured array is read on a call: the readers the preparation made (closures, globals),
+    else a path from ``roots`` or the module or class keeping it (``captures``), else the array itself."""
     readers = dict(builder.readers)
     unread = {id(value): value for _, value in builder.captured
               if id(value) not in readers and type(value) is np.ndarray}
-    found = path_readers(unread, preparer.roots)
+    found = path_readers(unread, roots)
     for key, (read, name) in found.items():
         readers[key] = read
         var = builder._captured_ids[key]
         if var.hint is None and isinstance(name, str) and is_valid_name(name):
             var.hint = name  # self.W is named W
-    for key in found:
         del unread[key]
     readers.update(owner_readers(unread, builder))
-    captures = [Capture(var, readers[id(value)]) if id(value) in readers else Capture(var, _holder(value), True)
-                for var, value in builder.captured]
-    graph = Graph(builder.name, [t.var for t in inputs] + [c.var for c in captures], builder.nodes, outputs,
-                  n_args=len(inputs))
-    return Traced(graph, in_tree, out_tree, captures)
+    return [Capture(var, readers[id(value)]) if id(value) in readers else Capture(var, _holder(value), True)
+            for var, value in builder.captured]
 
 
 def _explained(exc, note, name):
@@ -146,7 +155,7 @@ def _explained(exc, note, name):
 
 def container_note(fn, args) -> str | None:
     """What to tell the user about arguments that are pytrees (or None) rather than arrays, if any."""
-    names = _top_names(fn, len(args))
+    names = _parameter_names(fn, len(args))
     notes = []
     for name, arg in zip(names, args):
         if arg is None:
@@ -155,15 +164,6 @@ def container_note(fn, args) -> str | None:
             notes.append(f"argument {name!r} is a {type(arg).__name__}: tracegrad traces a {type(arg).__name__} "
                          f"as a pytree, one traced value per entry, not as an array")
     return "; ".join(notes) or None
-
-
-def _top_names(fn, n) -> list[str]:
-    try:
-        params = [p.name for p in inspect.signature(fn).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    except (TypeError, ValueError):
-        params = []
-    return [params[i] if i < len(params) else f"arg{i}" for i in range(n)]
 
 
 def _rebuild(tree, it):
