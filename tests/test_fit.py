@@ -252,7 +252,7 @@ def test_nan_loss_stops_with_the_epoch_and_step_and_keeps_the_parameters():
     assert "first non-finite value" in str(err) and "test_fit.py" in str(err)  # debug_nans names our line
     np.testing.assert_allclose(err.params["w"], [trajectory[-1]], rtol=1e-12)
     assert err.state["step"] == 4 and len(err.history.loss) == 2
-    assert isinstance(err, tg.NonFiniteError)
+    assert isinstance(err, tg.NonFiniteError) and isinstance(err, tg.NonFiniteTrainingError)
 
 
 def test_infinite_gradient_stops_before_the_update():
@@ -260,6 +260,81 @@ def test_infinite_gradient_stops_before_the_update():
         tg.fit(sqrt_loss, {"w": np.array([0.0])}, ONES, optimizer=optim.SGD(lr=0.5), batch_size=2, epochs=1,
                shuffle=False, progress=False)
     assert info.value.params["w"][0] == 0.0 and info.value.state["step"] == 0
+
+
+class StopAt:
+    """A metric that raises ``error`` when it is evaluated after epoch ``epoch``, and scores 0 before."""
+
+    def __init__(self, epoch, error):
+        self.epoch, self.error, self.calls = epoch, error, 0
+
+    def __call__(self, params, X, y):
+        self.calls += 1
+        if self.calls == self.epoch:
+            raise self.error
+        return 0.0
+
+
+@pytest.mark.parametrize("error, kind", [(KeyboardInterrupt(), tg.TrainingInterrupted),
+                                         (ValueError("bad metric"), tg.TrainingError)])
+def test_a_stop_keeps_the_last_complete_epoch_and_resuming_is_bit_for_bit(error, kind):
+    def optimizer():
+        return optim.Adam(lr=optim.cosine_lr(0.05, 28))
+
+    full, full_history = tg.fit(LOSS, start(), (X, Y), optimizer=optimizer(), batch_size=BATCH, epochs=7, seed=3,
+                                metrics={"zero": StopAt(0, None)}, progress=False)
+    with pytest.raises(kind) as info:
+        tg.fit(LOSS, start(), (X, Y), optimizer=optimizer(), batch_size=BATCH, epochs=7, seed=3,
+               metrics={"zero": StopAt(4, error)}, progress=False)
+    err = info.value
+    assert isinstance(err, tg.TrainingError) and err.epoch == 4 and err.step is None
+    assert "training stopped in epoch 4 of 7" in str(err) and "epochs=4" in err.hint
+    assert len(err.history.loss) == 3 and len(err.history.metrics["zero"]) == 3
+    assert err.history.loss == full_history.loss[:3] and err.state["step"] == 3 * 4 == err.history.steps
+    if kind is tg.TrainingInterrupted:
+        assert isinstance(err, KeyboardInterrupt) and err.__cause__ is None
+    else:
+        assert err.__cause__ is error and "metric 'zero' raised ValueError: bad metric" in str(err)
+    resumed, history = tg.fit(LOSS, err.params, (X, Y), optimizer=optimizer(), batch_size=BATCH, epochs=4,
+                              state=err.state, seed=err.history.seed, progress=False)
+    for name in full:
+        assert np.array_equal(resumed[name], full[name])
+    assert err.history.loss + history.loss == full_history.loss
+    assert history.state["step"] == full_history.state["step"]
+    for slot in ("m", "v"):
+        for name in full:
+            assert np.array_equal(history.state[slot][name], full_history.state[slot][name])
+
+
+def test_a_real_ctrl_c_is_a_training_interrupted_carrying_the_last_complete_epoch():
+    import signal
+
+    calls = []
+
+    def press_ctrl_c_in_epoch_3(params, X, y):
+        calls.append(1)
+        if len(calls) == 3:
+            signal.raise_signal(signal.SIGINT)  # Python's own handler raises KeyboardInterrupt from here
+        return 0.0
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        tg.fit(LOSS, start(), (X, Y), optimizer=optim.SGD(lr=0.1), batch_size=BATCH, epochs=5,
+               metrics={"ctrl_c": press_ctrl_c_in_epoch_3}, progress=False)
+    err = info.value
+    assert isinstance(err, tg.TrainingInterrupted) and err.epoch == 3 and len(err.history.loss) == 2
+    assert err.state["step"] == 2 * 4 and "interrupted" in str(err)
+
+
+def test_a_stop_in_the_first_epoch_gives_back_the_starting_point():
+    p0 = start()
+    with pytest.raises(tg.TrainingError) as info:
+        tg.fit(LOSS, p0, (X, Y), optimizer=optim.SGD(lr=0.1, momentum=0.9), batch_size=BATCH, epochs=3,
+               validation=(X_VAL, Y_VAL), metrics={"boom": StopAt(1, RuntimeError("boom"))}, progress=False)
+    err = info.value
+    for name in p0:
+        assert np.array_equal(err.params[name], p0[name]) and err.params[name] is not p0[name]
+        assert not np.any(err.state["velocity"][name])
+    assert err.history.loss == [] and err.history.val_loss == [] and err.state["step"] == 0
 
 
 # ------------------------------------------------------------------------------ bad input

@@ -15,24 +15,27 @@ from .backend import cache_dir, set_cache_dir
 from .errors import (CompileError, GradTypeError, NonFiniteError, ShapeError, TracegradError, TracingError,
                      UnsupportedError)
 from .ir import Aval, Graph
+from .captures import HeldArrayWarning
 from .loops import fori_loop, scan, while_loop
 from .transforms import hessian, hvp, jacfwd, jacobian, jacrev, jvp, vjp, vmap
 from .custom import custom_vjp
 from .primitives.elementwise import sigmoid
 from .primitives.structural import stop_gradient
 from . import nn, optim
-from .errors import DataError, TrainingError
+from .errors import DataError, NonFiniteTrainingError, TrainingError, TrainingInterrupted
 from .train import History, fit
 from .draw import Drawing, MissingDependencyError, draw
 from .errors import GradCheckError
 from .testing import KinkWarning, check_grad, numeric_grad
 
 __all__ = [
-    "nn", "optim", "fit", "History", "DataError", "TrainingError",
-    "grad", "value_and_grad", "jit", "make_graph", "source", "sigmoid", "stop_gradient", "scan", "fori_loop", "while_loop", "jacrev", "jacfwd", "jacobian", "hessian", "hvp", "jvp", "vjp", "vmap", "custom_vjp",
+    "nn", "optim", "fit", "History", "DataError", "TrainingError", "TrainingInterrupted", "NonFiniteTrainingError",
+    "grad", "value_and_grad", "jit", "make_graph", "source", "sigmoid", "stop_gradient",
+    "scan", "fori_loop", "while_loop", "custom_vjp", "vmap", "jacrev", "jacfwd", "jacobian", "hessian", "hvp",
+    "jvp", "vjp",
     "Function", "Compiled", "Graph", "Aval", "cache_dir", "set_cache_dir",
     "TracegradError", "TracingError", "UnsupportedError", "ShapeError", "GradTypeError", "CompileError",
-    "NonFiniteError",
+    "NonFiniteError", "HeldArrayWarning",
     "draw", "Drawing", "MissingDependencyError",
     "check_grad", "numeric_grad", "GradCheckError", "KinkWarning",
 ]

@@ -25,7 +25,7 @@ from .errors import GradTypeError
 from .interpret import inline
 from .ir import Graph, Literal, Var
 from .pytree import TreeDef, flatten, unflatten
-from .tracer import Traced, arg_names, aval_of, trace
+from .tracer import Traced, arg_names, aval_of, container_note, trace
 
 _SCALARS = (float, int, bool)
 _log = logging.getLogger("tracegrad")
@@ -116,7 +116,8 @@ class Compiled:
         captures = self.traced.captures
         # Constants the trace created are passed as they are; closure and global arrays are read and
         # checked on every call, so they rule the fast path out.
-        held = all(c.held for c in captures)
+        # A 0-d array is passed as a scalar: the guard would keep its value at the time it was made.
+        held = all(c.held and c.var.aval.shape for c in captures)
         self.guard = None
         if held and self.direct is not None and self.signature:
             self.guard = _make_guard(self.signature, self.direct, len(self.graph.outputs), self.dispatcher,
@@ -176,7 +177,7 @@ def _make_guard(signature: tuple, result: str, n_out: int, dispatcher, held: lis
     env.update((f"h{i}", value) for i, value in enumerate(held))
     call = ", ".join(params + [f"h{i}" for i in range(len(held))])
     given = "".join(f"{a}, " for a in params)
-    source = (f"def __call__(self, {''.join(p + '=MISS, ' for p in params)}*rest, **kwargs):\n"
+    source = (f"def __call__(self, /, {''.join(p + '=MISS, ' for p in params)}*rest, **kwargs):\n"
               f"    if {' and '.join(checks + ['not rest', 'not kwargs'])}:\n"
               f"        try:\n"
               f"            {''.join(f'o{i}, ' for i in range(n_out))}= kernel({call})\n"
@@ -197,7 +198,7 @@ class Function:
 
     def __init__(self, fun: Callable, mode: str, argnums=0, has_aux: bool = False, debug_nans: bool | None = None):
         if not callable(fun):
-            raise TypeError(f"{mode} expects a function, got {type(fun).__name__}")
+            raise GradTypeError(f"{mode} expects a function, got {type(fun).__name__}")
         if mode != "jit":
             _check_argnums_type(argnums)
         self.fun = fun
@@ -221,8 +222,8 @@ class Function:
     def __get__(self, obj, objtype=None):
         """A decorated method: ``self`` is bound, not traced, and argnums count the other arguments.
 
-        Arrays reached through ``self`` are passed by reference (in-place changes are seen); rebinding an
-        attribute after the first call is not. One specialisation cache per instance."""
+        Arrays reached through ``self`` (``self.W``, ``self.layers[0].b``) are read again at every call, so
+        rebinding an attribute (``self.W = self.W - lr * g``) is seen. One specialisation cache per instance."""
         if obj is None:
             return self
         key = f"_tracegrad_{self.mode}_{id(self)}"
@@ -234,7 +235,7 @@ class Function:
                 obj.__dict__[key] = bound
         return bound
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, /, *args, **kwargs):  # positional-only: the user's function may have a parameter "self"
         # Until a specialisation with a guard has been called; then the guard is this class's __call__
         # (the fast path) and calls _dispatch for arguments it was not made for.
         return self._dispatch(args, kwargs)
@@ -245,13 +246,16 @@ class Function:
         try:
             entry = self._cache[tuple([a.__class__ if a.__class__ in _SCALARS else _signature(a) for a in args])]
         except (KeyError, TypeError):
+            entry = None
+        if entry is None:  # outside the except block: a tracing error must not show this KeyError as its context
             return self._call_general(args)
         if entry.guard is not None:
             type(self).__call__ = entry.guard  # the next call like this one takes the fast path
         try:
             return entry.run(args)
         except _Stale:
-            return self._call_general(args, retrace=True)
+            pass
+        return self._call_general(args, retrace=True)
 
     def _call_general(self, args, retrace=False):
         leaves, in_tree = flatten(args)
@@ -308,6 +312,11 @@ class Function:
             if not -len(args) <= i < len(args):
                 raise GradTypeError(f"argnums={self.argnums} is out of range for {len(args)} argument(s)")
             first, n = offsets[i % len(args)]
+            if n == 0:
+                raise GradTypeError(
+                    f"cannot differentiate with respect to argument {names[i % len(args)]!r}: it is "
+                    f"{_describe(args[i % len(args)])}, with no floats or arrays in it",
+                    hint="pass the value to differentiate (a float, an array, or a tuple/list/dict of them)")
             for leaf in flatten(args[i % len(args)])[0]:
                 aval = aval_of(leaf)
                 if aval.dtype.kind != "f":
@@ -355,7 +364,7 @@ class Function:
             direct = "o0" if out_tree.kind == "leaf" and _returned_as_is(outs[0]) else None
             return graph, pack, direct
 
-        value_tree, aux_tree = _split_aux(out_tree, self.has_aux, graph.name)
+        value_tree, aux_tree = _split_aux(out_tree, self.has_aux, graph.name, container_note(self.fun, args))
         n_out = len(graph.outputs)
         vg = value_and_grad_graph(graph, wrt)
         outs = list(graph.outputs)
@@ -422,7 +431,13 @@ class Function:
         return result if self.mode == "grad" else (outs[0], result)
 
 
-def _split_aux(out_tree: TreeDef, has_aux: bool, name: str):
+def _describe(arg) -> str:
+    if arg is None:
+        return "None"
+    return f"an empty {type(arg).__name__}" if isinstance(arg, (tuple, list, dict)) and not arg else type(arg).__name__
+
+
+def _split_aux(out_tree: TreeDef, has_aux: bool, name: str, note: str | None = None):
     if has_aux:
         if out_tree.kind not in ("tuple", "list") or len(out_tree.children) != 2:
             raise GradTypeError(f"has_aux=True needs {name} to return a pair (value, aux), got structure {out_tree}")
@@ -430,7 +445,8 @@ def _split_aux(out_tree: TreeDef, has_aux: bool, name: str):
     else:
         value_tree, aux_tree = out_tree, None
     if value_tree.kind != "leaf":
-        raise GradTypeError(f"grad needs {name} to return one scalar, got structure {value_tree}",
+        raise GradTypeError(f"grad needs {name} to return one scalar, got structure {value_tree}"
+                            + (f"\n  {note}" if note and value_tree.kind in ("tuple", "list") else ""),
                             hint="return a single value, or use has_aux=True to return (value, aux)")
     return value_tree, aux_tree
 
@@ -553,6 +569,8 @@ def make_graph(fun: Callable, *args) -> Graph:
     """
     if isinstance(fun, Function):
         return fun.graph(*args)
+    if not callable(fun):
+        raise GradTypeError(f"make_graph expects a function, got {type(fun).__name__}")
     return trace(fun, args).graph
 
 
@@ -560,5 +578,7 @@ def source(fun: Callable, *args) -> str:
     """The generated Python source that runs for ``fun`` and arguments like ``args``: exactly the text
     Numba compiles. A plain function is shown as ``jit(fun)``; a ``grad`` function with its backward pass."""
     if not isinstance(fun, Function):
+        if not callable(fun):
+            raise GradTypeError(f"source expects a function, got {type(fun).__name__}")
         fun = jit(fun)
     return fun.source(*args)

@@ -294,9 +294,12 @@ def _to_atom(value, builder: Builder):
         return _WeakLiteral(value, np.result_type(value))
     if isinstance(value, (list, tuple)):  # a shape passed where an array belongs is a bug in a rule
         raise TypeError("primitive inputs must be arrays; pass params such as shape= by keyword")
-    if isinstance(value, (np.ndarray, np.generic)):
-        if value.ndim == 0:
+    if isinstance(value, np.generic):  # immutable: a constant
+        return Literal(value.item(), value.dtype)
+    if isinstance(value, np.ndarray):
+        if value.ndim == 0 and builder.backward:  # a VJP rule's scalar, which NumPy made a 0-d array (0.0 == g)
             return Literal(value.item(), value.dtype)
+        # The user's arrays, even 0-d ones: an array held by reference may change in place (Z[()] = 7)
         if value.dtype.kind not in "biuf":
             raise UnsupportedError(f"arrays of dtype {value.dtype} cannot take part in a traced computation", user_source())
         return builder.capture(value)
@@ -328,13 +331,17 @@ def _wrap(atom, builder):
 # TracedArray: NumPy-like values that record nodes
 
 
-def _concrete_error(what: str):
+_BRANCH_HINT = "branch with np.where(cond, a, b), np.maximum/np.minimum or np.clip instead of Python if/while"
+_NUMBER_HINT = ("keep it a traced value: use NumPy functions (np.sin rather than math.sin, x.astype(np.float64) "
+                "rather than float(x)); math.sin and the like work in the traced function and in the functions it "
+                "calls by name, but not in methods or functions reached through an attribute")
+_ARRAY_HINT = ("build arrays of traced values with np.stack([...]) or np.concatenate; an argument passed as a "
+               "Python list is traced as separate values, one per entry: pass np.array(...) instead")
+
+
+def _concrete_error(what: str, hint: str = _BRANCH_HINT):
     def method(self, *args):
-        raise TracingError(
-            f"{what} on a traced value: its value is not known while tracing",
-            user_source(),
-            "branch with np.where(cond, a, b), np.maximum/np.minimum or np.clip instead of Python if/while",
-        )
+        raise TracingError(f"{what} on a traced value: its value is not known while tracing", user_source(), hint)
 
     return method
 
@@ -374,13 +381,15 @@ class TracedArray:
         return (self[i] for i in range(self.shape[0]))
 
     __bool__ = _concrete_error("bool() (an if, while, and/or, or assert)")
-    __float__ = _concrete_error("float()")
-    __int__ = _concrete_error("int()")
-    __index__ = _concrete_error("use as an index or size")
-    __complex__ = _concrete_error("complex()")
+    __float__ = _concrete_error("float() (or a math function)", _NUMBER_HINT)
+    __int__ = _concrete_error("int()", _NUMBER_HINT)
+    __index__ = _concrete_error("use as an index or size", "index with Python ints, slices or integer arrays "
+                                "known while tracing; select values with np.where")
+    __complex__ = _concrete_error("complex()", _NUMBER_HINT)
 
     def __array__(self, dtype=None, copy=None):
-        _concrete_error("conversion to a NumPy array (np.asarray, np.array or a NumPy function tracegrad does not know)")(self)
+        _concrete_error("conversion to a NumPy array (np.asarray, np.array or a NumPy function tracegrad does not "
+                        "know)", _ARRAY_HINT)(self)
 
     # Operators: each looks up its primitive by name, so this class depends on no declaration.
     def _op(name):

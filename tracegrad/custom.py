@@ -13,7 +13,7 @@ import functools
 from .core import PRIMITIVES, Builder, TracedArray, current_builder
 from .errors import TracegradError, UnsupportedError, user_source
 from .pytree import flatten, unflatten
-from .tracer import _call_recording_locals, _output_atom, _prepare, arg_names, aval_of
+from .tracer import _call_recording_locals, _output_atom, _Preparer, arg_names, aval_of
 from .ir import Graph
 
 
@@ -68,7 +68,8 @@ def _bind(f, args):
         inputs = [inner.new_input(aval, hint) for aval, hint in zip(avals, arg_names(f.fwd, args))]
         f._in_fwd += 1
         try:
-            result, names = _call_recording_locals(_prepare(f.fwd, inner), tuple(unflatten(in_tree, inputs)), inner)
+            prepared = _Preparer(inner).prepare(f.fwd)
+            result, names = _call_recording_locals(prepared, tuple(unflatten(in_tree, inputs)), inner)
         finally:
             f._in_fwd -= 1
         if not (isinstance(result, tuple) and len(result) == 2):

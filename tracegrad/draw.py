@@ -21,7 +21,7 @@ import numpy as np
 
 from .api import Function, value_and_grad
 from .autodiff import value_and_grad_graph
-from .errors import GradTypeError, TracegradError
+from .errors import DataError, GradTypeError, TracegradError
 from .interpret import evaluate
 from .ir import Graph, Literal, Var, assign_names
 from .pytree import flatten
@@ -160,7 +160,7 @@ def draw(fun, *args, backward: bool = False, values: bool = False, grads: bool =
     float output, and ``MissingDependencyError`` only when a drawing is rendered without Graphviz.
     """
     if by_line not in BY_LINE:
-        raise ValueError(f"by_line must be one of {', '.join(map(repr, BY_LINE))}, got {by_line!r}")
+        raise DataError(f"by_line must be one of {', '.join(map(repr, BY_LINE))}, got {by_line!r}")
     graph, inputs = _graph_and_inputs(fun, args, backward, need_inputs=values or grads)
     nodes = _expand(graph.nodes)
     # forward nodes first: a loop computing the forward sum and the gradients sits in the backward pass
@@ -199,10 +199,10 @@ def _graph_and_inputs(fun, args, backward, need_inputs):
         if backward and not any(node.backward for node in graph.nodes):
             graph = value_and_grad_graph(graph, [i for i, v in enumerate(graph.inputs) if v.aval.is_float])
         if need_inputs and len(args) != len(graph.inputs):
-            raise TypeError(f"graph {graph.name} has {len(graph.inputs)} inputs, but {len(args)} values were given")
+            raise GradTypeError(f"graph {graph.name} has {len(graph.inputs)} inputs, but {len(args)} values were given")
         return graph, list(args)
     if not callable(fun):
-        raise TypeError(f"draw expects a function or a Graph, got {type(fun).__name__}")
+        raise GradTypeError(f"draw expects a function or a Graph, got {type(fun).__name__}")
     leaves = flatten(args)[0]
     if backward:
         compiled = _grad_function(fun, args).specialize(*args)

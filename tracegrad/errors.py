@@ -47,6 +47,18 @@ def user_source() -> SourceInfo | None:
     return None
 
 
+def raised_at(exc: BaseException) -> SourceInfo | None:
+    """The user's line an exception was raised from: the innermost frame of its traceback that is neither
+    tracegrad's nor NumPy's."""
+    found, tb = None, exc.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if not filename.startswith("<frozen") and not _is_internal(filename):
+            found = SourceInfo(filename, tb.tb_lineno, linecache.getline(filename, tb.tb_lineno).strip())
+        tb = tb.tb_next
+    return found
+
+
 class TracegradError(Exception):
     """Base class of every error tracegrad raises on purpose.
 
@@ -99,16 +111,32 @@ class CompileError(TracegradError):
 
 
 class DataError(TracegradError, ValueError):
-    """Training data or settings that do not fit: lengths that differ, a bad batch size, labels out of range."""
+    """Data or settings that do not fit: training data of different lengths, a bad batch size, labels out
+    of range, a ``check_grad`` mode or a ``draw`` layout that does not exist."""
 
 
-class TrainingError(NonFiniteError):
-    """Training stopped at a non-finite loss or gradient; ``params`` holds the parameters it had reached.
+class TrainingError(TracegradError):
+    """``fit`` stopped before its last epoch. It carries what you need to keep going.
 
-    ``epoch`` and ``step`` (both from 1) name the step that failed; no part of its update was applied.
+    ``params``, ``state`` and ``history`` are what ``fit`` would have returned after the last epoch it
+    completed (a stop at a non-finite loss: the parameters of the last complete update instead);
+    ``epoch`` (from 1) names the epoch it stopped in, ``step`` (from 1) the failing step of a non-finite
+    stop (None otherwise). After an interrupt or an error in a metric,
+    ``fit(loss, err.params, data, ..., state=err.state, seed=err.history.seed, epochs=remaining)``
+    continues exactly as the uninterrupted run would have (bit for bit). The error a metric or the
+    validation loss raised is ``err.__cause__``.
     """
 
-    def __init__(self, message, *, epoch: int, step: int, params=None, state=None, history=None, hint=None):
+    def __init__(self, message, *, epoch: int, step: int | None, params=None, state=None, history=None, hint=None):
         super().__init__(message, hint=hint)
         self.epoch, self.step = epoch, step
         self.params, self.state, self.history = params, state, history
+
+
+class NonFiniteTrainingError(TrainingError, NonFiniteError):
+    """``fit`` stopped at a non-finite loss or gradient; no part of the failing update was applied."""
+
+
+class TrainingInterrupted(TrainingError, KeyboardInterrupt):
+    """``fit`` was interrupted (Ctrl-C). A ``KeyboardInterrupt`` too, so code that handles Ctrl-C still
+    does; ``params``, ``state`` and ``history`` are those of the last complete epoch."""

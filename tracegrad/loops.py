@@ -17,7 +17,7 @@ from .errors import ShapeError, TracingError, user_source
 from .ir import Aval, Graph, Literal
 from .primitives.control import close, loop_bind
 from .pytree import flatten, unflatten
-from .tracer import _call_recording_locals, _output_atom, _prepare, arg_names, aval_of
+from .tracer import _call_recording_locals, _output_atom, _Preparer, arg_names, aval_of
 
 
 def scan(f, init, xs=None, length: int | None = None, reverse: bool = False, checkpoint: int | None = None):
@@ -138,7 +138,8 @@ def while_loop(cond_fun, body_fun, init_val):
     source = user_source()
     with Builder("cond") as first:
         carries = [first.new_input(aval, hint) for aval, hint in zip(init_avals, carry_names)]
-        result, _ = _call_recording_locals(_prepare(cond_fun, first), (unflatten(init_tree, carries),), first)
+        prepared = _Preparer(first).prepare(cond_fun)
+        result, _ = _call_recording_locals(prepared, (unflatten(init_tree, carries),), first)
         flag = _output_atom(result, first)
         if flag.aval != Aval((), np.bool_):
             raise TracingError(f"while_loop: the condition returns {flag.aval}, not a boolean scalar", source,
@@ -147,7 +148,7 @@ def while_loop(cond_fun, body_fun, init_val):
         second.captured, second._captured_ids = list(first.captured), dict(first._captured_ids)  # shared constants
         second.inputs = list(first.inputs)
         carry = unflatten(init_tree, [second.wrap(c.var) for c in carries])
-        result, local_names = _call_recording_locals(_prepare(body_fun, second), (carry,), second)
+        result, local_names = _call_recording_locals(_Preparer(second).prepare(body_fun), (carry,), second)
         carry_out = _carry_atoms(result, init_tree, init_avals, carry_names, second, "while_loop", source)
     for var, hint in local_names.items():
         if var.hint is None:
@@ -236,7 +237,7 @@ def _trace_loop(f, init, x_leaves, x_tree, n, reverse, what, lower=None):
         carries = [inner.new_input(aval, hint) for aval, hint in zip(init_avals, carry_names)]
         rows = [inner.new_input(aval, hint) for aval, hint in zip(row_avals, row_names)]
         carry = unflatten(init_tree, carries)
-        prepared = _prepare(f, inner)
+        prepared = _Preparer(inner).prepare(f)
         if lower is not None:
             args = (t if lower == 0 else t + lower, carry)
         else:

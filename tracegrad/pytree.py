@@ -54,21 +54,31 @@ LEAF = TreeDef("leaf")
 _NONE = TreeDef("none")
 
 
+MAX_DEPTH = 100  # tuples, lists and dicts nested deeper than this are refused (a cycle would be endless)
+
+
 def flatten(tree: Any) -> tuple[list, TreeDef]:
-    """Return the leaves of ``tree`` in order, and its structure."""
+    """Return the leaves of ``tree`` in order, and its structure.
+
+    Raises ``GradTypeError`` for containers nested more than ``MAX_DEPTH`` levels deep (or containing
+    themselves): the structure is a cache key, compared and printed recursively."""
     leaves: list = []
-    return leaves, _flatten(tree, leaves)
+    return leaves, _flatten(tree, leaves, 0)
 
 
-def _flatten(tree, leaves) -> TreeDef:
+def _flatten(tree, leaves, depth) -> TreeDef:
     if tree is None:
         return _NONE
-    if isinstance(tree, (tuple, list)) and type(tree) in (tuple, list):
-        kind = "tuple" if type(tree) is tuple else "list"
-        return TreeDef(kind, None, tuple(_flatten(child, leaves) for child in tree))
-    if type(tree) is dict:
-        keys = _sorted_keys(tree)
-        return TreeDef("dict", keys, tuple(_flatten(tree[k], leaves) for k in keys))
+    kind = type(tree)
+    if kind is tuple or kind is list or kind is dict:
+        if depth == MAX_DEPTH:
+            raise GradTypeError(f"a pytree (the arguments or results: tuples, lists and dicts inside each other) is "
+                                f"nested more than {MAX_DEPTH} levels deep, or contains itself",
+                                hint="pass deep data as NumPy arrays (np.array of the nested lists), or flatten it")
+        if kind is dict:
+            keys = _sorted_keys(tree)
+            return TreeDef("dict", keys, tuple([_flatten(tree[k], leaves, depth + 1) for k in keys]))
+        return TreeDef(kind.__name__, None, tuple([_flatten(child, leaves, depth + 1) for child in tree]))
     leaves.append(tree)
     return LEAF
 

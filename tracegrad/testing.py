@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .api import value_and_grad
-from .errors import GradCheckError, GradTypeError, SourceInfo
+from .errors import DataError, GradCheckError, GradTypeError, SourceInfo
 from .interpret import evaluate
 from .ir import Graph, Var
 from .pytree import flatten, unflatten
@@ -36,11 +36,15 @@ def numeric_grad(fun, *args, argnums=0, eps: float | None = None):
     if not -len(args) <= argnums < len(args):
         raise GradTypeError(f"argnums={argnums} is out of range for {len(args)} argument(s)")
     leaves, tree = flatten(args[argnums])
+    if not leaves:
+        raise GradTypeError(f"numeric_grad: argument {argnums} is {args[argnums]!r}, with no floats or arrays in it")
     grads = []
     for k, leaf in enumerate(leaves):
+        kind = leaf.dtype if isinstance(leaf, (np.ndarray, np.generic)) else type(leaf).__name__
+        if not (isinstance(leaf, float) or isinstance(leaf, (np.ndarray, np.generic)) and leaf.dtype.kind == "f"):
+            raise GradTypeError(f"numeric_grad: argument {argnums} has a non-float leaf ({kind})",
+                                hint="pass floats or float arrays")
         x = np.array(leaf, dtype=np.float64)
-        if np.asarray(leaf).dtype.kind != "f" and not isinstance(leaf, float):
-            raise GradTypeError(f"numeric_grad: argument {argnums} has a non-float leaf ({np.asarray(leaf).dtype})")
         step = eps if eps is not None else 1e-6 * max(1.0, float(np.max(np.abs(x), initial=0.0)))
         g = np.zeros_like(x)
         for index in np.ndindex(x.shape):
@@ -229,8 +233,7 @@ def _leaf_kind_error(leaf, name: str, arg: str):
     elif isinstance(leaf, (np.ndarray, np.generic)):
         if leaf.dtype.kind == "f":
             return None
-        kind = "an integer" if leaf.dtype.kind in "iu" else "a"
-        what = f"{kind} array of dtype {leaf.dtype}"
+        what = f"{'an integer' if leaf.dtype.kind in 'iu' else 'an'} array of dtype {leaf.dtype}"
     elif isinstance(leaf, float):
         return None
     else:
@@ -432,13 +435,13 @@ def _gradient_projection(f, argnums: tuple):
 
 def _check_settings(f, args, mode, order, directions):
     if mode not in ("directional", "full"):
-        raise ValueError(f"check_grad: mode must be 'directional' or 'full', got {mode!r}")
+        raise DataError(f"check_grad: mode must be 'directional' or 'full', got {mode!r}")
     if order not in (1, 2):
-        raise ValueError(f"check_grad: order must be 1 or 2, got {order!r}")
+        raise DataError(f"check_grad: order must be 1 or 2, got {order!r}")
     if mode == "directional" and (not isinstance(directions, int) or directions < 1):
-        raise ValueError(f"check_grad: directions must be a positive int, got {directions!r}")
+        raise DataError(f"check_grad: directions must be a positive int, got {directions!r}")
     if not callable(f):
-        raise TypeError(f"check_grad expects a function, got {type(f).__name__}")
+        raise GradTypeError(f"check_grad expects a function, got {type(f).__name__}")
     if not args:
         raise GradTypeError(f"check_grad needs the arguments to call {getattr(f, '__name__', 'f')} with")
 

@@ -1,12 +1,14 @@
 """Run a user's Python function on traced values and record it as a ``Graph``.
 
-Arrays the function reads from its closure or globals become extra graph inputs that are read again
-on every call (so an in-place change is seen), never constants baked into the code. ``math`` functions
-in the function's globals are swapped for versions that accept traced scalars. The names the function
-gives its local variables become the names of the values they hold.
+Arrays the function reads from its closure or globals, and those of the user's helpers it calls by
+name, become extra graph inputs that are read again on every call (so an in-place change or a rebinding
+is seen), never constants baked into the code; ``captures`` finds how to read the other arrays a trace
+captures. ``math`` functions in those globals are swapped for versions that accept traced scalars. The
+names the function gives its local variables become the names of the values they hold.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import types
@@ -16,8 +18,9 @@ from typing import Any, Callable
 import numpy as np
 
 from . import primitives  # noqa: F401  (registers the primitives)
+from .captures import is_users_function, owner_readers, path_readers, searchable
 from .core import MATH_FUNCTIONS, Builder, TracedArray, _to_atom
-from .errors import GradTypeError, UnsupportedError
+from .errors import GradTypeError, TracegradError, TracingError, UnsupportedError, raised_at
 from .ir import Aval, Graph, Literal, Var, is_valid_name
 from .pytree import TreeDef, flatten, leaf_paths, unflatten
 
@@ -74,16 +77,20 @@ class Traced:
 
 def arg_names(fn, args) -> list[str]:
     """One readable name per flattened leaf of ``args``, from the function's parameter names."""
+    names = []
+    for base, arg in zip(_parameter_names(fn, len(args)), args):
+        names.extend(leaf_paths(arg, base))
+    return names
+
+
+def _parameter_names(fn, n) -> list[str]:
+    """The names of ``fn``'s first ``n`` positional parameters (``arg<i>`` past those it declares)."""
     try:
-        params = [p for p in inspect.signature(fn).parameters.values()
+        params = [p.name for p in inspect.signature(fn).parameters.values()
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     except (TypeError, ValueError):
         params = []
-    names = []
-    for i, arg in enumerate(args):
-        base = params[i].name if i < len(params) else f"arg{i}"
-        names.extend(leaf_paths(arg, base))
-    return names
+    return [params[i] if i < len(params) else f"arg{i}" for i in range(n)]
 
 
 def trace(fn, args: tuple, name: str | None = None) -> Traced:
@@ -95,19 +102,68 @@ def trace(fn, args: tuple, name: str | None = None) -> Traced:
         inputs = [builder.new_input(aval, hint) for aval, hint in zip(avals, names)]
         it = iter(inputs)
         traced_args = _rebuild(args, it)
-        prepared = _prepare(fn, builder)
-        result, local_names = _call_recording_locals(prepared, traced_args, builder)
+        preparer = _Preparer(builder)
+        prepared = preparer.prepare(fn)
+        try:
+            result, local_names = _call_recording_locals(prepared, traced_args, builder)
+        except (TypeError, TracegradError) as exc:  # list + 1, None * x ...: say which argument was not an array
+            explained = _explained(exc, container_note(fn, args), builder.name)
+            if explained is None:
+                raise
+            raise explained from None
         out_leaves, out_tree = flatten(result)
         outputs = [_output_atom(leaf, builder) for leaf in out_leaves]
     for var, hint in local_names.items():
         if var.hint is None:
             var.hint = hint
-    readers = builder.readers
-    captures = [Capture(var, readers[id(value)]) if id(value) in readers else Capture(var, _holder(value), True)
-                for var, value in builder.captured]
+    captures = _captures(builder, preparer.roots)
     graph = Graph(builder.name, [t.var for t in inputs] + [c.var for c in captures], builder.nodes, outputs,
                   n_args=len(inputs))
     return Traced(graph, in_tree, out_tree, captures)
+
+
+def _captures(builder, roots) -> list[Capture]:
+    """How each captured array is read on a call: the readers the preparation made (closures, globals),
+    else a path from ``roots`` or the module or class keeping it (``captures``), else the array itself."""
+    readers = dict(builder.readers)
+    unread = {id(value): value for _, value in builder.captured
+              if id(value) not in readers and type(value) is np.ndarray}
+    found = path_readers(unread, roots)
+    for key, (read, name) in found.items():
+        readers[key] = read
+        var = builder._captured_ids[key]
+        if var.hint is None and isinstance(name, str) and is_valid_name(name):
+            var.hint = name  # self.W is named W
+        del unread[key]
+    readers.update(owner_readers(unread, builder))
+    return [Capture(var, readers[id(value)]) if id(value) in readers else Capture(var, _holder(value), True)
+            for var, value in builder.captured]
+
+
+def _explained(exc, note, name):
+    """``exc`` (raised while tracing ``name``) again with ``note`` on arguments that are pytrees or None,
+    when it is the kind of error such an argument causes; else None."""
+    if note is None:
+        return None
+    if type(exc) is UnsupportedError or type(exc) is TracingError and exc.message.startswith("conversion to"):
+        return type(exc)(f"{exc.message}\n  {note}", exc.source, exc.hint)
+    if isinstance(exc, TypeError) and not isinstance(exc, TracegradError):
+        return GradTypeError(f"{name} raised TypeError while tracing: {exc}\n  {note}", raised_at(exc),
+                             hint="pass np.array(...) where the function expects an array")
+    return None
+
+
+def container_note(fn, args) -> str | None:
+    """What to tell the user about arguments that are pytrees (or None) rather than arrays, if any."""
+    names = _parameter_names(fn, len(args))
+    notes = []
+    for name, arg in zip(names, args):
+        if arg is None:
+            notes.append(f"argument {name!r} is None: it is traced as an empty pytree, with no value in it")
+        elif type(arg) in (tuple, list, dict):
+            notes.append(f"argument {name!r} is a {type(arg).__name__}: tracegrad traces a {type(arg).__name__} "
+                         f"as a pytree, one traced value per entry, not as an array")
+    return "; ".join(notes) or None
 
 
 def _rebuild(tree, it):
@@ -124,8 +180,10 @@ def _output_atom(leaf, builder):
         return leaf.var
     if isinstance(leaf, (bool, int, float)) and not isinstance(leaf, np.generic):
         return Literal(leaf, np.result_type(leaf))
-    atom = _to_atom(leaf, builder)
-    return atom
+    if not isinstance(leaf, (TracedArray, np.ndarray, np.generic)):
+        raise GradTypeError(f"{builder.name} returned a {type(leaf).__name__}: a traced function returns numbers, "
+                            f"arrays, or tuples, lists and dicts of them")
+    return _to_atom(leaf, builder)
 
 
 # ---------------------------------------------------------------- closures, globals and math
@@ -194,37 +252,85 @@ def _hashable(value) -> bool:
         return False
 
 
-def _prepare(fn, builder):
-    """A copy of ``fn`` whose captured arrays are traced inputs and whose ``math`` accepts traced values."""
-    if not isinstance(fn, types.FunctionType):
-        return fn
-    code = fn.__code__
-    cells = None
-    if fn.__closure__:
-        cells = []
-        for name, cell in zip(code.co_freevars, fn.__closure__):
+class _Preparer:
+    """Makes the copies ``trace`` runs: see ``prepare``. Keeps the containers the functions read by name
+    (``roots``), where ``captures.path_readers`` looks for arrays reached through them."""
+
+    def __init__(self, builder):
+        self.builder = builder
+        self.prepared: dict = {}  # each function seen -> its copy, or itself when it needs none
+        self.roots: list = []  # (how to read it again, the value now, its name): dicts, lists, objects, self
+
+    def prepare(self, fn):
+        """A copy of ``fn`` whose captured arrays are traced inputs and whose ``math`` accepts traced values.
+
+        The same goes, recursively, for the user's own functions it calls by a global or closure name
+        (helpers, and theirs): arrays they read from their globals are read at every call too, and
+        ``math`` works in them. A decorated method (a ``functools.partial`` binding ``self``) is the
+        copy of its function, bound to the same ``self``.
+        """
+        if isinstance(fn, functools.partial) and isinstance(fn.func, types.FunctionType):
+            for i, arg in enumerate(fn.args):
+                self._root(arg, lambda arg=arg: arg, "self" if i == 0 else f"<argument {i}>")
+            return functools.partial(self.prepare(fn.func), *fn.args, **fn.keywords)
+        if not isinstance(fn, types.FunctionType):
+            return fn
+        if fn in self.prepared:
+            return self.prepared[fn]
+        self.prepared[fn] = fn  # until its copy exists, a recursive call reaches the original
+        code = fn.__code__
+        cells = list(fn.__closure__ or ())
+        for i, (name, cell) in enumerate(zip(code.co_freevars, cells)):
             try:
                 value = cell.cell_contents
             except ValueError:  # not yet assigned
-                cells.append(cell)
                 continue
-            sub = _substitute(value, name, builder, lambda cell=cell: cell.cell_contents)
-            cells.append(cell if sub is value else types.CellType(sub))
-        cells = tuple(cells)
-    glob = fn.__globals__
-    replaced = {}
-    for name in sorted(_global_names(code)):
-        if name in glob:
-            value = glob[name]
-            sub = _substitute(value, name, builder, lambda name=name: glob[name])
+            sub = self._substitute(value, name, lambda cell=cell: cell.cell_contents)
             if sub is not value:
-                replaced[name] = sub
-    if not replaced and (cells is None or all(a is b for a, b in zip(cells, fn.__closure__))):
-        return fn
-    new_globals = dict(glob, **replaced) if replaced else glob
-    copy = types.FunctionType(code, new_globals, fn.__name__, fn.__defaults__, cells)
-    copy.__kwdefaults__ = fn.__kwdefaults__
-    return copy
+                cells[i] = types.CellType(sub)
+        glob = fn.__globals__
+        replaced = {}
+        for name in sorted(_global_names(code)):
+            if name in glob:
+                value = glob[name]
+                sub = self._substitute(value, name, lambda name=name: glob[name])
+                if sub is not value:
+                    replaced[name] = sub
+        if not replaced and all(a is b for a, b in zip(cells, fn.__closure__ or ())):
+            return fn
+        new_globals = dict(glob, **replaced) if replaced else glob
+        # a function that calls itself, by a closure name or a global one, calls the copy
+        own = [i for i, cell in enumerate(cells) if cell is fn.__closure__[i] and _contents(cell) is fn]
+        for i in own:
+            cells[i] = types.CellType()
+        copy = types.FunctionType(code, new_globals, fn.__name__, fn.__defaults__, tuple(cells) if cells else None)
+        copy.__kwdefaults__ = fn.__kwdefaults__
+        copy.__dict__.update(fn.__dict__)
+        self.prepared[fn] = copy
+        for i in own:
+            cells[i].cell_contents = copy
+        if replaced:
+            for name in _global_names(code):
+                if glob.get(name) is fn:
+                    new_globals[name] = copy
+        return copy
+
+    def _substitute(self, value, hint, read):
+        if isinstance(value, types.FunctionType) and is_users_function(value):
+            return self.prepare(value)
+        self._root(value, read, hint)
+        return _substitute(value, hint, self.builder, read)
+
+    def _root(self, value, read, name):
+        if searchable(value):
+            self.roots.append((read, value, name))
+
+
+def _contents(cell):
+    try:
+        return cell.cell_contents
+    except ValueError:
+        return None
 
 
 def _call_recording_locals(fn, args, builder):
@@ -233,7 +339,7 @@ def _call_recording_locals(fn, args, builder):
     The builder keeps the function's frame (found when the first node is recorded); once the function
     has returned, the frame still holds its final local variables.
     """
-    builder.watch = getattr(fn, "__code__", None)
+    builder.watch = getattr(fn.func if isinstance(fn, functools.partial) else fn, "__code__", None)
     result = fn(*args)
     frame, builder.watch, builder.watched_frame = builder.watched_frame, None, None
     names: dict = {}

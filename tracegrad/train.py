@@ -48,7 +48,8 @@ import numpy as np
 from . import __version__, backend
 from .api import Function, value_and_grad
 from .codegen import Module
-from .errors import DataError, NonFiniteError, TrainingError
+from .errors import (DataError, NonFiniteError, NonFiniteTrainingError, TracegradError, TrainingError,
+                     TrainingInterrupted, raised_at)
 from .ir import Aval
 from .optim import Optimizer, _check_params
 from .pytree import flatten, leaf_paths, unflatten
@@ -110,9 +111,17 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
     [3.] 1.0 30
 
     Raises ``DataError`` for data of different lengths, a batch size outside [1, samples], labels out of
-    range for a ``tg.nn`` loss; ``GradTypeError`` for parameters that are not float arrays; and
-    ``TrainingError`` (a ``NonFiniteError``) when a loss or gradient is not finite: it names the epoch and
-    step and carries the parameters reached (``err.params``), to which no part of that step was applied.
+    range for a ``tg.nn`` loss, a loss that does not return one number; ``GradTypeError`` for parameters
+    that are not float arrays. Once training has started, nothing is lost: every stop raises a
+    ``TrainingError`` carrying ``err.params``, ``err.state`` and ``err.history``:
+
+    - ``NonFiniteTrainingError`` (also a ``NonFiniteError``) when a loss or gradient is not finite: it names
+      the epoch and step; ``err.params`` are those reached, to which no part of that step was applied;
+    - ``TrainingInterrupted`` (also a ``KeyboardInterrupt``) for Ctrl-C, and ``TrainingError`` (from the
+      original exception) when a metric, the validation loss or the progress bar raises: both carry the
+      parameters, optimiser state and history after the last complete epoch, and
+      ``fit(loss, err.params, data, ..., state=err.state, seed=err.history.seed, epochs=remaining)``
+      continues exactly as the uninterrupted run would have.
     """
     data, batch_size = _check_arguments(loss, data, optimizer, batch_size)
     n = data[0].shape[0]
@@ -122,6 +131,8 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
         raise DataError(f"seed must be an int, got {seed!r}")
     if validation is not None:
         validation = _as_arrays(validation, "validation")
+    if metrics is not None and (not isinstance(metrics, dict) or not all(map(callable, metrics.values()))):
+        raise DataError(f"metrics must be a dict of name: fn(params, *validation), got {metrics!r}")
     metrics = dict(metrics or {})
     if progress not in (True, False, "plain"):
         raise DataError(f"progress must be True, False or 'plain', got {progress!r}")
@@ -161,9 +172,18 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
     run(0, False)  # compiles the epoch function (no steps)
     history.compile_time = time.perf_counter() - t_compile
 
+    def checkpoint():  # copies: the compiled code updates the arrays in place
+        return ([leaf.copy() for leaf in leaves], [[s.copy() for s in slots] for slots in slot_leaves],
+                state["step"], int(rng_state[0]), len(history.loss))
+
+    # What an interrupt or a failing metric hands back: the last epoch completed in full. It is replaced
+    # by one assignment, so a Ctrl-C at any point leaves it whole.
+    saved = checkpoint()
     reporter = _Progress(progress, epochs)
+    doing, epoch = "training", 1
     try:
         for epoch in range(1, epochs + 1):
+            doing = "training"
             t0 = time.perf_counter()
             (code, done, total), losses = run(trainer.steps, shuffle)
             elapsed = time.perf_counter() - t0
@@ -176,11 +196,22 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
             history.time.append(elapsed)
             evaluate_on = validation if validation is not None else data
             if validation is not None:
+                doing = "the validation loss"
                 history.val_loss.append(float(loss(params, *validation)))
             for name, metric in metrics.items():
+                doing = f"metric {name!r}"
                 history.metrics[name].append(float(metric(params, *evaluate_on)))
+            doing = "the progress report"
             reporter.epoch(epoch, history)
             history.wall_time.append(time.perf_counter() - t0)
+            saved = checkpoint()
+    except (TrainingError, DataError):  # a captured array changed shape: the user's to fix, before resuming
+        raise
+    except KeyboardInterrupt:
+        raise _stopped(TrainingInterrupted, "interrupted", saved, tree, optimizer, history, epoch, epochs) from None
+    except Exception as exc:
+        raise _stopped(TrainingError, f"{doing} raised {type(exc).__name__}: {exc}", saved, tree, optimizer,
+                       history, epoch, epochs) from exc
     finally:
         reporter.close()
     return params, history
@@ -434,12 +465,42 @@ def _preflight(loss, params, data, what) -> float:
             value = loss(params, *(d[rows] for d in data))
         except IndexError as exc:
             raise DataError(f"the loss raised IndexError on rows {start}..{min(n, start + _PREFLIGHT_ROWS) - 1} "
-                            f"of the {what}: are the labels in range? ({exc})") from None
+                            f"of the {what}: are the labels in range? ({exc})", raised_at(exc)) from None
+        except TracegradError:
+            raise
+        except Exception as exc:  # shapes that do not fit, a loss taking other arguments ...
+            raise DataError(f"the loss raised {type(exc).__name__} on the {what} before training: {exc}",
+                            raised_at(exc), hint=f"fit calls loss(params, *{what}) on batches of rows of each "
+                            f"array in the {what}") from None
+        if np.ndim(value) != 0 or not isinstance(value, (float, int, np.floating, np.integer, np.ndarray)):
+            shape = f"shape {np.shape(value)}" if hasattr(value, "shape") else f"a {type(value).__name__}"
+            raise DataError(f"the loss must return one number (the mean over the batch), got {shape}",
+                            hint="reduce it, e.g. return np.mean(...), or tg.nn.mse(pred, y)")
         total += float(value) * (min(n, start + _PREFLIGHT_ROWS) - start)
     return total / n
 
 
-def _failure(trainer, loss, params, state, history, perm, epoch, step, code, value) -> TrainingError:
+def _stopped(error, why, saved, tree, optimizer, history, epoch, epochs) -> TrainingError:
+    """The error for training stopped in ``epoch`` by an interrupt or an exception, carrying the parameters,
+    optimiser state and history of the last complete epoch (``saved``) as ``fit`` would have returned them."""
+    leaves, slots, step, seed, done = saved
+    params = unflatten(tree, leaves)
+    state = {"step": step}
+    for slot, values in zip(optimizer.slots, slots):
+        state[slot] = unflatten(tree, values)
+    kept = History(loss=history.loss[:done], val_loss=history.val_loss[:done],
+                   metrics={name: values[:done] for name, values in history.metrics.items()},
+                   time=history.time[:done], wall_time=history.wall_time[:done], initial_loss=history.initial_loss,
+                   compile_time=history.compile_time, steps=step, state=state, seed=seed)
+    return error(
+        f"training stopped in epoch {epoch} of {epochs}: {why}"
+        f"\n  err.params, err.state, err.history: as after epoch {done} ({step} updates); epoch {epoch} is discarded",
+        epoch=epoch, step=None, params=params, state=state, history=kept,
+        hint=f"continue with fit(loss, err.params, data, ..., state=err.state, seed=err.history.seed, "
+             f"epochs={epochs - done}): the same as the uninterrupted run")
+
+
+def _failure(trainer, loss, params, state, history, perm, epoch, step, code, value) -> NonFiniteTrainingError:
     """The error for a non-finite loss (code 1) or gradient (code 2) at ``step`` (from 0) of ``epoch``."""
     size = trainer.buffers[0].shape[0]
     rows = perm[step * size:(step + 1) * size]
@@ -457,7 +518,7 @@ def _failure(trainer, loss, params, state, history, perm, epoch, step, code, val
     except Exception:  # the diagnosis is a bonus: never hide the real failure behind it
         pass
     update = state["step"] + 1
-    return TrainingError(
+    return NonFiniteTrainingError(
         f"training stopped at epoch {epoch}, step {step + 1} of {trainer.steps} (update {update}): {what}{detail}"
         f"\n  err.params: the parameters after update {update - 1}; no part of update {update} was applied",
         epoch=epoch, step=step + 1, params=params, state=state, history=history,
