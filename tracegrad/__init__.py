@@ -21,7 +21,7 @@ from . import nn, optim
 from .errors import DataError, TrainingError
 from .train import History, fit
 from .draw import Drawing, MissingDependencyError, draw
-from .errors import GradCheckError
+from .errors import CacheError, CacheWarning, GradCheckError
 from .testing import KinkWarning, check_grad, numeric_grad
 
 __all__ = [
@@ -29,7 +29,7 @@ __all__ = [
     "grad", "value_and_grad", "jit", "make_graph", "source", "sigmoid", "stop_gradient",
     "Function", "Compiled", "Graph", "Aval", "cache_dir", "set_cache_dir",
     "TracegradError", "TracingError", "UnsupportedError", "ShapeError", "GradTypeError", "CompileError",
-    "NonFiniteError",
+    "NonFiniteError", "CacheError", "CacheWarning",
     "draw", "Drawing", "MissingDependencyError",
     "check_grad", "numeric_grad", "GradCheckError", "KinkWarning",
 ]

@@ -137,8 +137,8 @@ class Compiled:
             args.append(value)
         try:
             outs = self.dispatcher(*args)
-        except backend.NUMBA_ERRORS as exc:
-            raise backend.compile_error(exc, self.module) from None
+        except Exception as exc:  # a Numba error (CompileError), or its disk cache's (recovered from)
+            outs = backend.call_failed(exc, self.module, self.dispatcher, args)
         return self.pack(outs if isinstance(outs, tuple) else (outs,), leaves)
 
 

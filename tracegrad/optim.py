@@ -172,7 +172,11 @@ class Optimizer:
         lr, hyper, kernel = self.learning_rate(step), self.hyperparameters(), self.kernel
         for i, param in enumerate(leaves):
             slots = [values[i].reshape(-1) for values in slot_leaves]
-            kernel(param.reshape(-1), flat_grads[i], *slots, lr, step + 1, *hyper)
+            args = (param.reshape(-1), flat_grads[i], *slots, lr, step + 1, *hyper)
+            try:
+                kernel(*args)
+            except Exception as exc:  # a Numba error (CompileError), or its disk cache's (recovered from)
+                backend.call_failed(exc, self.kernel_module(), kernel, args)
         state["step"] = step + 1
 
 

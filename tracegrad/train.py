@@ -154,8 +154,8 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
                 bool(shuffle_now), n_steps, lrs, state["step"], losses, *hyperparameters)
         try:
             return trainer.epoch(*args), losses
-        except backend.NUMBA_ERRORS as exc:
-            raise backend.compile_error(exc, trainer.module) from None
+        except Exception as exc:  # a Numba error (CompileError), or its disk cache's (recovered from)
+            return backend.call_failed(exc, trainer.module, trainer.epoch, args), losses
 
     run(0, False)  # compiles the epoch function (no steps)
     history.compile_time = time.perf_counter() - t_compile
