@@ -231,3 +231,14 @@ def test_corrupt_cache_files_in_a_new_process_are_rebuilt_for_fit_and_grad(tmp_p
     assert "CacheWarning" in second.stderr and "could not be read" in second.stderr
     third = run()  # rebuilt: read back without a word
     assert third.stdout == first.stdout and "CacheWarning" not in third.stderr
+
+
+def test_an_error_of_the_code_itself_after_a_rebuild_is_raised_as_it_is(cache):
+    loss = lambda x: np.sum(np.log(x))  # noqa: E731
+    tg.grad(loss, debug_nans=True)(np.ones(2))
+    for file in (cache / "__pycache__").glob("*.nbi"):
+        file.write_bytes(b"garbage")
+    _forget(cache)
+    with pytest.warns(tg.CacheWarning, match="could not be read"):
+        with pytest.raises(tg.NonFiniteError, match="forward pass"):
+            tg.grad(loss, debug_nans=True)(np.zeros(2))

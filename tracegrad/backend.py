@@ -127,14 +127,18 @@ def _check_private(directory: Path) -> None:
     st = os.stat(directory)
     if st.st_uid != uid:
         raise _Unsafe(f"{directory} belongs to another user")
-    if st.st_mode & 0o002 or st.st_mode & 0o020 and not _private_group(st):
+    if _others_can_write(st):
         raise _Unsafe(f"other users can write {directory}")
     for parent in directory.parents:
         st = os.stat(parent)
         if st.st_uid not in (uid, 0):
             raise _Unsafe(f"{parent}, above it, belongs to another user")
-        if not st.st_mode & stat.S_ISVTX and (st.st_mode & 0o002 or st.st_mode & 0o020 and not _private_group(st)):
+        if _others_can_write(st) and not st.st_mode & stat.S_ISVTX:  # in a sticky one, only ours are ours to move
             raise _Unsafe(f"other users can write {parent}, above it")
+
+
+def _others_can_write(st) -> bool:
+    return bool(st.st_mode & 0o002 or st.st_mode & 0o020 and not _private_group(st))
 
 
 def _make_private_dir(directory: Path) -> None:
@@ -322,19 +326,25 @@ def _load(module: Module, directory: Path | None, name: str):
 
 
 def _numba_cache_failed(exc: BaseException) -> bool:
-    """Whether ``exc`` (or an exception it was raised from) came out of Numba's cache: reading a corrupt
-    or truncated index or data file, or writing one to a full or read-only disk."""
+    """Whether ``exc`` came out of Numba's cache: reading a corrupt or truncated index or data file, or
+    writing one to a full or read-only disk. The exceptions it was raised from count while they are
+    Numba's own (it wraps a callee's errors); an error of the compiled code itself (``NonFiniteError``)
+    never does, whatever was being handled when it was raised."""
     import numba.core.caching
 
     caching = os.path.normcase(os.path.abspath(numba.core.caching.__file__))
+    package = os.path.normcase(os.path.dirname(os.path.abspath(numba.__file__))) + os.sep
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        tb = exc.__traceback__
+        files, tb = [], exc.__traceback__
         while tb is not None:
-            if os.path.normcase(os.path.abspath(tb.tb_frame.f_code.co_filename)) == caching:
-                return True
+            files.append(os.path.normcase(os.path.abspath(tb.tb_frame.f_code.co_filename)))
             tb = tb.tb_next
+        if caching in files:
+            return True
+        if not any(f.startswith(package) for f in files):
+            return False
         exc = exc.__cause__ or exc.__context__
     return False
 
