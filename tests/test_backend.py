@@ -242,3 +242,14 @@ def test_an_error_of_the_code_itself_after_a_rebuild_is_raised_as_it_is(cache):
     with pytest.warns(tg.CacheWarning, match="could not be read"):
         with pytest.raises(tg.NonFiniteError, match="forward pass"):
             tg.grad(loss, debug_nans=True)(np.zeros(2))
+
+
+def test_a_cache_directory_deleted_while_running_is_made_again(cache):
+    import shutil
+
+    np.testing.assert_allclose(_square_grad()(np.ones(2)), _expected(np.ones(2)))
+    shutil.rmtree(cache)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", tg.CacheWarning)
+        np.testing.assert_allclose(tg.grad(lambda x: np.sum(x ** 3))(np.ones(2)), [3.0, 3.0])
+    assert _mode(cache) == 0o700 and list(cache.glob("*.py"))

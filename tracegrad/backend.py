@@ -282,6 +282,7 @@ def load(module: Module):
     The module is written to the cache directory and compiled from the text in memory (never from a
     ``.pyc``); if the directory cannot be written after all (a full disk), the next choice is used."""
     with _lock:
+        recreated = False
         while True:
             directory = _directory()
             name = module_path(module).name
@@ -293,6 +294,10 @@ def load(module: Module):
             except OSError as exc:  # the directory passed its checks but cannot be written now (a full disk)
                 if directory is None:
                     raise
+                if not directory.exists() and not recreated:  # deleted while we ran: made (and checked) again
+                    _in_use.pop(cache_dir(), None)
+                    recreated = True
+                    continue
                 _fall_back(cache_dir(), f"{exc.strerror or exc} ({exc.filename or directory})",
                            temporary=directory == cache_dir())
                 continue
