@@ -1,8 +1,8 @@
 """Numba versions of the primitives' kernels, for generated code to import by name.
 
 ``from tracegrad.kernels import sigmoid`` gives the ``kernel`` a primitive declares as a
-``numba.njit(cache=True)`` function, so generated code that calls it loads from Numba's disk cache in
-a new process. Kernels of elementwise primitives take scalars: codegen calls them inside loops.
+``numba.njit(cache=True)`` function (``backend.jit``: compiled in memory if Numba has nowhere to cache
+it), so generated code that calls it loads from Numba's disk cache in a new process. Kernels of elementwise primitives take scalars: codegen calls them inside loops.
 """
 from . import backend, primitives  # noqa: F401  (registers the primitives)
 from .core import PRIMITIVES
