@@ -204,6 +204,8 @@ def test_cache_command_reports_and_clears_only_its_own_files(tmp_path):
     assert "removed" in command("--clear")
     assert command("--info").splitlines()[1].startswith("0 files, 0 bytes")
     assert (tmp_path / "notes.txt").exists()
+    os.chmod(tmp_path, 0o777)
+    assert "not used by tracegrad: other users can write" in command("--info")
 
 
 FIT_PROGRAM = textwrap.dedent("""

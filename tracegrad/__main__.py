@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .backend import cache_dir, cache_files
+from .backend import cache_dir, cache_files, unsafe_reason
 
 
 def _size(n: int) -> str:
@@ -35,7 +35,11 @@ def main(argv=None) -> int:
     total = sum(size for _, size in files)
     if args.info:
         modules = sum(1 for path, _ in files if path.suffix == ".py")
-        print(f"cache directory: {directory}" + ("" if directory.is_dir() else " (not created yet)"))
+        state = "" if directory.is_dir() else " (not a directory)" if directory.exists() else " (not created yet)"
+        print(f"cache directory: {directory}{state}")
+        problem = unsafe_reason(directory) if directory.is_dir() else None
+        if problem:
+            print(f"not used by tracegrad: {problem} (it compiles into a private temporary directory instead)")
         print(f"{len(files)} files, {_size(total)} ({modules} generated modules and Numba's compiled code for them)")
         return 0
     removed, freed, failed = 0, 0, []

@@ -137,6 +137,15 @@ def _check_private(directory: Path) -> None:
             raise _Unsafe(f"other users can write {parent}, above it")
 
 
+def unsafe_reason(directory: Path) -> str | None:
+    """Why tracegrad would not use ``directory`` as its cache (another user could write it), or None."""
+    try:
+        _check_private(Path(directory))
+    except _Unsafe as exc:
+        return str(exc)
+    return None
+
+
 def _others_can_write(st) -> bool:
     return bool(st.st_mode & 0o002 or st.st_mode & 0o020 and not _private_group(st))
 
