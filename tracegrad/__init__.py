@@ -25,7 +25,7 @@ from . import nn, optim
 from .errors import DataError, NonFiniteTrainingError, TrainingError, TrainingInterrupted
 from .train import History, fit
 from .draw import Drawing, MissingDependencyError, draw
-from .errors import GradCheckError
+from .errors import CacheError, CacheWarning, GradCheckError
 from .testing import KinkWarning, check_grad, numeric_grad
 
 __all__ = [
@@ -35,7 +35,7 @@ __all__ = [
     "jvp", "vjp",
     "Function", "Compiled", "Graph", "Aval", "cache_dir", "set_cache_dir",
     "TracegradError", "TracingError", "UnsupportedError", "ShapeError", "GradTypeError", "CompileError",
-    "NonFiniteError", "HeldArrayWarning",
+    "NonFiniteError", "HeldArrayWarning", "CacheError", "CacheWarning",
     "draw", "Drawing", "MissingDependencyError",
     "check_grad", "numeric_grad", "GradCheckError", "KinkWarning",
 ]

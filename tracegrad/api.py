@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import os
-import keyword
 import logging
 import time
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from .passes import optimize
 from .core import TracedArray, current_builder
 from .errors import GradTypeError
 from .interpret import inline
-from .ir import Graph, Literal, Var
+from .ir import Graph, Literal, Var, ascii_name
 from .pytree import TreeDef, flatten, unflatten
 from .tracer import Traced, arg_names, aval_of, container_note, trace
 
@@ -139,8 +138,8 @@ class Compiled:
             args.append(value)
         try:
             outs = self.dispatcher(*args)
-        except backend.NUMBA_ERRORS as exc:
-            raise backend.compile_error(exc, self.module) from None
+        except Exception as exc:  # a Numba error (CompileError), or its disk cache's (recovered from)
+            outs = backend.call_failed(exc, self.module, self.dispatcher, args)
         return self.pack(outs if isinstance(outs, tuple) else (outs,), leaves)
 
 
@@ -491,10 +490,7 @@ def _param_names(fun, n) -> list[str]:
 
 
 def _identifier(name: str) -> str:
-    cleaned = "".join(c if c.isalnum() or c == "_" else "_" for c in name).strip("_") or "f"
-    if cleaned[0].isdigit():
-        cleaned = "f_" + cleaned
-    return cleaned + "_fn" if keyword.iskeyword(cleaned) else cleaned
+    return ascii_name(name).strip("_")  # codegen.function_name makes it a valid, short, free name
 
 
 # ---------------------------------------------------------------------- public functions

@@ -1,18 +1,31 @@
 """Compile generated modules with Numba.
 
 Each module is written once to a real file named by the hash of its source (and of the tracegrad,
-Numba and NumPy versions), imported from there and compiled with ``numba.njit(cache=True)``, so Numba's
-on-disk cache works across processes. Writes are atomic (temporary file, then rename), so several
-processes can share one cache directory. Set it with ``TRACEGRAD_CACHE_DIR`` or ``set_cache_dir``.
+Numba and NumPy versions), executed from the text in memory and compiled with ``numba.njit(cache=True)``,
+so Numba's on-disk cache works across processes. Writes are atomic (temporary file, then rename), so
+several processes of one user can share one cache directory. Set it with ``TRACEGRAD_CACHE_DIR`` or
+``set_cache_dir``.
+
+What is in the cache directory runs in this process (Numba's index files are pickles), so it is created
+0700 and used only when no other user can write it or a directory above it; otherwise, or when it cannot
+be written, a private temporary directory is used, or nothing (compiled in memory), with one
+``CacheWarning``. A Numba cache file that cannot be read is discarded and compiled again (``call_failed``).
 """
 from __future__ import annotations
 
+import atexit
+import errno
 import hashlib
 import importlib.util
+import linecache
 import os
+import re
+import shutil
+import stat
 import sys
 import tempfile
 import threading
+import types
 import warnings
 from pathlib import Path
 
@@ -22,7 +35,7 @@ import numpy as np
 
 from . import __version__
 from .codegen import Module
-from .errors import CompileError
+from .errors import CacheError, CacheWarning, CompileError, _is_internal
 
 # Generated code multiplies transposed views; Numba handles them correctly, only warns about speed.
 warnings.filterwarnings("ignore", message=".*is faster on contiguous arrays", category=NumbaPerformanceWarning)
@@ -53,6 +66,8 @@ MALLOC_TUNED = _tune_malloc()
 _cache_dir: Path | None = None
 _loaded: dict = {}
 _lock = threading.Lock()
+_in_use: dict = {}  # configured directory -> the directory used instead of it (or None: compile in memory)
+_warned: set = set()
 
 
 def default_cache_dir() -> Path:
@@ -61,7 +76,15 @@ def default_cache_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    """Where generated modules (and Numba's cache of them) live."""
+    """Where generated modules (and Numba's cache of them) live: ``TRACEGRAD_CACHE_DIR``, ``set_cache_dir``,
+    else ``$XDG_CACHE_HOME/tracegrad`` (``~/.cache/tracegrad``).
+
+    Code from this directory runs in your process (Numba's index files are pickles), so tracegrad
+    creates it readable and writable by you alone, and uses it only when it and every directory above
+    it are yours (or root's) and no one else can write them. Otherwise, or when it cannot be written
+    (a read-only or full disk), it warns once (``CacheWarning``) and uses a private temporary directory
+    for this process. ``python -m tracegrad cache --info`` shows its size; ``--clear`` empties it.
+    """
     if _cache_dir is not None:
         return _cache_dir
     env = os.environ.get("TRACEGRAD_CACHE_DIR")
@@ -74,15 +97,171 @@ def set_cache_dir(path) -> None:
     _cache_dir = None if path is None else Path(path)
 
 
+class _Unsafe(Exception):
+    """A cache directory someone other than this user could write."""
+
+
+def _private_group(st) -> bool:
+    """A group-writable directory is still private when its group is the user's own group and has no
+    other members (user private groups, where the default umask is 002)."""
+    try:
+        import grp
+        import pwd
+
+        uid = os.getuid()
+        user = pwd.getpwuid(uid).pw_name
+        return (st.st_gid == os.getgid() and all(member == user for member in grp.getgrgid(st.st_gid).gr_mem)
+                and all(p.pw_uid == uid for p in pwd.getpwall() if p.pw_gid == st.st_gid))
+    except (ImportError, KeyError):
+        return False
+
+
+def _check_private(directory: Path) -> None:
+    """Raise ``_Unsafe`` unless only this user (and root) can change what ``directory`` holds: it is
+    ours and no one else can write it, and each directory above it is ours or root's and writable by
+    no one else (or sticky, like /tmp)."""
+    if os.name != "posix":
+        return
+    directory = directory.resolve()
+    uid = os.getuid()
+    st = os.stat(directory)
+    if st.st_uid != uid:
+        raise _Unsafe(f"{directory} belongs to another user")
+    if _others_can_write(st):
+        raise _Unsafe(f"other users can write {directory}")
+    for parent in directory.parents:
+        st = os.stat(parent)
+        if st.st_uid not in (uid, 0):
+            raise _Unsafe(f"{parent}, above it, belongs to another user")
+        if _others_can_write(st) and not st.st_mode & stat.S_ISVTX:  # in a sticky one, only ours are ours to move
+            raise _Unsafe(f"other users can write {parent}, above it")
+
+
+def unsafe_reason(directory: Path) -> str | None:
+    """Why tracegrad would not use ``directory`` as its cache (another user could write it), or None."""
+    try:
+        _check_private(Path(directory))
+    except _Unsafe as exc:
+        return str(exc)
+    return None
+
+
+def _others_can_write(st) -> bool:
+    return bool(st.st_mode & 0o002 or st.st_mode & 0o020 and not _private_group(st))
+
+
+def _make_private_dir(directory: Path) -> None:
+    """Create ``directory`` 0700 whatever the umask, and any missing parent 0700 too (as the XDG base
+    directory specification asks of ~/.cache). An existing one is left as it is (and checked)."""
+    missing = [d for d in [directory, *directory.parents] if not d.exists()][::-1]
+    for d in missing:
+        try:
+            os.mkdir(d, 0o700)  # never more than 0700; the umask may only take bits away
+        except FileExistsError:  # another process was first
+            continue
+        if d == directory:
+            os.chmod(d, 0o700)  # and not less: chmod's mode is not masked
+    if not directory.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(directory))
+
+
+def _prepare(directory: Path) -> None:
+    """Make ``directory`` ready to hold generated modules and Numba's cache of them (``__pycache__``,
+    created 0700 here before Numba would create it 0755), or raise ``OSError`` / ``_Unsafe``."""
+    _make_private_dir(directory)
+    _check_private(directory)
+    pycache = directory / "__pycache__"
+    _make_private_dir(pycache)
+    _check_private(pycache)
+    for d in (directory, pycache):
+        tempfile.TemporaryFile(dir=d).close()  # writable, with space for a file
+
+
+def _warn_once(key, message: str) -> None:
+    """One ``CacheWarning`` per ``key`` and process, attributed to the user's line that led to it."""
+    if key in _warned:
+        return
+    _warned.add(key)
+    frame, level = sys._getframe(0), 1
+    while frame.f_back is not None and _is_internal(frame.f_code.co_filename):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, CacheWarning, stacklevel=level)
+
+
+def _temporary_dir() -> Path | None:
+    """A private directory for this process, removed at exit; None when none can be made."""
+    try:
+        directory = Path(tempfile.mkdtemp(prefix="tracegrad-"))  # created 0700, ours
+        atexit.register(shutil.rmtree, directory, True)
+        _prepare(directory)
+        return directory
+    except (OSError, _Unsafe):
+        return None
+
+
+def _directory() -> Path | None:
+    """The directory generated modules go to: the configured one when it is safe and writable, else a
+    private temporary one (warning once), else None (compiled in memory, warning once)."""
+    configured = cache_dir()
+    if configured in _in_use:
+        return _in_use[configured]
+    try:
+        _prepare(configured)
+        _in_use[configured] = configured
+        return configured
+    except _Unsafe as exc:
+        reason = f"{exc}: a file planted there would run in this process"
+    except OSError as exc:
+        reason = f"{exc.strerror or exc} ({exc.filename or configured})"
+    return _fall_back(configured, reason)
+
+
+def _fall_back(configured: Path, reason: str, temporary: bool = True) -> Path | None:
+    """Stop using the directory chosen for ``configured``: use a private temporary one instead (when
+    ``temporary``), else compile in memory. Warns once for each."""
+    fallback = _temporary_dir() if temporary else None
+    _in_use[configured] = fallback
+    instead = (f"using the private temporary directory {fallback} for this process (compiled code is not kept for "
+               "the next one)" if fallback is not None else "compiling in memory (no directory can be written)")
+    _warn_once((configured, fallback is None), f"tracegrad cannot use the cache directory {configured}: {reason}; "
+               f"{instead}. Set TRACEGRAD_CACHE_DIR (or tg.set_cache_dir) to a writable directory only you can write.")
+    return fallback
+
+
 def module_path(module: Module) -> Path:
+    """The file ``module`` is written to: named by its function and the hash of its source."""
     key = "\n".join([module.source, __version__, numba.__version__, np.__version__, sys.version])
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
-    return cache_dir() / f"{module.function}_{digest}.py"
+    return (_directory() or Path("<memory>")) / f"{module.function}_{digest}.py"
+
+
+_GENERATED = re.compile(r"(\w+_[0-9a-f]{20})\.py")  # module_path's names
+
+
+def cache_files(directory: Path | None = None) -> list:
+    """The files tracegrad and Numba wrote in the cache directory, as (path, bytes): generated modules,
+    temporaries left by a killed process, and Numba's files for those modules in ``__pycache__``. Other
+    files (the directory may be shared with something else) are not listed."""
+    directory = Path(directory) if directory is not None else cache_dir()
+    found = []
+    try:
+        entries = list(os.scandir(directory))
+        inner = list(os.scandir(directory / "__pycache__")) if (directory / "__pycache__").is_dir() else []
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    for entry in entries:
+        if entry.is_file(follow_symlinks=False) and (_GENERATED.fullmatch(entry.name) or
+                                                     entry.name.startswith(".tmp-") and entry.name.endswith(".py")):
+            found.append((Path(entry.path), entry.stat(follow_symlinks=False).st_size))
+    for entry in inner:
+        stem = entry.name.split(".", 1)[0]
+        if entry.is_file(follow_symlinks=False) and re.fullmatch(r"\w+_[0-9a-f]{20}", stem):
+            found.append((Path(entry.path), entry.stat(follow_symlinks=False).st_size))
+    return sorted(found)
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".py")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".py")  # 0600
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -93,27 +272,139 @@ def _write_atomically(path: Path, text: str) -> None:
         raise
 
 
+def jit(function, **options):
+    """``numba.njit(cache=True, **options)(function)``; compiled in memory (one warning) when Numba has
+    nowhere to keep its cache (a read-only installation without a writable cache directory)."""
+    try:
+        return numba.njit(cache=True, **options)(function)
+    except RuntimeError as exc:  # Numba's "cannot cache function ...: no locator available"
+        if "locator" not in str(exc):
+            raise
+        _warn_once("numba", f"Numba cannot cache {function.__name__} ({exc}); compiling in memory. Set "
+                            "NUMBA_CACHE_DIR to a writable directory to keep compiled code between runs.")
+        return numba.njit(**options)(function)
+
+
 def load(module: Module):
-    """The Numba dispatcher for ``module``'s function; compiled lazily on the first call."""
-    path = module_path(module)
+    """The Numba dispatcher for ``module``'s function; compiled lazily on the first call.
+
+    The module is written to the cache directory and compiled from the text in memory (never from a
+    ``.pyc``); if the directory cannot be written after all (a full disk), the next choice is used."""
     with _lock:
-        dispatcher = _loaded.get(path)
-        if dispatcher is not None:
+        recreated = False
+        while True:
+            directory = _directory()
+            name = module_path(module).name
+            dispatcher = _loaded.get((directory, name))
+            if dispatcher is not None:
+                return dispatcher
+            try:
+                dispatcher = _load(module, directory, name)
+            except OSError as exc:  # the directory passed its checks but cannot be written now (a full disk)
+                if directory is None:
+                    raise
+                if not directory.exists() and not recreated:  # deleted while we ran: made (and checked) again
+                    _in_use.pop(cache_dir(), None)
+                    recreated = True
+                    continue
+                _fall_back(cache_dir(), f"{exc.strerror or exc} ({exc.filename or directory})",
+                           temporary=directory == cache_dir())
+                continue
+            _loaded[(directory, name)] = dispatcher
             return dispatcher
+
+
+def _load(module: Module, directory: Path | None, name: str):
+    stem = name.removesuffix(".py")
+    if directory is None:  # nowhere to write: a module without a file, compiled without Numba's disk cache
+        filename = f"<tracegrad {stem}>"
+        linecache.cache[filename] = (len(module.source), None, module.source.splitlines(True), filename)
+        py_module = types.ModuleType(f"tracegrad_generated_{stem}")
+        py_module.__file__ = filename
+        compile_ = numba.njit(error_model="numpy")
+    else:
+        path = directory / name
         if not path.exists() or path.read_text(encoding="utf-8") != module.source:
             _write_atomically(path, module.source)
-        name = f"tracegrad_generated_{path.stem}"
-        spec = importlib.util.spec_from_file_location(name, path)
+        spec = importlib.util.spec_from_file_location(f"tracegrad_generated_{stem}", path)
         py_module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = py_module  # Numba's cache finds the module by name when it loads
-        spec.loader.exec_module(py_module)
+        filename = str(path)
         # error_model="numpy": 1/0 gives inf and 0/0 nan, as in NumPy, instead of raising
-        jit = numba.njit(cache=True, error_model="numpy")
-        for part in module.parts:  # globals the function calls: compiled when it is
-            setattr(py_module, part, jit(getattr(py_module, part)))
-        dispatcher = jit(getattr(py_module, module.function))
-        _loaded[path] = dispatcher
-        return dispatcher
+        compile_ = lambda function: jit(function, error_model="numpy")  # noqa: E731
+    sys.modules[py_module.__name__] = py_module  # Numba's cache finds the module by name when it loads
+    # Compiled from the text in hand: no .pyc is read or written, and what runs is exactly what was generated.
+    exec(compile(module.source, filename, "exec"), py_module.__dict__)
+    for part in module.parts:  # globals the function calls: compiled when it is
+        setattr(py_module, part, compile_(getattr(py_module, part)))
+    return compile_(getattr(py_module, module.function))
+
+
+def _numba_cache_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` came out of Numba's cache: reading a corrupt or truncated index or data file, or
+    writing one to a full or read-only disk. The exceptions it was raised from count while they are
+    Numba's own (it wraps a callee's errors); an error of the compiled code itself (``NonFiniteError``)
+    never does, whatever was being handled when it was raised."""
+    import numba.core.caching
+
+    caching = os.path.normcase(os.path.abspath(numba.core.caching.__file__))
+    package = os.path.normcase(os.path.dirname(os.path.abspath(numba.__file__))) + os.sep
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        files, tb = [], exc.__traceback__
+        while tb is not None:
+            files.append(os.path.normcase(os.path.abspath(tb.tb_frame.f_code.co_filename)))
+            tb = tb.tb_next
+        if caching in files:
+            return True
+        if not any(f.startswith(package) for f in files):
+            return False
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _discard_unloaded_caches() -> list:
+    """Delete Numba's cache files of the modules this process loaded but has not compiled yet: one of
+    them could not be read. They are written again when compiled."""
+    removed = []
+    for (directory, name), dispatcher in list(_loaded.items()):
+        if directory is None or dispatcher.signatures:
+            continue
+        for file in (directory / "__pycache__").glob(name.removesuffix(".py") + ".*"):
+            try:
+                file.unlink()
+                removed.append(file)
+            except OSError:
+                pass
+    return removed
+
+
+def call_failed(exc: Exception, module: Module, dispatcher, args):
+    """Recover from ``exc``, raised by a call ``dispatcher(*args)`` of a dispatcher ``load`` gave: when
+    Numba's cache could not be read (the cache files it came from are discarded, one warning) or written
+    (the code compiled anyway), the call is made again and its result returned. A Numba error is raised
+    as ``CompileError``; any other exception (``NonFiniteError``, ...) as it is."""
+    for attempt in range(1 + 2 * (len(module.parts) + 2)):  # each function compiled may fail once
+        if not _numba_cache_failed(exc):
+            break
+        if isinstance(exc, OSError):  # saving: the compiled code is in memory already
+            what = f"could not be written ({exc.strerror or exc}); compiled code is not kept for the next run"
+        else:
+            removed = _discard_unloaded_caches()
+            what = (f"could not be read ({type(exc).__name__}: {exc}); discarded "
+                    f"{', '.join(f.name for f in removed) or 'nothing'} and compiled again")
+        _warn_once(("numba cache", module_path(module)), f"Numba's cache of {module_path(module).name} {what}.")
+        try:
+            return dispatcher(*args)
+        except Exception as again:  # noqa: BLE001 (sorted out at the top of the loop)
+            exc = again
+    if isinstance(exc, NUMBA_ERRORS):
+        raise compile_error(exc, module) from None
+    if _numba_cache_failed(exc):
+        raise CacheError(f"Numba's cache of {module_path(module)} cannot be used: {type(exc).__name__}: {exc}",
+                         hint=f"delete {cache_dir()} (python -m tracegrad cache --clear) or set TRACEGRAD_CACHE_DIR "
+                              "to a writable directory") from None
+    raise exc
 
 
 def compile_error(exc: Exception, module: Module) -> CompileError:

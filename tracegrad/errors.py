@@ -110,6 +110,17 @@ class CompileError(TracegradError):
     """Generated code that the backend could not compile: always a tracegrad bug, please report it."""
 
 
+class CacheError(TracegradError):
+    """The cache of compiled code could not be read or written even after discarding it; the message
+    says which file and what to do."""
+
+
+class CacheWarning(UserWarning):
+    """The cache directory could not be used as configured (other users could write it, it cannot be
+    written, a cache file was corrupt): tracegrad used a private temporary directory, compiled in memory,
+    or discarded the file and compiled again."""
+
+
 class DataError(TracegradError, ValueError):
     """Data or settings that do not fit: training data of different lengths, a bad batch size, labels out
     of range, a ``check_grad`` mode or a ``draw`` layout that does not exist."""

@@ -6,6 +6,7 @@ This module is plain data. It knows nothing of tracing, NumPy dispatch or code g
 from __future__ import annotations
 
 import keyword
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,8 +146,50 @@ RESERVED = frozenset(
 )
 
 
+def ascii_name(text: str) -> str:
+    """``text`` spelled with ASCII letters, digits and underscores only: ``"σ²"`` is ``"sigma2"``,
+    ``"ｙ"`` is ``"y"``, ``"a-b"`` is ``"a_b"``. Python itself normalises non-ASCII identifiers (NFKC), so
+    two names a user keeps apart may be one name in generated code: generated names are ASCII, and made
+    unique after this."""
+    out = []
+    for char in str(text):
+        if char.isascii():
+            out.append(char if char.isalnum() or char == "_" else "_")
+            continue
+        plain = unicodedata.normalize("NFKD", char).encode("ascii", "ignore").decode()  # é → e, ﬁ → fi, ² → 2
+        if plain:
+            out.append("".join(c if c.isalnum() or c == "_" else "_" for c in plain))
+            continue
+        description = unicodedata.name(char, "")
+        if " LETTER " in description:  # GREEK SMALL LETTER SIGMA → sigma
+            letter = description.split(" LETTER ", 1)[1].lower().replace(" ", "_").replace("-", "_")
+            out.append(letter.capitalize() if " CAPITAL " in description else letter)
+        else:
+            out.append(f"u{ord(char):x}")
+    return "".join(out)
+
+
+def identifier(text: str, fallback: str = "v") -> str:
+    """A plain-ASCII Python identifier for ``text`` (``ascii_name``), prefixed ``fallback_`` when that
+    alone is not one (empty, a leading digit, a keyword): every name the generated code defines."""
+    name = ascii_name(text)
+    if not name or name[0].isdigit() or keyword.iskeyword(name):
+        name = f"{fallback}_{name}".rstrip("_") or fallback
+    return name
+
+
 def is_valid_name(name: str) -> bool:
-    return name.isidentifier() and name not in RESERVED and not name.startswith("_")
+    """A user's name worth keeping for a value: an identifier not reserved and not private. Only a hint:
+    ``assign_names`` spells every name in ASCII and makes it unique."""
+    return isinstance(name, str) and name.isidentifier() and name not in RESERVED and not name.startswith("_")
+
+
+def _hint_name(hint) -> str | None:
+    """The ASCII name a hinted value gets, when its hint gives a usable one."""
+    if not hint:
+        return None
+    name = ascii_name(hint)
+    return name if is_valid_name(name) else None
 
 
 def defined_vars(nodes) -> list:
@@ -165,12 +208,15 @@ def defined_vars(nodes) -> list:
 def assign_names(graph: Graph, reserved=frozenset()) -> dict:
     """Map each Var of ``graph`` to a unique, deterministic display name.
 
-    Hinted values keep their hint when it is free, cotangents are ``grad_<name>``, the rest are
-    numbered ``s0, s1, ...`` in the order they are defined. ``reserved`` holds names the caller needs
-    for itself (kernel names).
+    Hinted values keep their hint (spelled in ASCII, ``ascii_name``) when it is free, cotangents are
+    ``grad_<name>``, the rest are numbered ``s0, s1, ...`` in the order they are defined. ``reserved``
+    holds names the caller needs for itself (kernel names, the function's own name). Every name is an
+    ASCII identifier and no two are equal, whatever the user's names (``"ｙ"`` and ``"y"`` are ``y`` and
+    ``y_1``).
     """
     order = list(graph.inputs) + defined_vars(graph.nodes)
-    taken = set(reserved) | {v.hint for v in order if v.hint and is_valid_name(v.hint)}
+    hinted = {v: _hint_name(v.hint) for v in order if v.hint}
+    taken = set(reserved) | {name for name in hinted.values() if name}
     names: dict = {}
     used: set = set(reserved)
     counter = 0
@@ -195,8 +241,8 @@ def assign_names(graph: Graph, reserved=frozenset()) -> dict:
     for var in order:
         if var in names:  # a value several fused loops compute again
             continue
-        if var.hint and is_valid_name(var.hint):
-            name(var, unique(var.hint))
+        if hinted.get(var):
+            name(var, unique(hinted[var]))
         elif var.grad_of is not None and var.grad_of in names:
             name(var, unique("grad_" + names[var.grad_of]))
         elif var.grad_of is not None and var.grad_of in present:

@@ -1,12 +1,10 @@
 """Numba versions of the primitives' kernels, for generated code to import by name.
 
 ``from tracegrad.kernels import sigmoid`` gives the ``kernel`` a primitive declares as a
-``numba.njit(cache=True)`` function, so generated code that calls it loads from Numba's disk cache in
-a new process. Kernels of elementwise primitives take scalars: codegen calls them inside loops.
+``numba.njit(cache=True)`` function (``backend.jit``: compiled in memory if Numba has nowhere to cache
+it), so generated code that calls it loads from Numba's disk cache in a new process. Kernels of elementwise primitives take scalars: codegen calls them inside loops.
 """
-import numba
-
-from . import primitives  # noqa: F401  (registers the primitives)
+from . import backend, primitives  # noqa: F401  (registers the primitives)
 from .core import PRIMITIVES
 
 
@@ -28,7 +26,7 @@ _TABLE = kernel_functions()
 def __getattr__(name):
     if name not in _TABLE:
         raise AttributeError(f"tracegrad.kernels has no kernel {name!r}")
-    compiled = numba.njit(cache=True, error_model="numpy")(_TABLE[name])
+    compiled = backend.jit(_TABLE[name], error_model="numpy")  # cached on disk when Numba can
     globals()[name] = compiled
     return compiled
 
