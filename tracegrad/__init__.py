@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 from . import primitives as _primitives  # noqa: F401  (registers every primitive)
 from .api import Compiled, Function, grad, jit, make_graph, source, value_and_grad
-from .backend import cache_dir, set_cache_dir
+from .backend import cache_dir, set_cache_dir, tune_malloc
 from .errors import (CompileError, GradTypeError, NonFiniteError, ShapeError, TracegradError, TracingError,
                      UnsupportedError)
 from .ir import Aval, Graph
@@ -27,7 +27,7 @@ from .testing import KinkWarning, check_grad, numeric_grad
 __all__ = [
     "nn", "optim", "fit", "History", "DataError", "TrainingError",
     "grad", "value_and_grad", "jit", "make_graph", "source", "sigmoid", "stop_gradient",
-    "Function", "Compiled", "Graph", "Aval", "cache_dir", "set_cache_dir",
+    "Function", "Compiled", "Graph", "Aval", "cache_dir", "set_cache_dir", "tune_malloc",
     "TracegradError", "TracingError", "UnsupportedError", "ShapeError", "GradTypeError", "CompileError",
     "NonFiniteError",
     "draw", "Drawing", "MissingDependencyError",

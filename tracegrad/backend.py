@@ -7,6 +7,7 @@ processes can share one cache directory. Set it with ``TRACEGRAD_CACHE_DIR`` or 
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import importlib.util
 import os
@@ -14,6 +15,7 @@ import sys
 import tempfile
 import threading
 import warnings
+import weakref
 from pathlib import Path
 
 import numba
@@ -27,31 +29,49 @@ from .errors import CompileError
 # Generated code multiplies transposed views; Numba handles them correctly, only warns about speed.
 warnings.filterwarnings("ignore", message=".*is faster on contiguous arrays", category=NumbaPerformanceWarning)
 
-def _tune_malloc() -> bool:
-    """Keep glibc from returning every freed large array to the OS at once.
+MALLOC_TUNED = False  # whether tune_malloc() has changed glibc's malloc in this process
 
-    Compiled code allocates its temporaries with malloc; glibc serves blocks over 128 KiB with mmap and
-    unmaps them on free, so each call pays page faults for every large temporary (10x slower on a
-    100,000-element Rosenbrock gradient). PyTorch and JAX avoid this with caching allocators; we raise
-    glibc's thresholds instead (64 MiB for mmap, 256 MiB kept before trimming). Set
-    ``TRACEGRAD_TUNE_MALLOC=0`` to leave malloc alone.
+
+def tune_malloc() -> bool:
+    """Opt in: keep glibc's malloc from returning every large freed array to the OS at once.
+
+    Compiled code allocates its temporaries with malloc. glibc serves blocks over its mmap threshold
+    (128 KiB at first, then rising with what is freed) with mmap and gives freed memory at the top of
+    the heap back to the OS, so a call can pay page faults for its large temporaries again and again.
+    This raises the mmap threshold to 64 MiB and the trim threshold to 256 MiB. It is process-wide,
+    so it changes the behaviour of every other library in the process, and the process keeps up to
+    256 MiB of freed memory: tracegrad never does it unless asked, by this call or by setting the
+    environment variable ``TRACEGRAD_TUNE_MALLOC=1`` before importing tracegrad. Measured gains are in
+    benchmarks/RESULTS.md (a few percent on a 10⁶-element Rosenbrock gradient, more on an MLP step at
+    batch 1024). Returns whether malloc was tuned (False on anything but glibc).
+
+    >>> import tracegrad as tg
+    >>> tuned = tg.tune_malloc()  # once, at the start of a program that trains on large batches
     """
-    if os.environ.get("TRACEGRAD_TUNE_MALLOC", "1") == "0" or not sys.platform.startswith("linux"):
+    global MALLOC_TUNED
+    if not sys.platform.startswith("linux"):
         return False
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
         M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, 64 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 256 << 20))
+        tuned = bool(libc.mallopt(M_MMAP_THRESHOLD, 64 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 256 << 20))
     except (OSError, AttributeError):  # not glibc
         return False
+    MALLOC_TUNED = MALLOC_TUNED or tuned
+    return tuned
 
 
-MALLOC_TUNED = _tune_malloc()
+if os.environ.get("TRACEGRAD_TUNE_MALLOC", "0") not in ("", "0"):
+    tune_malloc()
 
 _cache_dir: Path | None = None
-_loaded: dict = {}
+# path -> dispatcher, while something uses it: dropping a specialisation frees its compiled code. The
+# last few loaded are kept anyway, so that `tg.grad(f)(x)` written in a loop does not load them every time.
+_loaded: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+RECENT_MODULES = 16
+_recent: collections.deque = collections.deque(maxlen=RECENT_MODULES)
 _lock = threading.Lock()
 
 
@@ -99,6 +119,8 @@ def load(module: Module):
     with _lock:
         dispatcher = _loaded.get(path)
         if dispatcher is not None:
+            if dispatcher not in _recent:
+                _recent.append(dispatcher)
             return dispatcher
         if not path.exists() or path.read_text(encoding="utf-8") != module.source:
             _write_atomically(path, module.source)
@@ -113,7 +135,15 @@ def load(module: Module):
             setattr(py_module, part, jit(getattr(py_module, part)))
         dispatcher = jit(getattr(py_module, module.function))
         _loaded[path] = dispatcher
+        _recent.append(dispatcher)
+        weakref.finalize(dispatcher, _forget_module, name, py_module)
         return dispatcher
+
+
+def _forget_module(name: str, py_module) -> None:
+    """Drop a generated module no dispatcher uses any more (unless the name has been loaded again)."""
+    if sys.modules.get(name) is py_module:
+        del sys.modules[name]
 
 
 def compile_error(exc: Exception, module: Module) -> CompileError:
