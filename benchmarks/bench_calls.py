@@ -46,17 +46,20 @@ def tuple_loss(params, X, y):
 
 
 @numba.njit(cache=True)
+def _momentum(p, g, v, lr, momentum):
+    for i in range(p.shape[0]):
+        v[i] = momentum * v[i] + g[i]
+        p[i] -= lr * v[i]
+
+
+@numba.njit(cache=True)
 def hand_sgd_step(W1, b1, W2, b2, X, y, vW1, vb1, vW2, vb2, lr, momentum):
     """The hand-written step: value and gradients derived by hand, then v = momentum v + g; p -= lr v."""
     loss, gW1, gb1, gW2, gb2 = cases.mlp_hand_vg(W1, b1, W2, b2, X, y)
-    for p, g, v in ((W1.ravel(), gW1.ravel(), vW1.ravel()), (W2.ravel(), gW2.ravel(), vW2.ravel())):
-        for i in range(p.shape[0]):
-            v[i] = momentum * v[i] + g[i]
-            p[i] -= lr * v[i]
-    for p, g, v in ((b1, gb1, vb1), (b2, gb2, vb2)):
-        for i in range(p.shape[0]):
-            v[i] = momentum * v[i] + g[i]
-            p[i] -= lr * v[i]
+    _momentum(W1.reshape(-1), gW1.reshape(-1), vW1.reshape(-1), lr, momentum)
+    _momentum(b1, gb1, vb1, lr, momentum)
+    _momentum(W2.reshape(-1), gW2.reshape(-1), vW2.reshape(-1), lr, momentum)
+    _momentum(b2, gb2, vb2, lr, momentum)
     return loss
 
 

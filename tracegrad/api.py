@@ -23,6 +23,7 @@ from .codegen import Module, generate
 from .passes import optimize
 from .core import TracedArray, current_builder
 from .errors import GradTypeError
+from .guards import GuardWriter
 from .interpret import inline
 from .ir import Graph, Literal, Var
 from .pytree import LEAF, TreeDef, flatten, unflatten
@@ -156,10 +157,6 @@ class _Miss:
 _MISS = _Miss()
 
 
-class _Mismatch(Exception):
-    """Raised inside a guard when the arguments are not the ones it was made for."""
-
-
 @dataclass
 class _Result:
     """How a guard writes a specialisation's result from Numba's outputs ``o0, o1, ...``: the result's
@@ -188,103 +185,40 @@ def _make_guard(in_tree: TreeDef, signature: tuple, result: _Result, n_out: int,
     (containers' classes and lengths, dict keys; leaves' classes, dtypes and shapes), then calls the
     compiled function with the leaves and builds the result; otherwise it hands the arguments to
     ``Function._dispatch``. It becomes the ``__call__`` of the class of the function it serves (each
-    Function has a class of its own), so a matching call costs one Python frame. A check per leaf costs
-    far less than flattening and building a key for a dictionary look-up, and Numba's own dispatch
+    Function has a class of its own), so a matching call costs one Python frame. Numba's own dispatch
     would convert an int or a float32 to a float64 silently. None for leaves the general path converts
     (NumPy scalars, 0-d arrays)."""
-    env = {"ndarray": np.ndarray, "Mismatch": _Mismatch, "MISS": _MISS, "kernel": dispatcher,
-           "NUMBA_ERRORS": backend.NUMBA_ERRORS, "compile_error": backend.compile_error, "module": module,
-           "dispatch": Function._dispatch}
-    lines: list = []  # the checks and unpacking, in order: a container is checked before it is indexed
-    conditions: list = []
-
-    def check(condition):
-        conditions.append(condition)
-
-    def flush():
-        if conditions:
-            lines.append(f"if not ({' and '.join(conditions)}):")
-            lines.append("    raise Mismatch")
-            conditions.clear()
-
-    def bind(name, expression):
-        flush()
-        lines.append(f"{name} = {expression}")
-
-    leaf_names: list = []
-    counter = iter(range(1 << 30))
-
-    def unpack(name, tree):
-        if tree.kind == "leaf":
-            leaf_names.append(name)
-            return
-        if tree.kind == "none":
-            check(f"{name} is None")
-            return
-        container = {"tuple": "tuple", "list": "list", "dict": "dict"}[tree.kind]
-        check(f"{name}.__class__ is {container} and len({name}) == {len(tree.children)}")
-        keys = [_constant(env, k) for k in tree.meta] if tree.kind == "dict" else range(len(tree.children))
-        for key, child in zip(keys, tree.children):
-            if child.kind == "none":
-                unpack(f"{name}[{key}]", child)
-                continue
-            child_name = f"n{next(counter)}"
-            bind(child_name, f"{name}[{key}]")
-            unpack(child_name, child)
-
+    writer = GuardWriter()
     params = [f"_a{i}" for i in range(len(in_tree.children))]  # names no caller passes as keywords
-    check("not rest and not kwargs")
-    for param, child in zip(params, in_tree.children):
-        unpack(param, child)
-    for i, (name, sig) in enumerate(zip(leaf_names, signature)):
+    writer.check("not rest and not kwargs")
+    leaves = [name for param, child in zip(params, in_tree.children) for name in writer.unpack(param, child)]
+    for name, sig in zip(leaves, signature):
         if isinstance(sig, type):
-            check(f"{name}.__class__ is {sig.__name__}")
+            writer.check(f"{name}.__class__ is {sig.__name__}")
         elif isinstance(sig, tuple) and len(sig) == 2 and sig[1] != ():
-            env[f"dtype{i}"] = sig[0]
-            check(f"{name}.__class__ is ndarray and {name}.dtype is dtype{i} and {name}.shape == {sig[1]!r}")
+            writer.check_array(name, *sig)
         else:
             return None  # NumPy scalars and 0-d arrays: the general path converts them
-    flush()
+    env = writer.env
+    env.update({"MISS": _MISS, "kernel": dispatcher, "NUMBA_ERRORS": backend.NUMBA_ERRORS,
+                "compile_error": backend.compile_error, "module": module, "dispatch": Function._dispatch})
     env.update(result.constants)
     env.update((f"h{i}", value) for i, value in enumerate(held))
-    outputs = iter(result.leaves)
-    call = ", ".join(leaf_names + [f"h{i}" for i in range(len(held))])
-    body = "".join(f"        {line}\n" for line in lines)
+    call = ", ".join(leaves + [f"h{i}" for i in range(len(held))])
+    given = "".join(p + ", " for p in params)
     source = (f"def __call__(self, {''.join(p + '=MISS, ' for p in params)}*rest, **kwargs):\n"
-              f"    try:\n{body}"
+              f"    try:\n{writer.body('        ')}"
               f"    except (Mismatch, LookupError):\n"
-              f"        return dispatch(self, tuple(a for a in ({''.join(p + ', ' for p in params)}) "
-              f"if a is not MISS) + rest, kwargs)\n"
+              f"        return dispatch(self, tuple(a for a in ({given}) if a is not MISS) + rest, kwargs)\n"
               f"    try:\n"
               f"        {''.join(f'o{i}, ' for i in range(n_out))}= kernel({call})\n"
               f"    except NUMBA_ERRORS as exc:\n"
               f"        raise compile_error(exc, module) from None\n"
-              f"    return {_tree_expression(result.tree, outputs, env)}\n")
+              f"    return {writer.tree_expression(result.tree, iter(result.leaves))}\n")
     exec(compile(source, f"<tracegrad guard for {module.function}>", "exec"), env)
     guard = env["__call__"]
     guard.source = source  # to read when debugging the fast path
     return guard
-
-
-def _constant(env: dict, value) -> str:
-    """A name for ``value`` in the guard's namespace (dict keys: any hashable, not only strings)."""
-    name = f"k{len(env)}"  # the namespace grows by one each time: a new name
-    env[name] = value
-    return name
-
-
-def _tree_expression(tree: TreeDef, leaves, env: dict) -> str:
-    """A Python expression building a pytree of structure ``tree`` from the expressions ``leaves``."""
-    if tree.kind == "leaf":
-        return next(leaves)
-    if tree.kind == "none":
-        return "None"
-    children = [_tree_expression(child, leaves, env) for child in tree.children]
-    if tree.kind == "dict":
-        return "{" + ", ".join(f"{_constant(env, k)}: {c}" for k, c in zip(tree.meta, children)) + "}"
-    if tree.kind == "list":
-        return "[" + ", ".join(children) + "]"
-    return "(" + "".join(c + ", " for c in children) + ")"
 
 
 class _Stale(Exception):
