@@ -88,6 +88,11 @@ def _hyperparameter_names(update_function, n_slots: int) -> tuple:
     return tuple(names[4 + n_slots:])
 
 
+@functools.lru_cache(maxsize=None)
+def _source_of(function) -> str:
+    return textwrap.dedent(inspect.getsource(function))
+
+
 class Optimizer:
     """Base class. A subclass names its state ``slots`` and its ``update_function``, whose arguments are
     ``(param, grad, *slots, lr, t, *hyperparameters)``; each hyperparameter is an attribute of the same name."""
@@ -123,7 +128,7 @@ class Optimizer:
 
     @classmethod
     def update_source(cls) -> str:
-        return textwrap.dedent(inspect.getsource(cls.update_function))
+        return _source_of(cls.update_function)
 
     @property
     def kernel(self):
