@@ -33,7 +33,15 @@ def _assert_same(a, b):
 
 
 def _takes_fast_path(f, *args) -> bool:
-    return type(f).__call__ is f.specialize(*args).guard is not None
+    """Whether calling ``f(*args)`` now goes through its guard alone (never reaching ``Function._use``,
+    which every other path calls)."""
+    slow = []
+    f._use = lambda entry: (slow.append(entry), type(f)._use(f, entry))
+    try:
+        f(*args)
+    finally:
+        del f._use
+    return not slow and type(f).__call__ is f.specialize(*args).guard is not None
 
 
 def _mlp(params, x):
@@ -215,3 +223,21 @@ def test_del_f_frees_its_compiled_code(tree, rng, no_recent_modules):
     del f
     gc.collect()
     assert [r() for r in refs] == [None] * len(refs)
+
+
+def test_arrays_numba_made_take_the_fast_path_too():
+    # Numba's float32 arrays hold a dtype equal to, but not the same object as, NumPy's own
+    x = tg.jit(lambda x: x * 2.0)(np.ones(3, np.float32))
+    assert x.dtype == np.float32
+    f = tg.grad(lambda p: np.sum(p["x"] ** 2))
+    f({"x": np.ones(3, np.float32)})
+    assert _takes_fast_path(f, {"x": x})
+    np.testing.assert_array_equal(f({"x": x})["x"], 4 * np.ones(3, np.float32))
+
+
+def test_the_guard_writer_example_holds():
+    import doctest
+
+    from tracegrad import guards
+
+    assert doctest.testmod(guards).failed == 0
