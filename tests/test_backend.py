@@ -7,15 +7,6 @@ import textwrap
 import pytest
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux-only")
-@pytest.mark.parametrize("setting,expected", [("1", "True"), ("0", "False")])
-def test_malloc_tuning_is_on_by_default_and_can_be_turned_off(setting, expected):
-    env = dict(os.environ, TRACEGRAD_TUNE_MALLOC=setting)
-    out = subprocess.run([sys.executable, "-c", "import tracegrad.backend as b; print(b.MALLOC_TUNED)"],
-                         capture_output=True, text=True, env=env, check=True).stdout.strip()
-    assert out == expected
-
-
 def test_generated_files_are_written_atomically_and_only_once(tmp_path):
     import numpy as np
     import tracegrad as tg
@@ -255,3 +246,31 @@ def test_a_cache_directory_deleted_while_running_is_made_again(cache):
         warnings.simplefilter("error", tg.CacheWarning)
         np.testing.assert_allclose(tg.grad(lambda x: np.sum(x ** 3))(np.ones(2)), [3.0, 3.0])
     assert _mode(cache) == 0o700 and list(cache.glob("*.py"))
+_SPY = """
+import ctypes, sys
+called = []
+class Spy(ctypes.CDLL):  # records every C function looked up through ctypes.CDLL
+    def __getattr__(self, name):
+        called.append(name)
+        return super().__getattr__(name)
+    def __getitem__(self, name):
+        called.append(name)
+        return super().__getitem__(name)
+ctypes.CDLL = Spy
+import numpy as np, tracegrad as tg
+tg.grad(lambda x: np.sum(x * x))(np.ones(3))
+if sys.argv[1] == "call":
+    print(tg.tune_malloc())
+import tracegrad.backend as b
+print("mallopt" in called, b.MALLOC_TUNED)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux-only")
+@pytest.mark.parametrize("setting,how,expected", [
+    ("", "import", "False False"), ("0", "import", "False False"),  # the default: malloc left alone
+    ("1", "import", "True True"), ("", "call", "True\nTrue True")])  # opted in: the variable or the call
+def test_malloc_is_left_alone_unless_asked(setting, how, expected):
+    env = dict(os.environ, TRACEGRAD_TUNE_MALLOC=setting)
+    out = subprocess.run([sys.executable, "-c", _SPY, how], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == expected, out.stderr

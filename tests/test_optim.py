@@ -231,3 +231,98 @@ def test_non_contiguous_parameter_is_refused():
     W = np.ones((3, 2)).T
     with pytest.raises(tg.DataError, match="C-contiguous"):
         opt.update([W], [np.ones((2, 3))], opt.init([W]))
+
+
+# ------------------------------------------------------------------------------ the fast path of update
+
+
+def _reference_update(opt, params, grads, state):
+    """One update the slow way: ``opt.kernel`` on each flattened array, as ``update`` did before its fast path."""
+    leaves, _ = tg.pytree.flatten(params)
+    grad_leaves = tg.pytree.flatten(grads)[0]
+    slots = [tg.pytree.flatten(state[s])[0] for s in opt.slots]
+    step = state["step"]
+    for i, p in enumerate(leaves):
+        opt.kernel(p.reshape(-1), np.ascontiguousarray(grad_leaves[i], p.dtype).reshape(-1),
+                   *(s[i].reshape(-1) for s in slots), opt.learning_rate(step), step + 1, *opt.hyperparameters())
+    state["step"] = step + 1
+
+
+@pytest.mark.parametrize("make", [lambda: optim.SGD(lr=optim.step_lr(0.1, every=2), momentum=0.9, nesterov=True),
+                                  lambda: optim.Adam(lr=0.01, weight_decay=0.1), lambda: optim.AdamW(lr=0.01),
+                                  lambda: optim.RMSProp(lr=0.01, momentum=0.5)])
+def test_the_fast_path_updates_exactly_as_the_slow_path(make, rng):
+    params = {"layers": [{"W": rng.normal(size=(3, 4)), "b": np.zeros(4, np.float32)}], "scale": np.array(2.0)}
+    copy = {"layers": [{k: v.copy() for k, v in params["layers"][0].items()}], "scale": params["scale"].copy()}
+    fast, slow = make(), make()
+    fast_state, slow_state = fast.init(params), slow.init(copy)
+    for step in range(5):
+        grads = {"layers": [{"W": rng.normal(size=(3, 4)), "b": rng.normal(size=4).astype(np.float32)}],
+                 "scale": np.array(rng.normal())}
+        fast.update(params, grads, fast_state)
+        _reference_update(slow, copy, grads, slow_state)
+        assert fast.__dict__.get("_fast") is not None  # taken from the second step on
+        for a, b in zip(tg.pytree.flatten(params)[0], tg.pytree.flatten(copy)[0]):
+            np.testing.assert_array_equal(a, b)
+        assert fast_state["step"] == slow_state["step"] == step + 1
+    for slot in fast.slots:
+        for a, b in zip(tg.pytree.flatten(fast_state[slot])[0], tg.pytree.flatten(slow_state[slot])[0]):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_once_fast_a_bad_update_still_changes_nothing_and_says_why():
+    opt = optim.SGD(lr=0.1, momentum=0.9)
+    params = {"a": np.ones(2), "b": np.ones((3, 2))}
+    state = opt.init(params)
+    good = {"a": np.ones(2), "b": np.ones((3, 2))}
+    opt.update(params, good, state)
+    opt.update(params, good, state)
+    assert opt.__dict__.get("_fast") is not None
+    before = {k: v.copy() for k, v in params.items()}
+    velocity = {k: v.copy() for k, v in state["velocity"].items()}
+    for grads, error in (({"a": np.ones(2), "b": np.ones((2, 3))}, tg.DataError),   # wrong shape, last leaf
+                         ({"a": np.ones(2), "c": np.ones((3, 2))}, tg.DataError),   # wrong keys
+                         ({"a": np.ones(2), "b": np.ones(6)}, tg.DataError),        # same size, wrong shape
+                         ({"a": [1.0, 1.0], "b": np.ones((3, 2))}, tg.DataError)):  # a list: another pytree
+        with pytest.raises(error):
+            opt.update(params, grads, state)
+    for params_now, message in (({"a": np.ones(2), "b": np.ones((2, 3)).T}, "C-contiguous"),
+                                ({"a": np.ones(2), "b": np.ones((3, 2), np.int64)}, "float")):
+        with pytest.raises(tg.TracegradError, match=message):
+            opt.update(params_now, good, opt.init({"a": np.ones(2), "b": np.ones((3, 2))}))
+    frozen = np.ones((3, 2))
+    frozen.flags.writeable = False
+    with pytest.raises(tg.DataError, match="writable"):
+        opt.update({"a": np.ones(2), "b": frozen}, good, opt.init(params))
+    for k in params:
+        np.testing.assert_array_equal(params[k], before[k])
+        np.testing.assert_array_equal(state["velocity"][k], velocity[k])
+    assert state["step"] == 2
+
+
+def test_once_fast_other_gradients_are_converted_as_before(rng):
+    opt = optim.SGD(lr=0.5)
+    params = {"W": np.ones((2, 3), np.float32)}
+    state = opt.init(params)
+    opt.update(params, {"W": np.zeros((2, 3), np.float32)}, state)
+    opt.update(params, {"W": np.zeros((2, 3), np.float32)}, state)
+    g = rng.normal(size=(3, 2))
+    for grads in ({"W": g.T}, {"W": g.T.astype(np.float32)}, {"W": g.T.copy()}):  # a view, float64
+        expected = params["W"] - np.float32(0.5) * grads["W"].astype(np.float32)
+        opt.update(params, grads, state)
+        np.testing.assert_allclose(params["W"], expected, rtol=1e-6)
+        assert params["W"].dtype == np.float32
+
+
+def test_an_optimizer_with_a_fast_path_pickles():
+    import pickle
+
+    opt = optim.Adam(lr=0.01)
+    params = [np.ones(2)]
+    state = opt.init(params)
+    opt.update(params, [np.ones(2)], state)
+    opt.update(params, [np.ones(2)], state)
+    copy = pickle.loads(pickle.dumps(opt))
+    assert repr(copy) == repr(opt) and "_fast" not in copy.__dict__
+    copy.update(params, [np.ones(2)], state)
+    assert state["step"] == 3

@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 from . import primitives as _primitives  # noqa: F401  (registers every primitive)
 from .api import Compiled, Function, grad, jit, make_graph, source, value_and_grad
-from .backend import cache_dir, set_cache_dir
+from .backend import cache_dir, set_cache_dir, tune_malloc
 from .errors import (CompileError, GradTypeError, NonFiniteError, ShapeError, TracegradError, TracingError,
                      UnsupportedError)
 from .ir import Aval, Graph
@@ -33,7 +33,7 @@ __all__ = [
     "grad", "value_and_grad", "jit", "make_graph", "source", "sigmoid", "stop_gradient",
     "scan", "fori_loop", "while_loop", "custom_vjp", "vmap", "jacrev", "jacfwd", "jacobian", "hessian", "hvp",
     "jvp", "vjp",
-    "Function", "Compiled", "Graph", "Aval", "cache_dir", "set_cache_dir",
+    "Function", "Compiled", "Graph", "Aval", "cache_dir", "set_cache_dir", "tune_malloc",
     "TracegradError", "TracingError", "UnsupportedError", "ShapeError", "GradTypeError", "CompileError",
     "NonFiniteError", "HeldArrayWarning", "CacheError", "CacheWarning",
     "draw", "Drawing", "MissingDependencyError",

@@ -7,6 +7,7 @@ straight to the compiled Numba function.
 from __future__ import annotations
 
 import functools
+from collections import OrderedDict
 import os
 import logging
 import time
@@ -21,9 +22,10 @@ from .codegen import Module, generate
 from .passes import optimize
 from .core import TracedArray, current_builder
 from .errors import GradTypeError
+from .guards import GuardWriter
 from .interpret import inline
 from .ir import Graph, Literal, Var, ascii_name
-from .pytree import TreeDef, flatten, unflatten
+from .pytree import LEAF, TreeDef, flatten, unflatten
 from .tracer import Traced, arg_names, aval_of, container_note, trace
 
 _SCALARS = (float, int, bool)
@@ -107,9 +109,11 @@ class Compiled:
     dispatcher: Any
     traced: Traced
     pack: Callable  # (outputs, argument leaves) -> the result the user sees
-    direct: str | None = None  # the same as an expression of the outputs `o0, o1, ...`, when no leaf needs converting
-    signature: tuple = ()  # the flat arguments' signatures (_signature), when the arguments are flat
+    direct: _Result | None = None  # the same, as expressions of the outputs, when the guard can write it
+    in_tree: TreeDef | None = None  # the structure of the arguments (a tuple of them) and their leaves'
+    signature: tuple = ()  # signatures (_signature): what the guard checks
     timings: dict = field(default_factory=dict)  # seconds per stage: trace, autodiff, passes, codegen, load, numba
+    key: tuple = ()  # the key of the function's specialisation cache
 
     def __post_init__(self):
         captures = self.traced.captures
@@ -118,9 +122,9 @@ class Compiled:
         # A 0-d array is passed as a scalar: the guard would keep its value at the time it was made.
         held = all(c.held and c.var.aval.shape for c in captures)
         self.guard = None
-        if held and self.direct is not None and self.signature:
-            self.guard = _make_guard(self.signature, self.direct, len(self.graph.outputs), self.dispatcher,
-                                     [c.current() for c in captures], self.module)
+        if held and self.direct is not None and self.in_tree is not None:
+            self.guard = _make_guard(self.in_tree, self.signature, self.direct, len(self.graph.outputs),
+                                     self.dispatcher, [c.current() for c in captures], self.module)
 
     @property
     def source(self) -> str:
@@ -153,47 +157,95 @@ class _Miss:
 _MISS = _Miss()
 
 
-def _make_guard(signature: tuple, result: str, n_out: int, dispatcher, held: list, module: Module) -> Callable:
-    """A ``__call__`` written for one specialisation: it checks that the arguments match its signature
-    exactly (class, dtype, shape), then calls the compiled function; otherwise it hands them to
-    ``Function._dispatch``. It becomes the class's ``__call__`` of the function it serves (each Function
-    has a class of its own), so a matching call costs one Python frame. A check per argument costs far
-    less than building a key for a dictionary look-up, and Numba's own dispatch would convert an int or a
-    float32 to a float64 silently."""
-    params, checks, env = [], [], {"np": np, "kernel": dispatcher, "MISS": _MISS, "ndarray": np.ndarray,
-                                   "NUMBA_ERRORS": backend.NUMBA_ERRORS, "compile_error": backend.compile_error,
-                                   "module": module, "dispatch": Function._dispatch}
-    for i, sig in enumerate(signature):
-        a = f"_a{i}"  # names no caller passes as keywords: those go to the general path
-        params.append(a)
+@dataclass
+class _Result:
+    """How a guard writes a specialisation's result from Numba's outputs ``o0, o1, ...``: the result's
+    structure and, for each of its leaves, an expression of the outputs (``o2``, ``float32(o0)``);
+    ``constants`` are the names those expressions use."""
+
+    tree: TreeDef
+    leaves: list
+    constants: dict = field(default_factory=dict)
+
+
+def _output_expression(i: int, var, constants: dict) -> str:
+    """Output ``i`` as ``_as_output`` returns it, written as an expression of ``o{i}``."""
+    if _returned_as_is(var):
+        return f"o{i}"
+    if isinstance(var, Literal):  # a Python constant the function returned: as it was
+        constants[f"c{i}"] = var.value
+        return f"c{i}"
+    constants[f"t{i}"] = var.aval.dtype.type
+    return f"t{i}(o{i})"
+
+
+def _make_guard(in_tree: TreeDef, signature: tuple, result: _Result, n_out: int, dispatcher, held: list,
+                module: Module) -> Callable | None:
+    """A ``__call__`` written for one specialisation: it checks that the arguments match it exactly
+    (containers' classes and lengths, dict keys; leaves' classes, dtypes and shapes), then calls the
+    compiled function with the leaves and builds the result; otherwise it hands the arguments to
+    ``Function._dispatch``. It becomes the ``__call__`` of the class of the function it serves (each
+    Function has a class of its own), so a matching call costs one Python frame. Numba's own dispatch
+    would convert an int or a float32 to a float64 silently. None for leaves the general path converts
+    (NumPy scalars, 0-d arrays)."""
+    writer = GuardWriter()
+    params = [f"_a{i}" for i in range(len(in_tree.children))]  # names no caller passes as keywords
+    writer.check("not rest and not kwargs")
+    leaves = [name for param, child in zip(params, in_tree.children) for name in writer.unpack(param, child)]
+    for name, sig in zip(leaves, signature):
         if isinstance(sig, type):
-            checks.append(f"{a}.__class__ is {sig.__name__}")
-        elif isinstance(sig, tuple) and len(sig) == 2:
-            env[f"dtype{i}"] = sig[0]
-            checks.append(f"{a}.__class__ is ndarray and {a}.dtype is dtype{i} and {a}.shape == {sig[1]!r}")
+            writer.check(f"{name}.__class__ is {sig.__name__}")
+        elif isinstance(sig, tuple) and len(sig) == 2 and sig[1] != ():
+            writer.check_array(name, *sig)
         else:
-            return None  # NumPy scalars: the general path converts them
+            return None  # NumPy scalars and 0-d arrays: the general path converts them
+    env = writer.env
+    env.update({"MISS": _MISS, "kernel": dispatcher, "NUMBA_ERRORS": backend.NUMBA_ERRORS,
+                "compile_error": backend.compile_error, "module": module, "dispatch": Function._dispatch})
+    env.update(result.constants)
     env.update((f"h{i}", value) for i, value in enumerate(held))
-    call = ", ".join(params + [f"h{i}" for i in range(len(held))])
-    given = "".join(f"{a}, " for a in params)
+    call = ", ".join(leaves + [f"h{i}" for i in range(len(held))])
+    given = "".join(p + ", " for p in params)
     source = (f"def __call__(self, /, {''.join(p + '=MISS, ' for p in params)}*rest, **kwargs):\n"
-              f"    if {' and '.join(checks + ['not rest', 'not kwargs'])}:\n"
-              f"        try:\n"
-              f"            {''.join(f'o{i}, ' for i in range(n_out))}= kernel({call})\n"
-              f"        except NUMBA_ERRORS as exc:\n"
-              f"            raise compile_error(exc, module) from None\n"
-              f"        return {result}\n"
-              f"    return dispatch(self, tuple(a for a in ({given}) if a is not MISS) + rest, kwargs)\n")
+              f"    try:\n{writer.body('        ')}"
+              f"    except (Mismatch, LookupError):\n"
+              f"        return dispatch(self, tuple(a for a in ({given}) if a is not MISS) + rest, kwargs)\n"
+              f"    try:\n"
+              f"        {''.join(f'o{i}, ' for i in range(n_out))}= kernel({call})\n"
+              f"    except NUMBA_ERRORS as exc:\n"
+              f"        raise compile_error(exc, module) from None\n"
+              f"    return {writer.tree_expression(result.tree, iter(result.leaves))}\n")
     exec(compile(source, f"<tracegrad guard for {module.function}>", "exec"), env)
-    return env["__call__"]
+    guard = env["__call__"]
+    guard.source = source  # to read when debugging the fast path
+    return guard
 
 
 class _Stale(Exception):
     """A captured array changed shape or dtype since tracing: trace again."""
 
 
+def _max_specializations() -> int:
+    value = os.environ.get("TRACEGRAD_MAX_SPECIALIZATIONS", "256")
+    try:
+        return max(1, int(value))
+    except ValueError:
+        raise ValueError(f"TRACEGRAD_MAX_SPECIALIZATIONS must be a positive int, got {value!r}") from None
+
+
 class Function:
-    """A function transformed by ``grad``, ``value_and_grad`` or ``jit``. Call it like the original."""
+    """A function transformed by ``grad``, ``value_and_grad`` or ``jit``. Call it like the original.
+
+    It keeps at most ``max_specializations`` specialisations (argument structures, shapes and dtypes)
+    alive, 256 unless the environment variable ``TRACEGRAD_MAX_SPECIALIZATIONS`` says otherwise; past
+    that it drops the one used least recently (traced again, and compiled again or loaded from Numba's
+    disk cache, if it is needed again). Set it per function: ``f.max_specializations = 8``. A dropped
+    specialisation, or all of them after ``del f``, frees its graph, source and Numba dispatcher, but
+    not its machine code: Numba keeps every function it has compiled or loaded until the process ends
+    (about 1.5 MiB for a small one), so the bound is generous.
+    """
+
+    max_specializations: int = _max_specializations()
 
     def __init__(self, fun: Callable, mode: str, argnums=0, has_aux: bool = False, debug_nans: bool | None = None):
         if not callable(fun):
@@ -207,7 +259,10 @@ class Function:
         if debug_nans is None:
             debug_nans = os.environ.get("TRACEGRAD_DEBUG_NANS", "") not in ("", "0")
         self.debug_nans = debug_nans
-        self._cache: dict = {}
+        # (argument structure, leaf signatures) -> Compiled, the least recently used first
+        self._cache: OrderedDict = OrderedDict()
+        self._flat: dict = {}  # leaf signatures -> Compiled, for flat arguments: one look-up, no flattening
+        self._installed: Compiled | None = None  # whose guard is the class's __call__
         functools.update_wrapper(self, fun, updated=())  # not __dict__: fun may be a Function itself
         # a class of its own, whose __call__ becomes the guard of the specialisation last called
         self.__class__ = type("Function", (Function,), {"__module__": __name__, "__qualname__": "Function"})
@@ -243,13 +298,12 @@ class Function:
         if kwargs:  # keyword arguments are matched to their positions, then treated like the rest
             args = _positional(self.fun, args, kwargs)
         try:
-            entry = self._cache[tuple([a.__class__ if a.__class__ in _SCALARS else _signature(a) for a in args])]
+            entry = self._flat[tuple([a.__class__ if a.__class__ in _SCALARS else _signature(a) for a in args])]
         except (KeyError, TypeError):
             entry = None
         if entry is None:  # outside the except block: a tracing error must not show this KeyError as its context
             return self._call_general(args)
-        if entry.guard is not None:
-            type(self).__call__ = entry.guard  # the next call like this one takes the fast path
+        self._use(entry)
         try:
             return entry.run(args)
         except _Stale:
@@ -261,6 +315,7 @@ class Function:
         if any(isinstance(leaf, TracedArray) for leaf in leaves):
             return self._call_traced(args, leaves)
         entry = self.specialize(*args, _retrace=retrace)
+        self._use(entry)
         if "numba" in entry.timings:
             return entry.run(leaves)
         clock = _Stopwatch()  # the first call: Numba compiles, or loads from its cache
@@ -285,10 +340,38 @@ class Function:
         entry = None if _retrace else self._cache.get(key)
         if entry is None:
             entry = self._build(args, leaves)
-            self._cache[key] = entry
-            if in_tree == flatten(tuple(range(len(args))))[1]:  # flat arguments: the fast path's key
-                self._cache[tuple(_signature(leaf) for leaf in leaves)] = entry
+            entry.key = key
+            self._remember(entry, flat=in_tree == flatten(tuple(range(len(args))))[1])
+        else:
+            self._cache.move_to_end(key)
         return entry
+
+    def _remember(self, entry: Compiled, flat: bool) -> None:
+        """Keep ``entry``, dropping the least recently used specialisations past ``max_specializations``."""
+        self._cache[entry.key] = entry
+        self._cache.move_to_end(entry.key)
+        if flat:  # the fast path's key
+            self._flat[entry.key[1]] = entry
+        while len(self._cache) > max(1, self.max_specializations):
+            _, old = self._cache.popitem(last=False)
+            if self._flat.get(old.key[1]) is old:
+                del self._flat[old.key[1]]
+            if self._installed is old:  # its guard must not keep it alive
+                type(self).__call__ = Function.__call__
+                self._installed = None
+
+    def _use(self, entry: Compiled) -> None:
+        """``entry`` is being called: it becomes the most recently used, and its guard the fast path."""
+        installed = self._installed
+        try:
+            if installed is not None and self._cache.get(installed.key) is installed:
+                self._cache.move_to_end(installed.key)  # its calls took the fast path, unseen until now
+            self._cache.move_to_end(entry.key)
+        except KeyError:  # dropped by another thread meanwhile
+            return
+        if entry.guard is not None:
+            type(self).__call__ = entry.guard  # the next call like this one takes the fast path
+            self._installed = entry
 
     def graph(self, *args) -> Graph:
         """The graph this function runs for arguments like ``args`` (value and gradients in one graph)."""
@@ -343,11 +426,9 @@ class Function:
         clock.lap("codegen")
         dispatcher = backend.load(module)
         clock.lap("load")
-        if any(type(leaf) is np.ndarray and leaf.ndim == 0 for leaf in leaves):
-            direct = None  # 0-d arrays are passed to Numba as scalars
-        flat = flatten(args)[1] == flatten(tuple(range(len(args))))[1]
-        signature = tuple(_signature(leaf) for leaf in leaves) if flat else ()
-        return Compiled(graph, module, dispatcher, traced, pack, direct, signature, clock.laps)
+        in_tree = flatten(args)[1]
+        signature = tuple(_signature(leaf) for leaf in leaves)
+        return Compiled(graph, module, dispatcher, traced, pack, direct, in_tree, signature, clock.laps)
 
     def _transform(self, traced: Traced, args, wrt):
         """The graph to compile, and how to turn its flat outputs back into this function's results."""
@@ -360,7 +441,8 @@ class Function:
 
             def pack(values, leaves):
                 return unflatten(out_tree, [_as_output(v, var) for v, var in zip(values, outs)])
-            direct = "o0" if out_tree.kind == "leaf" and _returned_as_is(outs[0]) else None
+            constants: dict = {}
+            direct = _Result(out_tree, [_output_expression(i, v, constants) for i, v in enumerate(outs)], constants)
             return graph, pack, direct
 
         value_tree, aux_tree = _split_aux(out_tree, self.has_aux, graph.name, container_note(self.fun, args))
@@ -384,22 +466,33 @@ class Function:
                 aux = unflatten(aux_tree, [_as_output(v, var) for v, var in zip(values[1:n_out], outs[1:])])
                 return (result, aux) if mode == "grad" else ((value, aux), result)
             return result if mode == "grad" else (value, result)
-        return vg, pack, self._direct_pack(args, outs, len(vg.outputs))
+        return vg, pack, self._direct_pack(args, outs, wrt, arg_trees, aux_tree)
 
-    def _direct_pack(self, args, outs, n: int) -> str | None:
-        """For the common case (argnums pick plain floats or arrays, no aux), the result is Numba's ``n``
-        outputs ``o0, o1, ...`` regrouped, with no pytree work: the expression that regroups them, or None."""
-        argnums = self.argnums
-        picked = [argnums] if isinstance(argnums, int) else list(argnums)
-        if self.has_aux or not all(type(args[i]) is float or (type(args[i]) is np.ndarray and args[i].ndim)
-                                   for i in picked):
+    def _direct_pack(self, args, outs, wrt, arg_trees, aux_tree) -> _Result | None:
+        """``pack`` as expressions of Numba's outputs ``o0, o1, ...``, for the guard to write; None when a
+        gradient needs converting to its argument's form (NumPy scalars, 0-d arrays)."""
+        leaves = flatten(args)[0]
+        if not all(type(leaves[i]) is float or (type(leaves[i]) is np.ndarray and leaves[i].ndim) for i in wrt):
             return None
-        grads = "o1" if isinstance(argnums, int) else f"({''.join(f'o{i}, ' for i in range(1, n))})"
+        constants: dict = {}
+        n_out = len(outs)
+        value = _output_expression(0, outs[0], constants)
+        aux = [_output_expression(i, v, constants) for i, v in enumerate(outs[1:], 1)]
+        grads = [f"o{i}" for i in range(n_out, n_out + len(wrt))]
+        if isinstance(self.argnums, int):
+            grad_tree = arg_trees[self.argnums]
+        else:
+            grad_tree = TreeDef("tuple", None, tuple(arg_trees[i] for i in self.argnums))
         if self.mode == "grad":
-            return grads
-        # a float32 loss: Numba returns it as a Python float
-        value = "o0" if _returned_as_is(outs[0]) else f"np.{outs[0].aval.dtype.name}(o0)"
-        return f"({value}, {grads})"
+            tree, exprs = grad_tree, grads
+            if self.has_aux:
+                tree, exprs = TreeDef("tuple", None, (grad_tree, aux_tree)), grads + aux
+        elif self.has_aux:
+            tree = TreeDef("tuple", None, (TreeDef("tuple", None, (LEAF, aux_tree)), grad_tree))
+            exprs = [value] + aux + grads
+        else:
+            tree, exprs = TreeDef("tuple", None, (LEAF, grad_tree)), [value] + grads
+        return _Result(tree, exprs, constants)
 
     # ------------------------------------------------------------------ inside another trace (grad of grad)
 

@@ -14,6 +14,7 @@ be written, a private temporary directory is used, or nothing (compiled in memor
 from __future__ import annotations
 
 import atexit
+import collections
 import errno
 import hashlib
 import importlib.util
@@ -27,6 +28,7 @@ import tempfile
 import threading
 import types
 import warnings
+import weakref
 from pathlib import Path
 
 import numba
@@ -40,31 +42,49 @@ from .errors import CacheError, CacheWarning, CompileError, _is_internal
 # Generated code multiplies transposed views; Numba handles them correctly, only warns about speed.
 warnings.filterwarnings("ignore", message=".*is faster on contiguous arrays", category=NumbaPerformanceWarning)
 
-def _tune_malloc() -> bool:
-    """Keep glibc from returning every freed large array to the OS at once.
+MALLOC_TUNED = False  # whether tune_malloc() has changed glibc's malloc in this process
 
-    Compiled code allocates its temporaries with malloc; glibc serves blocks over 128 KiB with mmap and
-    unmaps them on free, so each call pays page faults for every large temporary (10x slower on a
-    100,000-element Rosenbrock gradient). PyTorch and JAX avoid this with caching allocators; we raise
-    glibc's thresholds instead (64 MiB for mmap, 256 MiB kept before trimming). Set
-    ``TRACEGRAD_TUNE_MALLOC=0`` to leave malloc alone.
+
+def tune_malloc() -> bool:
+    """Opt in: keep glibc's malloc from returning every large freed array to the OS at once.
+
+    Compiled code allocates its temporaries with malloc. glibc serves blocks over its mmap threshold
+    (128 KiB at first, then rising with what is freed) with mmap and gives freed memory at the top of
+    the heap back to the OS, so a call can pay page faults for its large temporaries again and again.
+    This raises the mmap threshold to 64 MiB and the trim threshold to 256 MiB. It is process-wide,
+    so it changes the behaviour of every other library in the process, and the process keeps up to
+    256 MiB of freed memory: tracegrad never does it unless asked, by this call or by setting the
+    environment variable ``TRACEGRAD_TUNE_MALLOC=1`` before importing tracegrad. Measured gains are in
+    benchmarks/RESULTS.md (a few percent on a 10⁶-element Rosenbrock gradient, more on an MLP step at
+    batch 1024). Returns whether malloc was tuned (False on anything but glibc).
+
+    >>> import tracegrad as tg
+    >>> tuned = tg.tune_malloc()  # once, at the start of a program that trains on large batches
     """
-    if os.environ.get("TRACEGRAD_TUNE_MALLOC", "1") == "0" or not sys.platform.startswith("linux"):
+    global MALLOC_TUNED
+    if not sys.platform.startswith("linux"):
         return False
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
         M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, 64 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 256 << 20))
+        tuned = bool(libc.mallopt(M_MMAP_THRESHOLD, 64 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 256 << 20))
     except (OSError, AttributeError):  # not glibc
         return False
+    MALLOC_TUNED = MALLOC_TUNED or tuned
+    return tuned
 
 
-MALLOC_TUNED = _tune_malloc()
+if os.environ.get("TRACEGRAD_TUNE_MALLOC", "0") not in ("", "0"):
+    tune_malloc()
 
 _cache_dir: Path | None = None
-_loaded: dict = {}
+# path -> dispatcher, while something uses it: dropping a specialisation frees its compiled code. The
+# last few loaded are kept anyway, so that `tg.grad(f)(x)` written in a loop does not load them every time.
+_loaded: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+RECENT_MODULES = 16
+_recent: collections.deque = collections.deque(maxlen=RECENT_MODULES)
 _lock = threading.Lock()
 _in_use: dict = {}  # configured directory -> the directory used instead of it (or None: compile in memory)
 _warned: set = set()
@@ -297,6 +317,8 @@ def load(module: Module):
             name = module_path(module).name
             dispatcher = _loaded.get((directory, name))
             if dispatcher is not None:
+                if dispatcher not in _recent:
+                    _recent.append(dispatcher)
                 return dispatcher
             try:
                 dispatcher = _load(module, directory, name)
@@ -311,6 +333,7 @@ def load(module: Module):
                            temporary=directory == cache_dir())
                 continue
             _loaded[(directory, name)] = dispatcher
+            _recent.append(dispatcher)
             return dispatcher
 
 
@@ -336,7 +359,9 @@ def _load(module: Module, directory: Path | None, name: str):
     exec(compile(module.source, filename, "exec"), py_module.__dict__)
     for part in module.parts:  # globals the function calls: compiled when it is
         setattr(py_module, part, compile_(getattr(py_module, part)))
-    return compile_(getattr(py_module, module.function))
+    dispatcher = compile_(getattr(py_module, module.function))
+    weakref.finalize(dispatcher, _forget_module, py_module.__name__, py_module)
+    return dispatcher
 
 
 def _numba_cache_failed(exc: BaseException) -> bool:
@@ -405,6 +430,12 @@ def call_failed(exc: Exception, module: Module, dispatcher, args):
                          hint=f"delete {cache_dir()} (python -m tracegrad cache --clear) or set TRACEGRAD_CACHE_DIR "
                               "to a writable directory") from None
     raise exc
+
+
+def _forget_module(name: str, py_module) -> None:
+    """Drop a generated module no dispatcher uses any more (unless the name has been loaded again)."""
+    if sys.modules.get(name) is py_module:
+        del sys.modules[name]
 
 
 def compile_error(exc: Exception, module: Module) -> CompileError:

@@ -19,6 +19,7 @@ plain functions of the step (the number of updates made so far): ``SGD(lr=cosine
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import textwrap
@@ -29,6 +30,7 @@ import numpy as np
 from . import __version__, backend
 from .codegen import Module, comment_text
 from .errors import DataError, GradTypeError
+from .guards import GuardWriter, Mismatch
 from .pytree import flatten, leaf_paths, unflatten
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSProp", "step_lr", "cosine_lr"]
@@ -80,6 +82,17 @@ def rmsprop_update(param, grad, square_avg, momentum_buffer, lr, t, alpha, eps, 
 # ------------------------------------------------------------------------- optimisers
 
 
+@functools.lru_cache(maxsize=None)
+def _hyperparameter_names(update_function, n_slots: int) -> tuple:
+    names = list(inspect.signature(update_function).parameters)
+    return tuple(names[4 + n_slots:])
+
+
+@functools.lru_cache(maxsize=None)
+def _source_of(function) -> str:
+    return textwrap.dedent(inspect.getsource(function))
+
+
 class Optimizer:
     """Base class. A subclass names its state ``slots`` and its ``update_function``, whose arguments are
     ``(param, grad, *slots, lr, t, *hyperparameters)``; each hyperparameter is an attribute of the same name."""
@@ -103,8 +116,7 @@ class Optimizer:
     # -- what fit's generated code needs
     @classmethod
     def hyperparameter_names(cls) -> tuple:
-        names = list(inspect.signature(cls.update_function).parameters)
-        return tuple(names[4 + len(cls.slots):])
+        return _hyperparameter_names(cls.update_function, len(cls.slots))
 
     def hyperparameters(self) -> tuple:
         """The hyperparameters, as floats in the order ``update_function`` takes them."""
@@ -116,7 +128,7 @@ class Optimizer:
 
     @classmethod
     def update_source(cls) -> str:
-        return textwrap.dedent(inspect.getsource(cls.update_function))
+        return _source_of(cls.update_function)
 
     @property
     def kernel(self):
@@ -149,7 +161,20 @@ class Optimizer:
     def update(self, params, grads, state) -> None:
         """Apply one update to ``params`` and ``state`` in place (every array is checked first, so a bad
         argument changes nothing). Raises ``GradTypeError`` for parameters that are not float arrays and
-        ``DataError`` for structures or shapes that do not match."""
+        ``DataError`` for structures or shapes that do not match.
+
+        The first call for a structure of parameters writes a check for it (containers, keys, dtypes,
+        shapes, contiguity, with ``is``/``==``) and one compiled function updating all the arrays; later
+        calls like it run the check and that one function, so a step's set-up does not grow with the data."""
+        fast = self.__dict__.get("_fast")
+        if fast is not None and fast(self, params, grads, state):
+            return
+        self._update_checked(params, grads, state)
+
+    def __getstate__(self):  # the generated fast path is rebuilt, not pickled
+        return {k: v for k, v in self.__dict__.items() if k not in ("_fast", "_fast_paths")}
+
+    def _update_checked(self, params, grads, state) -> None:
         leaves, tree = flatten(params)
         _check_params(leaves, params, writable=True)
         grad_leaves, grad_tree = flatten(grads)
@@ -169,6 +194,10 @@ class Optimizer:
             if np.shape(grad) != param.shape:
                 raise DataError(f"gradient of {name} has shape {np.shape(grad)}, the parameter {param.shape}")
             flat_grads.append(np.ascontiguousarray(grad, dtype=param.dtype).reshape(-1))
+        fast = self._fast_path(tree, leaves, grad_leaves, slot_leaves)
+        if fast is not None and fast(self, params, grads, state):
+            self._fast = fast  # calls like this one take it first
+            return
         step = int(state["step"])
         lr, hyper, kernel = self.learning_rate(step), self.hyperparameters(), self.kernel
         for i, param in enumerate(leaves):
@@ -179,6 +208,83 @@ class Optimizer:
             except Exception as exc:  # a Numba error (CompileError), or its disk cache's (recovered from)
                 backend.call_failed(exc, self.kernel_module(), kernel, args)
         state["step"] = step + 1
+
+    def _fast_path(self, tree, leaves, grad_leaves, slot_leaves) -> Callable | None:
+        """The generated update for parameters of structure ``tree`` (None if the gradients or state are
+        not the C-contiguous arrays of the parameters' dtypes it takes); one per structure, kept."""
+        plain = all(type(a) is np.ndarray and a.dtype == p.dtype and a.flags.c_contiguous
+                    for values in [grad_leaves, *slot_leaves] for a, p in zip(values, leaves))
+        if not plain:
+            return None
+        paths = self.__dict__.setdefault("_fast_paths", {})
+        fast = paths.get(tree)
+        if fast is None:
+            if len(paths) >= 8:  # a few structures at most: forget the oldest
+                del paths[next(iter(paths))]
+            fast = paths[tree] = _make_fast_update(self, tree, len(leaves))
+        return fast
+
+
+def _update_all_module(cls, n: int) -> Module:
+    """A module updating ``n`` parameter arrays in one compiled call: ``update_function`` on each, flat.
+    It first checks every gradient and state array against its parameter (C-contiguous, same shape and
+    dtype) and returns False, changing nothing, if one is not."""
+    function = cls.update_function
+    name = f"{function.__name__}_{n}"
+    others = ("grad", *cls.slots)
+    arguments = [f"{what}{i}" for i in range(n) for what in ("param",) + others]
+    hyper = ["lr", "t", *cls.hyperparameter_names()]
+    checks = [f"param{i}.flags.c_contiguous" for i in range(n)]
+    checks += [f"matches(param{i}, {what}{i})" for i in range(n) for what in others]
+    lines = [f"def {name}({', '.join(arguments + hyper)}):",
+             "    if not (" + "\n            and ".join(checks) + "):",
+             "        return False"]
+    for i in range(n):
+        flat = ", ".join(f"{what}{i}.reshape(-1)" for what in ("param",) + others)
+        lines.append(f"    {function.__name__}({flat}, {', '.join(hyper)})")
+    lines.append("    return True")
+    matches = ("def matches(param, other):\n"
+               "    return other.flags.c_contiguous and other.shape == param.shape and other.dtype == param.dtype\n")
+    source = (f"# Generated by tracegrad {__version__}: the update of {n} parameter arrays, from "
+              f"{function.__module__}.{function.__name__}.\n# Do not edit: the file is named by the hash "
+              f"of this text.\nimport numpy as np\n\n\n{cls.update_source()}\n\n{matches}\n\n"
+              + "\n".join(lines) + "\n")
+    return Module(source, name, (), parts=(function.__name__, "matches"))
+
+
+def _make_fast_update(optimizer: Optimizer, tree, n: int) -> Callable:
+    """``fast(optimizer, params, grads, state)``: checks that the arguments are trees of structure
+    ``tree`` holding arrays, then updates them all with one compiled call, which checks the arrays
+    against the parameters (and Numba's types rule out read-only ones); True if it did, else False."""
+    cls = type(optimizer)
+    writer = GuardWriter()
+    params = writer.unpack("params", tree)
+    grads = writer.unpack("grads", tree)
+    writer.check("state.__class__ is dict")
+    slots = [writer.unpack(writer.bind(f"state[{writer.constant(slot)}]"), tree) for slot in cls.slots]
+    arrays = [name for i in range(n) for name in (params[i], grads[i], *(s[i] for s in slots))]
+    for name in arrays:
+        writer.check(f"{name}.__class__ is ndarray")
+    hyper = [f"float(optimizer.{name})" for name in cls.hyperparameter_names()]
+    source = (f"def update(optimizer, params, grads, state):\n"
+              f"    try:\n{writer.body('        ')}"
+              f"        step = int(state['step'])\n"
+              f"        done = kernel({', '.join(arrays + ['optimizer.learning_rate(step)', 'step + 1'] + hyper)})\n"
+              f"    except NOT_THESE:\n"
+              f"        return False\n"
+              f"    if done:\n"
+              f"        state['step'] = step + 1\n"
+              f"    return done\n")
+    kernels = Optimizer._kernels
+    key = (cls.update_function, n)
+    if key not in kernels:
+        kernels[key] = backend.load(_update_all_module(cls, n))
+    # a read-only array is a type Numba cannot compile the update for: the general path says why
+    writer.env.update(kernel=kernels[key], NOT_THESE=(Mismatch, LookupError, *backend.NUMBA_ERRORS))
+    exec(compile(source, f"<tracegrad update of {n} arrays by {cls.__name__}>", "exec"), writer.env)
+    update = writer.env["update"]
+    update.source = source
+    return update
 
 
 class SGD(Optimizer):

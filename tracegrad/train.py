@@ -243,7 +243,14 @@ class _Trainer:
         self.full = self.vg.specialize(params, *full_batch)
         self.last = self.vg.specialize(params, *last_batch) if last else None
         leaves = flatten(params)[0]
-        self.module = _generate(self.full, self.last, leaves, leaf_paths(params, "params"), len(data), optimizer)
+        paths = leaf_paths(params, "params")
+        # fitting again with the same shapes writes the same epoch: kept with the loss kernel it calls
+        key = (self.last.module.source if self.last else None, tuple(paths), tuple(leaf.ndim for leaf in leaves),
+               len(data), type(optimizer))
+        epochs = self.full.__dict__.setdefault("_fit_epochs", {})
+        if key not in epochs:
+            epochs[key] = _generate(self.full, self.last, leaves, paths, len(data), optimizer)
+        self.module = epochs[key]
         self.epoch = backend.load(self.module)
         # The functions it calls are globals of the epoch module, set before it compiles. Its text names
         # their files (each named by the hash of its own text), so the epoch's file, and Numba's cache

@@ -1,0 +1,259 @@
+"""Benchmark: the cost of calling compiled code from Python with pytrees, and of ``opt.update``.
+
+Three tables, each from interleaved rounds (medians, process CPU time, see harness.py):
+
+1. **pytree calls**: the MLP 64-128-10 step (batch 32, float32) with its parameters as a dict
+   ``{"W1", "b1", "W2", "b2"}``, as a tuple, and as four flat arguments, against the hand-written Numba
+   step of ``cases.py`` called with flat arguments. Goal: dict ≤ 1.15× flat.
+2. **SGD step from Python**: the README's step, ``value, grads = vg(params, X, y)`` then
+   ``opt.update(params, grads, state)`` (momentum 0.9), against one hand-written ``@numba.njit`` function
+   doing the same (value and gradient by hand, then the momentum update). Goal: ≤ 1.3× at batch 32.
+3. **malloc**: Rosenbrock n = 10⁵ and 10⁶ and the MLP step at batch 1024 in fresh processes, with glibc's malloc
+   left alone and with ``TRACEGRAD_TUNE_MALLOC=1`` (what ``import tracegrad`` used to do by default), tracegrad and the
+   hand-written code alike.
+4. **memory**: the resident set after compiling many shapes of one function, with and without the bound
+   on live specialisations, and after ``del f``.
+
+    python benchmarks/bench_calls.py            # about a minute once compiled
+    python benchmarks/bench_calls.py --quick
+    python benchmarks/bench_calls.py --only pytree,sgd,malloc,memory
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+import harness  # noqa: E402  (sets one BLAS thread before NumPy loads)
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+
+import tracegrad as tg  # noqa: E402
+import cases  # noqa: E402
+
+
+def dict_loss(params, X, y):
+    return cases.mlp_loss(params["W1"], params["b1"], params["W2"], params["b2"], X, y)
+
+
+def tuple_loss(params, X, y):
+    return cases.mlp_loss(*params, X, y)
+
+
+@numba.njit(cache=True)
+def _momentum(p, g, v, lr, momentum):
+    for i in range(p.shape[0]):
+        v[i] = momentum * v[i] + g[i]
+        p[i] -= lr * v[i]
+
+
+@numba.njit(cache=True)
+def hand_sgd_step(W1, b1, W2, b2, X, y, vW1, vb1, vW2, vb2, lr, momentum):
+    """The hand-written step: value and gradients derived by hand, then v = momentum v + g; p -= lr v."""
+    loss, gW1, gb1, gW2, gb2 = cases.mlp_hand_vg(W1, b1, W2, b2, X, y)
+    _momentum(W1.reshape(-1), gW1.reshape(-1), vW1.reshape(-1), lr, momentum)
+    _momentum(b1, gb1, vb1, lr, momentum)
+    _momentum(W2.reshape(-1), gW2.reshape(-1), vW2.reshape(-1), lr, momentum)
+    _momentum(b2, gb2, vb2, lr, momentum)
+    return loss
+
+
+def batch_timer(fn, args, target_ns):
+    n = harness.calibrate(fn, args, target_ns)
+    return lambda: harness.time_batch(fn, args, n)
+
+
+def pytree_table(report, rounds, target_ns):
+    W1, b1, W2, b2, X, y = cases.mlp_args(32, np.float32)
+    params = {"W1": W1, "b1": b1, "W2": W2, "b2": b2}
+    flat = tg.value_and_grad(cases.mlp_loss, argnums=(0, 1, 2, 3))
+    as_dict = tg.value_and_grad(dict_loss)
+    as_tuple = tg.value_and_grad(tuple_loss)
+    ref = cases.mlp_hand_vg(W1, b1, W2, b2, X, y)
+    value, g = as_dict(params, X, y)
+    assert np.allclose(value, ref[0], rtol=2e-4) and all(
+        np.allclose(g[k], r, rtol=2e-4, atol=1e-6) for k, r in zip(("W1", "b1", "W2", "b2"), ref[1:]))
+    value, g = as_tuple((W1, b1, W2, b2), X, y)
+    assert all(np.allclose(a, r, rtol=2e-4, atol=1e-6) for a, r in zip(g, ref[1:]))
+    flat(W1, b1, W2, b2, X, y)
+    timers = {
+        "hand-written Numba (flat)": batch_timer(cases.mlp_hand_vg, (W1, b1, W2, b2, X, y), target_ns),
+        "tracegrad, flat arguments": batch_timer(flat, (W1, b1, W2, b2, X, y), target_ns),
+        "tracegrad, dict of parameters": batch_timer(as_dict, (params, X, y), target_ns),
+        "tracegrad, tuple of parameters": batch_timer(as_tuple, ((W1, b1, W2, b2), X, y), target_ns),
+    }
+    times = harness.interleaved(timers, rounds)
+    base, hand = times["tracegrad, flat arguments"], times["hand-written Numba (flat)"]
+    rows = [(name, harness.fmt_time(t), f"{t / hand:.2f}×", f"{t / base:.2f}×") for name, t in times.items()]
+    report.table("MLP 64-128-10 step, batch 32 f32, from Python: pytree arguments",
+                 ("arguments", "per call", "vs hand-written", "vs flat"), rows,
+                 [f"Medians of {rounds} interleaved rounds, process CPU time. Goal: dict ≤ 1.15× flat."])
+    return times["tracegrad, dict of parameters"] / base
+
+
+def sgd_table(report, rounds, target_ns, batch=32):
+    W1, b1, W2, b2, X, y = cases.mlp_args(batch, np.float32)
+    params = {"W1": W1.copy(), "b1": b1.copy(), "W2": W2.copy(), "b2": b2.copy()}
+    hand = [a.copy() for a in (W1, b1, W2, b2)]
+    velocities = [np.zeros_like(a) for a in hand]
+    vg = tg.value_and_grad(dict_loss)
+    opt = tg.optim.SGD(lr=1e-4, momentum=0.9)
+    state = opt.init(params)
+
+    def tg_step():
+        value, grads = vg(params, X, y)
+        opt.update(params, grads, state)
+        return value
+
+    def hand_step():
+        return hand_sgd_step(*hand, X, y, *velocities, 1e-4, 0.9)
+
+    for _ in range(3):  # the same steps from the same start agree
+        a, b = tg_step(), hand_step()
+    assert np.allclose(a, b, rtol=1e-4), (a, b)
+    assert np.allclose(params["W1"], hand[0], rtol=1e-3, atol=1e-6)
+    timers = {"hand-written Numba step": batch_timer(hand_step, (), target_ns),
+              "tracegrad: vg + opt.update": batch_timer(tg_step, (), target_ns)}
+    # on parameters of its own: the same gradient over and over drives them away from the others
+    alone = {k: v.copy() for k, v in params.items()}
+    grads = vg(alone, X, y)[1]
+    timers["of which opt.update"] = batch_timer(opt.update, (alone, grads, opt.init(alone)), target_ns)
+    times = harness.interleaved(timers, rounds)
+    hand_t = times["hand-written Numba step"]
+    rows = [(name, harness.fmt_time(t), f"{t / hand_t:.2f}×") for name, t in times.items()]
+    report.table(f"SGD step (momentum) from Python, MLP 64-128-10 batch {batch} f32",
+                 ("implementation", "per step", "vs hand-written"), rows,
+                 [f"Medians of {rounds} interleaved rounds, process CPU time. Goal: ≤ 1.3× at batch 32."])
+    return times["tracegrad: vg + opt.update"] / hand_t
+
+
+def _malloc_child(rounds: int, target_ns: float) -> dict:
+    """In a fresh process (``TRACEGRAD_TUNE_MALLOC`` set by the caller): tracegrad and hand-written on
+    Rosenbrock 10⁵ and 10⁶ and the MLP step at batch 1024."""
+    rosen = tg.value_and_grad(cases.rosenbrock)
+    timers = {}
+    for n in (100_000, 1_000_000):
+        x = np.random.default_rng(1).uniform(-2.0, 2.0, size=n)
+        assert np.allclose(rosen(x)[0], cases.rosenbrock_hand_vg(x)[0])
+        timers[f"rosen{n} tracegrad"] = batch_timer(rosen, (x,), target_ns)
+        timers[f"rosen{n} hand"] = batch_timer(cases.rosenbrock_hand_vg, (x,), target_ns)
+    mlp = cases.mlp_args(1024, np.float32)
+    step = tg.value_and_grad(cases.mlp_loss, argnums=(0, 1, 2, 3))
+    step(*mlp)
+    cases.mlp_hand_vg(*mlp)
+    timers["mlp tracegrad"] = batch_timer(step, mlp, target_ns)
+    timers["mlp hand"] = batch_timer(cases.mlp_hand_vg, mlp, target_ns)
+    return harness.interleaved(timers, rounds)
+
+
+def malloc_table(report, rounds, target_ns, pairs=4):
+    """Fresh processes, malloc left alone and tuned in turn (``pairs`` of each, so that the machine's load
+    hits both alike); each process times every case over ``rounds`` interleaved rounds."""
+    samples = {False: [], True: []}
+    for _ in range(pairs):
+        for tune in (False, True):
+            out = subprocess.run([sys.executable, __file__, "--child", "tune" if tune else "plain",
+                                  "--rounds", str(rounds), "--target", str(target_ns)],
+                                 capture_output=True, text=True, check=True,
+                                 env=dict(os.environ, TRACEGRAD_TUNE_MALLOC="1" if tune else "0"))
+            samples[tune].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    results = {tune: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+               for tune, runs in samples.items()}
+    rows = []
+    for case, label in (("rosen100000", "Rosenbrock n=100,000 f64"), ("rosen1000000", "Rosenbrock n=1,000,000 f64"),
+                        ("mlp", "MLP 64-128-10 step, batch 1024 f32")):
+        for tune in (False, True):
+            t, h = results[tune][f"{case} tracegrad"], results[tune][f"{case} hand"]
+            base = results[True][f"{case} tracegrad"]
+            rows.append((label, "TRACEGRAD_TUNE_MALLOC=1" if tune else "left alone", harness.fmt_time(t),
+                         harness.fmt_time(h), f"{t / h:.2f}×", f"{t / base:.2f}×"))
+    report.table("value and gradient from Python, glibc malloc left alone or tuned (a fresh process each)",
+                 ("case", "malloc", "tracegrad", "hand-written", "ratio", "tracegrad vs tuned"), rows,
+                 [f"Medians over {pairs} processes of each kind, run in turn, of the medians of {rounds} "
+                  "interleaved rounds in each, process CPU time. 'ratio' is against the hand-written code in "
+                  "the same processes (malloc tuned or not alike)."])
+
+
+def _memory_child(n_shapes: int, bound: int) -> dict:
+    """In a fresh process: the resident set after compiling ``n_shapes`` shapes of one small gradient,
+    then after ``del f``."""
+    import gc
+    import weakref
+
+    def rss() -> float:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
+
+    f = tg.grad(lambda x: np.sum(np.sin(x) * x))
+    f.max_specializations = bound
+    f(np.ones(3))
+    gc.collect()
+    start = rss()
+    for i in range(n_shapes):
+        f(np.ones(10 + i))
+    gc.collect()
+    grown = rss() - start
+    last = weakref.ref(f.specialize(np.ones(9 + n_shapes)).dispatcher)
+    tg.backend._recent.clear()  # the backend's few most recent modules, kept on purpose
+    del f
+    gc.collect()
+    return {"grown": grown, "after del": rss() - start, "freed": last() is None}
+
+
+def memory_table(report, n_shapes):
+    import tempfile
+    rows = []
+    for label, bound in (("unbounded (as before)", 10 ** 9), ("max_specializations = 32", 32)):
+        with tempfile.TemporaryDirectory() as cache:  # cold: every shape compiles
+            out = subprocess.run([sys.executable, __file__, "--child", "memory", "--shapes", str(n_shapes),
+                                  "--bound", str(bound)], capture_output=True, text=True, check=True,
+                                 env=dict(os.environ, TRACEGRAD_CACHE_DIR=cache, NUMBA_CACHE_DIR=cache))
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append((label, min(bound, n_shapes), harness.fmt_bytes(r["grown"]),
+                     harness.fmt_bytes(r["grown"] / n_shapes), harness.fmt_bytes(r["after del"]),
+                     "yes" if r["freed"] else "no"))
+    report.table(f"Resident memory after {n_shapes} shapes of one small gradient (a fresh process each, cold caches)",
+                 ("specialisations", "kept", "grown", "per shape", "after del f", "last one freed"), rows,
+                 ["RSS growth from /proc/self/status after gc.collect(); malloc keeps some freed memory, so "
+                  "'after del f' overstates what is still in use."])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", default="pytree,sgd,malloc,memory")
+    parser.add_argument("--shapes", type=int)
+    parser.add_argument("--bound", type=int, default=64)
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--target", type=float)
+    parser.add_argument("--child", choices=("plain", "tune", "memory"))
+    opts = parser.parse_args(argv)
+    rounds = opts.rounds or (7 if opts.quick else 31)
+    target_ns = opts.target or (2e6 if opts.quick else 1e7)
+    if opts.child == "memory":
+        print(json.dumps(_memory_child(opts.shapes, opts.bound)))
+        return
+    if opts.child:
+        print(json.dumps(_malloc_child(rounds, target_ns)))
+        return
+    print(harness.machine())
+    report = harness.Report()
+    only = opts.only.split(",")
+    if "pytree" in only:
+        pytree_table(report, rounds, target_ns)
+    if "sgd" in only:
+        sgd_table(report, rounds, target_ns)
+    if "malloc" in only:
+        malloc_table(report, max(5, rounds // 4), target_ns, pairs=2 if opts.quick else 4)
+    if "memory" in only:
+        memory_table(report, opts.shapes or (100 if opts.quick else 300))
+
+
+if __name__ == "__main__":
+    main()
