@@ -137,3 +137,17 @@ def test_vmap_axes():
         tg.vmap(lambda a, b: a + b)(np.ones(2), np.ones(3))
     with pytest.raises(tg.ShapeError, match="out of range"):
         tg.vmap(lambda a: a, in_axes=2)(np.ones((2, 2)))
+
+
+def test_an_inner_grad_closing_over_a_traced_value_is_traced_into_the_outer_one():
+    # d/dx [x * d/dy (x * y)] = d/dx [x * x] = 2x; the inner gradient is never compiled on its own
+    assert tg.grad(lambda x: x * tg.grad(lambda y: x * y)(2.0))(1.5) == 3.0
+    inner = tg.grad(np.sin)
+    assert inner(0.5) == np.cos(0.5)  # compiled, and its fast path installed
+    assert tg.grad(lambda x: x * inner(0.5))(2.0) == np.cos(0.5)  # inside a trace it is traced all the same
+    W = np.array([2.0])
+    reads_a_global = tg.jit(lambda t: t * W[0])
+    outer = tg.jit(lambda x: x + reads_a_global(1.0))
+    assert outer(0.0) == 2.0
+    W[0] = 5.0  # read when the outer function runs, not fixed when it was traced
+    assert outer(0.0) == 5.0

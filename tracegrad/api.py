@@ -20,7 +20,7 @@ from . import backend
 from .autodiff import value_and_grad_graph
 from .codegen import Module, generate
 from .passes import optimize
-from .core import TracedArray, current_builder
+from .core import TracedArray, current_builder, _state as _tracing
 from .errors import GradTypeError
 from .guards import GuardWriter
 from .interpret import inline
@@ -190,7 +190,7 @@ def _make_guard(in_tree: TreeDef, signature: tuple, result: _Result, n_out: int,
     (NumPy scalars, 0-d arrays)."""
     writer = GuardWriter()
     params = [f"_a{i}" for i in range(len(in_tree.children))]  # names no caller passes as keywords
-    writer.check("not rest and not kwargs")
+    writer.check("not rest and not kwargs and tracing.builder is None")  # (inside a trace: traced into it)
     leaves = [name for param, child in zip(params, in_tree.children) for name in writer.unpack(param, child)]
     for name, sig in zip(leaves, signature):
         if isinstance(sig, type):
@@ -200,7 +200,7 @@ def _make_guard(in_tree: TreeDef, signature: tuple, result: _Result, n_out: int,
         else:
             return None  # NumPy scalars and 0-d arrays: the general path converts them
     env = writer.env
-    env.update({"MISS": _MISS, "kernel": dispatcher, "NUMBA_ERRORS": backend.NUMBA_ERRORS,
+    env.update({"MISS": _MISS, "tracing": _tracing, "kernel": dispatcher, "NUMBA_ERRORS": backend.NUMBA_ERRORS,
                 "compile_error": backend.compile_error, "module": module, "dispatch": Function._dispatch})
     env.update(result.constants)
     env.update((f"h{i}", value) for i, value in enumerate(held))
@@ -297,6 +297,8 @@ class Function:
     def _dispatch(self, args, kwargs):
         if kwargs:  # keyword arguments are matched to their positions, then treated like the rest
             args = _positional(self.fun, args, kwargs)
+        if _tracing.builder is not None:  # called inside another trace: traced into it, never compiled alone
+            return self._call_general(args)
         try:
             entry = self._flat[tuple([a.__class__ if a.__class__ in _SCALARS else _signature(a) for a in args])]
         except (KeyError, TypeError):
@@ -312,7 +314,9 @@ class Function:
 
     def _call_general(self, args, retrace=False):
         leaves, in_tree = flatten(args)
-        if any(isinstance(leaf, TracedArray) for leaf in leaves):
+        # Inside another trace, even on plain numbers: the function may read the enclosing function's
+        # traced values (a closure), and arrays it reads must be read when the enclosing function runs.
+        if _tracing.builder is not None or any(isinstance(leaf, TracedArray) for leaf in leaves):
             return self._call_traced(args, leaves)
         entry = self.specialize(*args, _retrace=retrace)
         self._use(entry)
@@ -502,9 +506,11 @@ class Function:
         graph, _, _ = self._transform(traced, args, wrt)
         captured = [c.current() for c in traced.captures]
         enclosing = current_builder()
-        for c, value in zip(traced.captures, captured):
-            if not c.held:  # the enclosing trace reads it again on each call too
+        for k, (c, value) in enumerate(zip(traced.captures, captured)):
+            if not c.held and isinstance(value, np.ndarray):  # the enclosing trace reads it again on each call
                 enclosing.readers[id(value)] = c.read
+                # as one of its inputs: computed from it, never folded into a constant of the enclosing graph
+                captured[k] = enclosing.wrap(enclosing.capture(value, c.var.hint))
         outs = inline(graph, *leaves, *captured)
         n_out = len(traced.graph.outputs)
         if self.mode == "jit":
