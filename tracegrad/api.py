@@ -23,6 +23,7 @@ from .passes import optimize
 from .core import TracedArray, current_builder, _state as _tracing
 from .errors import GradTypeError
 from .guards import GuardWriter
+from .static import StaticArgs
 from .interpret import inline
 from .ir import Graph, Literal, Var, ascii_name
 from .pytree import LEAF, TreeDef, flatten, unflatten
@@ -596,14 +597,18 @@ def _identifier(name: str) -> str:
 
 
 def _transform_decorator(mode):
-    def transform(fun=None, *, argnums=0, has_aux=False, debug_nans=None):
-        if fun is None:
-            return lambda f: Function(f, mode, argnums, has_aux, debug_nans)
-        return Function(fun, mode, argnums, has_aux, debug_nans)
+    def transform(fun=None, *, argnums=0, has_aux=False, debug_nans=None, static_argnums=(), static_argnames=()):
+        def make(f):
+            if static_argnums or static_argnames:
+                return StaticArgs(f, lambda g, a: Function(g, mode, a, has_aux, debug_nans), argnums,
+                                  static_argnums, static_argnames)
+            return Function(f, mode, argnums, has_aux, debug_nans)
+        return make if fun is None else make(fun)
     return transform
 
 
-def grad(fun: Callable | None = None, *, argnums=0, has_aux: bool = False, debug_nans: bool | None = None) -> Function:
+def grad(fun: Callable | None = None, *, argnums=0, has_aux: bool = False, debug_nans: bool | None = None,
+         static_argnums=(), static_argnames=()) -> Function:
     """The gradient of a scalar function, compiled.
 
     ``grad(f)(*args)`` returns the gradient of ``f`` with respect to argument ``argnums`` (an int, or a
@@ -618,15 +623,19 @@ def grad(fun: Callable | None = None, *, argnums=0, has_aux: bool = False, debug
     code checks every value and raises ``NonFiniteError`` at the first NaN or inf, naming the value,
     the forward or backward pass and your line; off, the checks are not in the code at all.
 
+    ``static_argnums`` / ``static_argnames``: arguments used as Python values while tracing (a loop count
+    for ``range(n)``, a size, a flag), not traced; each new value (hashable) traces again.
+
     Raises ``GradTypeError`` for a non-scalar output, an integer argument or ``argnums`` out of range,
     ``TracingError`` for Python control flow on traced values, ``UnsupportedError`` for NumPy functions
     tracegrad does not know, and ``ShapeError`` for shapes that do not fit.
     """
-    return _transform_decorator("grad")(fun, argnums=argnums, has_aux=has_aux, debug_nans=debug_nans)
+    return _transform_decorator("grad")(fun, argnums=argnums, has_aux=has_aux, debug_nans=debug_nans,
+                                        static_argnums=static_argnums, static_argnames=static_argnames)
 
 
 def value_and_grad(fun: Callable | None = None, *, argnums=0, has_aux: bool = False,
-                   debug_nans: bool | None = None) -> Function:
+                   debug_nans: bool | None = None, static_argnums=(), static_argnames=()) -> Function:
     """Like ``grad``, but returns ``(value, gradient)`` from one compiled pass (``((value, aux), gradient)``
     with ``has_aux``).
 
@@ -634,16 +643,21 @@ def value_and_grad(fun: Callable | None = None, *, argnums=0, has_aux: bool = Fa
     >>> tg.value_and_grad(lambda x, y: x * y + y)(3.0, 2.0)
     (8.0, 2.0)
     """
-    return _transform_decorator("value_and_grad")(fun, argnums=argnums, has_aux=has_aux, debug_nans=debug_nans)
+    return _transform_decorator("value_and_grad")(fun, argnums=argnums, has_aux=has_aux, debug_nans=debug_nans,
+                                                  static_argnums=static_argnums, static_argnames=static_argnames)
 
 
-def jit(fun: Callable, *, debug_nans: bool | None = None) -> Function:
-    """Compile ``fun`` (forward only). It may return any pytree of arrays and scalars.
+def jit(fun: Callable, *, debug_nans: bool | None = None, static_argnums=(), static_argnames=()) -> Function:
+    """Compile ``fun`` (forward only). It may return any pytree of arrays and scalars. ``static_argnums`` /
+    ``static_argnames`` as for ``grad``.
 
     >>> import numpy as np, tracegrad as tg
     >>> tg.jit(lambda x: np.tanh(x) * 2)(np.zeros(2))
     array([0., 0.])
     """
+    if static_argnums or static_argnames:
+        return StaticArgs(fun, lambda g, a: Function(g, "jit", debug_nans=debug_nans), None, static_argnums,
+                          static_argnames)
     return Function(fun, "jit", debug_nans=debug_nans)
 
 
@@ -662,7 +676,7 @@ def make_graph(fun: Callable, *args) -> Graph:
       s1: f64[] = add s0 y
       return s1
     """
-    if isinstance(fun, Function):
+    if isinstance(fun, (Function, StaticArgs)):
         return fun.graph(*args)
     if not callable(fun):
         raise GradTypeError(f"make_graph expects a function, got {type(fun).__name__}")
@@ -672,7 +686,7 @@ def make_graph(fun: Callable, *args) -> Graph:
 def source(fun: Callable, *args) -> str:
     """The generated Python source that runs for ``fun`` and arguments like ``args``: exactly the text
     Numba compiles. A plain function is shown as ``jit(fun)``; a ``grad`` function with its backward pass."""
-    if not isinstance(fun, Function):
+    if not isinstance(fun, (Function, StaticArgs)):
         if not callable(fun):
             raise GradTypeError(f"source expects a function, got {type(fun).__name__}")
         fun = jit(fun)

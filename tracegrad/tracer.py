@@ -339,7 +339,9 @@ def _call_recording_locals(fn, args, builder):
     The builder keeps the function's frame (found when the first node is recorded); once the function
     has returned, the frame still holds its final local variables.
     """
-    builder.watch = getattr(fn.func if isinstance(fn, functools.partial) else fn, "__code__", None)
+    fn_ = fn.func if isinstance(fn, functools.partial) else fn
+    # a wrapper made with functools.wraps (static arguments bound) runs the user's code: its frame is watched
+    builder.watch = getattr(getattr(fn_, "__wrapped__", fn_), "__code__", None)
     result = fn(*args)
     frame, builder.watch, builder.watched_frame = builder.watched_frame, None, None
     names: dict = {}
