@@ -59,12 +59,12 @@ def primitives(graph):
     return [node.primitive.name for node in graph.nodes]
 
 
-def both(f, *args, wrt=(0,), min_iterations=roll.MIN_ITERATIONS):
+def both(f, *args, wrt=(0,), min_iterations=roll.MIN_ITERATIONS, min_nodes=roll.MIN_NODES):
     """Value and gradients of the unrolled and of the rolled graph, by the reference interpreter; and the
     rolled graph."""
     traced = trace(f, args)
     inputs = list(args) + [c.current() for c in traced.captures]
-    rolled = roll_loops(traced.graph, min_iterations).verify()
+    rolled = roll_loops(traced.graph, min_iterations, min_nodes).verify()
     results = [evaluate(value_and_grad_graph(g, list(wrt)), *inputs) for g in (traced.graph, rolled)]
     return results[0], results[1], rolled
 
@@ -191,11 +191,11 @@ def test_rnn_indexed_by_time_and_compiled_like_unrolled(rng, unrolled):
 def test_affine_reads_along_any_axis(index, rows, rng):
     def f(x):
         s = 0.0
-        for i in range(6):
+        for i in range(16):
             s = s * 0.5 + np.sum(np.sin(index(x, i)))
         return s
 
-    x = rng.normal(size=(13, 7)) if rows in ("columns", "with None") else rng.normal(size=13)
+    x = rng.normal(size=(5, 16)) if rows in ("columns", "with None") else rng.normal(size=33)
     unrolled_result, rolled_result, graph = both(f, x)
     assert "loop" in primitives(graph)
     assert_same(unrolled_result, rolled_result)
@@ -227,13 +227,13 @@ def test_float32_stays_float32(rng):
 def test_a_literal_initial_value_is_a_carry():
     def f(y):
         s = 2.0
-        for _ in range(10):
+        for _ in range(30):
             s = s * y + 1.0
         return s
 
     unrolled_result, rolled_result, graph = both(f, 0.7)
     loop = next(node for node in graph.nodes if node.primitive.name == "loop")
-    assert loop.params["length"] == 10 and graph.nodes == [loop]  # no iteration left over
+    assert loop.params["length"] == 30 and graph.nodes == [loop]  # no iteration left over
     assert_same(unrolled_result, rolled_result)
 
 
@@ -297,7 +297,7 @@ def test_a_value_used_two_iterations_later(n):
             a, b = b, a * 0.5 + b  # b of step t reads b of step t - 2 (as a)
         return b
 
-    unrolled_result, rolled_result, graph = both(fib, 0.9)
+    unrolled_result, rolled_result, graph = both(fib, 0.9, min_nodes=0)
     loops = [node for node in graph.nodes if node.primitive.name == "loop"]
     if n == 7:
         assert not loops  # one step is no loop body; two steps repeat only three times
@@ -343,7 +343,7 @@ def test_one_and_two_iterations(n):
     unrolled_result, rolled_result, graph = both(f, 2.0)
     assert "loop" not in primitives(graph)  # fewer than MIN_ITERATIONS
     assert_same(unrolled_result, rolled_result)
-    unrolled_result, rolled_result, graph = both(f, 2.0, min_iterations=2)
+    unrolled_result, rolled_result, graph = both(f, 2.0, min_iterations=2, min_nodes=0)
     assert_same(unrolled_result, rolled_result)
     assert tg.value_and_grad(f)(2.0)[0] == spring_python(2.0, n)
 
@@ -352,23 +352,36 @@ def test_one_and_two_iterations(n):
 def test_short_loops_around_the_minimum(n, rng):
     x = rng.normal(size=n + 1)
     for min_iterations in (2, 3, 4):
-        unrolled_result, rolled_result, _ = both(neighbours, x, min_iterations=min_iterations)
+        unrolled_result, rolled_result, _ = both(neighbours, x, min_iterations=min_iterations, min_nodes=0)
         assert_same(unrolled_result, rolled_result)
-    unrolled_result, rolled_result, _ = both(rnn, *rnn_args(n, rng), wrt=(0, 1, 2), min_iterations=2)
+    unrolled_result, rolled_result, _ = both(rnn, *rnn_args(n, rng), wrt=(0, 1, 2), min_iterations=2, min_nodes=0)
+    assert_same(unrolled_result, rolled_result)
+
+
+def test_short_runs_stay_unrolled(rng):
+    def f(x, w):  # 4 iterations of 4 nodes: compiled unrolled, the fusion passes make it one loop of scalars
+        for _ in range(4):
+            x = np.tanh(x * w) + 0.5 * x
+        return np.sum(x * x)
+
+    x, w = rng.normal(size=6), rng.normal(size=6)
+    assert "loop" not in primitives(tg.jit(f).graph(x, w))
+    unrolled_result, rolled_result, graph = both(f, x, w, wrt=(0, 1), min_nodes=0)
+    assert "loop" in primitives(graph)
     assert_same(unrolled_result, rolled_result)
 
 
 def test_two_loops_one_after_the_other(rng):
     def f(x):
         s = 0.0
-        for i in range(10):
+        for i in range(20):
             s = s + x[i] * x[i]
         p = 1.0
-        for i in range(10):
+        for i in range(20):
             p = p * np.cos(x[i] + s)
         return p
 
-    x = rng.normal(size=10)
+    x = rng.normal(size=20)
     unrolled_result, rolled_result, graph = both(f, x)
     assert primitives(graph).count("loop") == 2
     assert_same(unrolled_result, rolled_result)

@@ -37,7 +37,8 @@ from .core import PRIMITIVES
 from .ir import Aval, Graph, Literal, Node, Var
 
 ENABLED = True  # roll the loops of every traced function (api._build, nested grad)
-MIN_ITERATIONS = 4  # fewer repetitions stay unrolled: short runs read better written out
+MIN_ITERATIONS = 4  # shorter runs stay unrolled: they compile quickly, read well written out,
+MIN_NODES = 48  # and the fusion passes can merge their elementwise work across iterations
 _CANDIDATES = 8  # periods tried at each position: the next occurrences of the same signature
 
 _MOD = (1 << 61) - 1  # prefix hashes of the signature sequence: a period is checked in O(1)
@@ -52,9 +53,9 @@ def rolled(traced):
     return traced if graph is traced.graph else dataclasses.replace(traced, graph=graph)
 
 
-def roll_loops(graph: Graph, min_iterations: int = MIN_ITERATIONS) -> Graph:
-    """Replace each run of at least ``min_iterations`` identical, chained copies of a loop body by a
-    ``loop`` node; returns ``graph`` itself when there is none.
+def roll_loops(graph: Graph, min_iterations: int = MIN_ITERATIONS, min_nodes: int = MIN_NODES) -> Graph:
+    """Replace each run of at least ``min_iterations`` identical, chained copies of a loop body (and
+    ``min_nodes`` nodes) by a ``loop`` node; returns ``graph`` itself when there is none.
 
     >>> import numpy as np, tracegrad as tg
     >>> from tracegrad.roll import roll_loops
@@ -63,12 +64,13 @@ def roll_loops(graph: Graph, min_iterations: int = MIN_ITERATIONS) -> Graph:
     ...     for i in range(5):
     ...         s = s + x[i] * x[i + 1]
     ...     return s
-    >>> [n.primitive.name for n in roll_loops(tg.make_graph(total, np.ones(6))).nodes]
+    >>> [n.primitive.name for n in roll_loops(tg.make_graph(total, np.ones(6)), min_nodes=0).nodes]
     ['getitem', 'getitem', 'mul', 'getitem', 'getitem', 'loop']
     """
     nodes = graph.nodes
     n = len(nodes)
-    if n < 2 * min_iterations:
+    min_iterations = max(min_iterations, 2)
+    if n < max(2 * min_iterations, min_nodes):
         return graph
     signatures = _signatures(nodes)
     following = [-1] * n  # the next node with the same signature
@@ -84,12 +86,20 @@ def roll_loops(graph: Graph, min_iterations: int = MIN_ITERATIONS) -> Graph:
     def span(i, j):
         return (hashes[j] - hashes[i] * powers[j - i]) % _MOD
 
+    counted: dict = {}  # (i, k) -> repeats(i, k): each run is walked once, whatever the restarts
+
     def repeats(i, k):
         """How many times the k signatures from i repeat, back to back."""
-        body, m = span(i, i + k), 1
-        while i + (m + 1) * k <= n and span(i + m * k, i + (m + 1) * k) == body:
-            m += 1
-        return m
+        if (i, k) not in counted:
+            body, m = span(i, i + k), 1
+            while i + (m + 1) * k <= n and (i + m * k, k) not in counted and \
+                    span(i + m * k, i + (m + 1) * k) == body:
+                m += 1
+            if i + (m + 1) * k <= n and (i + m * k, k) in counted and span(i + m * k, i + (m + 1) * k) == body:
+                m += counted[(i + m * k, k)]
+            for j in range(m):
+                counted[(i + j * k, k)] = m - j
+        return counted[(i, k)]
 
     index = {}  # value -> the position of the node defining it
     for i, node in enumerate(nodes):
@@ -106,21 +116,22 @@ def roll_loops(graph: Graph, min_iterations: int = MIN_ITERATIONS) -> Graph:
 
     result, i, changed = [], 0, False
     while i < n:
-        done, resume = None, i + 1
+        done, resume = None, None  # where to look again after a failure: the nearest any candidate allows
         j, tries = following[i], 0
         while j > 0 and tries < _CANDIDATES and done is None:
             k = j - i
             if i + 2 * k > n:
                 break
             m = repeats(i, k)
-            if m >= min_iterations:
-                start = i + _boundary(nodes, i, k)  # the same run, from where the user's iterations begin
-                if start > i and repeats(start, k) < min_iterations:
-                    start = i
-                done, skip = _roll(nodes, start, k, repeats(start, k), index, last_use, min_iterations)
-                resume = max(resume, skip)
+            if m >= min_iterations and m * k >= min_nodes:
+                # the same run, from where the user's iterations begin: the most whole iterations, then
+                # the largest step back to an earlier line (the loop going back to its first line)
+                start = max(range(i, i + k), key=lambda s: (repeats(s, k), _step_back(nodes, s)))
+                done, skip = _roll(nodes, start, k, repeats(start, k), index, last_use, min_iterations, min_nodes)
+                resume = skip if resume is None else min(resume, skip)
             j, tries = following[j], tries + 1
         if done is None:
+            resume = i + 1 if resume is None else max(resume, i + 1)
             result.extend(nodes[i:resume])
             i = resume
             continue
@@ -154,23 +165,20 @@ def _signatures(nodes: list) -> list[int]:
         params = node.params
         if node.primitive.name == "getitem":
             params = dict(params, index=tuple("#" if type(e) is int else e for e in params["index"]))
-        source = (node.source.filename, node.source.lineno) if node.source is not None else None
-        key = (node.primitive.name, repr(sorted((k, _param_key(v)) for k, v in params.items())), source,
-               tuple(a.aval for a in node.inputs), tuple(v.aval for v in node.outs))
+        source = node.source
+        key = (node.primitive.name, repr(sorted((k, _param_key(v)) for k, v in params.items())) if params else "",
+               (source.filename, source.lineno) if source is not None else None,
+               tuple([a.aval for a in node.inputs]), tuple([v.aval for v in node.outs]))
         out.append(table.setdefault(key, len(table)))
     return out
 
 
-def _boundary(nodes: list, start: int, k: int) -> int:
-    """Where in a run from ``start`` the user's iterations begin (0 to k - 1): after the largest step back
-    to an earlier line of the same file, so the body reads in the order of the user's loop."""
-    best, drop = 0, 0
-    for r in range(1, k):
-        before, after = nodes[start + r - 1].source, nodes[start + r].source
-        if before is not None and after is not None and before.filename == after.filename and \
-                before.lineno - after.lineno > drop:
-            best, drop = r, before.lineno - after.lineno
-    return best
+def _step_back(nodes: list, i: int) -> int:
+    """How many lines back node ``i``'s line is from the previous node's, in the same file (else 0)."""
+    before, after = (nodes[i - 1].source if i else None), nodes[i].source
+    if before is None or after is None or before.filename != after.filename:
+        return 0
+    return before.lineno - after.lineno
 
 
 # ---------------------------------------------------------------- one run of iterations
@@ -212,25 +220,23 @@ class _Mismatch(Exception):
     pass
 
 
-def _roll(nodes, start, k, m, index, last_use, min_iterations):
+def _roll(nodes, start, k, m, index, last_use, min_iterations, min_nodes):
     """Roll ``m`` iterations of ``k`` nodes from ``start`` if they fit (or as many as fit from the
     first). Returns ((the nodes replacing them, how many nodes they replace) or None, the position from
     which the caller looks for a loop again after a failure)."""
     at = lambda j, p: nodes[start + j * k + p]
     end = start + m * k
-    for node in nodes[start:end]:
-        if node.also or node.primitive.multiple_results:
-            return None, start + 1
-
     # the pattern, from the second iteration: what each input of each place of the body is
     rows = {}  # place -> (entry of the index, axis, first index, step)
     pattern = []  # per place: per input ("in", place) | ("carry", place) | ("const", atom)
     for p in range(k):
         first, second = at(0, p), at(1, p)
+        if first.also or second.also or first.primitive.multiple_results:  # (a loop node in a Python loop)
+            return None, start + k
         if first.primitive.name == "getitem" and first.params["index"] != second.params["index"]:
             row = _row_axis(first, second)
             if row is None or index.get(first.inputs[0], -1) >= start:
-                return None, start + 1
+                return None, start + k
             entry, axis = row
             size = first.inputs[0].aval.shape[axis]
             c0, c1 = first.params["index"][entry] % size, second.params["index"][entry] % size
@@ -238,7 +244,7 @@ def _roll(nodes, start, k, m, index, last_use, min_iterations):
             pattern.append([("const", first.inputs[0])])
             continue
         if not _same_params(first, second):
-            return None, start + 1
+            return None, start + k
         kinds = []
         for a in second.inputs:
             where = index.get(a, -1) if isinstance(a, Var) else -1
@@ -251,7 +257,7 @@ def _roll(nodes, start, k, m, index, last_use, min_iterations):
         pattern.append(kinds)
     carries = sorted({place for kinds in pattern for kind, place in kinds if kind == "carry"})
     if not carries:
-        return None, start + 1
+        return None, end  # no iteration reads the one before: these are not the steps of one loop
 
     def check(j):
         """Raise _Mismatch unless iteration j is the pattern's; returns the carries' initial values for j = 0."""
@@ -268,7 +274,7 @@ def _roll(nodes, start, k, m, index, last_use, min_iterations):
                         template.params["index"][entry + 1:]:
                     raise _Mismatch
                 continue
-            if not _same_params(node, template) or len(node.inputs) != len(template.inputs):
+            if not _same_params(node, template) or len(node.inputs) != len(template.inputs) or node.also:
                 raise _Mismatch
             for a, (kind, what) in zip(node.inputs, pattern[p]):
                 if kind == "const":
@@ -315,7 +321,7 @@ def _roll(nodes, start, k, m, index, last_use, min_iterations):
     carry_set = set(carries)
     if any(last_use.get(at(count - 1, p).out, -1) >= start + count * k for p in range(k) if p not in carry_set):
         count -= 1  # the last iteration's other values are used after the loop: it stays unrolled
-    if count < min_iterations:
+    if count < min_iterations or count * k < min_nodes:
         return None, (start + max(valid - 1, 1) * k if valid < m else end)
     return (_build(at, k, count, start, pattern, rows, carries, init), count * k), start + count * k
 
