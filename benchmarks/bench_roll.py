@@ -2,7 +2,8 @@
 
     python benchmarks/bench_roll.py              # about 3 minutes
     python benchmarks/bench_roll.py --quick      # fewer rounds
-    python benchmarks/bench_roll.py --unrolled   # also the cold first call with rolling off (minutes)
+    python benchmarks/bench_roll.py --unrolled   # also the cold first call with rolling off (spring
+                                                 # n = 1,000 and the RNN: minutes)
 
 Three programs written with plain ``for`` loops over traced values, each value and gradient:
 - the damped spring, explicit Euler, n = 1,000 and 10,000 steps; the baseline is bench_loops'
@@ -29,7 +30,7 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
 import tracegrad as tg  # noqa: E402
-from bench_loops import spring_by_hand  # noqa: E402
+from bench_loops import rnn as rnn_scan_simple, rnn_by_hand, spring_by_hand  # noqa: E402
 
 DT, C = 0.01, 0.1
 
@@ -58,6 +59,21 @@ def neighbours_by_hand(x):
         g[i] += x[i + 1]
         g[i + 1] += x[i]
     return s, g
+
+
+def rnn_simple(W, U, b, xs):
+    """bench_loops' Elman RNN, written with a plain loop."""
+    h = np.zeros(b.shape)
+    loss = 0.0
+    for x in xs:
+        h = np.tanh(W @ h + U @ x + b)
+        loss = loss + np.sum(h * h)
+    return loss
+
+
+def rnn_simple_args(steps=30):
+    r = np.random.default_rng(0)
+    return r.normal(size=(32, 32)) * 0.1, r.normal(size=(32, 8)), r.normal(size=32), r.normal(size=(steps, 8))
 
 
 def _step(Wc, bc, Wo, bo, h, x, target):
@@ -97,14 +113,14 @@ def rnn_args(steps=30, batch=8, chars=20, hidden=32):
 COLD = """
 import json, sys, time
 sys.path.insert(0, {here!r})
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 import numpy as np, tracegrad as tg
 import bench_roll as b
 tg.roll.ENABLED = {rolled}
-t1 = time.perf_counter()
+t1, c1 = time.perf_counter(), time.process_time()
 {call}
-t2 = time.perf_counter()
-print(json.dumps({{"import": t1 - t0, "first call": t2 - t1}}))
+t2, c2 = time.perf_counter(), time.process_time()
+print(json.dumps({{"import": c1 - c0, "first call": c2 - c1, "wall": t2 - t1}}))
 """
 
 CALLS = {
@@ -112,7 +128,12 @@ CALLS = {
     "spring, n = 10,000": "tg.value_and_grad(b.spring(10_000), argnums=(0, 1, 2))(1.0, 0.5, 2.0)",
     "neighbour products, 400 terms": "tg.value_and_grad(b.neighbours)(np.linspace(0.0, 1.0, 401))",
     "RNN (autograd's example), 30 steps": "tg.value_and_grad(b.rnn, argnums=(0, 1, 2, 3))(*b.rnn_args())",
+    "Elman RNN, 30 steps": "tg.value_and_grad(b.rnn_simple, argnums=(0, 1, 2))(*b.rnn_simple_args())",
+    "Elman RNN, 30 steps, tg.scan": "tg.value_and_grad(b.rnn_scan_simple, argnums=(0, 1, 2))(*b.rnn_simple_args())",
 }
+
+
+UNROLLED = ("spring, n = 1,000", "RNN (autograd's example), 30 steps", "Elman RNN, 30 steps")
 
 
 def cold(call: str, rolled: bool = True) -> dict:
@@ -153,6 +174,13 @@ def main():
     assert abs(value - scan_value) < 1e-12 * abs(value)
     assert all(np.allclose(a, b, rtol=1e-10, atol=1e-14) for a, b in zip(grads, scan_grads))
     cases["RNN (autograd's example), 30 steps"] = (f, g, args, args)
+    args = rnn_simple_args()
+    f = tg.value_and_grad(rnn_simple, argnums=(0, 1, 2))
+    value, grads = f(*args)
+    hand_value, hand_grads = rnn_by_hand(*args)
+    assert abs(value - hand_value) < 1e-12 * abs(hand_value)
+    assert all(np.allclose(a, b, rtol=1e-10, atol=1e-14) for a, b in zip(grads, hand_grads))
+    cases["Elman RNN, 30 steps"] = (f, rnn_by_hand, args, args)
 
     rows = []
     for name, (ours, theirs, our_args, their_args) in cases.items():
@@ -162,17 +190,17 @@ def main():
         rows.append((name, fmt_time(times["tg"]), fmt_time(times["base"]), f"{times['tg'] / times['base']:.2f}x"))
     report.table("value and gradient, plain Python loops rolled, compiled (median)",
                  ("program", "tracegrad", "baseline", "ratio"), rows,
-                 ["baseline: hand-written Numba (spring, neighbours); the same RNN written with tg.scan"])
+                 ["baseline: hand-written Numba (spring, neighbours, Elman RNN); autograd's RNN written with tg.scan"])
 
     rows = []
     for name, call in CALLS.items():
         t = cold(call)
-        row = [name, f"{t['first call']:.2f} s"]
-        if opts.unrolled:
-            row.append(f"{cold(call, rolled=False)['first call']:.1f} s")
+        row = [name, f"{t['first call']:.2f} s", f"{t['wall']:.2f} s"]
+        if opts.unrolled:  # the 400 terms unrolled took 484 s, 10,000 steps far longer: not run
+            row.append(f"{cold(call, rolled=False)['first call']:.1f} s" if name in UNROLLED else "-")
         rows.append(tuple(row))
     report.table("cold first call: empty caches, a new process",
-                 ("program", "first call") + (("unrolled",) if opts.unrolled else ()), rows,
+                 ("program", "first call (CPU)", "(wall)") + (("unrolled (CPU)",) if opts.unrolled else ()), rows,
                  ["first call: trace, roll, autodiff, passes, codegen, Numba's compile and the call itself"])
 
     rows = []
@@ -181,7 +209,7 @@ def main():
         rows.append((f"spring, n = {n:,}", len(src.splitlines())))
     for steps in (5, 30, 100):
         src = tg.source(tg.grad(rnn, argnums=(0, 1, 2, 3)), *rnn_args(steps))
-        rows.append((f"RNN, {steps} steps", len(src.splitlines())))
+        rows.append((f"autograd's RNN, {steps} steps", len(src.splitlines())))
     report.table("generated source of the gradient", ("program", "lines"), rows)
     if opts.markdown:
         print(report.markdown())

@@ -358,6 +358,41 @@ def test_short_loops_around_the_minimum(n, rng):
     assert_same(unrolled_result, rolled_result)
 
 
+DATA = np.linspace(-1.0, 1.0, 40).reshape(20, 2)
+
+
+def test_rows_of_a_global_array_are_read_again_at_every_call():
+    def f(w):
+        s = 0.0
+        for row in DATA:  # a captured global: its rows come from the array passed at each call
+            s = s + np.sum(np.tanh(row * w))
+        return s
+
+    w = np.array([0.3, -0.7])
+    unrolled_result, rolled_result, graph = both(f, w)
+    assert "loop" in primitives(graph)
+    assert_same(unrolled_result, rolled_result)
+    fun = tg.value_and_grad(f)
+    value, grad = fun(w)
+    assert value == pytest.approx(unrolled_result[0], rel=1e-14)
+    DATA[:] *= 2.0
+    try:
+        assert fun(w)[0] == pytest.approx(f(w), rel=1e-13)
+    finally:
+        DATA[:] /= 2.0
+
+
+def test_scans_inside_a_python_loop_stay_as_they_are(rng):
+    def f(x):
+        for _ in range(6):
+            x, _ = tg.scan(lambda c, r: (np.sin(c * r), None), x, np.linspace(0.5, 1.0, 5))
+        return x
+
+    unrolled_result, rolled_result, graph = both(f, 0.4, min_nodes=0)
+    assert primitives(graph).count("loop") == 6  # each has its own body graph: not one iteration's copy
+    assert_same(unrolled_result, rolled_result)
+
+
 def test_short_runs_stay_unrolled(rng):
     def f(x, w):  # 4 iterations of 4 nodes: compiled unrolled, the fusion passes make it one loop of scalars
         for _ in range(4):

@@ -168,7 +168,8 @@ def _signatures(nodes: list) -> list[int]:
         source = node.source
         key = (node.primitive.name, repr(sorted((k, _param_key(v)) for k, v in params.items())) if params else "",
                (source.filename, source.lineno) if source is not None else None,
-               tuple([a.aval for a in node.inputs]), tuple([v.aval for v in node.outs]))
+               tuple([(a.aval.shape, a.aval.dtype) for a in node.inputs]),  # (no Python-level Aval hashing)
+               tuple([(v.aval.shape, v.aval.dtype) for v in node.outs]))
         out.append(table.setdefault(key, len(table)))
     return out
 
@@ -190,7 +191,11 @@ def _same_literal(a, b) -> bool:
 
 
 def _same_params(a: Node, b: Node) -> bool:
-    if a.primitive is not b.primitive or a.params.keys() != b.params.keys():
+    if a.primitive is not b.primitive:
+        return False
+    if not a.params and not b.params:
+        return True
+    if a.params.keys() != b.params.keys():
         return False
     for key, value in a.params.items():
         other = b.params[key]
@@ -240,6 +245,8 @@ def _roll(nodes, start, k, m, index, last_use, min_iterations, min_nodes):
             entry, axis = row
             size = first.inputs[0].aval.shape[axis]
             c0, c1 = first.params["index"][entry] % size, second.params["index"][entry] % size
+            if c0 == c1:  # x[-1] and x[n - 1]: the same row, read as two different indices
+                return None, start + k
             rows[p] = (entry, axis, c0, c1 - c0)
             pattern.append([("const", first.inputs[0])])
             continue
@@ -276,7 +283,7 @@ def _roll(nodes, start, k, m, index, last_use, min_iterations, min_nodes):
                 continue
             if not _same_params(node, template) or len(node.inputs) != len(template.inputs) or node.also:
                 raise _Mismatch
-            for a, (kind, what) in zip(node.inputs, pattern[p]):
+            for a, b, (kind, what) in zip(node.inputs, template.inputs, pattern[p]):
                 if kind == "const":
                     if not (a is what or _same_literal(a, what)):
                         raise _Mismatch
@@ -287,7 +294,7 @@ def _roll(nodes, start, k, m, index, last_use, min_iterations, min_nodes):
                     if a is not at(j - 1, what).out:
                         raise _Mismatch
                 else:  # the first iteration reads the carry's initial value
-                    if isinstance(a, Var) and index.get(a, -1) >= start:
+                    if isinstance(a, Var) and index.get(a, -1) >= start or a.aval != b.aval:
                         raise _Mismatch
                     if what in init and not (init[what] is a or _same_literal(init[what], a)):
                         raise _Mismatch
@@ -354,7 +361,7 @@ def _build(at, k, count, start, pattern, rows, carries, init):
                 inputs.append(carry_in[what])
         body_out[p] = Var(template.out.aval, hint(p))
         body_nodes.append(Node(template.primitive, tuple(inputs), template.params, body_out[p], template.source,
-                               template.group, False))
+                               template.group, template.backward))
     body = Graph("loop", [t, *consts.values(), *(carry_in[p] for p in carries), *(row_in[p] for p in rows)],
                  body_nodes, [body_out[p] for p in carries] + [carry_in[p] for p in carries])
 
