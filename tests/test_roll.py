@@ -262,6 +262,11 @@ def test_nested_grad_of_a_plain_loop():
     assert "loop" in primitives(tg.grad(tg.grad(f)).graph(2.0))
 
 
+def test_a_rolled_loop_is_drawn_as_one_node_with_its_values():
+    d = tg.draw(lambda k: spring(k, 200), 2.0, backward=True, values=True)
+    assert "loop" in d.dot and d.dot.count("label=") < 60
+
+
 def test_disabled_rolling_compiles_as_traced(unrolled):
     assert "loop" not in primitives(tg.jit(lambda k: spring(k, 10)).graph(2.0))
 
