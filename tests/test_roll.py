@@ -312,18 +312,64 @@ def test_a_value_used_two_iterations_later(n):
     assert tg.grad(fib)(0.9) == pytest.approx(numeric_grad(fib, 0.9), rel=1e-7)
 
 
-def test_every_iterations_value_used_after_the_loop_is_not_rolled(rng):
+def test_per_step_values_stacked_after_the_loop(rng):
     def f(x):
         ys = []
         h = x
-        for _ in range(8):
+        for _ in range(30):
             h = np.tanh(h * 1.1)
             ys.append(h)
         return np.sum(np.stack(ys) ** 2)
 
     x = rng.normal(size=3)
     unrolled_result, rolled_result, graph = both(f, x)
-    assert "loop" not in primitives(graph)
+    assert primitives(graph).count("loop") == 1
+    assert "concatenate" not in primitives(graph)  # np.stack of every step: the loop's stacked output itself
+    assert_same(unrolled_result, rolled_result)
+    text = tg.source(tg.grad(f), x)
+    assert "for t in range(30):" in text and len(text.splitlines()) < 60
+    np.testing.assert_allclose(tg.grad(f)(x), numeric_grad(f, x), rtol=1e-7)
+
+
+def test_a_sum_of_per_step_values_rolls_too(rng):
+    def f(x):
+        ys = []
+        h = x
+        for _ in range(60):
+            h = np.tanh(h * 1.1 + 0.2)
+            ys.append(h * 2.0)
+        return np.sum(sum(ys))
+
+    x = rng.normal(size=3)
+    unrolled_result, rolled_result, graph = both(f, x)
+    assert primitives(graph).count("loop") == 2  # the steps, then the sum over their stacked values
+    assert_same(unrolled_result, rolled_result)
+
+
+def test_the_last_row_used_after_a_loop_with_stacked_values(rng):
+    def f(xs):
+        ys, h = [], 0.5
+        for x in xs:
+            h = np.tanh(h * x + 0.2)
+            ys.append(h)
+        return np.sum(np.stack(ys)) + x  # x: the last row, read after the loop
+
+    xs = rng.normal(size=40)
+    unrolled_result, rolled_result, graph = both(f, xs)
+    assert_same(unrolled_result, rolled_result)
+
+
+def test_some_steps_values_used_after_the_loop(rng):
+    def f(x):
+        ys = []
+        h = x
+        for _ in range(30):
+            h = np.tanh(h * 1.1 + 0.2)
+            ys.append(h)
+        return np.sum(ys[3] * ys[17]) + np.sum(h)
+
+    x = rng.normal(size=3)
+    unrolled_result, rolled_result, graph = both(f, x)
     assert_same(unrolled_result, rolled_result)
     np.testing.assert_allclose(tg.grad(f)(x), numeric_grad(f, x), rtol=1e-7)
 
@@ -435,12 +481,14 @@ def test_rolling_is_linear_in_the_graph_size(rng):
     assert time.perf_counter() - start < 5.0
     assert len(rolled.nodes) < 12
 
-    def unrollable(x):  # every iteration's value kept: a long periodic run that cannot be rolled
+    kept = (np.random.default_rng(0).random(3_000) < 0.5).tolist()
+
+    def unrollable(x):  # a random half of the steps' values kept: a long periodic run that cannot roll
         ys = []
         for _ in range(3_000):
             x = np.sin(x)
             ys.append(x)
-        return sum(ys)
+        return sum(y for y, keep in zip(ys, kept) if keep)
 
     graph = trace(unrollable, (0.5,)).graph
     start = time.perf_counter()

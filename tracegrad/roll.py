@@ -18,9 +18,11 @@ Each input of each body node must be, in every iteration, the same kind of value
 - a *row*: ``X[..., c + s*t, ...]`` of an array from before the loop, the index affine in the iteration
   (``xs[t]``, ``x[i + 1]``, ``for x in xs``); the loop reads the rows of a slice of ``X`` made before it.
 Values of an iteration are used by that iteration and the next only; the last iteration's carries are the
-loop's results. Anything else (a value used two iterations later, iterations that differ, a per-step
-value kept in a list) is left unrolled, exactly as traced: a run is cut where it stops fitting, and a last
-iteration whose other values are used after the loop stays unrolled after it. The first iteration often
+loop's results, and a place whose value every iteration leaves for after the loop (``ys.append(h)``) is
+stacked by the loop: those uses read its rows ``Y[j]``, and ``np.stack`` of them all is ``Y``. Anything
+else (a value used two iterations later, iterations that differ, values of some iterations used after)
+is left unrolled, exactly as traced: a run is cut where it stops fitting, and a last iteration whose
+other values are used after the loop stays unrolled after it. The first iteration often
 differs (``v + dt * a`` with ``v = 0.0`` traces to ``dt * a``): it stays unrolled before the loop.
 
 The pass is linear in the graph's size (signatures are compared through prefix hashes) and never
@@ -53,7 +55,8 @@ def rolled(traced):
     return traced if graph is traced.graph else dataclasses.replace(traced, graph=graph)
 
 
-def roll_loops(graph: Graph, min_iterations: int = MIN_ITERATIONS, min_nodes: int = MIN_NODES) -> Graph:
+def roll_loops(graph: Graph, min_iterations: int = MIN_ITERATIONS, min_nodes: int = MIN_NODES, *,
+               _again: bool = True) -> Graph:
     """Replace each run of at least ``min_iterations`` identical, chained copies of a loop body (and
     ``min_nodes`` nodes) by a ``loop`` node; returns ``graph`` itself when there is none.
 
@@ -115,6 +118,7 @@ def roll_loops(graph: Graph, min_iterations: int = MIN_ITERATIONS, min_nodes: in
             last_use[out] = n
 
     result, i, changed = [], 0, False
+    replace = {}  # a stacked value of iteration j -> the node reading Y[j]
     while i < n:
         done, resume = None, None  # where to look again after a failure: the nearest any candidate allows
         j, tries = following[i], 0
@@ -135,14 +139,79 @@ def roll_loops(graph: Graph, min_iterations: int = MIN_ITERATIONS, min_nodes: in
             result.extend(nodes[i:resume])
             i = resume
             continue
-        made, count = done
+        (made, reads), count = done
         result.extend(nodes[i:start])
         result.extend(made)
+        for value, read in reads:
+            replace[value] = read
         i = start + count
         changed = True
     if not changed:
         return graph
-    return Graph(graph.name, graph.inputs, result, graph.outputs, graph.n_args, dict(graph.meta))
+    if not replace:
+        return Graph(graph.name, graph.inputs, result, graph.outputs, graph.n_args, dict(graph.meta))
+    # values of the iterations read after the loop: rows of its stacked output, read where first used
+    nodes, read = [], set()
+    for node in result:
+        for a in node.inputs:
+            if a in replace and a not in read:
+                read.add(a)
+                nodes.append(replace[a])
+        nodes.append(node)
+    outputs = []
+    for v in graph.outputs:
+        if v in replace and v not in read:
+            read.add(v)
+            nodes.append(replace[v])
+        outputs.append(replace[v].out if v in replace else v)
+    rows_of = {read.out: (read.inputs[0], read.params["index"][0]) for read in replace.values()}
+    replace = {value: read.out for value, read in replace.items()}
+    nodes, whole = _stacks_read_whole([_with_inputs(n, replace) for n in nodes], rows_of)
+    outputs = [whole.get(v, v) if isinstance(v, Var) else v for v in outputs]
+    graph = Graph(graph.name, graph.inputs, nodes, outputs, graph.n_args, dict(graph.meta))
+    # once more: the reads may be steps of a loop too (a sum of the values after the loop)
+    return roll_loops(graph, min_iterations, min_nodes, _again=False) if _again else graph
+
+
+def _with_inputs(node: Node, replace: dict) -> Node:
+    inputs = tuple(replace.get(a, a) if isinstance(a, Var) else a for a in node.inputs)
+    return node if inputs == node.inputs else dataclasses.replace(node, inputs=inputs)
+
+
+def _stacks_read_whole(nodes: list, rows_of: dict) -> list:
+    """``np.stack`` of every row of a loop's stacked output, in order, is that output: in a ``concatenate``
+    along axis 0, the inputs ``reshape(Y[0], (1, ...)), ..., reshape(Y[n - 1], (1, ...))`` become ``Y``."""
+    reshaped: dict = {}  # reshape(Y[j]) to (1, *row shape) -> (Y, j)
+    out, whole = [], {}  # whole: a concatenate of all of Y -> Y
+    for node in nodes:
+        node = _with_inputs(node, whole)
+        name = node.primitive.name
+        if name == "reshape" and node.inputs[0] in rows_of and \
+                tuple(node.params["shape"]) == (1,) + node.inputs[0].aval.shape:
+            reshaped[node.out] = rows_of[node.inputs[0]]
+        elif name == "concatenate" and node.params["axis"] == 0 and any(a in reshaped for a in node.inputs):
+            inputs, run = [], []
+            for a in node.inputs:
+                y, j = reshaped.get(a, (None, -1))
+                if j == 0 or (run and y is run[0][0] and j == len(run)):
+                    if j == 0:
+                        inputs.extend(atom for _, atom in run)
+                        run = []
+                    run.append((y, a))
+                    if len(run) == y.aval.shape[0]:
+                        inputs.append(y)
+                        run = []
+                    continue
+                inputs.extend(atom for _, atom in run)
+                run = []
+                inputs.append(a)
+            inputs.extend(atom for _, atom in run)
+            if len(inputs) == 1:
+                whole[node.out] = inputs[0]
+                continue
+            node = dataclasses.replace(node, inputs=tuple(inputs))
+        out.append(node)
+    return out, whole
 
 
 # ---------------------------------------------------------------- signatures
@@ -313,6 +382,17 @@ def _roll(nodes, start, k, m, index, last_use, min_iterations, min_nodes):
     except _Mismatch:
         pass
 
+    # a place whose value every iteration leaves for after the run (a list of per-step values) is
+    # stacked: the loop's rows Y[t], read after it as Y[j] (or Y itself: np.stack of them all)
+    after = start + valid * k
+    escaping = [p for p in range(k) if last_use.get(at(valid - 1, p).out, -1) >= after]
+    stacked = [p for p in escaping if p not in rows and
+               all(last_use.get(at(j, p).out, -1) >= after for j in range(valid))]
+    if stacked and valid >= min_iterations and valid * k >= min_nodes and all(
+            last_use.get(at(j, p).out, -1) < after for j in range(valid - 1) for p in range(k) if p not in stacked) \
+            and all(p in stacked or p in carries for p in escaping):
+        return (_build(at, k, valid, start, pattern, rows, carries, init, stacked), valid * k), after
+
     # values of an iteration are used by it and the next only; the last one's carries after the loop
     latest = []  # per iteration: the last use of any of its values
     for j in range(valid):
@@ -333,8 +413,9 @@ def _roll(nodes, start, k, m, index, last_use, min_iterations, min_nodes):
     return (_build(at, k, count, start, pattern, rows, carries, init), count * k), start + count * k
 
 
-def _build(at, k, count, start, pattern, rows, carries, init):
-    """The loop node for ``count`` iterations (and the slices its rows are read from)."""
+def _build(at, k, count, start, pattern, rows, carries, init, stacked=()):
+    """The loop node for ``count`` iterations (and the slices its rows are read from); with ``stacked``
+    places, the rows of each stacked value and a ``(value of iteration j, Y, j)`` for each use after."""
     hint = lambda p: at(count - 1, p).out.hint
     t = Var(Aval((), np.int64), "t")
     consts: dict = {}  # outer value -> body input
@@ -363,7 +444,8 @@ def _build(at, k, count, start, pattern, rows, carries, init):
         body_nodes.append(Node(template.primitive, tuple(inputs), template.params, body_out[p], template.source,
                                template.group, template.backward))
     body = Graph("loop", [t, *consts.values(), *(carry_in[p] for p in carries), *(row_in[p] for p in rows)],
-                 body_nodes, [body_out[p] for p in carries] + [carry_in[p] for p in carries])
+                 body_nodes, [body_out[p] for p in carries] + [body_out[p] for p in stacked] +
+                 [carry_in[p] for p in carries])
 
     made, xs = [], []
     for p in rows:  # the rows X[..., c0 + step * t, ...] as a sequence: a slice of X, that axis first
@@ -388,9 +470,16 @@ def _build(at, k, count, start, pattern, rows, carries, init):
             sliced = moved
         xs.append(sliced)
     finals = [at(count - 1, p).out for p in carries]
-    stacked = [Var(Aval((count,) + at(1, p).out.aval.shape, at(1, p).out.aval.dtype)) for p in carries]
+    ys = [Var(Aval((count,) + at(1, p).out.aval.shape, at(1, p).out.aval.dtype)) for p in stacked]
+    history = [Var(Aval((count,) + at(1, p).out.aval.shape, at(1, p).out.aval.dtype)) for p in carries]
     params = dict(body=body, length=count, n_consts=len(consts), n_carry=len(carries), reverse=False)
-    outs = finals + stacked
+    outs = finals + ys + history
     made.append(Node(PRIMITIVES["loop"], (*consts, *(init[p] for p in carries), *xs), params, outs[0],
                      at(0, 0).source, None, False, tuple(outs[1:])))
-    return made
+    getitem = PRIMITIVES["getitem"]
+    reads = []  # each read where it is first used (a sum of them after the loop can then roll too)
+    for p, y in zip(stacked, ys):
+        for j in range(count):
+            value = at(j, p).out
+            reads.append((value, Node(getitem, (y,), {"index": (j,)}, Var(value.aval, value.hint), at(j, p).source)))
+    return made, reads
