@@ -473,6 +473,46 @@ def test_two_loops_one_after_the_other(rng):
     assert_same(unrolled_result, rolled_result)
 
 
+def _table_loop(kind, n):
+    """Loops of several shapes, for the table below: rows and carries mixed, a swap, stacked values, a
+    Python ``if`` on the index, a row carried to the next step."""
+    def f(x, w):
+        s, h, p, a, b, ys = 0.0, w, w, w, 1.0, []
+        prev = x[0]
+        for i in range(n):
+            if kind == 0:
+                s = s * 0.9 + x[i] * x[i + 1] * w
+            elif kind == 1:
+                a, b = b * x[n - i], a + np.sin(b)
+            elif kind == 2:
+                h = np.tanh(h * x[i] + 0.1)
+                ys.append(h * h)
+            elif kind == 3:
+                h = np.tanh(h * x[2 * i % (n + 1)] + 0.1)
+                ys.append(h)
+            elif kind == 4:
+                p = p * np.cos(x[i])
+                if i % 3 == 0:
+                    s = s + p
+            else:
+                h = h + prev * x[i + 1]
+                prev = x[i + 1]
+        if kind == 3:
+            return np.sum(np.stack(ys) * x[:n])
+        return s + a + b + h * prev + p + sum(ys)
+    return f
+
+
+@pytest.mark.parametrize("kind", range(6))
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 17])
+def test_a_table_of_loops_rolled_at_any_minimum(kind, n, rng):
+    f = _table_loop(kind, n)
+    args = (rng.normal(size=2 * n + 3), 0.7)
+    for min_iterations in (2, 3, 4):
+        unrolled_result, rolled_result, _ = both(f, *args, wrt=(0, 1), min_iterations=min_iterations, min_nodes=0)
+        assert_same(unrolled_result, rolled_result)
+
+
 def test_rolling_is_linear_in_the_graph_size(rng):
     graph = trace(lambda k: spring(k, 10_000), (2.0,)).graph
     assert len(graph.nodes) > 59_000
