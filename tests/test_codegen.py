@@ -116,7 +116,9 @@ def _unrolled(n):
 @pytest.mark.parametrize("debug_nans", [False, True])
 def test_long_code_is_split_into_parts_that_compute_the_same(rng, monkeypatch, debug_nans):
     import tracegrad.codegen as codegen
+    import tracegrad.roll as roll
 
+    monkeypatch.setattr(roll, "ENABLED", False)  # the loop unrolled, as traced: long code
     x, w = rng.normal(), rng.normal()  # scalars: straight-line code (array code would be one loop)
     f = _unrolled(12)
     whole = tg.value_and_grad(f, argnums=(0, 1), debug_nans=debug_nans)

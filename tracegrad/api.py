@@ -27,6 +27,7 @@ from .static import StaticArgs
 from .interpret import inline
 from .ir import Graph, Literal, Var, ascii_name
 from .pytree import LEAF, TreeDef, flatten, unflatten
+from .roll import rolled
 from .tracer import Traced, arg_names, aval_of, container_note, trace
 
 _SCALARS = (float, int, bool)
@@ -418,7 +419,7 @@ class Function:
         _check_arity(self.fun, args)
         clock = _Stopwatch()
         wrt = self._differentiable_leaves(args) if self.mode != "jit" else []
-        traced = trace(self.fun, args, name=getattr(self, "__name__", None))
+        traced = rolled(trace(self.fun, args, name=getattr(self, "__name__", None)))  # plain loops as loop nodes
         clock.lap("trace")
         graph, pack, direct = self._transform(traced, args, wrt)
         clock.lap("autodiff")
@@ -503,7 +504,7 @@ class Function:
 
     def _call_traced(self, args, leaves):
         wrt = self._differentiable_leaves(args) if self.mode != "jit" else []
-        traced = trace(self.fun, args, name=getattr(self, "__name__", None))
+        traced = rolled(trace(self.fun, args, name=getattr(self, "__name__", None)))
         graph, _, _ = self._transform(traced, args, wrt)
         captured = [c.current() for c in traced.captures]
         enclosing = current_builder()

@@ -229,7 +229,8 @@ def _expand(nodes, seen=None) -> list:
     several loops compute again is drawn where it is first computed)."""
     out, seen = [], set() if seen is None else seen
     for node in nodes:
-        bodies = [v for v in node.params.values() if isinstance(v, Graph)]
+        # (a loop's body has values of its own, one per iteration: the loop is drawn as one node)
+        bodies = [v for v in node.params.values() if isinstance(v, Graph)] if node.primitive.scoped is None else []
         if bodies:
             for body in bodies:
                 out.extend(_expand(body.nodes, seen))
