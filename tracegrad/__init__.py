@@ -12,7 +12,8 @@ __version__ = "0.1.0"
 from . import primitives as _primitives  # noqa: F401  (registers every primitive)
 from .api import Compiled, Function, grad, jit, make_graph, source, value_and_grad
 from .backend import cache_dir, set_cache_dir
-from .errors import (CompileError, GradTypeError, NonFiniteError, ShapeError, TracegradError, TracingError,
+from .tiers import set_compile
+from .errors import (CompileError, CompileWarning, GradTypeError, NonFiniteError, ShapeError, TracegradError, TracingError,
                      UnsupportedError)
 from .ir import Aval, Graph
 from .primitives.elementwise import sigmoid
@@ -27,8 +28,9 @@ from .testing import KinkWarning, check_grad, numeric_grad
 __all__ = [
     "nn", "optim", "fit", "History", "DataError", "TrainingError",
     "grad", "value_and_grad", "jit", "make_graph", "source", "sigmoid", "stop_gradient",
-    "Function", "Compiled", "Graph", "Aval", "cache_dir", "set_cache_dir",
+    "Function", "Compiled", "Graph", "Aval", "cache_dir", "set_cache_dir", "set_compile",
     "TracegradError", "TracingError", "UnsupportedError", "ShapeError", "GradTypeError", "CompileError",
+    "CompileWarning",
     "NonFiniteError",
     "draw", "Drawing", "MissingDependencyError",
     "check_grad", "numeric_grad", "GradCheckError", "KinkWarning",

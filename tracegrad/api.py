@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import backend
+from . import backend, tiers
 from .autodiff import value_and_grad_graph
 from .codegen import Module, generate
 from .passes import optimize
@@ -99,8 +99,13 @@ class Compiled:
 
     ``timings`` holds the seconds each stage of making it took: ``trace``, ``autodiff``, ``passes``,
     ``codegen``, ``load`` (writing and importing the module) and, after the first call, ``numba``
-    (Numba's compile or cache load, and that call). The same is logged at INFO level on the
-    ``"tracegrad"`` logger: ``logging.basicConfig(level=logging.INFO)`` shows it.
+    (Numba's compile or cache load, and that call). With ``compile="background"`` a first call that had
+    to wait for Numba ran on NumPy instead (``evaluate``); the worker's compile (``background``) and
+    loading its result here (``numba``) are added when the compiled code takes over. The same is logged
+    at INFO level on the ``"tracegrad"`` logger: ``logging.basicConfig(level=logging.INFO)`` shows it.
+
+    ``tier`` says what runs the calls: ``"compiled"``, ``"evaluating"`` (NumPy, see ``tracegrad.tiers``)
+    or ``None`` before the first call; ``wait()`` blocks until the compiled code is in use.
     """
 
     graph: Graph
@@ -111,13 +116,22 @@ class Compiled:
     direct: str | None = None  # the same as an expression of the outputs `o0, o1, ...`, when no leaf needs converting
     signature: tuple = ()  # the flat arguments' signatures (_signature), when the arguments are flat
     timings: dict = field(default_factory=dict)  # seconds per stage: trace, autodiff, passes, codegen, load, numba
+    mode: str = "wait"  # compile=: "background", "wait" or "never" (tracegrad.tiers)
 
     def __post_init__(self):
+        self.guard = None
+        self.tier = None
+        self._call = self._first_call  # then the dispatcher, the evaluator, or the evaluator until compiled
+        self._background = None
+        self._evaluator = None
+        if self.mode == "wait":
+            self._make_guard()
+
+    def _make_guard(self):
         captures = self.traced.captures
         # Constants the trace created are passed as they are; closure and global arrays are read and
         # checked on every call, so they rule the fast path out.
         held = all(c.held for c in captures)
-        self.guard = None
         if held and self.direct is not None and self.signature:
             self.guard = _make_guard(self.signature, self.direct, len(self.graph.outputs), self.dispatcher,
                                      [c.current() for c in captures], self.module)
@@ -137,10 +151,72 @@ class Compiled:
                 raise _Stale
             args.append(value)
         try:
-            outs = self.dispatcher(*args)
+            outs = self._call(*args)
         except backend.NUMBA_ERRORS as exc:
             raise backend.compile_error(exc, self.module) from None
         return self.pack(outs if isinstance(outs, tuple) else (outs,), leaves)
+
+    # ------------------------------------------------------------------ tiers
+
+    @property
+    def evaluator(self) -> tiers.Evaluator:
+        """The same function on NumPy (the optimised graph, evaluated): what runs until Numba is done."""
+        if self._evaluator is None:
+            self._evaluator = tiers.Evaluator(self.graph, self.module.checks)
+        return self._evaluator
+
+    def wait(self) -> str:
+        """Block until the compiled code runs the calls (when a background compile is under way); the tier."""
+        if self._background is not None and self.tier == "evaluating":
+            self._background.wait()
+            self._evaluate_until_compiled()
+        return self.tier
+
+    def _first_call(self, *args):
+        """Choose the tier: compiled if Numba's cache has the code or compile="wait" (compiling here),
+        else NumPy now and a compile in the background."""
+        clock = _Stopwatch()
+        if self.mode == "never":
+            self.tier, self._call = "evaluating", self.evaluator
+            return self._call(*args)
+        if self.mode == "background":
+            self._background = tiers.background(self.dispatcher, args, backend.module_path(self.module),
+                                                self.module.function, self.module.parts, label=self.module.function)
+            if self._background is not None:
+                self.tier, self._call = "evaluating", self._evaluate_until_compiled
+                outs = self.evaluator(*args)
+                clock.lap("evaluate")
+                self.timings.update(clock.laps)
+                self._report("Numba compiles it in the background; this call ran on NumPy", compiled=False)
+                return outs
+        outs = self.dispatcher(*args)  # Numba compiles, or loads from its cache
+        clock.lap("numba")
+        self.timings.update(clock.laps)
+        stats = self.dispatcher.stats
+        self._report("Numba " + ("loaded from its cache" if sum(stats.cache_hits.values()) else "compiled"))
+        self._use_compiled()
+        return outs
+
+    def _evaluate_until_compiled(self, *args):
+        state = self._background.poll()
+        if state == "compiled":
+            self.timings.update(background=self._background.job.seconds, numba=self._background.load_seconds)
+            self._use_compiled()
+        elif state == "failed":
+            self._call = self.evaluator
+        else:
+            return self.evaluator(*args) if args else None
+        return self._call(*args) if args else None
+
+    def _use_compiled(self):
+        self.tier, self._call = "compiled", self.dispatcher
+        if self.guard is None:
+            self._make_guard()
+
+    def _report(self, what: str, compiled: bool = True):
+        _log.info("%s %s (%d lines%s): %s; %s", "compiled" if compiled else "prepared", self.module.function,
+                  self.source.count("\n"), f", {len(self.module.parts) + 1} functions" if self.module.parts else "",
+                  ", ".join(f"{stage} {seconds * 1e3:.1f} ms" for stage, seconds in self.timings.items()), what)
 
 
 class _Miss:
@@ -195,7 +271,8 @@ class _Stale(Exception):
 class Function:
     """A function transformed by ``grad``, ``value_and_grad`` or ``jit``. Call it like the original."""
 
-    def __init__(self, fun: Callable, mode: str, argnums=0, has_aux: bool = False, debug_nans: bool | None = None):
+    def __init__(self, fun: Callable, mode: str, argnums=0, has_aux: bool = False, debug_nans: bool | None = None,
+                 compile: str | None = None):
         if not callable(fun):
             raise TypeError(f"{mode} expects a function, got {type(fun).__name__}")
         if mode != "jit":
@@ -207,6 +284,7 @@ class Function:
         if debug_nans is None:
             debug_nans = os.environ.get("TRACEGRAD_DEBUG_NANS", "") not in ("", "0")
         self.debug_nans = debug_nans
+        self.compile = None if compile is None else tiers.check_mode(compile)  # None: tiers.compile_mode()
         self._cache: dict = {}
         functools.update_wrapper(self, fun, updated=())  # not __dict__: fun may be a Function itself
         # a class of its own, whose __call__ becomes the guard of the specialisation last called
@@ -216,7 +294,7 @@ class Function:
         return f"<tracegrad.{self.mode} of {getattr(self.fun, '__qualname__', self.fun)!r}>"
 
     def __reduce__(self):  # its own class cannot be pickled; a copy compiles (or loads) again when called
-        return Function, (self.fun, self.mode, self.argnums, self.has_aux, self.debug_nans)
+        return Function, (self.fun, self.mode, self.argnums, self.has_aux, self.debug_nans, self.compile)
 
     def __get__(self, obj, objtype=None):
         """A decorated method: ``self`` is bound, not traced, and argnums count the other arguments.
@@ -228,7 +306,8 @@ class Function:
         key = f"_tracegrad_{self.mode}_{id(self)}"
         bound = obj.__dict__.get(key) if hasattr(obj, "__dict__") else None
         if bound is None:
-            bound = Function(functools.partial(self.fun, obj), self.mode, self.argnums, self.has_aux, self.debug_nans)
+            bound = Function(functools.partial(self.fun, obj), self.mode, self.argnums, self.has_aux, self.debug_nans,
+                             self.compile)
             bound.__name__ = getattr(self.fun, "__name__", "method")
             if hasattr(obj, "__dict__"):
                 obj.__dict__[key] = bound
@@ -257,19 +336,13 @@ class Function:
         leaves, in_tree = flatten(args)
         if any(isinstance(leaf, TracedArray) for leaf in leaves):
             return self._call_traced(args, leaves)
-        entry = self.specialize(*args, _retrace=retrace)
-        if "numba" in entry.timings:
-            return entry.run(leaves)
-        clock = _Stopwatch()  # the first call: Numba compiles, or loads from its cache
-        result = entry.run(leaves)
-        clock.lap("numba")
-        entry.timings.update(clock.laps)
-        stats = entry.dispatcher.stats
-        _log.info("compiled %s (%d lines%s): %s; Numba %s", entry.module.function, entry.source.count("\n"),
-                  f", {len(entry.module.parts) + 1} functions" if entry.module.parts else "",
-                  ", ".join(f"{stage} {seconds * 1e3:.1f} ms" for stage, seconds in entry.timings.items()),
-                  "loaded from its cache" if sum(stats.cache_hits.values()) else "compiled")
-        return result
+        return self.specialize(*args, _retrace=retrace).run(leaves)
+
+    def wait(self) -> None:
+        """Block until compiled code runs every specialisation called so far (with ``compile="background"``,
+        the first calls run on NumPy while Numba compiles in another process)."""
+        for entry in list(self._cache.values()):
+            entry.wait()
 
     # ------------------------------------------------------------------ specialisation
 
@@ -339,7 +412,8 @@ class Function:
             direct = None  # 0-d arrays are passed to Numba as scalars
         flat = flatten(args)[1] == flatten(tuple(range(len(args))))[1]
         signature = tuple(_signature(leaf) for leaf in leaves) if flat else ()
-        return Compiled(graph, module, dispatcher, traced, pack, direct, signature, clock.laps)
+        return Compiled(graph, module, dispatcher, traced, pack, direct, signature, clock.laps,
+                        self.compile or tiers.compile_mode())
 
     def _transform(self, traced: Traced, args, wrt):
         """The graph to compile, and how to turn its flat outputs back into this function's results."""
@@ -485,14 +559,15 @@ def _identifier(name: str) -> str:
 
 
 def _transform_decorator(mode):
-    def transform(fun=None, *, argnums=0, has_aux=False, debug_nans=None):
+    def transform(fun=None, *, argnums=0, has_aux=False, debug_nans=None, compile=None):
         if fun is None:
-            return lambda f: Function(f, mode, argnums, has_aux, debug_nans)
-        return Function(fun, mode, argnums, has_aux, debug_nans)
+            return lambda f: Function(f, mode, argnums, has_aux, debug_nans, compile)
+        return Function(fun, mode, argnums, has_aux, debug_nans, compile)
     return transform
 
 
-def grad(fun: Callable | None = None, *, argnums=0, has_aux: bool = False, debug_nans: bool | None = None) -> Function:
+def grad(fun: Callable | None = None, *, argnums=0, has_aux: bool = False, debug_nans: bool | None = None,
+         compile: str | None = None) -> Function:
     """The gradient of a scalar function, compiled.
 
     ``grad(f)(*args)`` returns the gradient of ``f`` with respect to argument ``argnums`` (an int, or a
@@ -507,15 +582,20 @@ def grad(fun: Callable | None = None, *, argnums=0, has_aux: bool = False, debug
     code checks every value and raises ``NonFiniteError`` at the first NaN or inf, naming the value,
     the forward or backward pass and your line; off, the checks are not in the code at all.
 
+    ``compile``: ``"background"`` (the default, see ``tg.set_compile``) answers the first calls at once
+    with NumPy while Numba compiles in another process, then runs the compiled code; ``"wait"`` blocks
+    on the first call until Numba has compiled (or loaded from its cache); ``"never"`` only uses NumPy.
+    ``f.wait()`` blocks until the compiled code is in use.
+
     Raises ``GradTypeError`` for a non-scalar output, an integer argument or ``argnums`` out of range,
     ``TracingError`` for Python control flow on traced values, ``UnsupportedError`` for NumPy functions
     tracegrad does not know, and ``ShapeError`` for shapes that do not fit.
     """
-    return _transform_decorator("grad")(fun, argnums=argnums, has_aux=has_aux, debug_nans=debug_nans)
+    return _transform_decorator("grad")(fun, argnums=argnums, has_aux=has_aux, debug_nans=debug_nans, compile=compile)
 
 
 def value_and_grad(fun: Callable | None = None, *, argnums=0, has_aux: bool = False,
-                   debug_nans: bool | None = None) -> Function:
+                   debug_nans: bool | None = None, compile: str | None = None) -> Function:
     """Like ``grad``, but returns ``(value, gradient)`` from one compiled pass (``((value, aux), gradient)``
     with ``has_aux``).
 
@@ -523,17 +603,18 @@ def value_and_grad(fun: Callable | None = None, *, argnums=0, has_aux: bool = Fa
     >>> tg.value_and_grad(lambda x, y: x * y + y)(3.0, 2.0)
     (8.0, 2.0)
     """
-    return _transform_decorator("value_and_grad")(fun, argnums=argnums, has_aux=has_aux, debug_nans=debug_nans)
+    return _transform_decorator("value_and_grad")(fun, argnums=argnums, has_aux=has_aux, debug_nans=debug_nans,
+                                                  compile=compile)
 
 
-def jit(fun: Callable, *, debug_nans: bool | None = None) -> Function:
+def jit(fun: Callable, *, debug_nans: bool | None = None, compile: str | None = None) -> Function:
     """Compile ``fun`` (forward only). It may return any pytree of arrays and scalars.
 
     >>> import numpy as np, tracegrad as tg
     >>> tg.jit(lambda x: np.tanh(x) * 2)(np.zeros(2))
     array([0., 0.])
     """
-    return Function(fun, "jit", debug_nans=debug_nans)
+    return Function(fun, "jit", debug_nans=debug_nans, compile=compile)
 
 
 def make_graph(fun: Callable, *args) -> Graph:

@@ -102,18 +102,76 @@ def load(module: Module):
             return dispatcher
         if not path.exists() or path.read_text(encoding="utf-8") != module.source:
             _write_atomically(path, module.source)
-        name = f"tracegrad_generated_{path.stem}"
-        spec = importlib.util.spec_from_file_location(name, path)
-        py_module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = py_module  # Numba's cache finds the module by name when it loads
-        spec.loader.exec_module(py_module)
-        # error_model="numpy": 1/0 gives inf and 0/0 nan, as in NumPy, instead of raising
-        jit = numba.njit(cache=True, error_model="numpy")
-        for part in module.parts:  # globals the function calls: compiled when it is
-            setattr(py_module, part, jit(getattr(py_module, part)))
-        dispatcher = jit(getattr(py_module, module.function))
+        dispatcher = import_file(path, module.function, module.parts)
         _loaded[path] = dispatcher
         return dispatcher
+
+
+def import_file(path: Path, function: str, parts=()):
+    """Import the generated module at ``path`` and wrap ``function`` (and the ``parts`` it calls) with
+    ``numba.njit(cache=True)``. The background compiler (``tiers``) calls this too, so both processes name
+    the module alike and share Numba's cache entries."""
+    name = f"tracegrad_generated_{Path(path).stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    py_module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = py_module  # Numba's cache finds the module by name when it loads
+    spec.loader.exec_module(py_module)
+    # error_model="numpy": 1/0 gives inf and 0/0 nan, as in NumPy, instead of raising
+    jit = numba.njit(cache=True, error_model="numpy")
+    for part in parts:  # globals the function calls: compiled when it is
+        setattr(py_module, part, jit(getattr(py_module, part)))
+    return jit(getattr(py_module, function))
+
+
+def load_cached(dispatcher, described_types) -> bool:
+    """Give ``dispatcher`` its compiled code for ``described_types`` (``tiers.describe``) if it is ready
+    in memory or in Numba's disk cache, without compiling anything; True when it is. (Numba has no public
+    call for "load, but do not compile"; this does what ``Dispatcher.compile`` does before it compiles.)"""
+    types = _read_types(described_types)
+    if types in dispatcher.overloads:
+        return True
+    from numba.core.compiler_lock import global_compiler_lock
+
+    try:
+        if not os.path.exists(dispatcher._cache._cache_file._index_path):
+            return False  # nothing cached: do not pay for Numba's first look at its cache (~1 s of imports)
+        with global_compiler_lock:
+            cres = dispatcher._cache.load_overload(types, dispatcher.targetctx)
+            if cres is None:
+                return False
+            dispatcher._cache_hits[types] += 1
+            dispatcher.targetctx.insert_user_function(cres.entry_point, cres.fndesc, [cres.library])
+            dispatcher.add_overload(cres)
+            return True
+    except AttributeError:  # another Numba: let the call compile (or load) it as usual
+        return False
+
+
+def _read_types(described) -> tuple:
+    """Numba types from ``tiers.describe``'s lists."""
+    types = []
+    for d in described:
+        dtype = numba.from_dtype(np.dtype(d[1]))
+        types.append(numba.types.Array(dtype, d[2], d[3], readonly=not d[4]) if d[0] == "array" else dtype)
+    return tuple(types)
+
+
+def compile_file(path: str, function: str, parts, described_types, calls: dict) -> None:
+    """Compile ``function`` of the generated file ``path`` for ``described_types`` into Numba's disk cache
+    (run in the compile worker). ``calls`` names the globals it calls: other generated functions, as
+    (path, function, parts), set before it compiles (``fit``'s epoch calls the loss's code)."""
+    dispatcher = _imported.get((path, function))
+    if dispatcher is None:
+        dispatcher = _imported[(path, function)] = import_file(Path(path), function, parts)
+    for name, (callee_path, callee, callee_parts) in calls.items():
+        key = (callee_path, callee)
+        if key not in _imported:
+            _imported[key] = import_file(Path(callee_path), callee, callee_parts)
+        dispatcher.py_func.__globals__[name] = _imported[key]
+    dispatcher.compile(_read_types(described_types))
+
+
+_imported: dict = {}  # in the compile worker: (path, function) -> dispatcher
 
 
 def compile_error(exc: Exception, module: Module) -> CompileError:

@@ -14,7 +14,7 @@ import re
 import string
 
 import numpy as np
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import __version__
 from .core import Infix, Prefix, broadcast_subscripts
@@ -38,6 +38,8 @@ class Module:
     function: str
     kernels: tuple
     parts: tuple = ()  # functions it calls, defined before it in the same module (long code is split)
+    # with check_finite: (value, message) for each value the code checks, in order (the NumPy tier checks the same)
+    checks: tuple = field(default=(), compare=False)
 
 
 def _literal(atom: Literal):
@@ -108,11 +110,14 @@ def spell(node, args: list, scalar: bool = False):
     return result, 13 if result.startswith("-") else ATOM
 
 
-def _finite_check(name: str, node) -> str:
+def _finite_message(name: str, node) -> str:
     where = f" at {node.source.short()}: {node.source.line}" if node.source is not None else ""
-    message = f"{name} is not finite ({'backward' if node.backward else 'forward'} pass){where}"
+    return f"{name} is not finite ({'backward' if node.backward else 'forward'} pass){where}"
+
+
+def _finite_check(name: str, node) -> str:
     test = f"np.isfinite({name})" if not node.out.aval.shape else f"np.all(np.isfinite({name}))"
-    return f"if not {test}: raise NonFiniteError({message!r})"
+    return f"if not {test}: raise NonFiniteError({_finite_message(name, node)!r})"
 
 
 def _passes_of(node) -> set:
@@ -252,6 +257,7 @@ def generate(graph: Graph, function: str | None = None, comments: bool = True, c
     # "# backward pass" goes after the last statement computing a forward value (a loop may compute both)
     forward_ends = max((i for i, node in enumerate(graph.nodes) if _passes_of(node) != {True}), default=-1)
     used_kernels = set()
+    checks: list = []
     for i, node in enumerate(graph.nodes):
         defined_by.update((out, node) for out in node.outs)
         args = [_literal(a) if isinstance(a, Literal) else exprs.pop(a, None) or (names[a], ATOM) for a in node.inputs]
@@ -282,6 +288,7 @@ def generate(graph: Graph, function: str | None = None, comments: bool = True, c
         statement.extend((line, note if i == 0 else None) for i, line in enumerate(lines))
         if check_finite and out.aval.dtype.kind == "f":
             statement.append((_finite_check(names[out], node), None))
+            checks.append((out, _finite_message(names[out], node)))
         body.append(([names[v] for v in node.outs], statement))
 
     returns = []
@@ -310,7 +317,8 @@ def generate(graph: Graph, function: str | None = None, comments: bool = True, c
     if used_kernels:
         header.append(f"from tracegrad.kernels import {', '.join(sorted(used_kernels))}")
     source = "\n".join(header) + "\n\n\n" + text
-    return Module(source, function, tuple(sorted(used_kernels)), tuple(name for name, _, _ in functions[:-1]))
+    return Module(source, function, tuple(sorted(used_kernels)), tuple(name for name, _, _ in functions[:-1]),
+                  tuple(checks))
 
 
 _NAME = re.compile(r"(?<![\w.'\"])[A-Za-z_]\w*")

@@ -112,3 +112,7 @@ class TrainingError(NonFiniteError):
         super().__init__(message, hint=hint)
         self.epoch, self.step = epoch, step
         self.params, self.state, self.history = params, state, history
+
+
+class CompileWarning(UserWarning):
+    """Numba could not compile a function in the background; it keeps running on NumPy (``compile=``)."""
