@@ -295,3 +295,59 @@ def test_the_worker_does_not_outlive_its_process(tmp_path, ending):
     # entry or none)
     again = run_python(WIDE, tmp_path)
     assert np.isclose(float(again.stdout.split()[0]), float(lines[0]), rtol=1e-12), again.stderr
+
+
+# ------------------------------------------------------------------------------ fit
+
+
+def fit_problem(seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(45, 3))
+    y = (X[:, 0] + X[:, 1] > 0).astype(np.int64)
+    params = {"W": rng.normal(size=(3, 2)) * 0.3, "b": np.zeros(2)}
+    return params, (X, y)
+
+
+def fit_loss(p, X, y):
+    return tg.nn.softmax_cross_entropy(X @ p["W"] + p["b"], y)
+
+
+@pytest.mark.parametrize("optimizer", [tg.optim.SGD(lr=0.1, momentum=0.9), tg.optim.Adam(lr=0.05),
+                                       tg.optim.RMSProp(lr=0.01, momentum=0.5)], ids=["sgd", "adam", "rmsprop"])
+def test_fit_on_numpy_trains_like_the_compiled_epochs(optimizer):
+    params, data = fit_problem()
+    runs = {mode: tg.fit(fit_loss, params, data, optimizer=optimizer, batch_size=8, epochs=3, progress=False,
+                         compile=mode, seed=5) for mode in ("wait", "never")}
+    (p_wait, h_wait), (p_never, h_never) = runs["wait"], runs["never"]
+    assert h_wait.compiled == [True] * 3 and h_never.compiled == [False] * 3
+    assert h_wait.seed == h_never.seed and h_wait.steps == h_never.steps == 18  # the same shuffles and steps
+    np.testing.assert_allclose(h_never.loss, h_wait.loss, rtol=1e-12)
+    for k in params:
+        np.testing.assert_allclose(p_never[k], p_wait[k], rtol=1e-12, atol=1e-14)
+
+
+def test_fit_wait_is_reproducible_bit_for_bit():
+    params, data = fit_problem()
+    runs = [tg.fit(fit_loss, params, data, optimizer=tg.optim.SGD(lr=0.1, momentum=0.9), batch_size=8, epochs=2,
+                   progress=False, compile="wait", seed=1) for _ in range(2)]
+    assert runs[0][1].loss == runs[1][1].loss
+    for k in params:
+        np.testing.assert_array_equal(runs[0][0][k], runs[1][0][k])
+
+
+def test_fit_switches_to_compiled_epochs_between_epochs(fresh_cache, capsys):
+    params, data = fit_problem(1)
+
+    def wait_for_numba(p, X, y):  # a metric runs after each epoch: after the first, the compile is done
+        tiers.wait_all()
+        return 0.0
+    p, h = tg.fit(fit_loss, params, data, optimizer=tg.optim.SGD(lr=0.1), batch_size=8, epochs=3, seed=2,
+                  compile="background", progress="plain", metrics={"waited": wait_for_numba})
+    assert h.compiled == [False, True, True]
+    lines = capsys.readouterr().out.splitlines()
+    assert "evaluating" in lines[0] and all("compiled" in line for line in lines[1:])
+    p_wait, h_wait = tg.fit(fit_loss, params, data, optimizer=tg.optim.SGD(lr=0.1), batch_size=8, epochs=3, seed=2,
+                            compile="wait", progress=False)
+    np.testing.assert_allclose(h.loss, h_wait.loss, rtol=1e-12)
+    for k in params:
+        np.testing.assert_allclose(p[k], p_wait[k], rtol=1e-12, atol=1e-14)

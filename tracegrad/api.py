@@ -180,8 +180,7 @@ class Compiled:
             self.tier, self._call = "evaluating", self.evaluator
             return self._call(*args)
         if self.mode == "background":
-            self._background = tiers.background(self.dispatcher, args, backend.module_path(self.module),
-                                                self.module.function, self.module.parts, label=self.module.function)
+            self._background = tiers.background(self.dispatcher, args, self.module.parts, label=self.module.function)
             if self._background is not None:
                 self.tier, self._call = "evaluating", self._evaluate_until_compiled
                 outs = self.evaluator(*args)
@@ -198,7 +197,7 @@ class Compiled:
         return outs
 
     def _evaluate_until_compiled(self, *args):
-        state = self._background.poll()
+        state = self._background.poll(stacklevel=6 if args else 4)  # warn at the user's call
         if state == "compiled":
             self.timings.update(background=self._background.job.seconds, numba=self._background.load_seconds)
             self._use_compiled()

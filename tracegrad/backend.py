@@ -147,6 +147,11 @@ def load_cached(dispatcher, described_types) -> bool:
         return False
 
 
+def file_of(dispatcher) -> tuple:
+    """The generated file a dispatcher's function is in, and its name there."""
+    return dispatcher.py_func.__code__.co_filename, dispatcher.py_func.__name__
+
+
 def _read_types(described) -> tuple:
     """Numba types from ``tiers.describe``'s lists."""
     types = []

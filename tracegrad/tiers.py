@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 import warnings
+import weakref
 
 import numpy as np
 
@@ -271,6 +272,23 @@ def worker() -> _Worker:
         return _worker
 
 
+def _forget_worker_after_fork() -> None:
+    """In a forked child: the worker and its thread belong to the parent. Compiles the parent started
+    never finish here, so they count as failed (the child evaluates); a new worker starts on need."""
+    global _worker
+    if _worker is not None:
+        _worker.process, _worker._closing = None, True  # the parent's process: not ours to kill at exit
+        _worker = None
+    for compile_ in list(_started):
+        if compile_.state == "pending":
+            compile_.error, compile_.state = "the process forked while Numba compiled", "failed"
+            compile_.ready.set()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_worker_after_fork)
+
+
 def worker_pid() -> int | None:
     """The compile process's id, if it is running (for tests and the curious)."""
     process = _worker.process if _worker is not None else None
@@ -311,6 +329,7 @@ class Background:
         self.load_seconds = 0.0
         self.ready = threading.Event()
         self._warned = False
+        _started.add(self)
         self.job = worker().submit((str(path), json.dumps(described)), request, label, self._load)
 
     def _load(self, job: Job) -> None:
@@ -336,12 +355,13 @@ class Background:
             self.error, self.state = error, "failed"
         self.ready.set()
 
-    def poll(self) -> str:
+    def poll(self, stacklevel: int = 2) -> str:
+        """The state; a failure is reported once, as a warning pointing ``stacklevel`` frames up."""
         if self.state == "failed" and not self._warned:
             self._warned = True
             warnings.warn(f"Numba could not compile {self.path} in the background: {self.error}\n{self.label} "
                           f"keeps running on NumPy (compile='wait' raises the error; compile='never' skips Numba)",
-                          CompileWarning, stacklevel=5)
+                          CompileWarning, stacklevel=stacklevel + 1)
         return self.state
 
     def wait(self) -> str:
@@ -349,11 +369,23 @@ class Background:
         return self.poll()
 
 
-def background(dispatcher, args, path, function: str, parts=(), calls=None, label=None) -> Background | None:
-    """Start compiling ``dispatcher`` (the function ``function`` of the generated file ``path``) for
-    arguments like ``args`` in the worker; None when Numba's cache has it already (then it is loaded
-    here) or the arguments are of a kind the worker cannot describe (then the call compiles it).
-    ``calls`` maps globals the function calls to other generated functions, as (path, function, parts)."""
+_started: weakref.WeakSet = weakref.WeakSet()
+
+
+def wait_all() -> None:
+    """Block until every background compile started so far has finished and been loaded (or failed).
+
+    ``f.wait()`` does this for one function; this also covers ``fit``'s epoch functions."""
+    for compile_ in list(_started):
+        compile_.ready.wait()
+
+
+def background(dispatcher, args, parts=(), calls=None, label=None) -> Background | None:
+    """Start compiling ``dispatcher`` (a function of a generated file, calling the functions ``parts`` of
+    the same file) for arguments like ``args`` in the worker; None when Numba's cache has it already
+    (then it is loaded here) or the arguments are of a kind the worker cannot describe (then the call
+    compiles it). ``calls`` maps globals the function calls to other generated functions, as
+    (dispatcher, parts)."""
     from . import backend
 
     try:
@@ -362,8 +394,9 @@ def background(dispatcher, args, path, function: str, parts=(), calls=None, labe
         return None
     if backend.load_cached(dispatcher, described):
         return None
-    request = {"path": str(path), "function": function, "parts": list(parts), "types": described,
-               "calls": {name: [str(p), f, list(ps)] for name, (p, f, ps) in (calls or {}).items()}}
+    path, function = backend.file_of(dispatcher)
+    request = {"path": path, "function": function, "parts": list(parts), "types": described,
+               "calls": {name: [*backend.file_of(d), list(ps)] for name, (d, ps) in (calls or {}).items()}}
     return Background(dispatcher, described, request, label or function, path)
 
 
