@@ -10,8 +10,10 @@ temporary directory), except the "warm" rows, a second process on the first one'
 - MLP step: the first ``tg.value_and_grad`` call of the 64-128-10 MLP step, batch 32 float64
   (``cases.mlp_loss``), from just before the call to its result (``first``; the import of tracegrad is
   ``import``), and until the compiled code is in use (``compiled``: ``f.wait()`` returns; with "wait"
-  the first call). With "background" the warm process loads what the first one's worker compiled
-  (the first process waits for it before it exits).
+  the first call), and the part of that spent in this process by Numba (``numba``: with "wait" its
+  compile and the first run, with "background" loading the worker's result from the disk cache, done by
+  the worker's thread while calls evaluate). With "background" the warm process loads what the first
+  one's worker compiled (the first process waits for it before it exits).
 - ``examples/train_digits.py --no-png`` and ``examples/xor.py``: the whole command, end to end, and the
   digits' test accuracy.
 """
@@ -109,6 +111,8 @@ def main():
         table.setdefault("MLP step: first value_and_grad, cold", {})[mode] = median([r["first_s"] for r in rows["cold"]])
         table.setdefault("MLP step: until compiled code runs, cold", {})[mode] = median(
             [r["compiled_s"] for r in rows["cold"]])
+        table.setdefault("MLP step: Numba compile or cache load, in this process", {})[mode] = median(
+            [r["timings"].get("numba", float("nan")) for r in rows["cold"]])
         table.setdefault("MLP step: first value_and_grad, warm (2nd process)", {})[mode] = median(
             [r["first_s"] for r in rows["warm"]])
     for mode in modes:

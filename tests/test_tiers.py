@@ -145,8 +145,8 @@ def test_the_compile_setting_is_checked_and_global(monkeypatch):
         assert tiers.compile_mode() == "background"
         f = tg.jit(lambda x: x * 2.0)
         f.specialize(1.0)
-        assert f.specialize(1.0).mode == "background"
-        assert tg.jit(lambda x: x * 2.0, compile="wait").specialize(1.0).mode == "wait"
+        assert f.specialize(1.0).compile_mode == "background"
+        assert tg.jit(lambda x: x * 2.0, compile="wait").specialize(1.0).compile_mode == "wait"
     finally:
         tg.set_compile(None)
     monkeypatch.setenv("TRACEGRAD_COMPILE", "sometimes")
@@ -204,11 +204,15 @@ def test_a_second_process_loads_the_background_compile_from_the_cache(fresh_cach
         import numpy as np, tracegrad as tg
         from test_tiers import mlp_loss, mlp_args
         vg = tg.value_and_grad(mlp_loss, argnums=(0, 1, 2), compile="background")
-        vg(*mlp_args(np.random.default_rng(0)))
-        print(vg.specialize(*mlp_args(np.random.default_rng(0))).tier)
+        args = mlp_args(np.random.default_rng(0))
+        vg(*args)  # evaluated while a thread loads the cache entry (the worker is not needed)
+        vg.wait()
+        entry = vg.specialize(*args)
+        print(entry.tier, entry.timings["background"], tg.tiers.worker_pid(),
+              sum(entry.dispatcher.stats.cache_misses.values()))
     """)
     out = run_python(script, fresh_cache)
-    assert out.stdout.split() == ["compiled"], out.stderr
+    assert out.stdout.split() == ["compiled", "0.0", "None", "0"], out.stderr
 
 
 def test_a_failed_background_compile_warns_once_and_keeps_evaluating(fresh_cache, rng):

@@ -116,7 +116,7 @@ class Compiled:
     direct: str | None = None  # the same as an expression of the outputs `o0, o1, ...`, when no leaf needs converting
     signature: tuple = ()  # the flat arguments' signatures (_signature), when the arguments are flat
     timings: dict = field(default_factory=dict)  # seconds per stage: trace, autodiff, passes, codegen, load, numba
-    mode: str = "wait"  # compile=: "background", "wait" or "never" (tracegrad.tiers)
+    compile_mode: str = "wait"  # compile=: "background", "wait" or "never" (tracegrad.tiers)
 
     def __post_init__(self):
         self.guard = None
@@ -124,7 +124,7 @@ class Compiled:
         self._call = self._first_call  # then the dispatcher, the evaluator, or the evaluator until compiled
         self._background = None
         self._evaluator = None
-        if self.mode == "wait":
+        if self.compile_mode == "wait":
             self._make_guard()
 
     def _make_guard(self):
@@ -173,13 +173,13 @@ class Compiled:
         return self.tier
 
     def _first_call(self, *args):
-        """Choose the tier: compiled if Numba's cache has the code or compile="wait" (compiling here),
-        else NumPy now and a compile in the background."""
+        """Choose the tier: with compile="wait" compiled (compiling here, or loading Numba's cache); with
+        "background" NumPy now, while a thread loads Numba's cache or the worker compiles first."""
         clock = _Stopwatch()
-        if self.mode == "never":
+        if self.compile_mode == "never":
             self.tier, self._call = "evaluating", self.evaluator
             return self._call(*args)
-        if self.mode == "background":
+        if self.compile_mode == "background":
             self._background = tiers.background(self.dispatcher, args, self.module.parts, label=self.module.function)
             if self._background is not None:
                 self.tier, self._call = "evaluating", self._evaluate_until_compiled
@@ -199,7 +199,7 @@ class Compiled:
     def _evaluate_until_compiled(self, *args):
         state = self._background.poll(stacklevel=6 if args else 4)  # warn at the user's call
         if state == "compiled":
-            self.timings.update(background=self._background.job.seconds, numba=self._background.load_seconds)
+            self.timings.update(background=self._background.compile_seconds, numba=self._background.load_seconds)
             self._use_compiled()
         elif state == "failed":
             self._call = self.evaluator

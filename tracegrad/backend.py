@@ -123,30 +123,6 @@ def import_file(path: Path, function: str, parts=()):
     return jit(getattr(py_module, function))
 
 
-def load_cached(dispatcher, described_types) -> bool:
-    """Give ``dispatcher`` its compiled code for ``described_types`` (``tiers.describe``) if it is ready
-    in memory or in Numba's disk cache, without compiling anything; True when it is. (Numba has no public
-    call for "load, but do not compile"; this does what ``Dispatcher.compile`` does before it compiles.)"""
-    types = _read_types(described_types)
-    if types in dispatcher.overloads:
-        return True
-    from numba.core.compiler_lock import global_compiler_lock
-
-    try:
-        if not os.path.exists(dispatcher._cache._cache_file._index_path):
-            return False  # nothing cached: do not pay for Numba's first look at its cache (~1 s of imports)
-        with global_compiler_lock:
-            cres = dispatcher._cache.load_overload(types, dispatcher.targetctx)
-            if cres is None:
-                return False
-            dispatcher._cache_hits[types] += 1
-            dispatcher.targetctx.insert_user_function(cres.entry_point, cres.fndesc, [cres.library])
-            dispatcher.add_overload(cres)
-            return True
-    except AttributeError:  # another Numba: let the call compile (or load) it as usual
-        return False
-
-
 def file_of(dispatcher) -> tuple:
     """The generated file a dispatcher's function is in, and its name there."""
     return dispatcher.py_func.__code__.co_filename, dispatcher.py_func.__name__
@@ -159,6 +135,44 @@ def _read_types(described) -> tuple:
         dtype = numba.from_dtype(np.dtype(d[1]))
         types.append(numba.types.Array(dtype, d[2], d[3], readonly=not d[4]) if d[0] == "array" else dtype)
     return tuple(types)
+
+
+def is_loaded(dispatcher, described_types) -> bool:
+    """Whether ``dispatcher`` has compiled code for ``described_types`` (``tiers.describe``) in memory."""
+    return _read_types(described_types) in dispatcher.overloads
+
+
+def has_cache_entries(dispatcher) -> bool:
+    """Whether Numba's disk cache has an index for ``dispatcher``'s function (some signature or other):
+    a file test, without Numba's first look at its cache (which costs ~0.3-1 s of imports)."""
+    try:
+        return os.path.exists(dispatcher._cache._cache_file._index_path)
+    except AttributeError:  # another Numba
+        return True
+
+
+def load_cached(dispatcher, described_types) -> bool:
+    """Give ``dispatcher`` its compiled code for ``described_types`` (``tiers.describe``) if it is ready
+    in memory or in Numba's disk cache, without compiling anything; True when it is. (Numba has no public
+    call for "load, but do not compile"; this does what ``Dispatcher.compile`` does before it compiles.)"""
+    types = _read_types(described_types)
+    if types in dispatcher.overloads:
+        return True
+    if not has_cache_entries(dispatcher):
+        return False
+    from numba.core.compiler_lock import global_compiler_lock
+
+    try:
+        with global_compiler_lock:
+            cres = dispatcher._cache.load_overload(types, dispatcher.targetctx)
+            if cres is None:
+                return False
+            dispatcher._cache_hits[types] += 1
+            dispatcher.targetctx.insert_user_function(cres.entry_point, cres.fndesc, [cres.library])
+            dispatcher.add_overload(cres)
+            return True
+    except AttributeError:  # another Numba: let the call compile (or load) it as usual
+        return False
 
 
 def compile_file(path: str, function: str, parts, described_types, calls: dict) -> None:

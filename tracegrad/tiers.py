@@ -319,40 +319,62 @@ def describe(args) -> list:
 
 
 class Background:
-    """The compiled code of one dispatcher for one signature, compiled by the worker and loaded here by
-    the worker's thread. ``poll()``: "compiled", "pending" or "failed" (after one ``CompileWarning``)."""
+    """The compiled code of one dispatcher for one signature, loaded into this process by a thread (not
+    the caller's) from Numba's disk cache, after the worker has compiled it into that cache if it was not
+    there. ``poll()``: "compiled", "pending" or "failed" (after one ``CompileWarning``)."""
 
-    def __init__(self, dispatcher, described: list, request: dict, label: str, path):
+    def __init__(self, dispatcher, described: list, request: dict, label: str, path, cached: bool):
         self.dispatcher, self.described, self.label, self.path = dispatcher, described, label, path
         self.state = "pending"
         self.error: str | None = None
-        self.load_seconds = 0.0
+        self.compile_seconds = 0.0  # in the worker (0 when it came from the cache)
+        self.load_seconds = 0.0  # loading the cache entry here
         self.ready = threading.Event()
+        self.job: Job | None = None
+        self._request = request
         self._warned = False
         _started.add(self)
-        self.job = worker().submit((str(path), json.dumps(described)), request, label, self._load)
+        if cached:  # Numba's cache has entries for this function: try them before compiling
+            threading.Thread(target=self._load_or_compile, name="tracegrad-load", daemon=True).start()
+        else:
+            self._compile()
 
-    def _load(self, job: Job) -> None:
-        # In the worker's thread: this process loads Numba's cache entry (a second the first time, for
-        # Numba's own imports) while the caller keeps evaluating.
+    def _compile(self):
+        self.job = worker().submit((str(self.path), json.dumps(self.described)), self._request, self.label,
+                                   self._compiled)
+
+    def _load_or_compile(self):
+        if not self._load():
+            self._compile()
+
+    def _compiled(self, job: Job) -> None:  # in the worker's thread
+        self.compile_seconds = job.seconds
+        if job.error is not None:
+            self._fail(job.error)
+        elif not self._load():
+            self._fail("its compiled code was not in Numba's cache afterwards (is the directory writable?)")
+
+    def _load(self) -> bool:
+        """Load the cache entry here (the first time in a process, ~0.3-1 s of Numba's own imports)."""
         from . import backend
 
-        error = job.error
-        if error is None:
-            t = time.perf_counter()
-            try:
-                loaded = backend.load_cached(self.dispatcher, self.described)
-            except Exception as exc:  # noqa: BLE001 (reported as a failure; the evaluator carries on)
-                loaded, error = False, f"{type(exc).__name__}: {exc}"
-            if loaded:
-                self.load_seconds = time.perf_counter() - t
-                self.state = "compiled"
-                _log.info("compiled %s in the background in %.1f s (loaded from Numba's cache in %.0f ms); "
-                          "calls run compiled from now on", self.label, job.seconds, self.load_seconds * 1e3)
-            else:
-                error = error or "its compiled code was not in Numba's cache afterwards (is the directory writable?)"
-        if error is not None:
-            self.error, self.state = error, "failed"
+        t = time.perf_counter()
+        try:
+            loaded = backend.load_cached(self.dispatcher, self.described)
+        except Exception as exc:  # noqa: BLE001 (reported as a failure; the evaluator carries on)
+            self._fail(f"{type(exc).__name__}: {exc}")
+            return True
+        if loaded:
+            self.load_seconds = time.perf_counter() - t
+            self.state = "compiled"
+            _log.info("%s %s (loaded from Numba's cache in %.0f ms); calls run compiled from now on",
+                      f"compiled in the background in {self.compile_seconds:.1f} s:" if self.job else "ready:",
+                      self.label, self.load_seconds * 1e3)
+            self.ready.set()
+        return loaded
+
+    def _fail(self, error: str):
+        self.error, self.state = error, "failed"
         self.ready.set()
 
     def poll(self, stacklevel: int = 2) -> str:
@@ -380,24 +402,28 @@ def wait_all() -> None:
         compile_.ready.wait()
 
 
-def background(dispatcher, args, parts=(), calls=None, label=None) -> Background | None:
-    """Start compiling ``dispatcher`` (a function of a generated file, calling the functions ``parts`` of
-    the same file) for arguments like ``args`` in the worker; None when Numba's cache has it already
-    (then it is loaded here) or the arguments are of a kind the worker cannot describe (then the call
-    compiles it). ``calls`` maps globals the function calls to other generated functions, as
-    (dispatcher, parts)."""
+def background(dispatcher, args, parts=(), calls=None, label=None, load_now=False) -> Background | None:
+    """Get ``dispatcher`` (a function of a generated file, calling the functions ``parts`` of the same
+    file) compiled for arguments like ``args`` without the caller waiting: a ``Background`` loading it
+    from Numba's disk cache in a thread, or having the worker compile it first. None when it is ready
+    already (in memory, or with ``load_now`` loaded from the disk cache by the caller), or when the
+    arguments are of a kind the worker cannot describe (then the call compiles it). ``calls`` maps
+    globals the function calls to other generated functions, as (dispatcher, parts)."""
     from . import backend
 
     try:
         described = describe(args)
     except TypeError:
         return None
-    if backend.load_cached(dispatcher, described):
+    if backend.is_loaded(dispatcher, described):
+        return None
+    cached = backend.has_cache_entries(dispatcher)
+    if cached and load_now and backend.load_cached(dispatcher, described):
         return None
     path, function = backend.file_of(dispatcher)
     request = {"path": path, "function": function, "parts": list(parts), "types": described,
                "calls": {name: [*backend.file_of(d), list(ps)] for name, (d, ps) in (calls or {}).items()}}
-    return Background(dispatcher, described, request, label or function, path)
+    return Background(dispatcher, described, request, label or function, path, cached)
 
 
 # ------------------------------------------------------------------------------------ the worker's side

@@ -178,8 +178,9 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
     if mode == "wait":
         run(0, False)  # compiles the epoch function (no steps)
     elif mode == "background":
+        # from the disk cache it loads before the first epoch: a NumPy epoch may take longer than that
         compiling = tiers.background(trainer.epoch, epoch_arguments(), calls=trainer.calls,
-                                     label=trainer.module.function)
+                                     label=trainer.module.function, load_now=True)
     history.compile_time = time.perf_counter() - t_compile
     compiled = mode != "never" and compiling is None
 
