@@ -65,6 +65,8 @@ def set_compile(mode: str | None) -> None:
     >>> import tracegrad as tg
     >>> tg.set_compile("wait")     # block on the first call until Numba has compiled, as before
     >>> tg.set_compile(None)
+
+    Raises ``TracegradError`` for any other value.
     """
     global _mode
     _mode = None if mode is None else check_mode(mode)
