@@ -355,3 +355,20 @@ def test_fit_switches_to_compiled_epochs_between_epochs(fresh_cache, capsys):
     np.testing.assert_allclose(h.loss, h_wait.loss, rtol=1e-12)
     for k in params:
         np.testing.assert_allclose(p[k], p_wait[k], rtol=1e-12, atol=1e-14)
+
+
+def test_a_long_background_compile_is_logged(caplog):
+    job = tiers.Job("slow_value_and_grad")
+    with caplog.at_level("INFO", logger="tracegrad"):
+        tiers._log_still_compiling(job)  # what the timer calls after tiers.LOG_AFTER seconds
+        job.done.set()
+        tiers._log_still_compiling(job)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "compiling slow_value_and_grad with Numba in the background" in messages[0]
+
+
+def test_the_setting_survives_pickling():
+    import pickle
+
+    f = pickle.loads(pickle.dumps(tg.grad(np.sum, compile="never")))
+    assert f.compile == "never"
