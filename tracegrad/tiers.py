@@ -110,16 +110,11 @@ class Evaluator:
         env = [None] * self._n_slots
         for i, (var, value) in enumerate(zip(self.graph.inputs, args)):
             env[i] = _as_value(value, var.aval.dtype)
-        with np.errstate(all="ignore"):
-            for ref, reads, params, writes, several in self._steps:
-                result = ref(*[env[x] if is_var else x for is_var, x in reads], **params)
-                for (i, dtype, message), value in zip(writes, result if several else (result,)):
-                    value = _as_value(value, dtype)
-                    env[i] = value
-                    if message is not None and not np.all(np.isfinite(value)):
-                        raise NonFiniteError(message)
-        if not self.fresh:
+        if not self.fresh:  # a fused loop's body, inside the evaluation of its graph
+            self._run(env)
             return tuple(env[x] if is_var else x for is_var, x in self._outputs)
+        with np.errstate(all="ignore"):
+            self._run(env)
         outs, seen = [], []
         for is_var, x in self._outputs:
             value = env[x] if is_var else x
@@ -133,6 +128,16 @@ class Evaluator:
                 value = _scalar(value)
             outs.append(value)
         return tuple(outs)
+
+
+    def _run(self, env: list) -> None:
+        for ref, reads, params, writes, several in self._steps:
+            result = ref(*[env[x] if is_var else x for is_var, x in reads], **params)
+            for (i, dtype, message), value in zip(writes, result if several else (result,)):
+                value = _as_value(value, dtype)
+                env[i] = value
+                if message is not None and not np.all(np.isfinite(value)):
+                    raise NonFiniteError(message)
 
 
 class _FusedLoop:
