@@ -85,7 +85,8 @@ def script(path: str, mode: str, repeats: int) -> list:
     results = []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as cache:
-            wall, out = run([sys.executable, path] + (["--no-png"] if "digits" in path else []), fresh_env(mode, cache))
+            command = [sys.executable, path] + (["--no-png"] if "digits" in path else [])
+            wall, out = run(command, fresh_env(mode, cache))
             accuracy = re.search(r"test accuracy: ([0-9.]+)", out)
             results.append((wall, float(accuracy.group(1)) if accuracy else None, out))
     return results

@@ -372,3 +372,26 @@ def test_the_setting_survives_pickling():
 
     f = pickle.loads(pickle.dumps(tg.grad(np.sum, compile="never")))
     assert f.compile == "never"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_evaluates_and_leaves_the_parents_worker_alone(tmp_path):
+    script = textwrap.dedent("""
+        import os, sys, warnings, numpy as np, tracegrad as tg
+        f = tg.grad(lambda x: np.sum(np.sinh(x) * 3.0))
+        x = np.linspace(0, 1, 4)
+        f(x)
+        worker = tg.tiers.worker_pid()
+        child = os.fork()
+        if child == 0:  # the parent's compile will not finish here: the child evaluates, warned once
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                g = f(x)
+            ok = (f.specialize(x).tier == "evaluating" and tg.tiers.worker_pid() is None and len(caught) == 1
+                  and np.allclose(g, 3 * np.cosh(x)))
+            sys.exit(0 if ok else 1)  # a normal exit: atexit runs, and must not kill the parent's worker
+        _, status = os.waitpid(child, 0)
+        print(os.waitstatus_to_exitcode(status), tg.tiers.worker_pid() == worker)
+    """)
+    out = run_python(script, tmp_path)
+    assert out.stdout.split() == ["0", "True"], out.stderr

@@ -227,7 +227,10 @@ class _Worker:
                 job.done.set()
                 then, job.then = job.then, []
             for callback in then:
-                callback(job)
+                try:
+                    callback(job)
+                except Exception:  # noqa: BLE001 (this thread must go on serving the other jobs)
+                    _log.exception("tracegrad: handling the background compile of %s failed", job.label)
 
     def _ask(self, request: dict) -> dict:
         if self._closing:

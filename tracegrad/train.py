@@ -187,7 +187,8 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
     reporter = _Progress(progress, epochs)
     try:
         for epoch in range(1, epochs + 1):
-            if compiling is not None and compiling.poll(stacklevel=2) != "pending":  # the tier changes between epochs only
+            # the tier changes between epochs only
+            if compiling is not None and compiling.poll(stacklevel=2) != "pending":
                 compiled, compiling = compiling.state == "compiled", None
             t0 = time.perf_counter()
             (code, done, total), losses = run(trainer.steps, shuffle, compiled)
