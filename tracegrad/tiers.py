@@ -190,6 +190,7 @@ class _Worker:
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self.process: subprocess.Popen | None = None
+        self.started = threading.Event()  # the process has been started (by the thread, after submit)
         self._closing = False
 
     def submit(self, key, request: dict, label: str, then) -> Job:
@@ -237,6 +238,7 @@ class _Worker:
             raise RuntimeError("the program is exiting")
         if self.process is None or self.process.poll() is not None:
             self.process = _start_process()
+            self.started.set()
         self.process.stdin.write(json.dumps(request) + "\n")
         self.process.stdin.flush()
         line = self.process.stdout.readline()
@@ -300,7 +302,10 @@ if hasattr(os, "register_at_fork"):
 
 
 def worker_pid() -> int | None:
-    """The compile process's id, if it is running (for tests and the curious)."""
+    """The compile process's id, if it is running (for tests and the curious); just after the first
+    compile was asked for, waits for the worker's thread to start it."""
+    if _worker is not None and _worker._thread is not None:
+        _worker.started.wait(timeout=10)
     process = _worker.process if _worker is not None else None
     return process.pid if process is not None and process.poll() is None else None
 
