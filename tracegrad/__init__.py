@@ -12,7 +12,9 @@ __version__ = "0.1.0"
 from . import primitives as _primitives  # noqa: F401  (registers every primitive)
 from .api import Compiled, Function, grad, jit, make_graph, source, value_and_grad
 from .backend import cache_dir, set_cache_dir, tune_malloc
-from .errors import (CompileError, GradTypeError, NonFiniteError, ShapeError, TracegradError, TracingError,
+from .tiers import set_compile
+from .errors import (CompileError, CompileWarning, GradTypeError, NonFiniteError, ShapeError, TracegradError,
+                     TracingError,
                      UnsupportedError)
 from .ir import Aval, Graph
 from .captures import HeldArrayWarning
@@ -33,9 +35,9 @@ __all__ = [
     "grad", "value_and_grad", "jit", "make_graph", "source", "sigmoid", "stop_gradient",
     "scan", "fori_loop", "while_loop", "custom_vjp", "vmap", "jacrev", "jacfwd", "jacobian", "hessian", "hvp",
     "jvp", "vjp",
-    "Function", "Compiled", "Graph", "Aval", "cache_dir", "set_cache_dir", "tune_malloc",
+    "Function", "Compiled", "Graph", "Aval", "cache_dir", "set_cache_dir", "tune_malloc", "set_compile",
     "TracegradError", "TracingError", "UnsupportedError", "ShapeError", "GradTypeError", "CompileError",
-    "NonFiniteError", "HeldArrayWarning", "CacheError", "CacheWarning",
+    "CompileWarning", "NonFiniteError", "HeldArrayWarning", "CacheError", "CacheWarning",
     "draw", "Drawing", "MissingDependencyError",
     "check_grad", "numeric_grad", "GradCheckError", "KinkWarning",
 ]

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import backend
+from . import backend, tiers
 from .autodiff import value_and_grad_graph
 from .codegen import Module, generate
 from .passes import optimize
@@ -102,8 +102,13 @@ class Compiled:
 
     ``timings`` holds the seconds each stage of making it took: ``trace``, ``autodiff``, ``passes``,
     ``codegen``, ``load`` (writing and importing the module) and, after the first call, ``numba``
-    (Numba's compile or cache load, and that call). The same is logged at INFO level on the
-    ``"tracegrad"`` logger: ``logging.basicConfig(level=logging.INFO)`` shows it.
+    (Numba's compile or cache load, and that call). With ``compile="background"`` a first call that had
+    to wait for Numba ran on NumPy instead (``evaluate``); the worker's compile (``background``) and
+    loading its result here (``numba``) are added when the compiled code takes over. The same is logged
+    at INFO level on the ``"tracegrad"`` logger: ``logging.basicConfig(level=logging.INFO)`` shows it.
+
+    ``tier`` says what runs the calls: ``"compiled"``, ``"evaluating"`` (NumPy, see ``tracegrad.tiers``)
+    or ``None`` before the first call; ``wait()`` blocks until the compiled code is in use.
     """
 
     graph: Graph
@@ -116,14 +121,23 @@ class Compiled:
     signature: tuple = ()  # signatures (_signature): what the guard checks
     timings: dict = field(default_factory=dict)  # seconds per stage: trace, autodiff, passes, codegen, load, numba
     key: tuple = ()  # the key of the function's specialisation cache
+    compile_mode: str = "wait"  # compile=: "background", "wait" or "never" (tracegrad.tiers)
 
     def __post_init__(self):
+        self.guard = None
+        self.tier = None
+        self._call = self._first_call  # then the dispatcher, the evaluator, or the evaluator until compiled
+        self._background = None
+        self._evaluator = None
+        if self.compile_mode == "wait":
+            self._make_guard()
+
+    def _make_guard(self):
         captures = self.traced.captures
         # Constants the trace created are passed as they are; closure and global arrays are read and
         # checked on every call, so they rule the fast path out.
         # A 0-d array is passed as a scalar: the guard would keep its value at the time it was made.
         held = all(c.held and c.var.aval.shape for c in captures)
-        self.guard = None
         if held and self.direct is not None and self.in_tree is not None:
             self.guard = _make_guard(self.in_tree, self.signature, self.direct, len(self.graph.outputs),
                                      self.dispatcher, [c.current() for c in captures], self.module)
@@ -143,10 +157,73 @@ class Compiled:
                 raise _Stale
             args.append(value)
         try:
-            outs = self.dispatcher(*args)
+            outs = self._call(*args)
         except Exception as exc:  # a Numba error (CompileError), or its disk cache's (recovered from)
+            if self.tier == "evaluating":  # NumPy's error, as it is
+                raise
             outs = backend.call_failed(exc, self.module, self.dispatcher, args)
         return self.pack(outs if isinstance(outs, tuple) else (outs,), leaves)
+
+    # ------------------------------------------------------------------ tiers
+
+    @property
+    def evaluator(self) -> tiers.Evaluator:
+        """The same function on NumPy (the optimised graph, evaluated): what runs until Numba is done."""
+        if self._evaluator is None:
+            self._evaluator = tiers.Evaluator(self.graph, self.module.checks)
+        return self._evaluator
+
+    def wait(self) -> str:
+        """Block until the compiled code runs the calls (when a background compile is under way); the tier."""
+        if self._background is not None and self.tier == "evaluating":
+            self._background.wait()
+            self._evaluate_until_compiled()
+        return self.tier
+
+    def _first_call(self, *args):
+        """Choose the tier: with compile="wait" compiled (compiling here, or loading Numba's cache); with
+        "background" NumPy now, while a thread loads Numba's cache or the worker compiles first."""
+        clock = _Stopwatch()
+        if self.compile_mode == "never":
+            self.tier, self._call = "evaluating", self.evaluator
+            return self._call(*args)
+        if self.compile_mode == "background":
+            self._background = tiers.background(self.dispatcher, args, self.module.parts, label=self.module.function)
+            if self._background is not None:
+                self.tier, self._call = "evaluating", self._evaluate_until_compiled
+                outs = self.evaluator(*args)
+                clock.lap("evaluate")
+                self.timings.update(clock.laps)
+                self._report("Numba compiles it in the background; this call ran on NumPy", compiled=False)
+                return outs
+        outs = self.dispatcher(*args)  # Numba compiles, or loads from its cache
+        clock.lap("numba")
+        self.timings.update(clock.laps)
+        stats = self.dispatcher.stats
+        self._report("Numba " + ("loaded from its cache" if sum(stats.cache_hits.values()) else "compiled"))
+        self._use_compiled()
+        return outs
+
+    def _evaluate_until_compiled(self, *args):
+        state = self._background.poll(stacklevel=6 if args else 4)  # warn at the user's call
+        if state == "compiled":
+            self.timings.update(background=self._background.compile_seconds, numba=self._background.load_seconds)
+            self._use_compiled()
+        elif state == "failed":
+            self._call = self.evaluator
+        else:
+            return self.evaluator(*args) if args else None
+        return self._call(*args) if args else None
+
+    def _use_compiled(self):
+        self.tier, self._call = "compiled", self.dispatcher
+        if self.guard is None:
+            self._make_guard()
+
+    def _report(self, what: str, compiled: bool = True):
+        _log.info("%s %s (%d lines%s): %s; %s", "compiled" if compiled else "prepared", self.module.function,
+                  self.source.count("\n"), f", {len(self.module.parts) + 1} functions" if self.module.parts else "",
+                  ", ".join(f"{stage} {seconds * 1e3:.1f} ms" for stage, seconds in self.timings.items()), what)
 
 
 class _Miss:
@@ -249,7 +326,8 @@ class Function:
 
     max_specializations: int = _max_specializations()
 
-    def __init__(self, fun: Callable, mode: str, argnums=0, has_aux: bool = False, debug_nans: bool | None = None):
+    def __init__(self, fun: Callable, mode: str, argnums=0, has_aux: bool = False, debug_nans: bool | None = None,
+                 compile: str | None = None):
         if not callable(fun):
             raise GradTypeError(f"{mode} expects a function, got {type(fun).__name__}")
         if mode != "jit":
@@ -265,6 +343,7 @@ class Function:
         self._cache: OrderedDict = OrderedDict()
         self._flat: dict = {}  # leaf signatures -> Compiled, for flat arguments: one look-up, no flattening
         self._installed: Compiled | None = None  # whose guard is the class's __call__
+        self.compile = None if compile is None else tiers.check_mode(compile)  # None: tiers.compile_mode()
         functools.update_wrapper(self, fun, updated=())  # not __dict__: fun may be a Function itself
         # a class of its own, whose __call__ becomes the guard of the specialisation last called
         self.__class__ = type("Function", (Function,), {"__module__": __name__, "__qualname__": "Function"})
@@ -273,7 +352,7 @@ class Function:
         return f"<tracegrad.{self.mode} of {getattr(self.fun, '__qualname__', self.fun)!r}>"
 
     def __reduce__(self):  # its own class cannot be pickled; a copy compiles (or loads) again when called
-        return Function, (self.fun, self.mode, self.argnums, self.has_aux, self.debug_nans)
+        return Function, (self.fun, self.mode, self.argnums, self.has_aux, self.debug_nans, self.compile)
 
     def __get__(self, obj, objtype=None):
         """A decorated method: ``self`` is bound, not traced, and argnums count the other arguments.
@@ -285,7 +364,8 @@ class Function:
         key = f"_tracegrad_{self.mode}_{id(self)}"
         bound = obj.__dict__.get(key) if hasattr(obj, "__dict__") else None
         if bound is None:
-            bound = Function(functools.partial(self.fun, obj), self.mode, self.argnums, self.has_aux, self.debug_nans)
+            bound = Function(functools.partial(self.fun, obj), self.mode, self.argnums, self.has_aux, self.debug_nans,
+                             self.compile)
             bound.__name__ = getattr(self.fun, "__name__", "method")
             if hasattr(obj, "__dict__"):
                 obj.__dict__[key] = bound
@@ -322,18 +402,13 @@ class Function:
             return self._call_traced(args, leaves)
         entry = self.specialize(*args, _retrace=retrace)
         self._use(entry)
-        if "numba" in entry.timings:
-            return entry.run(leaves)
-        clock = _Stopwatch()  # the first call: Numba compiles, or loads from its cache
-        result = entry.run(leaves)
-        clock.lap("numba")
-        entry.timings.update(clock.laps)
-        stats = entry.dispatcher.stats
-        _log.info("compiled %s (%d lines%s): %s; Numba %s", entry.module.function, entry.source.count("\n"),
-                  f", {len(entry.module.parts) + 1} functions" if entry.module.parts else "",
-                  ", ".join(f"{stage} {seconds * 1e3:.1f} ms" for stage, seconds in entry.timings.items()),
-                  "loaded from its cache" if sum(stats.cache_hits.values()) else "compiled")
-        return result
+        return entry.run(leaves)
+
+    def wait(self) -> None:
+        """Block until compiled code runs every specialisation called so far (with ``compile="background"``,
+        the first calls run on NumPy while Numba compiles in another process)."""
+        for entry in list(self._cache.values()):
+            entry.wait()
 
     # ------------------------------------------------------------------ specialisation
 
@@ -434,7 +509,8 @@ class Function:
         clock.lap("load")
         in_tree = flatten(args)[1]
         signature = tuple(_signature(leaf) for leaf in leaves)
-        return Compiled(graph, module, dispatcher, traced, pack, direct, in_tree, signature, clock.laps)
+        return Compiled(graph, module, dispatcher, traced, pack, direct, in_tree, signature, clock.laps,
+                        compile_mode=self.compile or tiers.compile_mode())
 
     def _transform(self, traced: Traced, args, wrt):
         """The graph to compile, and how to turn its flat outputs back into this function's results."""
@@ -598,18 +674,19 @@ def _identifier(name: str) -> str:
 
 
 def _transform_decorator(mode):
-    def transform(fun=None, *, argnums=0, has_aux=False, debug_nans=None, static_argnums=(), static_argnames=()):
+    def transform(fun=None, *, argnums=0, has_aux=False, debug_nans=None, compile=None, static_argnums=(),
+                  static_argnames=()):
         def make(f):
             if static_argnums or static_argnames:
-                return StaticArgs(f, lambda g, a: Function(g, mode, a, has_aux, debug_nans), argnums,
+                return StaticArgs(f, lambda g, a: Function(g, mode, a, has_aux, debug_nans, compile), argnums,
                                   static_argnums, static_argnames)
-            return Function(f, mode, argnums, has_aux, debug_nans)
+            return Function(f, mode, argnums, has_aux, debug_nans, compile)
         return make if fun is None else make(fun)
     return transform
 
 
 def grad(fun: Callable | None = None, *, argnums=0, has_aux: bool = False, debug_nans: bool | None = None,
-         static_argnums=(), static_argnames=()) -> Function:
+         compile: str | None = None, static_argnums=(), static_argnames=()) -> Function:
     """The gradient of a scalar function, compiled.
 
     ``grad(f)(*args)`` returns the gradient of ``f`` with respect to argument ``argnums`` (an int, or a
@@ -627,16 +704,22 @@ def grad(fun: Callable | None = None, *, argnums=0, has_aux: bool = False, debug
     ``static_argnums`` / ``static_argnames``: arguments used as Python values while tracing (a loop count
     for ``range(n)``, a size, a flag), not traced; each new value (hashable) traces again.
 
+    ``compile``: ``"background"`` (the default, see ``tg.set_compile``) answers the first calls at once
+    with NumPy while Numba compiles in another process, then runs the compiled code; ``"wait"`` blocks
+    on the first call until Numba has compiled (or loaded from its cache); ``"never"`` only uses NumPy.
+    ``f.wait()`` blocks until the compiled code is in use.
+
     Raises ``GradTypeError`` for a non-scalar output, an integer argument or ``argnums`` out of range,
     ``TracingError`` for Python control flow on traced values, ``UnsupportedError`` for NumPy functions
     tracegrad does not know, and ``ShapeError`` for shapes that do not fit.
     """
-    return _transform_decorator("grad")(fun, argnums=argnums, has_aux=has_aux, debug_nans=debug_nans,
+    return _transform_decorator("grad")(fun, argnums=argnums, has_aux=has_aux, debug_nans=debug_nans, compile=compile,
                                         static_argnums=static_argnums, static_argnames=static_argnames)
 
 
 def value_and_grad(fun: Callable | None = None, *, argnums=0, has_aux: bool = False,
-                   debug_nans: bool | None = None, static_argnums=(), static_argnames=()) -> Function:
+                   debug_nans: bool | None = None, compile: str | None = None, static_argnums=(),
+                   static_argnames=()) -> Function:
     """Like ``grad``, but returns ``(value, gradient)`` from one compiled pass (``((value, aux), gradient)``
     with ``has_aux``).
 
@@ -645,21 +728,23 @@ def value_and_grad(fun: Callable | None = None, *, argnums=0, has_aux: bool = Fa
     (8.0, 2.0)
     """
     return _transform_decorator("value_and_grad")(fun, argnums=argnums, has_aux=has_aux, debug_nans=debug_nans,
-                                                  static_argnums=static_argnums, static_argnames=static_argnames)
+                                                  compile=compile, static_argnums=static_argnums,
+                                                  static_argnames=static_argnames)
 
 
-def jit(fun: Callable, *, debug_nans: bool | None = None, static_argnums=(), static_argnames=()) -> Function:
-    """Compile ``fun`` (forward only). It may return any pytree of arrays and scalars. ``static_argnums`` /
-    ``static_argnames`` as for ``grad``.
+def jit(fun: Callable, *, debug_nans: bool | None = None, compile: str | None = None, static_argnums=(),
+        static_argnames=()) -> Function:
+    """Compile ``fun`` (forward only). It may return any pytree of arrays and scalars. ``compile``,
+    ``static_argnums`` and ``static_argnames`` as for ``grad``.
 
     >>> import numpy as np, tracegrad as tg
     >>> tg.jit(lambda x: np.tanh(x) * 2)(np.zeros(2))
     array([0., 0.])
     """
     if static_argnums or static_argnames:
-        return StaticArgs(fun, lambda g, a: Function(g, "jit", debug_nans=debug_nans), None, static_argnums,
-                          static_argnames)
-    return Function(fun, "jit", debug_nans=debug_nans)
+        return StaticArgs(fun, lambda g, a: Function(g, "jit", debug_nans=debug_nans, compile=compile), None,
+                          static_argnums, static_argnames)
+    return Function(fun, "jit", debug_nans=debug_nans, compile=compile)
 
 
 def make_graph(fun: Callable, *args) -> Graph:

@@ -339,24 +339,19 @@ def load(module: Module):
 
 def _load(module: Module, directory: Path | None, name: str):
     stem = name.removesuffix(".py")
-    if directory is None:  # nowhere to write: a module without a file, compiled without Numba's disk cache
-        filename = f"<tracegrad {stem}>"
-        linecache.cache[filename] = (len(module.source), None, module.source.splitlines(True), filename)
-        py_module = types.ModuleType(f"tracegrad_generated_{stem}")
-        py_module.__file__ = filename
-        compile_ = numba.njit(error_model="numpy")
-    else:
+    if directory is not None:
         path = directory / name
         if not path.exists() or path.read_text(encoding="utf-8") != module.source:
             _write_atomically(path, module.source)
-        spec = importlib.util.spec_from_file_location(f"tracegrad_generated_{stem}", path)
-        py_module = importlib.util.module_from_spec(spec)
-        filename = str(path)
-        # error_model="numpy": 1/0 gives inf and 0/0 nan, as in NumPy, instead of raising
-        compile_ = lambda function: jit(function, error_model="numpy")  # noqa: E731
-    sys.modules[py_module.__name__] = py_module  # Numba's cache finds the module by name when it loads
-    # Compiled from the text in hand: no .pyc is read or written, and what runs is exactly what was generated.
+        return import_file(path, module.function, module.parts, module.source)
+    # nowhere to write: a module without a file, compiled without Numba's disk cache
+    filename = f"<tracegrad {stem}>"
+    linecache.cache[filename] = (len(module.source), None, module.source.splitlines(True), filename)
+    py_module = types.ModuleType(f"tracegrad_generated_{stem}")
+    py_module.__file__ = filename
+    sys.modules[py_module.__name__] = py_module
     exec(compile(module.source, filename, "exec"), py_module.__dict__)
+    compile_ = numba.njit(error_model="numpy")
     for part in module.parts:  # globals the function calls: compiled when it is
         setattr(py_module, part, compile_(getattr(py_module, part)))
     dispatcher = compile_(getattr(py_module, module.function))
@@ -436,6 +431,96 @@ def _forget_module(name: str, py_module) -> None:
     """Drop a generated module no dispatcher uses any more (unless the name has been loaded again)."""
     if sys.modules.get(name) is py_module:
         del sys.modules[name]
+
+
+def import_file(path: Path, function: str, parts=(), source: str | None = None):
+    """Import the generated module at ``path`` and wrap ``function`` (and the ``parts`` it calls) with
+    ``numba.njit(cache=True, error_model="numpy")``. The module is compiled from ``source`` (the text in
+    hand; else the file's text): no ``.pyc`` is read or written, and what runs is what was generated. The
+    background compiler (``tiers``) calls this too, so both processes name the module alike and share
+    Numba's cache entries."""
+    path = Path(path)
+    py_module = types.ModuleType(f"tracegrad_generated_{path.stem}")
+    py_module.__file__ = str(path)
+    sys.modules[py_module.__name__] = py_module  # Numba's cache finds the module by name when it loads
+    text = source if source is not None else path.read_text(encoding="utf-8")
+    exec(compile(text, str(path), "exec"), py_module.__dict__)
+    # error_model="numpy": 1/0 gives inf and 0/0 nan, as in NumPy, instead of raising
+    for part in parts:  # globals the function calls: compiled when it is
+        setattr(py_module, part, jit(getattr(py_module, part), error_model="numpy"))
+    dispatcher = jit(getattr(py_module, function), error_model="numpy")
+    weakref.finalize(dispatcher, _forget_module, py_module.__name__, py_module)
+    return dispatcher
+
+
+def file_of(dispatcher) -> tuple:
+    """The generated file a dispatcher's function is in, and its name there."""
+    return dispatcher.py_func.__code__.co_filename, dispatcher.py_func.__name__
+
+
+def _read_types(described) -> tuple:
+    """Numba types from ``tiers.describe``'s lists."""
+    types = []
+    for d in described:
+        dtype = numba.from_dtype(np.dtype(d[1]))
+        types.append(numba.types.Array(dtype, d[2], d[3], readonly=not d[4]) if d[0] == "array" else dtype)
+    return tuple(types)
+
+
+def is_loaded(dispatcher, described_types) -> bool:
+    """Whether ``dispatcher`` has compiled code for ``described_types`` (``tiers.describe``) in memory."""
+    return _read_types(described_types) in dispatcher.overloads
+
+
+def has_cache_entries(dispatcher) -> bool:
+    """Whether Numba's disk cache has an index for ``dispatcher``'s function (some signature or other):
+    a file test, without Numba's first look at its cache (which costs ~0.3-1 s of imports)."""
+    try:
+        return os.path.exists(dispatcher._cache._cache_file._index_path)
+    except AttributeError:  # another Numba
+        return True
+
+
+def load_cached(dispatcher, described_types) -> bool:
+    """Give ``dispatcher`` its compiled code for ``described_types`` (``tiers.describe``) if it is ready
+    in memory or in Numba's disk cache, without compiling anything; True when it is. (Numba has no public
+    call for "load, but do not compile"; this does what ``Dispatcher.compile`` does before it compiles.)"""
+    types = _read_types(described_types)
+    if types in dispatcher.overloads:
+        return True
+    if not has_cache_entries(dispatcher):
+        return False
+    from numba.core.compiler_lock import global_compiler_lock
+
+    try:
+        with global_compiler_lock:
+            cres = dispatcher._cache.load_overload(types, dispatcher.targetctx)
+            if cres is None:
+                return False
+            dispatcher._cache_hits[types] += 1
+            dispatcher.targetctx.insert_user_function(cres.entry_point, cres.fndesc, [cres.library])
+            dispatcher.add_overload(cres)
+            return True
+    except AttributeError:  # another Numba: let the call compile (or load) it as usual
+        return False
+
+
+def compile_file(path: str, function: str, parts, described_types, calls: dict) -> None:
+    """Compile ``function`` of the generated file ``path`` for ``described_types`` into Numba's disk cache
+    (run in the compile worker). ``calls`` names the globals it calls: other generated functions, as
+    (path, function, parts), set before it compiles (``fit``'s epoch calls the loss's code)."""
+    dispatcher = _imported.get((path, function))
+    if dispatcher is None:
+        dispatcher = _imported[(path, function)] = import_file(Path(path), function, parts)
+    for name, (callee_path, callee, callee_parts) in calls.items():
+        key = (callee_path, callee)
+        if key not in _imported:
+            _imported[key] = import_file(Path(callee_path), callee, callee_parts)
+        dispatcher.py_func.__globals__[name] = _imported[key]
+    dispatcher.compile(_read_types(described_types))
+
+
+_imported: dict = {}  # in the compile worker: (path, function) -> dispatcher
 
 
 def compile_error(exc: Exception, module: Module) -> CompileError:

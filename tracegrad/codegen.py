@@ -15,7 +15,7 @@ import re
 import string
 
 import numpy as np
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import __version__
 from .core import Block, Infix, Prefix, broadcast_subscripts
@@ -39,6 +39,8 @@ class Module:
     function: str
     kernels: tuple
     parts: tuple = ()  # functions it calls, defined before it in the same module (long code is split)
+    # with check_finite: (value, message) for each value the code checks, in order (the NumPy tier checks the same)
+    checks: tuple = field(default=(), compare=False)
 
 
 def _literal(atom: Literal):
@@ -116,11 +118,14 @@ def comment_text(text) -> str:
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(text))
 
 
-def _finite_check(name: str, node) -> str:
+def _finite_message(name: str, node) -> str:
     where = f" at {node.source.short()}: {node.source.line}" if node.source is not None else ""
-    message = f"{name} is not finite ({'backward' if node.backward else 'forward'} pass){where}"
+    return f"{name} is not finite ({'backward' if node.backward else 'forward'} pass){where}"
+
+
+def _finite_check(name: str, node) -> str:
     test = f"np.isfinite({name})" if not node.out.aval.shape else f"np.all(np.isfinite({name}))"
-    return f"if not {test}: raise NonFiniteError({ascii(message)})"  # the user's line, as an escaped literal
+    return f"if not {test}: raise NonFiniteError({ascii(_finite_message(name, node))})"  # an escaped literal
 
 
 def _passes_of(node) -> set:
@@ -251,6 +256,7 @@ class Printer:
         self.used_kernels: set = set()
         self.defined_by: dict = {}
         self.last_source = None
+        self.checks: list = []  # with check_finite: (value, message) per value checked, in order
 
     def alias(self, var: Var, text: str) -> None:
         """Spell ``var`` (a nested graph's input) as the outer value ``text``."""
@@ -263,8 +269,14 @@ class Printer:
         return _empty(aval.shape, aval.dtype)
 
     def block(self, graph: Graph) -> list:
-        """The lines ``(code, note)`` computing ``graph``'s outputs from its inputs (a loop's body)."""
-        return [line for _, lines in self.statements(graph.nodes, graph.outputs) for line in lines]
+        """The lines ``(code, note)`` computing ``graph``'s outputs from its inputs (a loop's body). Values
+        inside are not checked by ``check_finite``: the block's results are (so the NumPy tier, which
+        evaluates a block whole, checks the same values)."""
+        check_finite, self.check_finite = self.check_finite, False
+        try:
+            return [line for _, lines in self.statements(graph.nodes, graph.outputs) for line in lines]
+        finally:
+            self.check_finite = check_finite
 
     def statements(self, nodes: list, outputs: list, top: bool = False) -> list:
         """One entry per statement: (the names it defines, [(code, note), ...])."""
@@ -328,6 +340,7 @@ class Printer:
                 checked = [out] if out.aval.dtype.kind == "f" else []
             if check_finite:
                 statement.extend((_finite_check(names[v], node), None) for v in checked)
+                self.checks.extend((v, _finite_message(names[v], node)) for v in checked)
             body.append(([names[v] for v in node.outs], statement))
         return body
 
@@ -362,7 +375,7 @@ def generate(graph: Graph, function: str | None = None, comments: bool = True, c
     names = assign_names(graph, reserved=frozenset(module_names) | {function} | _loop_indices(graph.nodes))
     printer = Printer(names, comments, check_finite)
     body = printer.statements(graph.nodes, graph.outputs, top=True)
-    defined_by, used_kernels = printer.defined_by, printer.used_kernels
+    defined_by, used_kernels, checks = printer.defined_by, printer.used_kernels, printer.checks
 
     returns = []
     for i, out in enumerate(graph.outputs):
@@ -390,7 +403,8 @@ def generate(graph: Graph, function: str | None = None, comments: bool = True, c
     if used_kernels:
         header.append(f"from tracegrad.kernels import {', '.join(sorted(used_kernels))}")
     source = "\n".join(header) + "\n\n\n" + text
-    return Module(source, function, tuple(sorted(used_kernels)), tuple(name for name, _, _ in functions[:-1]))
+    return Module(source, function, tuple(sorted(used_kernels)), tuple(name for name, _, _ in functions[:-1]),
+                  tuple(checks))
 
 
 _NAME = re.compile(r"(?<![\w.'\"])[A-Za-z_]\w*")

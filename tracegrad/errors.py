@@ -151,3 +151,7 @@ class NonFiniteTrainingError(TrainingError, NonFiniteError):
 class TrainingInterrupted(TrainingError, KeyboardInterrupt):
     """``fit`` was interrupted (Ctrl-C). A ``KeyboardInterrupt`` too, so code that handles Ctrl-C still
     does; ``params``, ``state`` and ``history`` are those of the last complete epoch."""
+
+
+class CompileWarning(UserWarning):
+    """Numba could not compile a function in the background; it keeps running on NumPy (``compile=``)."""

@@ -44,13 +44,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import __version__, backend
+from . import __version__, backend, tiers
 from .api import Function, value_and_grad
 from .codegen import Module, comment_text
 from .errors import (DataError, NonFiniteError, NonFiniteTrainingError, TracegradError, TrainingError,
                      TrainingInterrupted, raised_at)
 from .ir import Aval, identifier
-from .optim import Optimizer, _check_params
+from .optim import Optimizer, _check_params, adam_update, rmsprop_update, sgd_update
 from .pytree import flatten, leaf_paths, unflatten
 
 __all__ = ["fit", "History", "epoch_source"]
@@ -67,7 +67,9 @@ class History:
     training data if there is none); ``time``: seconds in the compiled epoch function; ``wall_time``:
     seconds for the whole epoch, with validation, metrics and progress;
     ``initial_loss``: the loss on the training data before training; ``compile_time``: seconds spent
-    tracing and compiling; ``steps``: updates made. To resume exactly where training stopped, pass the
+    tracing and compiling (with ``compile="background"``, only preparing: Numba compiles meanwhile);
+    ``compiled``: for each epoch, whether it ran compiled (True) or on NumPy while Numba was compiling
+    (False); ``steps``: updates made. To resume exactly where training stopped, pass the
     optimiser state and the shuffle stream back: ``fit(..., state=history.state, seed=history.seed)``.
     """
 
@@ -78,6 +80,7 @@ class History:
     wall_time: list = field(default_factory=list)
     initial_loss: float = math.nan
     compile_time: float = 0.0
+    compiled: list = field(default_factory=list)
     steps: int = 0
     state: dict | None = field(default=None, repr=False)
     seed: int = 0
@@ -85,7 +88,7 @@ class History:
 
 def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epochs: int = 1,
         shuffle: bool = True, seed: int = 0, drop_last: bool = False, validation=None, metrics=None,
-        progress=True, state=None):
+        progress=True, state=None, compile=None):
     """Train ``params`` to minimise ``loss(params, *batch)`` over minibatches of ``data``.
 
     ``data`` is an array or a tuple of arrays with the same first dimension (samples); each step passes
@@ -95,6 +98,12 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
     ``progress``: a tqdm bar over the epochs when tqdm is installed, else a printed line per epoch (at
     most about 20 lines; ``"plain"`` forces the lines, ``False`` is silent). To continue a run exactly,
     pass ``state=history.state, seed=history.seed``. ``epochs=0`` only compiles.
+
+    ``compile``: ``"background"`` (the default, see ``tg.set_compile``) starts training at once, running
+    epochs on NumPy while Numba compiles the epoch function in another process, and switches to the
+    compiled epochs between two epochs once it is ready (``history.compiled`` says which ran compiled);
+    ``"wait"`` compiles first, and then gives the same results bit for bit on every run; ``"never"`` only
+    uses NumPy. The NumPy epochs shuffle alike and agree with compiled ones to rounding.
 
     Like a ``tg.value_and_grad`` function, ``fit`` traces ``loss`` once per argument shapes and reuses the
     compiled code on later calls (and, from the disk cache, in later processes): arrays the loss reads
@@ -135,6 +144,7 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
     metrics = dict(metrics or {})
     if progress not in (True, False, "plain"):
         raise DataError(f"progress must be True, False or 'plain', got {progress!r}")
+    mode = tiers.compile_mode() if compile is None else tiers.check_mode(compile)
 
     leaves, tree = flatten(params)
     _check_params(leaves, params)
@@ -158,18 +168,31 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
 
     hyperparameters = optimizer.hyperparameters()
 
-    def run(n_steps, shuffle_now):
+    def run(n_steps, shuffle_now, compiled=True):
         lrs = np.array([optimizer.learning_rate(state["step"] + i) for i in range(n_steps)], dtype=np.float64)
         losses = np.zeros(max(n_steps, 1))
         args = (*flat_params, *data, *trainer.buffers, *trainer.captured(), *flat_slots, perm, rng_state,
                 bool(shuffle_now), n_steps, lrs, state["step"], losses, *hyperparameters)
+        if not compiled:
+            return trainer.evaluate_epoch(*args), losses
         try:
             return trainer.epoch(*args), losses
         except Exception as exc:  # a Numba error (CompileError), or its disk cache's (recovered from)
             return backend.call_failed(exc, trainer.module, trainer.epoch, args), losses
 
-    run(0, False)  # compiles the epoch function (no steps)
+    def epoch_arguments():
+        return (*flat_params, *data, *trainer.buffers, *trainer.captured(), *flat_slots, perm, rng_state, False, 0,
+                np.zeros(0), state["step"], np.zeros(1), *hyperparameters)
+
+    compiling = None  # the background compile of the epoch function, until it is in use
+    if mode == "wait":
+        run(0, False)  # compiles the epoch function (no steps)
+    elif mode == "background":
+        # from the disk cache it loads before the first epoch: a NumPy epoch may take longer than that
+        compiling = tiers.background(trainer.epoch, epoch_arguments(), calls=trainer.calls,
+                                     label=trainer.module.function, load_now=True)
     history.compile_time = time.perf_counter() - t_compile
+    compiled = mode != "never" and compiling is None
 
     def checkpoint():  # copies: the compiled code updates the arrays in place
         return ([leaf.copy() for leaf in leaves], [[s.copy() for s in slots] for slots in slot_leaves],
@@ -183,8 +206,11 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
     try:
         for epoch in range(1, epochs + 1):
             doing = "training"
+            # the tier changes between epochs only
+            if compiling is not None and compiling.poll(stacklevel=2) != "pending":
+                compiled, compiling = compiling.state == "compiled", None
             t0 = time.perf_counter()
-            (code, done, total), losses = run(trainer.steps, shuffle)
+            (code, done, total), losses = run(trainer.steps, shuffle, compiled)
             elapsed = time.perf_counter() - t0
             state["step"] += int(done)
             history.steps, history.seed = state["step"], int(rng_state[0])
@@ -193,6 +219,7 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
                                float(losses[done]))
             history.loss.append(float(total) / trainer.samples_per_epoch)
             history.time.append(elapsed)
+            history.compiled.append(compiled)
             evaluate_on = validation if validation is not None else data
             if validation is not None:
                 doing = "the validation loss"
@@ -260,6 +287,54 @@ class _Trainer:
         if self.last is not None:
             called["value_and_grad_last"] = self.last.dispatcher
         called[_update_name(optimizer)] = optimizer.kernel
+        # the same for the compile worker: name -> (dispatcher, the parts of its file it calls)
+        self.calls = {"value_and_grad": (self.full.dispatcher, self.full.module.parts),
+                      _update_name(optimizer): (optimizer.kernel, ())}
+        if self.last is not None:
+            self.calls["value_and_grad_last"] = (self.last.dispatcher, self.last.module.parts)
+        self.optimizer, self.n_params, self.n_data = optimizer, len(leaves), len(data)
+        self.scalar = [leaf.ndim == 0 for leaf in leaves]
+
+    def evaluate_epoch(self, *args):
+        """What the compiled epoch function does, on NumPy: the same arguments, shuffle, steps and checks,
+        with the loss's evaluator (``tiers.Evaluator``) and the optimiser's update on whole arrays."""
+        p, d = self.n_params, self.n_data
+        params, data = args[:p], args[p:p + d]
+        rest = args[p + d + len(self.buffers):]
+        n_captured = len(self.full.traced.captures)
+        n_last = len(self.last.traced.captures) if self.last is not None else 0
+        captured, captured_last = rest[:n_captured], rest[n_captured:n_captured + n_last]
+        rest = rest[n_captured + n_last:]
+        n_slots = len(self.optimizer.slots) * p
+        slots, (perm, rng_state, shuffle, n_steps, learning_rates, first_step, losses) = \
+            rest[:n_slots], rest[n_slots:n_slots + 7]
+        hyper = rest[n_slots + 7:]
+        update = _whole_array_update(self.optimizer)
+        n = perm.shape[0]
+        batch_size = self.buffers[0].shape[0]
+        if shuffle:
+            _shuffle(perm, rng_state)
+        kernel_params = [q[0] if s else q for q, s in zip(params, self.scalar)]
+        total = 0.0
+        n_full = min(n_steps, n // batch_size)
+        plan = [(step, step * batch_size, batch_size, self.full, captured) for step in range(n_full)]
+        if n_steps > n_full:  # the last, smaller batch
+            plan.append((n_full, n_full * batch_size, n - n_full * batch_size, self.last, captured_last))
+        for step, start, size, compiled, captured_now in plan:
+            rows = perm[start:start + size]
+            out = compiled.evaluator(*kernel_params, *(x[rows] for x in data), *captured_now)
+            loss = out[0]
+            grads = [np.full(1, g) if s else np.asarray(g).ravel() for g, s in zip(out[1:], self.scalar)]
+            losses[step] = loss
+            if not np.isfinite(loss):
+                return 1, step, total
+            if not np.isfinite(sum(np.sum(g) for g in grads)):
+                return 2, step, total
+            lr, t = learning_rates[step], first_step + step + 1
+            for i, (q, g) in enumerate(zip(params, grads)):
+                update(q.reshape(-1), g, *slots[i::p], lr, t, *hyper)
+            total += loss * size
+        return 0, n_steps, total
 
     def captured(self) -> list:
         """The arrays the loss reads from its closure or globals, as they are now (read every epoch)."""
@@ -273,6 +348,57 @@ class _Trainer:
                                     hint="change its values in place, or call fit again")
                 values.append(value)
         return values
+
+
+_SPLITMIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+
+
+def _shuffle(perm, rng_state) -> None:
+    """The epoch function's Fisher-Yates shuffle driven by splitmix64, its random numbers drawn at once."""
+    n = perm.shape[0]
+    golden, mix1, mix2 = _SPLITMIX
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps, as in the compiled code
+        rng = rng_state[0] + np.arange(1, n, dtype=np.uint64) * golden
+        z = (rng ^ (rng >> np.uint64(30))) * mix1
+        z = (z ^ (z >> np.uint64(27))) * mix2
+        z = z ^ (z >> np.uint64(31))
+    i = np.arange(n - 1, 0, -1, dtype=np.uint64)
+    js = (z % (i + np.uint64(1))).tolist()
+    order = list(range(n))
+    for i, j in zip(range(n - 1, 0, -1), js):
+        order[i], order[j] = order[j], order[i]
+    perm[:] = order
+    if n > 1:
+        rng_state[0] = rng[-1]
+
+
+class _WholeArray:
+    """A flat array that an optimiser's update indexes as its only element: the built-in updates are
+    elementwise (``for i in range(param.shape[0]): param[i] -= lr * g``), so their loop runs once, on
+    whole arrays, in NumPy."""
+
+    shape = (1,)
+
+    def __init__(self, array):
+        self.array = array
+
+    def __getitem__(self, i):
+        return self.array
+
+    def __setitem__(self, i, value):
+        self.array[...] = value
+
+
+def _whole_array_update(optimizer):
+    """The optimiser's update on NumPy arrays for the built-in optimisers; the compiled kernel otherwise."""
+    function = optimizer.update_function
+    if function not in (sgd_update, adam_update, rmsprop_update):
+        return optimizer.kernel
+
+    def update(param, grad, *rest):
+        n_slots = len(optimizer.slots)
+        function(_WholeArray(param), _WholeArray(grad), *(_WholeArray(s) for s in rest[:n_slots]), *rest[n_slots:])
+    return update
 
 
 _TRANSFORMED = weakref.WeakKeyDictionary()
@@ -527,7 +653,7 @@ def _failure(trainer, loss, params, state, history, perm, epoch, step, code, val
         what += f" (in {', '.join(names)})"
     detail = ""
     try:
-        value_and_grad(loss, debug_nans=True)(params, *batch)
+        value_and_grad(loss, debug_nans=True, compile="never")(params, *batch)  # the same checks, no Numba
     except NonFiniteError as exc:
         detail = f"\n  first non-finite value: {exc.message}"
     except Exception:  # the diagnosis is a bonus: never hide the real failure behind it
@@ -558,16 +684,17 @@ class _Progress:
 
     def epoch(self, epoch, history):
         parts = [f"loss {history.loss[-1]:.4f}"]
+        tier = "compiled" if history.compiled[-1] else "evaluating"
         if history.val_loss:
             parts.append(f"val_loss {history.val_loss[-1]:.4f}")
         parts += [f"{name} {values[-1]:.4f}" for name, values in history.metrics.items()]
         if self.bar is not None:
-            self.bar.set_postfix_str("  ".join(parts), refresh=False)
+            self.bar.set_postfix_str("  ".join(parts + [tier]), refresh=False)
             self.bar.update(1)
         elif self.plain and (epoch % self.every == 0 or epoch in (1, self.epochs)):
             width = len(str(self.epochs))
             print(f"epoch {epoch:>{width}}/{self.epochs}  " + "  ".join(parts)
-                  + f"  ({history.time[-1] * 1e3:.1f} ms)", flush=True)
+                  + f"  ({history.time[-1] * 1e3:.1f} ms, {tier})", flush=True)
 
     def close(self):
         if self.bar is not None:
