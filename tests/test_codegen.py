@@ -152,3 +152,11 @@ def test_each_part_takes_what_it_reads_and_returns_what_is_read_later():
     assert functions[0][2][-1] == ("return a, b, c", None)
     assert functions[1][2][-1] == ("return d,", None)
     assert [line for line, _ in functions[2][2]] == ["a, b, c = f_part1(x)", "d, = f_part2(a, c)", "return d, b"]
+
+
+def test_one_array_concatenated_or_stacked_compiles():
+    """np.concatenate([x]) is a one-element tuple in the generated code: (x,), not (x)."""
+    x = np.array([1.0, -2.0, 3.0])
+    for join in (np.concatenate, np.stack):
+        g = tg.grad(lambda x: np.sum(join([x]) ** 2), compile="wait")
+        np.testing.assert_array_equal(g(x), 2 * x)

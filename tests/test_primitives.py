@@ -95,6 +95,7 @@ CASES = {
     "scatter_add": [(lambda g: P["scatter_add"](g, I3, shape=(4,)), (VECTOR,), "real"),
                     (lambda g: P["scatter_add"](g, I3, J3, shape=(3, 3)), (VECTOR,), "real")],
     "concatenate": [(lambda x, y: np.concatenate([x, y], axis=1), (MATRIX, (2, 2)), "real"),
+                    (lambda x: np.concatenate([x * 2]), (VECTOR,), "real"),
                     (lambda x, y: np.stack([x, y * 2]), (VECTOR, VECTOR), "real")],
     "dot": [(lambda a, b: a @ b, (MATRIX, (3, 4)), "real"), (lambda a, b: a @ b, (MATRIX, VECTOR), "real"),
             (lambda a, b: np.dot(a, b), (VECTOR, (3, 2)), "real"), (lambda a, b: np.matmul(a, b), (VECTOR, VECTOR), "real")],

@@ -415,7 +415,8 @@ def _concatenate_shape(*xs, axis):
 class concatenate:
     """arrays joined along an existing ``axis``"""
     shape = _concatenate_shape
-    emit = staticmethod(lambda args, out, axis: f"np.concatenate(({', '.join(args)}), axis={axis})")
+    # (a one-element tuple needs its comma: np.concatenate((x,), axis=0))
+    emit = staticmethod(lambda args, out, axis: f"np.concatenate(({', '.join(args)}{',' * (len(args) == 1)}), axis={axis})")
     cast_inputs = True
 
     def ref(*xs, axis):
