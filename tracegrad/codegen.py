@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from . import __version__
 from .core import Block, Infix, Prefix, broadcast_subscripts
 from .ir import RESERVED, Aval, Graph, Literal, Var, ascii_name, assign_names, identifier, literal_source
-from .passes import accumulate_write, accumulation_leaves, accumulation_tree, inlinable as _inlinable, loop_read
+from .passes import inlinable as _inlinable
 
 ATOM = 16  # precedence of a name, literal or call
 # Numba's compile time grows faster than linearly with a function's length: code longer than
@@ -128,10 +128,15 @@ def _finite_check(name: str, node) -> str:
     return f"if not {test}: raise NonFiniteError({ascii(_finite_message(name, node))})"  # an escaped literal
 
 
+def _fused(node) -> bool:
+    """A fused loop: a body of this graph's own values (no values of its own, unlike a ``scoped`` block)."""
+    return node.primitive.scoped is None and isinstance(node.params.get("body"), Graph)
+
+
 def _passes_of(node) -> set:
-    """Which passes a node's outputs belong to: {False} forward, {True} backward, both for a loop that
-    computes a forward value and gradients."""
-    if node.primitive.emit is None:
+    """Which passes a node's outputs belong to: {False} forward, {True} backward, both for a fused loop
+    that computes a forward value and gradients."""
+    if _fused(node):
         return {m.backward for m in node.params["body"].nodes if m.out in node.outs}
     return {node.backward}
 
@@ -163,80 +168,11 @@ def _empty(shape, dtype) -> str:
     return f"np.empty({shape!r})" if dtype == np.float64 else f"np.empty({shape!r}, np.{dtype.name})"
 
 
-def _fused_lines(node, names: dict) -> list:
-    """A fused node as a loop nest: the body's statements run once per element, on scalars."""
-    body, shape = node.params["body"], node.params["shape"]
-    index = [f"i{d}" for d in range(len(shape))]
-    inside = {member.out for member in body.nodes}
-
-    uses, consumer_group = {}, {}
-    for member in body.nodes:
-        for a in member.inputs:
-            uses[a] = uses.get(a, 0) + 1
-            consumer_group[a] = member.group
-    exprs = {}  # single-use temporaries of one VJP rule, written inline as outside loops
-
-    def read(atom):
-        if isinstance(atom, Literal):
-            return _literal(atom)
-        if atom in exprs:
-            return exprs.pop(atom)
-        if atom in inside and atom not in stored:
-            return names[atom], ATOM
-        ashape = atom.aval.shape  # (a stored output read by a later statement reads back its element)
-        if not ashape:
-            return names[atom], ATOM
-        return f"{names[atom]}[{', '.join(broadcast_subscripts(index, shape, ashape))}]", ATOM
-
-    lines, stored, sums, joins = [], set(), {}, set()  # sums: each accumulating node -> the output it adds to
-    defs = {member.out: member for member in body.nodes}
-    for out, accumulate in zip(node.outs, node.params["accumulate"]):
-        if accumulate:  # a sum of the loop's values: it starts at zero
-            leaves = accumulation_leaves(defs[out], defs, uses)
-            sums.update((leaf, out) for leaf in leaves)
-            joins |= accumulation_tree(defs[out], leaves, defs) - set(leaves)  # the adds, done by +=
-            zero = literal_source(0, out.aval.dtype) if not out.aval.shape else _zeros(out.aval.shape, out.aval.dtype)
-            lines.append(f"{names[out]} = {zero}")
-        else:
-            stored.add(out)
-            lines.append(f"{names[out]} = {_empty(shape, out.aval.dtype)}")
-    for d, n in enumerate(shape):
-        lines.append("    " * d + f"for {index[d]} in range({n}):")
-    indent = "    " * len(shape)
-    for member in body.nodes:
-        if member in sums:  # added into the output where the primitive says
-            at, total = accumulate_write(member), names[sums[member]]
-            target = f"{total}[{', '.join(at)}]" if at else total
-            lines.append(f"{indent}{target} += {read(member.inputs[0])[0]}")
-            continue
-        if member in joins:
-            continue
-        structural = loop_read(member)
-        if structural is not None:  # its input, read at the subscripts the primitive gives
-            at, conditions = structural
-            x = member.inputs[0]
-            # a literal, a scalar or a value this loop computes (the op then covers it whole) reads as it is
-            spelled = (f"{names[x]}[{', '.join(at)}]", ATOM) if isinstance(x, Var) and x not in inside and at \
-                else read(x)
-            if conditions:  # where it has no value, zero
-                zero = literal_source(0.0, member.out.aval.dtype)
-                spelled = f"({spelled[0]} if {' and '.join(conditions)} else {zero})", ATOM
-        else:
-            spelled = spell(member, [read(a) for a in member.inputs], scalar=True)
-        out = member.out
-        if out not in stored and _inlinable(member, uses, consumer_group):
-            exprs[out] = spelled
-            continue
-        target = f"{names[out]}[{', '.join(index)}]" if out in stored else names[out]
-        lines.append(f"{indent}{target} = {spelled[0]}")
-    return [line.replace("{", "{{").replace("}", "}}") for line in lines]
-
-
 def _loop_indices(nodes) -> set:
     """The index names of every fused loop, nested bodies included (``i0, i1, ...``)."""
     names = set()
     for node in nodes:
-        if node.primitive.emit is None:
+        if _fused(node):
             names.update(f"i{d}" for d in range(len(node.params["shape"])))
         for value in node.params.values():
             if isinstance(value, Graph):
@@ -267,6 +203,21 @@ class Printer:
 
     def empty(self, aval) -> str:
         return _empty(aval.shape, aval.dtype)
+
+    def zeros(self, aval) -> str:
+        return literal_source(0, aval.dtype) if not aval.shape else _zeros(aval.shape, aval.dtype)
+
+    ATOM = ATOM  # the precedence of a name, literal or call
+
+    @staticmethod
+    def literal(atom) -> tuple:
+        """A literal's spelling and precedence."""
+        return _literal(atom)
+
+    @staticmethod
+    def spell(node, args: list, scalar: bool = False):
+        """A node's expression (text, precedence) from its arguments' spellings (see ``codegen.spell``)."""
+        return spell(node, args, scalar)
 
     def block(self, graph: Graph) -> list:
         """The lines ``(code, note)`` computing ``graph``'s outputs from its inputs (a loop's body). Values
@@ -305,11 +256,7 @@ class Printer:
                     for a in node.inputs]
             emit, out = node.primitive.emit, node.out
             if isinstance(emit, Block):
-                self.used_kernels.update(_kernels_of(node))
                 spelled = None
-            elif emit is None:  # a fused loop
-                spelled = _fused_lines(node, names)
-                kernels = _kernel_names(node.params["body"].nodes)
             else:
                 spelled = spell(node, args)
                 kernels = _kernels_of(node)
@@ -331,6 +278,8 @@ class Printer:
                     self.last_source = node.source
             if spelled is None:  # a block: the lines of its body keep their own notes
                 lines = emit.render(self, node, args)
+                text = "\n".join(code for code, _ in lines)
+                self.used_kernels.update(k for k in _kernel_names([node]) if k + "(" in text)
                 statement.extend((code, note if k == 0 else inner) for k, (code, inner) in enumerate(lines))
                 checked = [v for v in node.outs if v.aval.dtype.kind == "f"]
             else:

@@ -9,9 +9,9 @@ import dataclasses
 
 import numpy as np
 
-from .core import PRIMITIVES, Primitive
+from .core import PRIMITIVES, Block, Primitive, broadcast_subscripts
 from .interpret import evaluate
-from .ir import Graph, IRError, Literal, Node, Var
+from .ir import Aval, Graph, IRError, Literal, Node, Var, literal_source
 
 
 def _rebuild(graph: Graph, nodes: list, replace: dict) -> Graph:
@@ -162,6 +162,77 @@ def _fused_ref(*inputs, body, shape, accumulate):
     return results if len(results) > 1 else results[0]
 
 
+def _fused_render(printer, node, args) -> list:
+    """A fused node as a loop nest, the only place that writes one: the body's statements run once per
+    element, on scalars, under the names ``printer`` knows."""
+    names, ATOM = printer.names, printer.ATOM
+    body, shape = node.params["body"], node.params["shape"]
+    index = [f"i{d}" for d in range(len(shape))]
+    inside = {member.out for member in body.nodes}
+
+    uses, consumer_group = {}, {}
+    for member in body.nodes:
+        for a in member.inputs:
+            uses[a] = uses.get(a, 0) + 1
+            consumer_group[a] = member.group
+    exprs = {}  # single-use temporaries of one VJP rule, written inline as outside loops
+
+    def read(atom):
+        if isinstance(atom, Literal):
+            return printer.literal(atom)
+        if atom in exprs:
+            return exprs.pop(atom)
+        if atom in inside and atom not in stored:
+            return names[atom], ATOM
+        ashape = atom.aval.shape  # (a stored output read by a later statement reads back its element)
+        if not ashape:
+            return names[atom], ATOM
+        return f"{names[atom]}[{', '.join(broadcast_subscripts(index, shape, ashape))}]", ATOM
+
+    lines, stored, sums, joins = [], set(), {}, set()  # sums: each accumulating node -> the output it adds to
+    defs = {member.out: member for member in body.nodes}
+    for out, accumulate in zip(node.outs, node.params["accumulate"]):
+        if accumulate:  # a sum of the loop's values: it starts at zero
+            leaves = accumulation_leaves(defs[out], defs, uses)
+            sums.update((leaf, out) for leaf in leaves)
+            joins |= accumulation_tree(defs[out], leaves, defs) - set(leaves)  # the adds, done by +=
+            lines.append(f"{names[out]} = {printer.zeros(out.aval)}")
+        else:
+            stored.add(out)
+            lines.append(f"{names[out]} = {printer.empty(Aval(shape, out.aval.dtype))}")
+    for d, n in enumerate(shape):
+        lines.append("    " * d + f"for {index[d]} in range({n}):")
+    indent = "    " * len(shape)
+    for member in body.nodes:
+        if member in sums:  # added into the output where the primitive says
+            at, total = accumulate_write(member), names[sums[member]]
+            target = f"{total}[{', '.join(at)}]" if at else total
+            lines.append(f"{indent}{target} += {read(member.inputs[0])[0]}")
+            continue
+        if member in joins:
+            continue
+        structural = loop_read(member)
+        if structural is not None:  # its input, read at the subscripts the primitive gives
+            at, conditions = structural
+            x = member.inputs[0]
+            # a literal, a scalar or a value this loop computes (the op then covers it whole) reads as it is
+            spelled = (f"{names[x]}[{', '.join(at)}]", ATOM) if isinstance(x, Var) and x not in inside and at \
+                else read(x)
+            if conditions:  # where it has no value, zero
+                zero = literal_source(0.0, member.out.aval.dtype)
+                spelled = f"({spelled[0]} if {' and '.join(conditions)} else {zero})", ATOM
+        else:
+            spelled = printer.spell(member, [read(a) for a in member.inputs], scalar=True)
+        out = member.out
+        if out not in stored and inlinable(member, uses, consumer_group):
+            exprs[out] = spelled
+            continue
+        target = f"{names[out]}[{', '.join(index)}]" if out in stored else names[out]
+        lines.append(f"{indent}{target} = {spelled[0]}")
+    return [(line, None) for line in lines]
+
+
+
 # Not in the registry: fusion makes these nodes, users never write them.
 fused = Primitive(
     name="fused",
@@ -174,7 +245,7 @@ fused = Primitive(
     inside the loop: ``out += s8``, ``grad_x[i0 + 1] += grad_s3``.""",
     shape=lambda *avals, body, shape, accumulate: body.outputs[0].aval,
     ref=_fused_ref,
-    emit=None,  # written by codegen as a loop nest
+    emit=Block(_fused_render),
     vjp=_fused_vjp,
 )
 

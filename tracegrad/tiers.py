@@ -33,6 +33,7 @@ import numpy as np
 
 from .errors import CompileWarning, NonFiniteError, TracegradError
 from .ir import Graph, Literal
+from .passes import fused as fused_loop
 
 MODES = ("background", "wait", "never")
 LOG_AFTER = 1.0  # seconds a background compile runs before the "tracegrad" logger says so
@@ -98,7 +99,7 @@ class Evaluator:
                 slot[out] = len(slot)
                 writes.append((slot[out], out.aval.dtype, messages.get(out)))
             ref = node.primitive.ref
-            fused = node.primitive.emit is None  # a fused loop: its body, evaluated on whole arrays
+            fused = node.primitive is fused_loop  # a fused loop: its body, evaluated on whole arrays
             if fused:
                 ref = _FusedLoop(node.params["body"])
             params = {} if fused else node.params
