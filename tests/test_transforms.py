@@ -98,6 +98,55 @@ def test_hvp_without_forming_the_hessian():
     np.testing.assert_allclose(hv, tg.hessian(rosenbrock)(x) @ v, rtol=1e-12)
 
 
+def test_jvp_source_names_tangents_beside_their_values():
+    def f(x, y):
+        z = np.sin(x) * y
+        return np.sum(z)
+
+    text = tg.source(lambda x, y, tx, ty: tg.jvp(f, (x, y), (tx, ty)), X[0], Y, X[0], Y)
+    assert "tan_z = " in text and "np.cos(" in text
+    assert text == tg.source(lambda x, y, tx, ty: tg.jvp(f, (x, y), (tx, ty)), X[0], Y, X[0], Y)  # deterministic
+
+
+def test_jvp_through_a_while_loop():
+    """Forward mode needs no trip count: the loop carries each value with its tangent."""
+    def halve_until_small(x):
+        return tg.while_loop(lambda c: np.sum(c * c) > 1e-3, lambda c: c * 0.5 + 0.01 * np.sin(c), x)
+
+    x, v = np.array([3.0, -2.0]), np.array([1.0, 0.5])
+    value, tangent = tg.jvp(halve_until_small, (x,), (v,))
+    np.testing.assert_allclose(value, halve_until_small(x))
+    eps = 1e-6  # the trip count is the same at x +- eps v
+    expected = (halve_until_small(x + eps * v) - halve_until_small(x - eps * v)) / (2 * eps)
+    np.testing.assert_allclose(tangent, expected, rtol=1e-6)
+    graph = tg.make_graph(lambda x, v: tg.jvp(halve_until_small, (x,), (v,)), x, v)
+    assert [n.primitive.name for n in graph.nodes].count("while_loop") == 1  # values and tangents in one loop
+
+
+def test_jvp_of_a_scan_runs_the_forward_steps_once():
+    def f(x):
+        return tg.scan(lambda c, r: (np.tanh(c * r), c), 1.0, x)[0]
+
+    x, v = np.linspace(0.1, 1.0, 5), np.ones(5)
+    graph = tg.make_graph(lambda x, v: tg.jvp(f, (x,), (v,)), x, v)
+    assert [n.primitive.name for n in graph.nodes].count("loop") == 1
+    _, tangent = tg.jvp(f, (x,), (v,))
+    assert tangent == pytest.approx(np.sum(tg.grad(f)(x) * v), rel=1e-12)
+
+
+def test_jvp_treats_a_closed_over_value_as_a_constant():
+    """The tangent is along the arguments only, even when the function also reads the same value."""
+    def outer(x):
+        return tg.jvp(lambda y: y * x, (x,), (1.0,))[1]
+
+    assert tg.jit(outer)(3.0) == 3.0
+
+
+def test_jacfwd_of_grad_is_the_hessian():
+    x = np.random.default_rng(5).normal(size=6)
+    np.testing.assert_allclose(tg.jacfwd(tg.grad(rosenbrock))(x), tg.hessian(rosenbrock)(x), rtol=1e-12, atol=1e-9)
+
+
 def test_tangents_and_cotangents_must_fit():
     with pytest.raises(tg.ShapeError, match="tangents of structure"):
         tg.jvp(two_args, (X, Y), (X,))

@@ -14,8 +14,11 @@ import numpy as np
 from .api import grad, jit
 from .core import current_builder
 from .errors import GradTypeError, ShapeError, user_source
+from .forward import jvp_graph, linearize_graph
+from .interpret import inline
 from .loops import scan
 from .pytree import flatten, unflatten
+from .tracer import trace
 
 
 def _vdot(tree, cotangent_tree) -> float:
@@ -50,11 +53,16 @@ def vjp(fun, *primals):
 
 
 def jvp(fun, primals: tuple, tangents: tuple):
-    """``(fun(*primals), J @ tangents)``: the Jacobian-vector product (forward mode, JAX's signature).
+    """``(fun(*primals), J @ tangents)``: the Jacobian-vector product, in forward mode (JAX's signature).
 
-    Computed exactly from two reverse passes (``u -> J^T u`` is linear in u, and the gradient in u of
-    <J^T u, tangents> is J tangents), compiled as one function: any primitive, loop or ``custom_vjp`` that
-    has a reverse-mode rule has a forward-mode one. Tangents have the primals' structure, shapes and dtypes.
+    ``fun`` is traced, every primitive's JVP rule appends its tangent (``tan_x``) beside its value
+    (``forward.jvp_graph``), and the whole is compiled as one function; called on traced values it traces
+    into the enclosing function. Primals and tangents are tuples of pytrees of floats and arrays; tangents
+    have the primals' structure, shapes and dtypes (a ``ShapeError`` otherwise). Loops, ``while_loop``
+    included, carry their tangents along. Example::
+
+        >>> tg.jvp(np.sin, (0.0,), (2.0,))
+        (0.0, 2.0)
     """
     primals, tangents = tuple(primals), tuple(tangents)
     p_leaves, p_tree = flatten(primals)
@@ -68,22 +76,59 @@ def jvp(fun, primals: tuple, tangents: tuple):
     n = len(primals)
 
     def both(*args):
-        xs, ts = args[:n], args[n:]
-        out = fun(*xs)
-        zero = _map(lambda leaf: leaf * 0.0, out)  # any u: the result is linear in it
+        return _traced_jvp(fun, args[:n], args[n:])
 
-        def pulled_back_along_tangents(u):
-            return _vdot(grad(lambda *x: _vdot(fun(*x), u), argnums=tuple(range(n)))(*xs), ts)
-
-        return out, grad(pulled_back_along_tangents)(zero)
-
+    both.__name__ = f"jvp_{getattr(fun, '__name__', 'f')}".replace("<lambda>", "lambda")
     return jit(both)(*primals, *tangents) if current_builder() is None else both(*primals, *tangents)
 
 
+def _trace_here(fun, args):
+    """Trace ``fun(*args)`` alone, inside the current trace: its own inputs (so values it closes over are
+    constants of it), and the arrays it captures as the enclosing trace's values."""
+    traced = trace(fun, tuple(args), name=getattr(fun, "__name__", None))
+    captured = [c.current() for c in traced.captures]
+    enclosing = current_builder()
+    for k, (c, value) in enumerate(zip(traced.captures, captured)):
+        if not c.held and isinstance(value, np.ndarray):  # read again at each call of the enclosing function
+            enclosing.readers[id(value)] = c.read
+            captured[k] = enclosing.wrap(enclosing.capture(value, c.var.hint))
+    return traced, captured
+
+
+def _float_leaves(graph) -> list[int]:
+    return [k for k in range(graph.n_args) if graph.inputs[k].aval.dtype.kind == "f"]
+
+
+def _traced_jvp(fun, primals, tangents):
+    """``fun``'s outputs and their tangents, recorded into the current trace."""
+    traced, captured = _trace_here(fun, primals)
+    wrt = _float_leaves(traced.graph)
+    t_leaves = flatten(tuple(tangents))[0]
+    outs = inline(jvp_graph(traced.graph, wrt), *flatten(tuple(primals))[0], *(t_leaves[k] for k in wrt), *captured,
+                  keep_names=True)
+    n = len(traced.graph.outputs)
+    return unflatten(traced.out_tree, outs[:n]), unflatten(traced.out_tree, outs[n:])
+
+
+def _linearized(fun, primals):
+    """The tangent map of ``fun`` at ``primals``, as a function of tangent leaves: the work that does not
+    depend on the tangents (``fun``'s value and the derivatives' factors) is recorded into the current trace
+    once, here; each call of the returned function records only the tangent part (``linearize_graph``)."""
+    traced, captured = _trace_here(fun, primals)
+    wrt = _float_leaves(traced.graph)
+    primal, tangent = linearize_graph(traced.graph, wrt)
+    residuals = inline(primal, *flatten(tuple(primals))[0], *captured, keep_names=True)
+
+    def push(*t_leaves):
+        return unflatten(traced.out_tree, inline(tangent, *residuals, *(t_leaves[k] for k in wrt), keep_names=True))
+    return traced, push
+
+
 def jacfwd(fun, argnums=0):
-    """The Jacobian column by column: one ``jvp`` per entry of the argument, in one compiled loop. Same
-    layout as ``jacrev`` (``out + arg``); cheaper than ``jacrev`` when the argument is smaller than the
-    output."""
+    """The Jacobian column by column in forward mode: one tangent per entry of the argument, in one
+    compiled loop; what does not depend on the tangent (the value, the derivatives' factors) is computed
+    once, before the loop (``forward.linearize_graph``). Same layout as ``jacrev`` (``out + arg``); cheaper
+    than ``jacrev`` when the argument is smaller than the output."""
     if not isinstance(argnums, int):
         raise GradTypeError("jacfwd takes one argument position (argnums=int)")
 
@@ -91,19 +136,22 @@ def jacfwd(fun, argnums=0):
         x = args[argnums]
         shape, size = tuple(np.shape(x)), int(np.prod(np.shape(x), dtype=np.int64))
 
-        def column(k):
-            basis = np.reshape(np.arange(size) == k, shape) * 1.0
+        def along(xk):
+            return fun(*args[:argnums], xk, *args[argnums + 1:])
+        traced, push = _linearized(along, (x,))
+        if len(traced.graph.outputs) != 1:
+            raise GradTypeError("jacfwd needs a function returning one array or float")
+        out_shape = traced.graph.outputs[0].aval.shape
 
-            def along(xk):
-                return fun(*args[:argnums], xk, *args[argnums + 1:])
-            return jvp(along, (x,), (basis.astype(_dtype(x)),))[1]
+        one, zero = _dtype(x).type(1), _dtype(x).type(0)
 
-        out = fun(*args)
+        def column(k):  # d out / d x_k: the tangent along the k-th basis vector (k traced: a row of arange)
+            return push(np.reshape(np.where(np.arange(size) == k, one, zero), shape))
+
         if not shape:
             return column(0)
         _, cols = scan(lambda carry, k: (carry, column(k)), 0.0, np.arange(size))
-        out_shape = tuple(np.shape(out))
-        cols = np.reshape(cols, (size,) + out_shape)  # column k is d out / d x_k
+        cols = np.reshape(cols, (size,) + out_shape)
         return np.reshape(np.transpose(cols, tuple(range(1, len(out_shape) + 1)) + (0,)), out_shape + shape)
 
     columns.__name__ = f"jacfwd_{getattr(fun, '__name__', 'f')}".replace("<lambda>", "lambda")
@@ -218,15 +266,15 @@ def hessian(fun, argnums=0, has_aux: bool = False):
 
 def hvp(fun, primals: tuple, tangents: tuple):
     """The Hessian-vector product of a scalar ``fun`` at ``primals`` along ``tangents``, without forming the
-    Hessian: the gradient of <grad fun, tangents>, one compiled function."""
+    Hessian: forward over reverse, the tangent of ``grad(fun)`` (one reverse pass carrying tangents), one
+    compiled function. Returns one entry per primal, as ``grad`` with ``argnums`` over all of them."""
     n = len(primals)
 
     def product(*args):
-        return grad(lambda *x: _vdot(grad(fun, argnums=tuple(range(n)))(*x), args[n:]),
-                    argnums=tuple(range(n)))(*args[:n])
+        return jvp(grad(fun, argnums=tuple(range(n))), args[:n], args[n:])[1]
 
-    result = jit(product)(*primals, *tangents) if current_builder() is None else product(*primals, *tangents)
-    return result
+    product.__name__ = f"hvp_{getattr(fun, '__name__', 'f')}".replace("<lambda>", "lambda")
+    return jit(product)(*primals, *tangents) if current_builder() is None else product(*primals, *tangents)
 
 
 def _split(result, has_aux):
