@@ -142,9 +142,13 @@ def test_jvp_treats_a_closed_over_value_as_a_constant():
     assert tg.jit(outer)(3.0) == 3.0
 
 
-def test_jacfwd_of_grad_is_the_hessian():
+def test_hessian_forward_over_reverse_equals_reverse_over_reverse():
     x = np.random.default_rng(5).normal(size=6)
-    np.testing.assert_allclose(tg.jacfwd(tg.grad(rosenbrock))(x), tg.hessian(rosenbrock)(x), rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(tg.hessian(rosenbrock)(x), tg.jacrev(tg.grad(rosenbrock))(x), rtol=1e-12, atol=1e-9)
+    h, aux = tg.hessian(lambda x: (rosenbrock(x), x[0] * 2), has_aux=True)(x)
+    np.testing.assert_allclose(h, tg.hessian(rosenbrock)(x), rtol=1e-14)
+    assert aux == x[0] * 2
+    assert tg.hessian(lambda t: t ** 3)(2.0) == pytest.approx(12.0)
 
 
 def test_tangents_and_cotangents_must_fit():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .core import bind
+from .core import TracedArray, bind
 from .ir import Graph, IRError, Literal
 
 
@@ -64,11 +64,13 @@ def inline(graph: Graph, *inputs, keep_names: bool = False) -> list:
 
 def _name_like(value, original, env) -> None:
     """Give the replayed ``value`` the name of ``original``, if it has none of its own."""
-    var = getattr(value, "var", None)
-    if var is None or var.hint or var.grad_of is not None or var.tangent_of is not None:
+    if not isinstance(value, TracedArray):
+        return
+    var = value.var
+    if var.hint or var.grad_of is not None or var.tangent_of is not None:
         return
     var.hint = original.hint
     for link in ("grad_of", "tangent_of"):
-        of = getattr(env.get(getattr(original, link)), "var", None) if getattr(original, link) is not None else None
-        if of is not None:
-            setattr(var, link, of)
+        of = env.get(getattr(original, link))
+        if isinstance(of, TracedArray):
+            setattr(var, link, of.var)
