@@ -121,6 +121,7 @@ def test_jvp_through_a_while_loop():
     np.testing.assert_allclose(tangent, expected, rtol=1e-6)
     graph = tg.make_graph(lambda x, v: tg.jvp(halve_until_small, (x,), (v,)), x, v)
     assert [n.primitive.name for n in graph.nodes].count("while_loop") == 1  # values and tangents in one loop
+    np.testing.assert_allclose(tg.jacfwd(halve_until_small)(x) @ v, tangent, rtol=1e-12)  # its Jacobian too
 
 
 def test_jvp_of_a_scan_runs_the_forward_steps_once():

@@ -62,6 +62,7 @@ def jvp(fun, primals: tuple, tangents: tuple):
     have the primals' structure, shapes and dtypes (a ``ShapeError`` otherwise). Loops, ``while_loop``
     included, carry their tangents along. Example::
 
+        >>> import numpy as np, tracegrad as tg
         >>> tg.jvp(np.sin, (0.0,), (2.0,))
         (0.0, 2.0)
     """
