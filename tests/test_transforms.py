@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import tracegrad as tg
+from tracegrad.forward import linearize_graph
 from tracegrad.testing import numeric_grad
 
 
@@ -150,6 +151,25 @@ def test_hessian_forward_over_reverse_equals_reverse_over_reverse():
     np.testing.assert_allclose(h, tg.hessian(rosenbrock)(x), rtol=1e-14)
     assert aux == x[0] * 2
     assert tg.hessian(lambda t: t ** 3)(2.0) == pytest.approx(12.0)
+
+
+def test_linearize_computes_the_value_once_and_only_tangents_after():
+    def f(x, y):
+        z = np.sin(x) * y
+        return np.sum(z / (1 + x * x)), z
+
+    x, y = np.linspace(0.1, 1.0, 3), np.array([0.5, -1.0, 2.0])
+    out, f_jvp = tg.linearize(f, x, y)
+    np.testing.assert_allclose(out[1], np.sin(x) * y)
+    for tx, ty in [(np.ones(3), np.zeros(3)), (y, x * 2)]:
+        expected = tg.jvp(f, (x, y), (tx, ty))[1]
+        np.testing.assert_allclose(f_jvp(tx, ty)[0], expected[0], rtol=1e-14)
+        np.testing.assert_allclose(f_jvp(tx, ty)[1], expected[1], rtol=1e-14)
+    primal, tangent = linearize_graph(tg.make_graph(np.sin, x), [0])
+    assert [n.primitive.name for n in primal.nodes] == ["cos"]  # (dce dropped sin: its tangent does not read it)
+    assert [n.primitive.name for n in tangent.nodes] == ["mul"]  # tan_x * cos(x), the factor a residual
+    with pytest.raises(tg.ShapeError, match="linearize: tangents"):
+        f_jvp(np.ones(3))
 
 
 def test_tangents_and_cotangents_must_fit():

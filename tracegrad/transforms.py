@@ -1,5 +1,5 @@
-"""Transformations built from ``grad`` and loops: ``vjp``, ``jvp``, ``jacrev`` (= ``jacobian``), ``jacfwd``
-and ``hessian``.
+"""Transformations built from ``grad``, forward mode and loops: ``vjp``, ``jvp``, ``linearize``, ``jacrev``
+(= ``jacobian``), ``jacfwd``, ``hessian`` and ``hvp``.
 
 The Jacobian of ``f`` is one loop over the entries of ``f``'s output, each step the gradient of one entry
 (a reverse pass): ``J[k] = grad(lambda x: f(x).ravel()[k])(x)``. The loop is a ``scan``, so the whole
@@ -124,6 +124,55 @@ def _linearized(fun, primals):
     def push(*t_leaves):
         return unflatten(traced.out_tree, inline(tangent, *residuals, *(t_leaves[k] for k in wrt), keep_names=True))
     return traced, push
+
+
+def linearize(fun, *primals):
+    """``(fun(*primals), f_jvp)``: ``f_jvp(*tangents)`` is the Jacobian-vector product at ``primals``
+    (JAX's signature), computing only what depends on the tangents: the value and the derivatives' factors
+    (``np.cos(x)`` for ``np.sin(x)``) are computed once, here, and passed to one compiled function of the
+    tangents (``forward.linearize_graph``). Tangents have the primals' structure, shapes and dtypes.
+
+        >>> import numpy as np, tracegrad as tg
+        >>> y, f_jvp = tg.linearize(np.sin, 0.0)
+        >>> y, f_jvp(2.0)
+        (0.0, 2.0)
+    """
+    parts = {}
+
+    def values_and_residuals(*xs):
+        traced, captured = _trace_here(fun, xs)
+        primal, parts["tangent"] = linearize_graph(traced.graph, _float_leaves(traced.graph))
+        parts["graph"], parts["out_tree"] = traced.graph, traced.out_tree
+        leaves = flatten(tuple(xs))[0]
+        # the outputs computed again share their nodes with the residuals' (one value each after cse)
+        outs = inline(traced.graph, *leaves, *captured, keep_names=True)
+        return unflatten(traced.out_tree, outs), inline(primal, *leaves, *captured, keep_names=True)
+
+    values_and_residuals.__name__ = f"linearize_{getattr(fun, '__name__', 'f')}".replace("<lambda>", "lambda")
+    inside = current_builder() is not None
+    out, residuals = values_and_residuals(*primals) if inside else jit(values_and_residuals)(*primals)
+    wrt = _float_leaves(parts["graph"])
+    p_leaves = flatten(tuple(primals))[0]
+
+    def tangent_map(*args):
+        res, t_leaves = args[:len(residuals)], flatten(tuple(args[len(residuals):]))[0]
+        return unflatten(parts["out_tree"], inline(parts["tangent"], *res, *(t_leaves[k] for k in wrt),
+                                                   keep_names=True))
+
+    tangent_map.__name__ = f"tangent_{getattr(fun, '__name__', 'f')}".replace("<lambda>", "lambda")
+    compiled = None if inside else jit(tangent_map)
+
+    def f_jvp(*tangents):
+        t_leaves, t_tree = flatten(tuple(tangents))
+        if t_tree != flatten(tuple(primals))[1] or any(np.shape(p) != np.shape(t) or _dtype(p) != _dtype(t)
+                                                      for p, t in zip(p_leaves, t_leaves)):
+            raise ShapeError(f"linearize: tangents of structure {t_tree}, shapes {[np.shape(t) for t in t_leaves]} "
+                             f"and dtypes {[str(_dtype(t)) for t in t_leaves]} for primals of structure "
+                             f"{flatten(tuple(primals))[1]}, shapes {[np.shape(p) for p in p_leaves]} and dtypes "
+                             f"{[str(_dtype(p)) for p in p_leaves]}", user_source())
+        return (tangent_map if compiled is None else compiled)(*residuals, *tangents)
+
+    return out, f_jvp
 
 
 def jacfwd(fun, argnums=0, has_aux: bool = False):
