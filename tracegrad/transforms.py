@@ -130,7 +130,8 @@ def linearize(fun, *primals):
     """``(fun(*primals), f_jvp)``: ``f_jvp(*tangents)`` is the Jacobian-vector product at ``primals``
     (JAX's signature), computing only what depends on the tangents: the value and the derivatives' factors
     (``np.cos(x)`` for ``np.sin(x)``) are computed once, here, and passed to one compiled function of the
-    tangents (``forward.linearize_graph``). Tangents have the primals' structure, shapes and dtypes.
+    tangents (``forward.linearize_graph``). Tangents have the primals' structure, shapes and dtypes (a
+    ``ShapeError`` otherwise).
 
         >>> import numpy as np, tracegrad as tg
         >>> y, f_jvp = tg.linearize(np.sin, 0.0)
