@@ -1,14 +1,18 @@
 """One suite over the primitive registry: every primitive is checked for its shape rule against its
-NumPy reference, its VJP against central differences (first and second order), float32 against float64,
-and the compiled Numba code against the reference interpreter. A primitive without cases here fails
-``test_every_primitive_has_cases``."""
+NumPy reference, its VJP and its JVP against central differences (first and second order) and against each
+other, float32 against float64, and the compiled Numba code against the reference interpreter. A primitive
+without cases here fails ``test_every_primitive_has_cases``; one without a JVP rule (and not ``nondiff``)
+fails ``test_every_primitive_has_a_jvp_rule``."""
 import numpy as np
 import pytest
 
 import tracegrad as tg
+from tracegrad.autodiff import value_and_grad_graph
 from tracegrad.core import PRIMITIVES
+from tracegrad.forward import jvp_graph
 from tracegrad.interpret import evaluate
 from tracegrad.testing import numeric_grad
+from tracegrad.tracer import trace
 
 P = PRIMITIVES
 SCALAR, VECTOR, MATRIX, ROW = (), (3,), (2, 3), (1, 3)
@@ -240,3 +244,97 @@ def test_compiled_matches_interpreter(name, dtype):
     for g, r, a in zip(grads, ref_grads, args):
         assert type(g) is type(a) or np.asarray(g).dtype == np.asarray(a).dtype
         np.testing.assert_allclose(g, r, **tol)
+
+
+# ---------------------------------------------------------------- forward mode: every primitive's JVP rule
+
+
+def test_every_primitive_has_a_jvp_rule():
+    """A primitive differentiates in forward mode too, or declares that nothing flows through it."""
+    missing = sorted(name for name, prim in PRIMITIVES.items() if prim.jvp is None and not prim.nondiff)
+    assert not missing, f"primitives without a JVP rule (declare nondiff=True if none is meant): {missing}"
+
+
+def traced(fn, args):
+    """The forward graph of ``fn`` and the arrays it captures."""
+    t = trace(fn, tuple(args))
+    return t.graph, [c.current() for c in t.captures]
+
+
+def interpret_jvp(graph, captured, args, tangents):
+    """``graph``'s outputs and their tangents along ``tangents`` (one per float argument), by ``jvp_graph`` and
+    the reference interpreter."""
+    wrt = [k for k in range(graph.n_args) if graph.inputs[k].aval.dtype.kind == "f"]
+    jvp = jvp_graph(graph, wrt).verify()
+    outs = evaluate(jvp, *args, *(tangents[k] for k in wrt), *captured)
+    n = len(graph.outputs)
+    return outs[:n], outs[n:]
+
+
+def directions(args, seed=2):
+    rng = np.random.default_rng(seed)
+    return [np.asarray(rng.normal(size=np.shape(a)), np.asarray(a).dtype)[()] for a in args]
+
+
+def central_difference(fn, args, v, eps=1e-6):
+    """(fn(x + eps v) - fn(x - eps v)) / (2 eps), in float64."""
+    plus = fn(*(np.asarray(a, np.float64) + eps * t for a, t in zip(args, v)))
+    minus = fn(*(np.asarray(a, np.float64) - eps * t for a, t in zip(args, v)))
+    return (np.asarray(plus, np.float64) - np.asarray(minus, np.float64)) / (2 * eps)
+
+
+@pytest.mark.parametrize("name,i", PARAMS)
+def test_jvp_matches_central_differences(name, i):
+    loss, args, fn = make_case(name, i)
+    v = directions(args)
+    (value,), (tangent,) = interpret_jvp(*traced(fn, args), args, v)
+    np.testing.assert_allclose(value, fn(*args), rtol=1e-12)
+    assert np.shape(tangent) == np.shape(value) and np.asarray(tangent).dtype == np.asarray(value).dtype
+    rtol, eps = (1e-3, 1e-2) if name == "convert" else (1e-5, 1e-6)  # convert rounds through float32
+    np.testing.assert_allclose(tangent, central_difference(fn, args, v, eps), rtol=rtol, atol=rtol / 10)
+
+
+@pytest.mark.parametrize("name,i", PARAMS)
+def test_jvp_is_the_transpose_of_the_vjp(name, i):
+    """<u, J v> == <J^T u, v>: forward and reverse mode agree exactly, u the case's random weights."""
+    loss, args, _ = make_case(name, i)
+    v = directions(args)
+    (value,), (tangent,) = interpret_jvp(*traced(loss, args), args, v)
+    _, grads = interpret_value_and_grad(loss, args)
+    expected = sum(np.sum(g * t) for g, t in zip(grads, v))
+    rtol = 1e-6 if name == "convert" else 1e-10  # each mode rounds its own products through float32
+    np.testing.assert_allclose(tangent, expected, rtol=rtol, atol=rtol / 100)
+
+
+@pytest.mark.parametrize("name,i", PARAMS)
+def test_jvp_of_grad_matches_central_differences(name, i):
+    """Second order, forward over reverse: the tangent of the gradient is a Hessian-vector product."""
+    loss, args, _ = make_case(name, i)
+    v = directions(args)
+    graph, captured = traced(loss, args)
+    with_grads = value_and_grad_graph(graph, list(range(len(args))))
+    _, tangents = interpret_jvp(with_grads, captured, args, v)
+    for k in range(len(args)):
+        expected = central_difference(lambda *xs: interpret_value_and_grad(loss, xs)[1][k], args, v, 1e-5)
+        np.testing.assert_allclose(tangents[1 + k], expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,i", PARAMS)
+def test_jvp_float32_in_float32_out(name, i):
+    _, args32, fn = make_case(name, i, np.float32)
+    _, args64, _ = make_case(name, i, np.float64)
+    (value32,), (t32,) = interpret_jvp(*traced(fn, args32), args32, directions(args32))
+    (_,), (t64,) = interpret_jvp(*traced(fn, args64), args64, directions(args64))
+    assert np.asarray(t32).dtype == np.asarray(value32).dtype  # a tangent has its value's dtype
+    np.testing.assert_allclose(t32, t64, rtol=2e-3, atol=2e-4)
+
+
+@pytest.mark.parametrize("name,dtype", FIRST_CASES)
+def test_compiled_jvp_matches_interpreter(name, dtype):
+    _, args, fn = make_case(name, 0, dtype)
+    v = directions(args)
+    value, tangent = tg.jvp(fn, tuple(args), tuple(v))
+    (ref_value,), (ref_tangent,) = interpret_jvp(*traced(fn, args), args, v)
+    tol = dict(rtol=1e-12, atol=1e-14) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(value, ref_value, **tol)
+    np.testing.assert_allclose(tangent, ref_tangent, **tol)

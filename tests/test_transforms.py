@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import tracegrad as tg
+from tracegrad.forward import linearize_graph
 from tracegrad.testing import numeric_grad
 
 
@@ -96,6 +97,79 @@ def test_hvp_without_forming_the_hessian():
     x, v = np.random.default_rng(4).normal(size=5), np.arange(5.0)
     (hv,) = tg.hvp(rosenbrock, (x,), (v,))
     np.testing.assert_allclose(hv, tg.hessian(rosenbrock)(x) @ v, rtol=1e-12)
+
+
+def test_jvp_source_names_tangents_beside_their_values():
+    def f(x, y):
+        z = np.sin(x) * y
+        return np.sum(z)
+
+    text = tg.source(lambda x, y, tx, ty: tg.jvp(f, (x, y), (tx, ty)), X[0], Y, X[0], Y)
+    assert "tan_z = " in text and "np.cos(" in text
+    assert text == tg.source(lambda x, y, tx, ty: tg.jvp(f, (x, y), (tx, ty)), X[0], Y, X[0], Y)  # deterministic
+
+
+def test_jvp_through_a_while_loop():
+    """Forward mode needs no trip count: the loop carries each value with its tangent."""
+    def halve_until_small(x):
+        return tg.while_loop(lambda c: np.sum(c * c) > 1e-3, lambda c: c * 0.5 + 0.01 * np.sin(c), x)
+
+    x, v = np.array([3.0, -2.0]), np.array([1.0, 0.5])
+    value, tangent = tg.jvp(halve_until_small, (x,), (v,))
+    np.testing.assert_allclose(value, halve_until_small(x))
+    eps = 1e-6  # the trip count is the same at x +- eps v
+    expected = (halve_until_small(x + eps * v) - halve_until_small(x - eps * v)) / (2 * eps)
+    np.testing.assert_allclose(tangent, expected, rtol=1e-6)
+    graph = tg.make_graph(lambda x, v: tg.jvp(halve_until_small, (x,), (v,)), x, v)
+    assert [n.primitive.name for n in graph.nodes].count("while_loop") == 1  # values and tangents in one loop
+    np.testing.assert_allclose(tg.jacfwd(halve_until_small)(x) @ v, tangent, rtol=1e-12)  # its Jacobian too
+
+
+def test_jvp_of_a_scan_runs_the_forward_steps_once():
+    def f(x):
+        return tg.scan(lambda c, r: (np.tanh(c * r), c), 1.0, x)[0]
+
+    x, v = np.linspace(0.1, 1.0, 5), np.ones(5)
+    graph = tg.make_graph(lambda x, v: tg.jvp(f, (x,), (v,)), x, v)
+    assert [n.primitive.name for n in graph.nodes].count("loop") == 1
+    _, tangent = tg.jvp(f, (x,), (v,))
+    assert tangent == pytest.approx(np.sum(tg.grad(f)(x) * v), rel=1e-12)
+
+
+def test_jvp_treats_a_closed_over_value_as_a_constant():
+    """The tangent is along the arguments only, even when the function also reads the same value."""
+    def outer(x):
+        return tg.jvp(lambda y: y * x, (x,), (1.0,))[1]
+
+    assert tg.jit(outer)(3.0) == 3.0
+
+
+def test_hessian_forward_over_reverse_equals_reverse_over_reverse():
+    x = np.random.default_rng(5).normal(size=6)
+    np.testing.assert_allclose(tg.hessian(rosenbrock)(x), tg.jacrev(tg.grad(rosenbrock))(x), rtol=1e-12, atol=1e-9)
+    h, aux = tg.hessian(lambda x: (rosenbrock(x), x[0] * 2), has_aux=True)(x)
+    np.testing.assert_allclose(h, tg.hessian(rosenbrock)(x), rtol=1e-14)
+    assert aux == x[0] * 2
+    assert tg.hessian(lambda t: t ** 3)(2.0) == pytest.approx(12.0)
+
+
+def test_linearize_computes_the_value_once_and_only_tangents_after():
+    def f(x, y):
+        z = np.sin(x) * y
+        return np.sum(z / (1 + x * x)), z
+
+    x, y = np.linspace(0.1, 1.0, 3), np.array([0.5, -1.0, 2.0])
+    out, f_jvp = tg.linearize(f, x, y)
+    np.testing.assert_allclose(out[1], np.sin(x) * y)
+    for tx, ty in [(np.ones(3), np.zeros(3)), (y, x * 2)]:
+        expected = tg.jvp(f, (x, y), (tx, ty))[1]
+        np.testing.assert_allclose(f_jvp(tx, ty)[0], expected[0], rtol=1e-14)
+        np.testing.assert_allclose(f_jvp(tx, ty)[1], expected[1], rtol=1e-14)
+    primal, tangent = linearize_graph(tg.make_graph(np.sin, x), [0])
+    assert [n.primitive.name for n in primal.nodes] == ["cos"]  # (dce dropped sin: its tangent does not read it)
+    assert [n.primitive.name for n in tangent.nodes] == ["mul"]  # tan_x * cos(x), the factor a residual
+    with pytest.raises(tg.ShapeError, match="linearize: tangents"):
+        f_jvp(np.ones(3))
 
 
 def test_tangents_and_cotangents_must_fit():

@@ -1,7 +1,7 @@
 """Primitives, the graph builder, and ``TracedArray``: the value user code and VJP rules compute with.
 
-A primitive is declared once (see ``primitives/``): its shape rule, NumPy reference, VJP written with
-``TracedArray`` operations, the way codegen spells it, and its NumPy/``math`` aliases. ``bind`` is the one
+A primitive is declared once (see ``primitives/``): its shape rule, NumPy reference, VJP and JVP written
+with ``TracedArray`` operations, the way codegen spells it, and its NumPy/``math`` aliases. ``bind`` is the one
 function that records a node: the tracer (forward) and the VJP rules (backward) both go through it,
 so the backward pass is an ordinary graph in the same IR.
 """
@@ -59,6 +59,9 @@ class Primitive:
     ref: Callable  # (*arrays, **params) -> array: the semantics (NumPy)
     emit: Any  # Infix | Prefix | "call({x}, ...)" template | callable(args, out_aval, **params) -> str or [lines]
     vjp: Callable | None = None  # (g, out, *inputs, **params) -> [cotangent or None per input]
+    # (tangents, out, *inputs, **params) -> the output's tangent, or None; tangents holds a TracedArray or None
+    # per input (at least one is not None). Several results: a list of tangents. See forward.py
+    jvp: Callable | None = None
     kernel: Any = None  # a Python function in Numba's subset, or {name: function}, exposed by tracegrad.kernels;
     # an elementwise primitive's kernel takes scalars (codegen calls it inside a loop over arrays)
     simplify: Callable | None = None  # (*atoms, **params) -> an atom equal to the result, or None

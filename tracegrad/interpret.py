@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .core import bind
+from .core import TracedArray, bind
 from .ir import Graph, IRError, Literal
 
 
@@ -33,23 +33,44 @@ def _as_value(value, dtype):
     return value[()] if value.ndim == 0 else value
 
 
-def inline(graph: Graph, *inputs) -> list:
-    """Replay ``graph`` on traced values: its nodes are recorded into the current builder."""
+def inline(graph: Graph, *inputs, keep_names: bool = False) -> list:
+    """Replay ``graph`` on traced values: its nodes are recorded into the current builder. ``keep_names``:
+    the new values take the names of those they replay (hints, ``grad_``, ``tan_``) when they have none, and
+    their nodes the rule (``group``) they came from."""
     from .core import current_builder
 
     builder = current_builder()
     env = dict(zip(graph.inputs, inputs))
     read = lambda atom: atom.aval.dtype.type(atom.value) if isinstance(atom, Literal) else env[atom]
-    saved = builder.source
+    saved = builder.source, builder.group
     try:
         for node in graph.nodes:
             builder.source = node.source
+            if keep_names:  # and the rule each value came from (codegen writes a rule's temporaries inline)
+                builder.group = node.group
             if node.primitive.multiple_results:
                 env.update(zip(node.outs, bind(node.primitive, *(read(a) for a in node.inputs), **node.params)))
             elif node.inputs:
                 env[node.out] = bind(node.primitive, *(read(a) for a in node.inputs), **node.params)
             else:
                 env[node.out] = builder.wrap(builder.add_node(node.primitive, (), node.params, node.out.aval))
+            if keep_names:
+                for out in node.outs:
+                    _name_like(env[out], out, env)
     finally:
-        builder.source = saved
+        builder.source, builder.group = saved
     return [read(out) for out in graph.outputs]
+
+
+def _name_like(value, original, env) -> None:
+    """Give the replayed ``value`` the name of ``original``, if it has none of its own."""
+    if not isinstance(value, TracedArray):
+        return
+    var = value.var
+    if var.hint or var.grad_of is not None or var.tangent_of is not None:
+        return
+    var.hint = original.hint
+    for link in ("grad_of", "tangent_of"):
+        of = env.get(getattr(original, link))
+        if isinstance(of, TracedArray):
+            setattr(var, link, of.var)

@@ -58,16 +58,18 @@ class Var:
     """One SSA value: assigned exactly once, by a node or as a graph input.
 
     ``hint`` is the preferred display name (a parameter name or the user's own variable name);
-    ``grad_of`` marks the complete cotangent of another value, displayed as ``grad_<its name>``.
+    ``grad_of`` marks the complete cotangent of another value, displayed as ``grad_<its name>``;
+    ``tangent_of`` its tangent in forward mode, displayed as ``tan_<its name>``.
     The printer and code generator make names unique.
     """
 
-    __slots__ = ("aval", "hint", "grad_of")
+    __slots__ = ("aval", "hint", "grad_of", "tangent_of")
 
     def __init__(self, aval: Aval, hint: str | None = None, grad_of: "Var | None" = None):
         self.aval = aval
         self.hint = hint
         self.grad_of = grad_of
+        self.tangent_of = None
 
     def __repr__(self):
         return f"Var({self.hint or '?'}: {self.aval})"
@@ -209,7 +211,7 @@ def assign_names(graph: Graph, reserved=frozenset()) -> dict:
     """Map each Var of ``graph`` to a unique, deterministic display name.
 
     Hinted values keep their hint (spelled in ASCII, ``ascii_name``) when it is free, cotangents are
-    ``grad_<name>``, the rest are numbered ``s0, s1, ...`` in the order they are defined. ``reserved``
+    ``grad_<name>``, tangents ``tan_<name>``, the rest are numbered ``s0, s1, ...`` in the order they are defined. ``reserved``
     holds names the caller needs for itself (kernel names, the function's own name). Every name is an
     ASCII identifier and no two are equal, whatever the user's names (``"ｙ"`` and ``"y"`` are ``y`` and
     ``y_1``).
@@ -230,23 +232,24 @@ def assign_names(graph: Graph, reserved=frozenset()) -> dict:
         return f"{base}_{k}"
 
     present = set(order)
-    waiting: dict = {}  # value -> its cotangents defined before it (a loop computing both moved it later)
+    waiting: dict = {}  # value -> its (co)tangents defined before it (a loop computing both moved it later)
 
     def name(var, text):
         names[var] = text
         used.add(text)
-        for cotangent in waiting.pop(var, ()):
-            name(cotangent, unique("grad_" + text))
+        for derived, prefix in waiting.pop(var, ()):
+            name(derived, unique(prefix + text))
 
     for var in order:
         if var in names:  # a value several fused loops compute again
             continue
+        of, prefix = (var.grad_of, "grad_") if var.grad_of is not None else (var.tangent_of, "tan_")
         if hinted.get(var):
             name(var, unique(hinted[var]))
-        elif var.grad_of is not None and var.grad_of in names:
-            name(var, unique("grad_" + names[var.grad_of]))
-        elif var.grad_of is not None and var.grad_of in present:
-            waiting.setdefault(var.grad_of, []).append(var)
+        elif of is not None and of in names:
+            name(var, unique(prefix + names[of]))
+        elif of is not None and of in present:
+            waiting.setdefault(of, []).append((var, prefix))
         else:
             while f"s{counter}" in taken or f"s{counter}" in used:
                 counter += 1

@@ -128,14 +128,14 @@ def _skip_broadcasts(node: Node, defs: dict) -> Node:
 
 
 def _without_orphan_aliases(graph: Graph) -> Graph:
-    """An alias (``copy``) naming the gradient of a value the graph no longer computes (a loop body's
-    forward value that only its gradient needed) names nothing: its users read the aliased value."""
+    """An alias (``copy``) naming the gradient (or tangent) of a value the graph no longer computes (a loop
+    body's forward value that only its gradient needed) names nothing: its users read the aliased value."""
     present = set(graph.inputs) | {v for node in graph.nodes for v in node.outs}
     replace, nodes = {}, []
     for node in graph.nodes:
         node = _with_inputs(node, replace)
-        grad_of = node.out.grad_of
-        if node.primitive.name == "copy" and grad_of is not None and grad_of not in present \
+        of = node.out.grad_of if node.out.grad_of is not None else node.out.tangent_of
+        if node.primitive.name == "copy" and of is not None and of not in present \
                 and isinstance(node.inputs[0], Var):
             replace[node.out] = node.inputs[0]
             continue
@@ -256,11 +256,11 @@ RECOMPUTE_NODES = 8
 
 
 def inlinable(node: Node, uses: dict, consumer_group: dict) -> bool:
-    """A temporary of a VJP rule, used once, by the same rule: codegen writes it inside its user's
+    """A temporary of a VJP (or JVP) rule, used once, by the same rule: codegen writes it inside its user's
     expression (``grad_s3 = grad_L * (1 - L) * L``) instead of as a statement of its own."""
     out = node.out
     return (node.group is not None and uses.get(out) == 1 and out.hint is None and out.grad_of is None
-            and consumer_group.get(out) == node.group)
+            and out.tangent_of is None and consumer_group.get(out) == node.group)
 
 
 def _statements(members: list) -> int:

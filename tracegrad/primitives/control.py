@@ -20,7 +20,7 @@ import numpy as np
 
 from ..core import PRIMITIVES, Block, Builder, TracedArray, current_builder, primitive
 from ..errors import ShapeError, user_source
-from ..ir import Aval, Graph, IRError, Literal, Var
+from ..ir import Aval, Graph, IRError, Literal, Node, Var
 
 
 def _layout(body: Graph, n_consts: int, n_carry: int):
@@ -126,6 +126,9 @@ class loop:
 
     def vjp(gs, outs, *inputs, body, length, n_consts, n_carry, reverse):
         return _loop_vjp(gs, outs, inputs, body, length, n_consts, n_carry, reverse)
+
+    def jvp(tangents, outs, *inputs, body, length, n_consts, n_carry, reverse):
+        return _loop_jvp(tangents, outs, inputs, body, length, n_consts, n_carry, reverse)
 
 
 # ---------------------------------------------------------------- building loops
@@ -234,6 +237,85 @@ def _loop_vjp(gs, outs, inputs, body, length, n_consts, n_carry, reverse):
     return ct
 
 
+def _carried_tangents(body: Graph, seeds: list, carries: list, news: list, first: set) -> list:
+    """The carries that have a tangent: those starting with one (positions ``first``) and those whose new
+    value the body computes from a value with a tangent, until no more are found."""
+    from ..forward import dependents
+
+    carried = set(first)
+    while True:
+        reached = dependents(body.nodes, list(seeds) + [carries[j] for j in carried])
+        more = {j for j, new in enumerate(news) if isinstance(new, Var) and new in reached
+                and carries[j].aval.dtype.kind == "f"} - carried
+        if not more:
+            return sorted(carried)
+        carried |= more
+
+
+def _with_tangents(body: Graph, groups: list) -> tuple[Graph, list, set]:
+    """``body``'s JVP graph with its inputs in groups: each ``(values, those with a tangent)`` is followed by
+    the tangents of the latter. Returns it (with ``body``'s outputs), every output's tangent (zeros where it
+    has none), and the positions of the outputs that have one."""
+    from ..forward import dependents, jvp_graph
+
+    wrt_vars = [v for _, wanted in groups for v in wanted]
+    position = {v: i for i, v in enumerate(body.inputs)}
+    graph = jvp_graph(Graph(body.name, body.inputs, body.nodes, body.outputs), [position[v] for v in wrt_vars],
+                      name=f"{body.name}_jvp")
+    tangent_of = dict(zip(wrt_vars, graph.inputs[len(body.inputs):]))
+    inputs = []
+    for values, wanted in groups:
+        inputs += list(values) + [tangent_of[v] for v in wanted]
+    reached = dependents(body.nodes, wrt_vars)
+    has = {k for k, out in enumerate(body.outputs) if isinstance(out, Var) and out in reached}
+    n = len(body.outputs)
+    return Graph(graph.name, inputs, graph.nodes, list(body.outputs)), graph.outputs[n:], has
+
+
+def _take_over(outs: list, values: list) -> None:
+    """Make the node just recorded (which computed ``values``) define the Vars of ``outs`` in their place: a
+    JVP rule's loop carrying values and tangents replaces the node whose outputs ``outs`` were."""
+    builder = current_builder()
+    node = builder.nodes[-1]
+    swap = {value.var: out.var for value, out in zip(values, outs)}
+    new = [swap.get(v, v) for v in node.outs]
+    builder.nodes[-1] = dataclasses.replace(node, out=new[0], also=tuple(new[1:]))
+
+
+def _loop_jvp(tangents, outs, inputs, body, length, n_consts, n_carry, reverse):
+    """One loop carrying each value and its tangent: the body's JVP graph. It replaces the forward loop
+    (defines its outputs), so the forward steps run once."""
+    from .structural import zeros
+
+    index, const_vars, carry_vars, row_vars = _layout(body, n_consts, n_carry)
+    t_consts, t_init, t_rows = tangents[:n_consts], tangents[n_consts:n_consts + n_carry], tangents[n_consts + n_carry:]
+    d_const = [i for i, t in enumerate(t_consts) if t is not None]
+    d_rows = [m for m, t in enumerate(t_rows) if t is not None]
+    seeds = [const_vars[i] for i in d_const] + [row_vars[m] for m in d_rows]
+    d_carry = _carried_tangents(body, seeds, carry_vars, body.outputs[:n_carry],
+                                {j for j, t in enumerate(t_init) if t is not None})
+    graph, out_tangents, has = _with_tangents(body, [
+        ([index], []), (const_vars, [const_vars[i] for i in d_const]), (carry_vars, [carry_vars[j] for j in d_carry]),
+        (row_vars, [row_vars[m] for m in d_rows])])
+    n_y = len(body.outputs) - n_carry
+    d_ys = [k for k in range(n_y) if n_carry + k in has]
+    outputs = list(body.outputs[:n_carry]) + [out_tangents[j] for j in d_carry] + list(body.outputs[n_carry:]) + \
+        [out_tangents[n_carry + k] for k in d_ys]
+    consts = list(inputs[:n_consts]) + [t_consts[i] for i in d_const]
+    init = list(inputs[n_consts:n_consts + n_carry]) + [
+        zeros(carry_vars[j].aval) if t_init[j] is None else t_init[j] for j in d_carry]
+    xs = list(inputs[n_consts + n_carry:]) + [t_rows[m] for m in d_rows]
+    results = loop_bind(Graph(graph.name, graph.inputs, graph.nodes, outputs), consts, init, xs, length, reverse)
+    k = len(d_carry)
+    _take_over(outs, results[:n_carry] + results[n_carry + k:n_carry + k + n_y])
+    out_tangents = [None] * len(outs)
+    for pos, j in enumerate(d_carry):
+        out_tangents[j] = results[n_carry + pos]
+    for pos, y in enumerate(d_ys):
+        out_tangents[n_carry + y] = results[n_carry + k + n_y + pos]
+    return out_tangents
+
+
 # ---------------------------------------------------------------- while
 
 
@@ -290,9 +372,35 @@ def _while_vjp(gs, outs, *inputs, cond, body, n_consts):
                         "or stop the gradient at its inputs with tg.stop_gradient")
 
 
+def _while_jvp(tangents, outs, *inputs, cond, body, n_consts):
+    """One while loop carrying each value and its tangent (the condition reads the values): forward mode
+    needs no trip count. It replaces the forward loop, as a ``loop``'s JVP does."""
+    from .structural import zeros
+
+    const_vars, carry_vars = body.inputs[:n_consts], body.inputs[n_consts:]
+    n_carry = len(carry_vars)
+    t_consts, t_init = tangents[:n_consts], tangents[n_consts:]
+    d_const = [i for i, t in enumerate(t_consts) if t is not None]
+    d_carry = _carried_tangents(body, [const_vars[i] for i in d_const], carry_vars, body.outputs,
+                                {j for j, t in enumerate(t_init) if t is not None})
+    graph, out_tangents, _ = _with_tangents(body, [(const_vars, [const_vars[i] for i in d_const]),
+                                                   (carry_vars, [carry_vars[j] for j in d_carry])])
+    new_body = Graph(graph.name, graph.inputs, graph.nodes, list(body.outputs) + [out_tangents[j] for j in d_carry])
+    new_cond = Graph(cond.name, graph.inputs, cond.nodes, cond.outputs)  # the same values, and it ignores tangents
+    results = PRIMITIVES["while_loop"](
+        *inputs[:n_consts], *(t_consts[i] for i in d_const), *inputs[n_consts:],
+        *(zeros(carry_vars[j].aval) if t_init[j] is None else t_init[j] for j in d_carry),
+        cond=new_cond, body=new_body, n_consts=n_consts + len(d_const))
+    _take_over(outs, results[:n_carry])
+    out_tangents = [None] * n_carry
+    for pos, j in enumerate(d_carry):
+        out_tangents[j] = results[n_carry + pos]
+    return out_tangents
+
+
 @primitive
 class while_loop:
-    """``while cond(carry): carry = body(carry)``: forward only (no gradient)"""
+    """``while cond(carry): carry = body(carry)``: forward mode only (no VJP; a JVP)"""
     shape = _while_shape
     ref = _while_ref
     emit = Block(_while_render)
@@ -300,6 +408,7 @@ class while_loop:
     scoped = _while_layout
     view = True
     vjp = staticmethod(_while_vjp)
+    jvp = staticmethod(_while_jvp)
 
 
 # ---------------------------------------------------------------- a function with its own VJP
@@ -392,6 +501,23 @@ def _through(fwd: Graph, gs, n_consts, n_out, inputs) -> list:
     return [builder.wrap(next(grads)) if isinstance(a, TracedArray) else None for a in args[n_consts:]]
 
 
+def _custom_jvp(tangents, outs, *inputs, fwd, n_consts, n_out, bwd, trees):
+    """Forward mode differentiates the forward function (the backward function maps cotangents, not
+    tangents): its JVP graph replaces the node, and agrees with the gradient when ``bwd`` is the derivative
+    of ``fwd``."""
+    from ..forward import jvp_graph
+    from ..interpret import inline
+
+    wrt = [k for k, t in enumerate(tangents) if t is not None]
+    values = inline(jvp_graph(fwd, wrt, name=f"{fwd.name}_jvp"), *inputs, *(tangents[k] for k in wrt))
+    builder = current_builder()
+    n = len(fwd.outputs)
+    for out, value in zip(outs, values[:n]):  # the node's outputs, now computed by the nodes inlined here
+        atom = value.var if isinstance(value, TracedArray) else Literal(value, out.dtype)
+        builder.nodes.append(Node(PRIMITIVES["copy"], (atom,), {}, out.var, builder.source, builder.group))
+    return values[n:]
+
+
 @primitive
 class custom_vjp_call:
     """a function with a derivative of its own (``tg.custom_vjp``): its forward function's statements in
@@ -404,3 +530,4 @@ class custom_vjp_call:
     prune = _custom_prune
     view = True
     vjp = staticmethod(_custom_vjp)
+    jvp = staticmethod(_custom_jvp)

@@ -1,6 +1,7 @@
 """Elementwise primitives. Each VJP is written with traced operations, in the notation of the code it generates.
 
-Non-differentiable points follow one principle: the derivative used is the midpoint of the
+An elementwise primitive's JVP, unless it declares one, comes from its VJP (``diagonal``). Non-differentiable
+points follow one principle: the derivative used is the midpoint of the
 subdifferential. So ties of maximum/minimum split the gradient evenly, abs'(0) = 0, sign' = 0.
 """
 import math
@@ -25,7 +26,28 @@ def elementwise(cls):
     cls.elementwise = True
     if "cast_inputs" not in vars(cls):
         cls.cast_inputs = True
+    if "jvp" not in vars(cls) and "vjp" in vars(cls):
+        cls.jvp = diagonal(vars(cls)["vjp"])
     return primitive(cls)
+
+
+def diagonal(vjp):
+    """The JVP of an elementwise primitive, from its VJP. Its Jacobian with respect to each input is
+    diagonal (after broadcasting), so it is its own transpose: the VJP rule given an input's tangent in place
+    of ``g`` (rules return cotangents before ``sum_to``) gives that input's term of the output's tangent,
+    ``tan_x * cos(x)``. The tangent is the sum of the terms."""
+    vjp = getattr(vjp, "__func__", vjp)
+
+    def jvp(tangents, out, *inputs, **params):
+        terms = [vjp(t, out, *inputs, **params)[k] for k, t in enumerate(tangents) if t is not None]
+        terms = [term for term in terms if term is not None]
+        total = terms[0] if terms else None
+        for term in terms[1:]:
+            total = total + term
+        return total
+
+    jvp.__qualname__ = jvp.__name__ = f"diagonal({vjp.__qualname__})"
+    return jvp
 
 
 def _is(atom, value) -> bool:
@@ -62,6 +84,10 @@ class sub:
     def vjp(g, out, x, y):
         return [g, -g]
 
+    def jvp(tangents, out, x, y):
+        tan_x, tan_y = tangents
+        return tan_x if tan_y is None else -tan_y if tan_x is None else tan_x - tan_y
+
     def simplify(x, y):
         return x if _is(y, 0) else None
 
@@ -91,6 +117,12 @@ class div:
 
     def vjp(g, out, x, y):
         return [g / y, -g * out / y]
+
+    def jvp(tangents, out, x, y):
+        tan_x, tan_y = tangents
+        if tan_y is None:
+            return tan_x / y
+        return (-(out * tan_y) if tan_x is None else tan_x - out * tan_y) / y
 
     def simplify(x, y):
         return x if _is(y, 1) else None
@@ -376,6 +408,10 @@ class where:
     def vjp(g, out, c, x, y):
         return [None, where(c, g, 0.0), where(c, 0.0, g)]
 
+    def jvp(tangents, out, c, x, y):
+        _, tan_x, tan_y = tangents
+        return where(c, 0.0 if tan_x is None else tan_x, 0.0 if tan_y is None else tan_y)
+
 
 # ---------------------------------------------------------------- comparisons (no gradient)
 
@@ -414,6 +450,9 @@ class convert:
 
     def vjp(g, out, x, dtype):
         return [convert(g, dtype=x.dtype) if x.dtype.kind == "f" else None]
+
+    def jvp(tangents, out, x, dtype):
+        return convert(tangents[0], dtype=dtype) if np.dtype(dtype).kind == "f" else None
 
 
 @numpy_function(np.where)

@@ -40,6 +40,12 @@ class dot:
             return [b @ g, reshape(a, shape=(a.shape[0], 1)) * g]
         return [g * b, g * a]  # vector @ vector
 
+    def jvp(tangents, out, a, b):
+        tan_a, tan_b = tangents
+        if tan_b is None:
+            return tan_a @ b
+        return a @ tan_b if tan_a is None else tan_a @ b + a @ tan_b
+
 
 @numpy_function(np.dot)
 def np_dot(a, b, out=None):

@@ -61,6 +61,9 @@ class reduce_sum:
             g = reshape(g, shape=_keepdims_shape(x.shape, axes))
         return [broadcast_to(g, shape=tuple(x.shape))]
 
+    def jvp(tangents, out, x, axes):
+        return reduce_sum(tangents[0], axes=axes)
+
     def simplify(x, axes):
         return x if not axes else None
 
@@ -91,6 +94,12 @@ def _chooser_vjp(g, out, x, axes):
     hit = (x == reshape(out, shape=kept)).astype(x.dtype)
     count = reduce_sum(hit, axes=axes)
     return [hit * reshape(g / count, shape=kept)]
+
+
+def _chooser_jvp(tangents, out, x, axes):
+    # The mean of the tangents at the tied extrema: the transpose of the VJP's even share.
+    hit = (x == reshape(out, shape=_keepdims_shape(x.shape, axes))).astype(x.dtype)
+    return reduce_sum(hit * tangents[0], axes=axes) / reduce_sum(hit, axes=axes)
 
 
 # Plain loops: Numba's np.max(x[i]) per row and np.maximum(out, x[i]) per column take 6x as long on the
@@ -144,6 +153,7 @@ class reduce_max:
     emit = _chooser_emit("max")
     kernel = {"max_axis": _max_axis_kernel}
     vjp = _chooser_vjp
+    jvp = _chooser_jvp
 
     def ref(x, axes):
         return np.max(x, axis=axes)
@@ -156,6 +166,7 @@ class reduce_min:
     emit = _chooser_emit("min")
     kernel = {"min_axis": _min_axis_kernel}
     vjp = _chooser_vjp
+    jvp = _chooser_jvp
 
     def ref(x, axes):
         return np.min(x, axis=axes)

@@ -1,7 +1,8 @@
 """Primitives that move data without arithmetic: reshape, transpose, broadcast, indexing, concatenation."""
 import numpy as np
 
-from ..core import NUMPY_FUNCTIONS, PRIMITIVES, TracedArray, broadcast_subscripts, numpy_function, primitive
+from ..core import (NUMPY_FUNCTIONS, PRIMITIVES, TracedArray, broadcast_subscripts, current_builder, numpy_function,
+                    primitive)
 from ..errors import ShapeError, UnsupportedError, user_source
 from ..ir import Aval, literal_source
 
@@ -47,6 +48,9 @@ class reshape:
     def vjp(g, out, x, shape):
         return [reshape(g, shape=tuple(x.shape))]
 
+    def jvp(tangents, out, x, shape):
+        return reshape(tangents[0], shape=shape)
+
     def simplify(x, shape):
         return x if x.aval.shape == tuple(shape) else None
 
@@ -67,6 +71,9 @@ class transpose:
 
     def vjp(g, out, x, perm):
         return [transpose(g, perm=tuple(int(i) for i in np.argsort(perm)))]
+
+    def jvp(tangents, out, x, perm):
+        return transpose(tangents[0], perm=perm)
 
     def simplify(x, perm):
         return x if perm == tuple(range(len(perm))) else None
@@ -97,6 +104,9 @@ class broadcast_to:
 
     def vjp(g, out, x, shape):
         return [sum_to(g, np.shape(x))]
+
+    def jvp(tangents, out, x, shape):
+        return broadcast_to(tangents[0], shape=shape)
 
     def simplify(x, shape):
         return x if x.aval.shape == tuple(shape) else None
@@ -142,6 +152,9 @@ class getitem:
 
     def vjp(g, out, x, index):
         return [place(g, shape=tuple(x.shape), index=index)]
+
+    def jvp(tangents, out, x, index):
+        return getitem(tangents[0], index=index)
 
 
 def _place_loop_index(loop, out_shape, in_shape, /, shape, index):
@@ -198,6 +211,9 @@ class place:
     def vjp(g, out, x, shape, index):
         return [getitem(g, index=index)]
 
+    def jvp(tangents, out, x, shape, index):
+        return place(tangents[0], shape=shape, index=index)
+
 
 # ---------------------------------------------------------------- integer-array indexing
 
@@ -248,6 +264,9 @@ class gather:
     def vjp(g, out, x, *indices):
         return [scatter_add(g, *indices, shape=tuple(x.shape))] + [None] * len(indices)
 
+    def jvp(tangents, out, x, *indices):
+        return gather(tangents[0], *indices)
+
 
 def _put_add_kernel(g, i, shape):
     out = np.zeros(shape, g.dtype)
@@ -277,6 +296,9 @@ class scatter_add:
 
     def vjp(g, out, x, *indices, shape):
         return [gather(g, *indices)] + [None] * len(indices)
+
+    def jvp(tangents, out, g, *indices, shape):
+        return scatter_add(tangents[0], *indices, shape=shape)
 
 
 def _is_index_array(entry) -> bool:
@@ -329,6 +351,9 @@ class dynamic_index:
     def vjp(g, out, x, i):
         return [dynamic_place(g, i, shape=tuple(x.shape)), None]
 
+    def jvp(tangents, out, x, i):
+        return dynamic_index(tangents[0], i)
+
 
 @primitive
 class dynamic_place:
@@ -344,6 +369,9 @@ class dynamic_place:
 
     def vjp(g, out, x, i, shape):
         return [dynamic_index(g, i), None]
+
+    def jvp(tangents, out, g, i, shape):
+        return dynamic_place(tangents[0], i, shape=shape)
 
 
 @numpy_function("getitem")
@@ -429,6 +457,9 @@ class concatenate:
             grads.append(g[(slice(None),) * axis + (slice(start, stop),)])
             start = stop
         return grads
+
+    def jvp(tangents, out, *xs, axis):
+        return concatenate(*(zeros(x.aval) if t is None else t for t, x in zip(tangents, xs)), axis=axis)
 
 
 # ---------------------------------------------------------------- the NumPy functions
@@ -528,6 +559,12 @@ class full:
         return np.full(shape, value, dtype) if shape else np.dtype(dtype).type(value)
 
 
+def zeros(aval) -> TracedArray:
+    """Zeros of ``aval`` recorded in the current graph (a tangent or cotangent a rule needs as an array)."""
+    builder = current_builder()
+    return builder.wrap(builder.add_node(full, (), dict(shape=aval.shape, value=0.0, dtype=aval.dtype), aval))
+
+
 @primitive
 class copy:
     """the same value under a second name, as in ``grad_s2 = grad_s3`` (free in compiled code)"""
@@ -541,6 +578,9 @@ class copy:
 
     def vjp(g, out, x):
         return [g]
+
+    def jvp(tangents, out, x):
+        return tangents[0]
 
 
 # ---------------------------------------------------------------- static facts and constants of a traced array
