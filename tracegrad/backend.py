@@ -311,6 +311,7 @@ def load(module: Module):
     The module is written to the cache directory and compiled from the text in memory (never from a
     ``.pyc``); if the directory cannot be written after all (a full disk), the next choice is used."""
     with _lock:
+        _drop_forgotten()
         recreated = False
         while True:
             directory = _directory()
@@ -428,9 +429,20 @@ def call_failed(exc: Exception, module: Module, dispatcher, args):
 
 
 def _forget_module(name: str, py_module) -> None:
-    """Drop a generated module no dispatcher uses any more (unless the name has been loaded again)."""
-    if sys.modules.get(name) is py_module:
-        del sys.modules[name]
+    """A generated module no dispatcher uses any more: dropped from ``sys.modules`` at the next ``load``
+    (not here: a finalizer runs in the middle of whatever code the garbage collector interrupted, which
+    may be iterating ``sys.modules``)."""
+    _forgotten.append((name, py_module))  # (one atomic append)
+
+
+_forgotten: list = []
+
+
+def _drop_forgotten() -> None:
+    while _forgotten:
+        name, py_module = _forgotten.pop()
+        if sys.modules.get(name) is py_module:  # (unless the name has been loaded again)
+            del sys.modules[name]
 
 
 def import_file(path: Path, function: str, parts=(), source: str | None = None):

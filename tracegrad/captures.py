@@ -108,6 +108,16 @@ class HeldArrayWarning(UserWarning):
     the user's dicts): in-place changes are seen, rebinding it is not."""
 
 
+def _modules() -> list:
+    """``sys.modules``'s items, taken while another thread may be importing (tracegrad's loader thread)."""
+    for _ in range(100):
+        try:
+            return list(sys.modules.items())
+        except RuntimeError:  # changed size during the copy: take it again
+            continue
+    return list(dict(sys.modules).items())
+
+
 def owner_readers(unread: dict, builder) -> dict:
     """Readers for arrays of ``unread`` (id -> array: held, not found by the path search) that a module of
     the user's own or a class keeps under a name (a global of a function called through a dict, ``Cls.W``):
@@ -132,7 +142,7 @@ def owner_readers(unread: dict, builder) -> dict:
         return {}
     ours = {id(unread), id(builder.captured), id(suspects)} | {id(n.params) for n in builder.nodes}
     modules = {}  # id(a module's globals) -> its name, and None for tracegrad's, NumPy's and libraries'
-    for name, module in list(sys.modules.items()):
+    for name, module in _modules():
         filename = getattr(module, "__file__", None)
         if isinstance(filename, str):
             modules[id(vars(module))] = name if is_users_file(filename) else None
