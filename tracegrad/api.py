@@ -226,6 +226,19 @@ class Compiled:
                   ", ".join(f"{stage} {seconds * 1e3:.1f} ms" for stage, seconds in self.timings.items()), what)
 
 
+def captured_by_enclosing(traced: Traced) -> list:
+    """The values of a trace's captures, for a trace made inside another one: the closure and global arrays
+    become values of the enclosing trace (read again at each of its calls, and computed from, never
+    folded into constants of the enclosing graph); the others (created while tracing) as they are."""
+    captured = [c.current() for c in traced.captures]
+    enclosing = current_builder()
+    for k, (c, value) in enumerate(zip(traced.captures, captured)):
+        if not c.held and isinstance(value, np.ndarray):
+            enclosing.readers[id(value)] = c.read
+            captured[k] = enclosing.wrap(enclosing.capture(value, c.var.hint))
+    return captured
+
+
 class _Miss:
     """What a guard returns when the arguments are not the ones it was made for."""
 
@@ -582,14 +595,7 @@ class Function:
         wrt = self._differentiable_leaves(args) if self.mode != "jit" else []
         traced = rolled(trace(self.fun, args, name=getattr(self, "__name__", None)))
         graph, _, _ = self._transform(traced, args, wrt)
-        captured = [c.current() for c in traced.captures]
-        enclosing = current_builder()
-        for k, (c, value) in enumerate(zip(traced.captures, captured)):
-            if not c.held and isinstance(value, np.ndarray):  # the enclosing trace reads it again on each call
-                enclosing.readers[id(value)] = c.read
-                # as one of its inputs: computed from it, never folded into a constant of the enclosing graph
-                captured[k] = enclosing.wrap(enclosing.capture(value, c.var.hint))
-        outs = inline(graph, *leaves, *captured)
+        outs = inline(graph, *leaves, *captured_by_enclosing(traced))
         n_out = len(traced.graph.outputs)
         if self.mode == "jit":
             return unflatten(traced.out_tree, outs)

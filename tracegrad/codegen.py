@@ -18,7 +18,7 @@ import numpy as np
 from dataclasses import dataclass, field
 
 from . import __version__
-from .core import Block, Infix, Prefix, broadcast_subscripts
+from .core import Block, Infix, Prefix
 from .ir import RESERVED, Aval, Graph, Literal, Var, ascii_name, assign_names, identifier, literal_source
 from .passes import inlinable as _inlinable
 

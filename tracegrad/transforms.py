@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .api import grad, jit
+from .api import captured_by_enclosing, grad, jit
 from .core import current_builder
 from .errors import GradTypeError, ShapeError, user_source
 from .forward import jvp_graph, linearize_graph
@@ -88,13 +88,7 @@ def _trace_here(fun, args):
     """Trace ``fun(*args)`` alone, inside the current trace: its own inputs (so values it closes over are
     constants of it), and the arrays it captures as the enclosing trace's values."""
     traced = trace(fun, tuple(args), name=getattr(fun, "__name__", None))
-    captured = [c.current() for c in traced.captures]
-    enclosing = current_builder()
-    for k, (c, value) in enumerate(zip(traced.captures, captured)):
-        if not c.held and isinstance(value, np.ndarray):  # read again at each call of the enclosing function
-            enclosing.readers[id(value)] = c.read
-            captured[k] = enclosing.wrap(enclosing.capture(value, c.var.hint))
-    return traced, captured
+    return traced, captured_by_enclosing(traced)
 
 
 def _float_leaves(graph) -> list[int]:

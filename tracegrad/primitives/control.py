@@ -19,7 +19,7 @@ import dataclasses
 import numpy as np
 
 from ..core import PRIMITIVES, Block, Builder, TracedArray, current_builder, primitive
-from ..errors import ShapeError, user_source
+from ..errors import ShapeError
 from ..ir import Aval, Graph, IRError, Literal, Node, Var
 
 
@@ -172,7 +172,7 @@ def _loop_vjp(gs, outs, inputs, body, length, n_consts, n_carry, reverse):
     from ..interpret import inline
 
     index, const_vars, carry_vars, row_vars = _layout(body, n_consts, n_carry)
-    consts, init, xs = inputs[:n_consts], inputs[n_consts:n_consts + n_carry], inputs[n_consts + n_carry:]
+    consts, xs = inputs[:n_consts], inputs[n_consts + n_carry:]
     stacked = body.outputs[n_carry:]
     history = {}  # carry -> the stacked output holding it at each iteration's start
     for k, y in enumerate(stacked):
