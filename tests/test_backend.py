@@ -274,3 +274,13 @@ def test_malloc_is_left_alone_unless_asked(setting, how, expected):
     env = dict(os.environ, TRACEGRAD_TUNE_MALLOC=setting)
     out = subprocess.run([sys.executable, "-c", _SPY, how], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == expected, out.stderr
+
+
+def test_import_leaves_the_warnings_filters_alone():
+    """A library must not change its user's process: no warnings filter is added by importing tracegrad."""
+    import subprocess
+    import sys
+
+    code = ("import warnings; before = list(warnings.filters); import tracegrad; "
+            "assert warnings.filters == before, [f for f in warnings.filters if f not in before]")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

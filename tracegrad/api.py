@@ -196,7 +196,8 @@ class Compiled:
                 self.timings.update(clock.laps)
                 self._report("Numba compiles it in the background; this call ran on NumPy", compiled=False)
                 return outs
-        outs = self.dispatcher(*args)  # Numba compiles, or loads from its cache
+        with backend.quiet_compile():
+            outs = self.dispatcher(*args)  # Numba compiles, or loads from its cache
         clock.lap("numba")
         self.timings.update(clock.laps)
         stats = self.dispatcher.stats

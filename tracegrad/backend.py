@@ -39,8 +39,15 @@ from . import __version__
 from .codegen import Module
 from .errors import CacheError, CacheWarning, CompileError, _is_internal
 
-# Generated code multiplies transposed views; Numba handles them correctly, only warns about speed.
-warnings.filterwarnings("ignore", message=".*is faster on contiguous arrays", category=NumbaPerformanceWarning)
+
+class quiet_compile(warnings.catch_warnings):
+    """Around a call that compiles generated code: generated code multiplies transposed views, which Numba
+    handles correctly and only warns about for speed. Scoped to the call, never a process-wide filter."""
+
+    def __enter__(self):
+        result = super().__enter__()
+        warnings.filterwarnings("ignore", message=".*is faster on contiguous arrays", category=NumbaPerformanceWarning)
+        return result
 
 MALLOC_TUNED = False  # whether tune_malloc() has changed glibc's malloc in this process
 

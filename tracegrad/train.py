@@ -186,7 +186,8 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
 
     compiling = None  # the background compile of the epoch function, until it is in use
     if mode == "wait":
-        run(0, False)  # compiles the epoch function (no steps)
+        with backend.quiet_compile():
+            run(0, False)  # compiles the epoch function (no steps)
     elif mode == "background":
         # from the disk cache it loads before the first epoch: a NumPy epoch may take longer than that
         compiling = tiers.background(trainer.epoch, epoch_arguments(), calls=trainer.calls,
