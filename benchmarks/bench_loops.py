@@ -16,14 +16,11 @@ compile) and the generated source's length for n = 10 and n = 10^5.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Report, calibrate, fmt_time, interleaved, machine, time_batch  # noqa: E402
+from harness import run_cold, Report, calibrate, fmt_time, interleaved, machine, time_batch  # noqa: E402
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
@@ -140,11 +137,7 @@ CALLS = {
 
 
 def cold(call: str) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        env = dict(os.environ, TRACEGRAD_CACHE_DIR=tmp, NUMBA_CACHE_DIR=tmp)
-        code = COLD.format(here=os.path.dirname(os.path.abspath(__file__)), call=call)
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-        return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_cold(COLD.format(here=os.path.dirname(os.path.abspath(__file__)), call=call))
 
 
 def main():

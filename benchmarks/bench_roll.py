@@ -17,14 +17,11 @@ Then the cold first call (empty caches, a new process) and the generated source'
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Report, calibrate, fmt_time, interleaved, machine, time_batch  # noqa: E402
+from harness import run_cold, Report, calibrate, fmt_time, interleaved, machine, time_batch  # noqa: E402
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
@@ -137,11 +134,7 @@ UNROLLED = ("spring, n = 1,000", "RNN (autograd's example), 30 steps", "Elman RN
 
 
 def cold(call: str, rolled: bool = True) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        env = dict(os.environ, TRACEGRAD_CACHE_DIR=tmp, NUMBA_CACHE_DIR=tmp)
-        code = COLD.format(here=os.path.dirname(os.path.abspath(__file__)), call=call, rolled=rolled)
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-        return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_cold(COLD.format(here=os.path.dirname(os.path.abspath(__file__)), call=call, rolled=rolled))
 
 
 def main():

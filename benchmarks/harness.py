@@ -73,6 +73,20 @@ def interleaved(cases: dict, rounds: int) -> dict:
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
+def run_cold(code: str) -> dict:
+    """Run ``code`` in a new process with empty caches (``TRACEGRAD_CACHE_DIR`` and ``NUMBA_CACHE_DIR`` in a
+    temporary directory); the JSON object its last line prints."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, TRACEGRAD_CACHE_DIR=tmp, NUMBA_CACHE_DIR=tmp)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def machine() -> str:
     import numba
     import numpy as np

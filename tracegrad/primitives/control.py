@@ -72,13 +72,16 @@ def _render(printer, node, args):
     lines = [(line, None) for line in lines] + [("    " + line, None) for line in inner]
     lines += [("    " + code, note) for code, note in printer.block(body)]
     lines += [(f"    {name[out]}[{name[index]}] = {printer.atom(y)}", None) for out, y in stacked]
-    changed = [(name[v], printer.atom(new)) for v, new in zip(carries, body.outputs) if new is not v]
-    if changed:
-        lines.append(("    " + ", ".join(a for a, _ in changed) + " = " + ", ".join(b for _, b in changed), None))
-    finals = [(name[out], name[v]) for out, v in zip(node.outs, carries)]
-    if finals:
-        lines.append((", ".join(a for a, _ in finals) + " = " + ", ".join(b for _, b in finals), None))
-    return lines
+    lines += _assign([(name[v], printer.atom(new)) for v, new in zip(carries, body.outputs) if new is not v],
+                     "    ")
+    return lines + _assign([(name[out], name[v]) for out, v in zip(node.outs, carries)])
+
+
+def _assign(pairs: list, indent: str = "") -> list:
+    """``a, b = x, y`` for the pairs (target, value): one tuple assignment, so a swap is a swap; or nothing."""
+    if not pairs:
+        return []
+    return [(indent + ", ".join(a for a, _ in pairs) + " = " + ", ".join(b for _, b in pairs), None)]
 
 
 def _scoped(node):
@@ -356,11 +359,9 @@ def _while_render(printer, node, args):
     lines.append((f"    if not {printer.atom(cond.outputs[0])}:", None))
     lines.append(("        break", None))
     lines += [("    " + code, note) for code, note in printer.block(body)]
-    changed = [(name[v], printer.atom(new)) for v, new in zip(carries, body.outputs) if new is not v]
-    if changed:
-        lines.append(("    " + ", ".join(a for a, _ in changed) + " = " + ", ".join(b for _, b in changed), None))
-    lines.append((", ".join(name[out] for out in node.outs) + " = " + ", ".join(name[v] for v in carries), None))
-    return lines
+    lines += _assign([(name[v], printer.atom(new)) for v, new in zip(carries, body.outputs) if new is not v],
+                     "    ")
+    return lines + _assign([(name[out], name[v]) for out, v in zip(node.outs, carries)])
 
 
 def _while_vjp(gs, outs, *inputs, cond, body, n_consts):
@@ -432,8 +433,7 @@ def _custom_render(printer, node, args):
     for var, (text, _) in zip(fwd.inputs, args):
         printer.alias(var, text)
     lines = printer.block(fwd)
-    outs = [(printer.names[out], printer.atom(value)) for out, value in zip(node.outs, fwd.outputs)]
-    return lines + [(", ".join(a for a, _ in outs) + " = " + ", ".join(b for _, b in outs), None)]
+    return lines + _assign([(printer.names[out], printer.atom(value)) for out, value in zip(node.outs, fwd.outputs)])
 
 
 def _custom_prune(node, live):
