@@ -17,6 +17,9 @@ import time
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+# Steady state: the compiled code, not the NumPy tier that answers while Numba compiles in the background
+# (benchmarks/tiers.py measures that one on purpose, with compile= set per function).
+os.environ.setdefault("TRACEGRAD_COMPILE", "wait")
 
 
 # The clock every timing uses. The machine is shared: other processes take the CPU for tens of
