@@ -1,0 +1,112 @@
+"""The primitive registry: ``Primitive`` records, the ``@primitive`` decorator that reads a declaration
+class into one, and the tables NumPy and ``math`` functions are looked up in (``NUMPY_FUNCTIONS``,
+``MATH_FUNCTIONS``). A primitive is declared once (see ``primitives/``): its shape rule, NumPy reference, VJP
+and JVP written with ``TracedArray`` operations, the way codegen spells it, and its NumPy/``math`` aliases.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .notation import Infix, Prefix
+
+
+@dataclass(frozen=True, eq=False)
+class Primitive:
+    """Everything tracegrad knows about one operation. Built by ``@primitive`` from a declaration."""
+
+    name: str
+    shape: Callable  # (*avals, **params) -> Aval, or raises ShapeError
+    ref: Callable  # (*arrays, **params) -> array: the semantics (NumPy)
+    emit: Any  # Infix | Prefix | "call({x}, ...)" template | callable(args, out_aval, **params) -> str or [lines]
+    vjp: Callable | None = None  # (g, out, *inputs, **params) -> [cotangent or None per input]
+    # (tangents, out, *inputs, **params) -> the output's tangent, or None; tangents holds a TracedArray or None
+    # per input (at least one is not None). Several results: a list of tangents. See forward.py
+    jvp: Callable | None = None
+    kernel: Any = None  # a Python function in Numba's subset, or {name: function}, exposed by tracegrad.kernels;
+    # an elementwise primitive's kernel takes scalars (codegen calls it inside a loop over arrays)
+    simplify: Callable | None = None  # (*atoms, **params) -> an atom equal to the result, or None
+    # A structural op a fused loop can read element by element: (loop indices, out shape, input shape, /,
+    # **params) -> (the input's subscripts, conditions under which it is read, else 0), or None if it cannot
+    loop_index: Callable | None = None
+    # An op a fused loop over its input can compute by accumulation (``reduce_sum``, a slice's gradient
+    # ``place``): (loop indices over the input, input shape, out shape, /, **params) -> the output's
+    # subscripts each input element is added to, or None if it cannot
+    accumulate_index: Callable | None = None
+    # Cheap enough to compute again in every fused loop that reads it rather than store as an array
+    # (None: the operators, ``+ - * / ** -x`` and comparisons, and aliases)
+    cheap: bool | None = None
+    cast_inputs: Any = ()  # input positions (or True: all) converted to the output dtype before binding
+    view: bool = False  # the result may share memory with an input
+    nondiff: bool = False  # no gradient flows through (comparisons, sign)
+    elementwise: bool = False  # applied element by element; inputs broadcast implicitly to the output
+    domain: Any = None  # test data: how to draw valid inputs (see tests/)
+    # Several outputs: ``shape`` returns a tuple of avals, ``bind`` a list of values, ``vjp`` receives a list
+    # of cotangents (None where an output has none) and a list of outputs
+    multiple_results: bool = False
+    # A node holding a nested graph that defines values of its own (a loop's index and carries):
+    # (node) -> those Vars, named like any other value; the rest of the nested graph's inputs are the
+    # node's inputs under other names
+    scoped: Callable | None = None
+    # (node, live outputs) -> the node without the outputs nothing reads, or None when all are needed
+    prune: Callable | None = None
+    doc: str = ""
+
+    def __post_init__(self):
+        if self.cheap is None:
+            object.__setattr__(self, "cheap", self.elementwise and (
+                isinstance(self.emit, (Infix, Prefix)) or self.emit == "{x}"))
+
+    def __repr__(self):
+        return f"<primitive {self.name}>"
+
+    def __call__(self, *args, **params):
+        return _builder.bind(self, *args, **params)
+
+
+
+PRIMITIVES: dict[str, Primitive] = {}
+NUMPY_FUNCTIONS: dict[Any, Callable] = {}  # np.exp -> implementation over TracedArrays
+MATH_FUNCTIONS: dict[Any, Callable] = {}  # math.exp -> implementation
+
+
+def primitive(cls) -> Primitive:
+    """Read a declaration class into a registered ``Primitive``.
+
+    The class is only a namespace; its attributes are the fields of ``Primitive`` plus optional
+    ``numpy``/``math`` lists of the library functions that should trace to it. Returns the primitive,
+    which is callable: on traced values it records a node, on NumPy values it computes ``ref``.
+    """
+    attrs = {k: v for k, v in vars(cls).items() if not k.startswith("__")}
+    numpy_aliases = attrs.pop("numpy", ())
+    math_aliases = attrs.pop("math", ())
+    name = attrs.pop("name", cls.__name__)
+    for key, value in attrs.items():
+        if isinstance(value, staticmethod):
+            attrs[key] = value.__func__
+    prim = Primitive(name=name, doc=(cls.__doc__ or "").strip(), **attrs)
+    if name in PRIMITIVES:
+        raise ValueError(f"primitive {name!r} is declared twice")
+    PRIMITIVES[name] = prim
+    for fn in numpy_aliases:
+        NUMPY_FUNCTIONS[fn] = prim
+    for fn in math_aliases:
+        MATH_FUNCTIONS[fn] = prim
+    return prim
+
+
+def numpy_function(*aliases, math=()):
+    """Register a composite (built from primitives) as the traced version of NumPy/``math`` functions."""
+
+    def register(fn):
+        for alias in aliases:
+            NUMPY_FUNCTIONS[alias] = fn
+        for alias in math:
+            MATH_FUNCTIONS[alias] = fn
+        return fn
+
+    return register
+
+
+# At the end, as a module: builder imports this one (a primitive is callable: it calls builder.bind)
+from . import builder as _builder  # noqa: E402
