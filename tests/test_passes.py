@@ -10,7 +10,7 @@ from tracegrad.interpret import evaluate
 from tracegrad.passes import cse, dce, optimize, simplify
 from tracegrad.tracer import trace
 
-from test_primitives import CASES, PARAMS, make_case
+from test_primitives import PARAMS, make_case
 
 
 def raw_value_and_grad_graph(fn, *args):

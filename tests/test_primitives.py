@@ -1,17 +1,23 @@
 """One suite over the primitive registry: every primitive is checked for its shape rule against its
 NumPy reference, its VJP and its JVP against central differences (first and second order) and against each
-other, float32 against float64, and the compiled Numba code against the reference interpreter. A primitive
-without cases here fails ``test_every_primitive_has_cases``; one without a JVP rule (and not ``nondiff``)
-fails ``test_every_primitive_has_a_jvp_rule``."""
+other, float32 against float64, and the compiled Numba code against the reference interpreter.
+
+A differentiable elementwise primitive needs no entry here: its cases are built from its declaration (its
+NumPy function, or ``math`` function on scalars, at every shape combination, on inputs drawn from its
+``domain``). ``CASES`` holds the others and further uses. A primitive without cases fails
+``test_every_primitive_has_cases``; a declaration lacking a fact fails ``test_every_declaration_is_complete``."""
+import inspect
+import math
+
 import numpy as np
 import pytest
 
 import tracegrad as tg
 from tracegrad.autodiff import value_and_grad_graph
-from tracegrad.core import PRIMITIVES
+from tracegrad.core import MATH_FUNCTIONS, NUMPY_FUNCTIONS, PRIMITIVES
 from tracegrad.forward import jvp_graph
 from tracegrad.interpret import evaluate
-from tracegrad.testing import numeric_grad
+from tracegrad.testing import DOMAINS, input_domains, numeric_grad, sample
 from tracegrad.tracer import trace
 
 P = PRIMITIVES
@@ -20,12 +26,42 @@ UNARY_SHAPES = [(SCALAR,), (VECTOR,), (MATRIX,)]
 BINARY_SHAPES = [(SCALAR, SCALAR), (VECTOR, VECTOR), (MATRIX, ROW), (MATRIX, SCALAR), (ROW, MATRIX)]
 
 
-def unary(fn, domain="real"):
-    return [(fn, shapes, domain) for shapes in UNARY_SHAPES]
+def arity(prim):
+    """How many inputs an elementwise primitive takes: its NumPy ufunc's, else its VJP rule's."""
+    ufuncs = [f for f, p in NUMPY_FUNCTIONS.items() if p is prim and isinstance(f, np.ufunc)]
+    if ufuncs:
+        return ufuncs[0].nin
+    if isinstance(prim.domain, tuple):
+        return len(prim.domain)
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(p.kind in kinds for p in inspect.signature(prim.vjp).parameters.values()) - 2
 
 
-def binary(fn, domain="real"):
-    return [(fn, shapes, domain) for shapes in BINARY_SHAPES]
+def generated_cases(prim):
+    """The cases a differentiable elementwise primitive's declaration gives: its NumPy function (the first
+    declared; else the primitive itself) at every shape combination, and its ``math`` function on scalars;
+    inputs from its ``domain``. None for the primitives tested by hand (params, a boolean input)."""
+    if not prim.elementwise or prim.nondiff or prim.domain is None:
+        return None
+    n = arity(prim)
+    domains = input_domains(prim, n)
+    if any(d == "mask" for d in domains):
+        return None
+    numpy_fns = [f for f, p in NUMPY_FUNCTIONS.items() if p is prim and callable(f)]
+    fn = numpy_fns[0] if numpy_fns else prim
+    try:  # a primitive that needs params (convert's dtype) is tested by hand
+        fn(*(sample(d, (), np.random.default_rng(0)) for d in domains))
+    except TypeError:
+        return None
+    shapes = {1: UNARY_SHAPES, 2: BINARY_SHAPES}.get(n, [(SCALAR,) * n, (VECTOR,) * n])
+    cases = [(fn, s, domains) for s in shapes]
+    cases += [(math_call(f), (SCALAR,) * n, domains) for f, p in MATH_FUNCTIONS.items() if p is prim]
+    return cases
+
+
+def math_call(f):
+    """``lambda *xs: math.f(*xs)``: the tracer swaps a function's ``math`` for its traced stand-in."""
+    return eval(f"lambda *xs: math.{f.__name__}(*xs)", {"math": math})
 
 
 I3 = np.array([0, 2, 0])  # a repeated index: scatter_add must accumulate
@@ -46,29 +82,13 @@ def _both(carry, ys):
 
 # primitive name -> list of (function of float arrays, argument shapes, domain)
 CASES = {
-    "add": binary(lambda x, y: x + y),
-    "sub": binary(lambda x, y: x - y) + [(lambda x: 1.5 - x, (VECTOR,), "real")],
-    "mul": binary(lambda x, y: x * y) + [(lambda x: x * x, (MATRIX,), "real")],
-    "div": binary(lambda x, y: x / y, "away_from_zero") + [(lambda x: 2 / x, (VECTOR,), "away_from_zero")],
-    "neg": unary(lambda x: -x),
-    "pow": binary(lambda x, y: x ** y, "positive") + [(lambda x: x ** 3, (VECTOR,), "real"),
-                                                      (lambda x: 2.0 ** x, (VECTOR,), "real")],
-    "exp": unary(np.exp),
-    "log": unary(np.log, "positive"),
-    "log1p": unary(np.log1p, "positive"),
-    "expm1": unary(np.expm1),
-    "sqrt": unary(np.sqrt, "positive"),
-    "sin": unary(np.sin),
-    "cos": unary(np.cos),
-    "tan": unary(np.tan, "small"),
-    "sinh": unary(np.sinh),
-    "cosh": unary(np.cosh),
-    "tanh": unary(np.tanh),
-    "sigmoid": unary(tg.sigmoid),
-    "abs": unary(np.abs, "away_from_zero"),
-    "sign": unary(lambda x: np.sign(x) * x, "away_from_zero"),
-    "maximum": binary(np.maximum) + [(lambda x: np.maximum(x, 0.0), (MATRIX,), "away_from_zero")],
-    "minimum": binary(np.minimum),
+    "sub": [(lambda x: 1.5 - x, (VECTOR,), "real")],
+    "mul": [(lambda x: x * x, (MATRIX,), "real")],
+    "div": [(lambda x: 2 / x, (VECTOR,), "away_from_zero")],
+    "pow": [(lambda x: x ** 3, (VECTOR,), "real"), (lambda x: 2.0 ** x, (VECTOR,), "real")],
+    "log": [(lambda x: math.log(x, 2.0), (SCALAR,), "positive")],
+    "sign": [(lambda x: np.sign(x) * x, (VECTOR,), "away_from_zero"), (lambda x: np.sign(x) * x, (MATRIX,), "away_from_zero")],
+    "maximum": [(lambda x: np.maximum(x, 0.0), (MATRIX,), "away_from_zero")],
     "where": [(lambda x, y: np.where(x > y, x * y, y), (MATRIX, ROW), "real"),
               (lambda x: np.where(x > 0, x, 0.5 * x), (SCALAR,), "away_from_zero")],
     "lt": [(lambda x, y: np.where(x < y, x, y), (MATRIX, ROW), "real")],
@@ -104,7 +124,7 @@ CASES = {
     "dot": [(lambda a, b: a @ b, (MATRIX, (3, 4)), "real"), (lambda a, b: a @ b, (MATRIX, VECTOR), "real"),
             (lambda a, b: np.dot(a, b), (VECTOR, (3, 2)), "real"), (lambda a, b: np.matmul(a, b), (VECTOR, VECTOR), "real")],
     "full": [(lambda x: x * 3.0, (VECTOR,), "real")],  # the seed of every backward pass
-    "copy": [(lambda x: P["copy"](x) * x, (VECTOR,), "real")],
+    "copy": [(lambda x: P["copy"](x) * x, (VECTOR,), "real")],  # (and its generated cases)
     # finite differences cannot see a stopped gradient: only a use that does not change the derivative
     # a scan with an array carry and stacked outputs, a fori_loop over a pytree of two carries, a reversed
     # scan reading a closed-over array, and loops of length 0 and 1
@@ -127,24 +147,16 @@ CASES = {
     "stop_gradient": [(lambda x: tg.stop_gradient(x) * 0.0 + x, (VECTOR,), "real")],
 }
 
-PARAMS = [pytest.param(name, i, id=f"{name}-{i}") for name in CASES for i in range(len(CASES[name]))]
-
-
-def draw(shape, domain, rng, dtype=np.float64):
-    x = rng.normal(size=shape)
-    if domain == "positive":
-        x = np.abs(x) + 0.5
-    elif domain == "away_from_zero":
-        x = np.sign(x) * (np.abs(x) + 0.3)
-    elif domain == "small":
-        x = 0.5 * np.tanh(x)
-    return np.asarray(x, dtype) if shape else dtype(x)
+GENERATED = {name: generated_cases(prim) for name, prim in PRIMITIVES.items() if generated_cases(prim)}
+ALL_CASES = {name: GENERATED.get(name, []) + CASES.get(name, []) for name in sorted(set(GENERATED) | set(CASES))}
+PARAMS = [pytest.param(name, i, id=f"{name}-{i}") for name in ALL_CASES for i in range(len(ALL_CASES[name]))]
 
 
 def make_case(name, i, dtype=np.float64, seed=0):
-    fn, shapes, domain = CASES[name][i]
+    fn, shapes, domain = ALL_CASES[name][i]
+    domains = domain if isinstance(domain, tuple) else (domain,) * len(shapes)
     rng = np.random.default_rng(seed)
-    args = [draw(shape, domain, rng, dtype) for shape in shapes]
+    args = [sample(d, shape, rng, dtype) for d, shape in zip(domains, shapes)]
     out_shape = np.shape(fn(*[np.asarray(a, np.float64) for a in args]))
     weights = np.asarray(rng.normal(size=out_shape), dtype)  # a random projection to a scalar
 
@@ -172,8 +184,31 @@ def all_nodes(graph):
 
 
 def test_every_primitive_has_cases():
-    missing = sorted(set(PRIMITIVES) - set(CASES))
-    assert not missing, f"primitives without test cases: {missing}"
+    missing = sorted(set(PRIMITIVES) - set(ALL_CASES))
+    assert not missing, f"primitives without test cases (declare a domain, or add CASES): {missing}"
+
+
+def test_every_declaration_is_complete():
+    """Each fact a primitive needs is in its declaration: a gradient rule both ways or the explicit ``nondiff``,
+    and, for a differentiable elementwise primitive, the inputs its tests draw (``domain``)."""
+    problems = []
+    for name, prim in sorted(PRIMITIVES.items()):
+        if prim.vjp is None and not prim.nondiff:
+            problems.append(f"{name}: no vjp (declare nondiff=True if no gradient flows through it)")
+        if prim.jvp is None and not prim.nondiff:
+            problems.append(f"{name}: no jvp (declare nondiff=True if no tangent flows through it)")
+        if prim.ref is None or prim.emit is None:
+            problems.append(f"{name}: no ref or no emit")
+        if prim.elementwise and not prim.nondiff:
+            if prim.domain is None:
+                problems.append(f"{name}: no test domain (domain = 'real', 'positive', ... or a function)")
+            else:
+                for d in (prim.domain if isinstance(prim.domain, tuple) else (prim.domain,)):
+                    if not (callable(d) or d in DOMAINS):
+                        problems.append(f"{name}: unknown test domain {d!r} (known: {sorted(DOMAINS)})")
+        if prim.kink is not None and not all(callable(f) for f in (prim.kink.watch, prim.kink.signature)):
+            problems.append(f"{name}: a kink needs watch and signature functions")
+    assert not problems, "incomplete declarations:\n" + "\n".join(problems)
 
 
 @pytest.mark.parametrize("name,i", PARAMS)
@@ -230,7 +265,7 @@ def test_float32_in_float32_out(name, i):
 
 
 FIRST_CASES = [pytest.param(name, dtype, id=f"{name}-{np.dtype(dtype).name}")
-               for name in CASES for dtype in (np.float64, np.float32)]
+               for name in ALL_CASES for dtype in (np.float64, np.float32)]
 
 
 @pytest.mark.parametrize("name,dtype", FIRST_CASES)

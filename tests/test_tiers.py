@@ -17,7 +17,7 @@ from tracegrad import tiers
 from tracegrad.errors import CompileWarning, NonFiniteError, TracegradError
 from tracegrad.interpret import evaluate
 
-from test_primitives import CASES, PARAMS, make_case
+from test_primitives import ALL_CASES, PARAMS, make_case
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,7 +67,7 @@ def test_evaluator_equals_the_reference_interpreter_on_optimized_graphs(name, i)
 
 
 FIRST_CASES = [pytest.param(name, dtype, id=f"{name}-{np.dtype(dtype).name}")
-               for name in CASES for dtype in (np.float64, np.float32)]
+               for name in ALL_CASES for dtype in (np.float64, np.float32)]
 
 
 @pytest.mark.parametrize("name,dtype", FIRST_CASES)

@@ -24,6 +24,7 @@ from .autodiff import value_and_grad_graph
 from .errors import DataError, GradTypeError, TracegradError
 from .interpret import evaluate
 from .ir import Graph, Literal, Var, assign_names
+from .notation import Infix, Prefix, number_text as _number
 from .pytree import flatten
 from .tracer import aval_of, trace
 
@@ -315,71 +316,22 @@ def _html(text) -> str:
     return html.escape(str(text), quote=True)
 
 
-_INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**", "dot": "@",
-          "eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
-_NAMES = {"neg": "-", "sigmoid": "σ", "reduce_sum": "sum", "reduce_max": "max", "reduce_min": "min",
-          "broadcast_to": "broadcast", "concatenate": "concat", "copy": "=", "scatter_add": "scatter_add",
-          "gather": "[i]"}
-
-
-def _number(value, precision=6) -> str:
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    text = f"{float(value):.{precision}g}"
-    return "0" if text == "-0" and precision < 6 else text
-
-
-def _index_text(index) -> str:
-    parts = []
-    for entry in index:
-        if entry is None:
-            parts.append("None")
-        elif entry is Ellipsis:
-            parts.append("...")
-        elif isinstance(entry, slice):
-            start = "" if entry.start is None else entry.start
-            stop = "" if entry.stop is None else entry.stop
-            parts.append(f"{start}:{stop}" + (f":{entry.step}" if entry.step not in (None, 1) else ""))
-        else:
-            parts.append(repr(entry))
-    return "[" + ", ".join(parts) + "]"
-
-
 def _op_label(node) -> str:
-    """What an operation node says: the operator as the code writes it, with constants folded in."""
-    name = node.primitive.name
-    params = node.params
+    """What an operation node says: its primitive's ``label`` (by default the operator as the code writes
+    it, else the name), with constants folded in."""
+    prim = node.primitive
+    if callable(prim.label):
+        return prim.label(node)
+    label = prim.label
+    if label is None:
+        label = prim.emit.op if isinstance(prim.emit, (Infix, Prefix)) else prim.name
     lits = [_number(a.value) if isinstance(a, Literal) else None for a in node.inputs]
-    if name in _INFIX and len(node.inputs) == 2:
-        symbol = _INFIX[name]
+    if isinstance(prim.emit, Infix) and len(node.inputs) == 2:
         if lits[1] is not None:
-            return f"{symbol} {lits[1]}"
+            return f"{label} {lits[1]}"
         if lits[0] is not None:
-            return f"{lits[0]} {symbol}"
-        return symbol
-    if name in ("reduce_sum", "reduce_max", "reduce_min"):
-        axes = params.get("axes", ())
-        ndim = node.inputs[0].aval.ndim
-        label = _NAMES[name]
-        return label if len(axes) == ndim else f"{label} axis {', '.join(map(str, axes))}"
-    if name == "transpose":
-        perm = tuple(params.get("perm", ()))
-        return ".T" if perm == tuple(reversed(range(len(perm)))) else f"transpose {perm}"
-    if name in ("reshape", "broadcast_to"):
-        return f"{_NAMES.get(name, name)} {params.get('shape')}"
-    if name == "getitem":
-        return _index_text(params.get("index", ()))
-    if name == "place":
-        return f"place {_index_text(params.get('index', ()))}"
-    if name == "full":
-        value = _number(params.get("value"))
-        shape = params.get("shape", ())
-        return value if not shape else f"{value} × {shape}"
-    if name == "convert":
-        return f"as {np.dtype(params['dtype']).name}"
-    label = _NAMES.get(name, name)
+            return f"{lits[0]} {label}"
+        return label
     if any(lit is not None for lit in lits):
         label += "(" + ", ".join(lit if lit is not None else "·" for lit in lits) + ")"
     return label

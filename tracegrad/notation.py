@@ -1,10 +1,12 @@
-"""Code notation: how generated code spells an operation (``Infix``, ``Prefix``, ``Block``), and the
-subscripts a loop reads a broadcast array at. Primitives declare their ``emit`` with these; codegen and the
-fusion pass read them."""
+"""Code notation: how generated code spells an operation (``Infix``, ``Prefix``, ``Block``), the subscripts
+a loop reads a broadcast array at, and how labels write constants and indices. Primitives declare their
+``emit`` and ``label`` with these; codegen, the fusion pass and ``draw`` read them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -42,3 +44,29 @@ def broadcast_subscripts(loop: list, out_shape: tuple, in_shape: tuple) -> list:
     lead = len(out_shape) - len(in_shape)
     return ["0" if d == 1 and out_shape[lead + k] != 1 else loop[lead + k] for k, d in enumerate(in_shape)]
 
+
+def number_text(value, precision=6) -> str:
+    """A constant as pictures and labels show it: ints as ints, floats to ``precision`` digits."""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    text = f"{float(value):.{precision}g}"
+    return "0" if text == "-0" and precision < 6 else text
+
+
+def index_text(index) -> str:
+    """An index as written in brackets: ``[1:, None, ...]``."""
+    parts = []
+    for entry in index:
+        if entry is None:
+            parts.append("None")
+        elif entry is Ellipsis:
+            parts.append("...")
+        elif isinstance(entry, slice):
+            start = "" if entry.start is None else entry.start
+            stop = "" if entry.stop is None else entry.stop
+            parts.append(f"{start}:{stop}" + (f":{entry.step}" if entry.step not in (None, 1) else ""))
+        else:
+            parts.append(repr(entry))
+    return "[" + ", ".join(parts) + "]"

@@ -9,7 +9,7 @@ import dataclasses
 
 import numpy as np
 
-from .core import PRIMITIVES, Block, Primitive, broadcast_subscripts
+from .core import Block, Primitive, broadcast_subscripts
 from .interpret import evaluate
 from .ir import Aval, Graph, IRError, Literal, Node, Var, literal_source
 
@@ -56,7 +56,7 @@ def cse(graph: Graph) -> Graph:
     nodes = []
     for node in graph.nodes:
         node = _with_inputs(node, replace)
-        if node.inputs and node.primitive.name != "copy":
+        if node.inputs and not node.primitive.alias:
             key = _key(node)
             if key in seen:
                 replace[node.out] = seen[key]
@@ -67,46 +67,40 @@ def cse(graph: Graph) -> Graph:
 
 
 def simplify(graph: Graph) -> Graph:
-    """Algebraic simplification:
+    """Algebraic simplification, by the rules primitives declare (``rewrite``):
 
-    - an explicit ``broadcast_to`` feeding an elementwise node that broadcasts anyway is skipped
-      (``grad_Y = grad_L * G`` rather than broadcasting ``grad_L`` to G's shape first);
-    - ``-(-x)`` is ``x``; a reshape of a reshape is one reshape (or none, back to the same shape);
-    - the sum of a scalar broadcast to n elements is the scalar times n;
-    - ``stop_gradient(x)`` is ``x`` (optimised graphs are compiled, never differentiated again).
+    - an explicit broadcast (a primitive that ``broadcasts``) feeding an elementwise node that broadcasts
+      anyway is skipped (``grad_Y = grad_L * G`` rather than broadcasting ``grad_L`` to G's shape first);
+    - then each node's own ``rewrite``: ``-(-x)`` is ``x``; a reshape of a reshape is one reshape (or none,
+      back to the same shape); the sum of a scalar broadcast to n elements is the scalar times n;
+      ``stop_gradient(x)`` is ``x`` (optimised graphs are compiled, never differentiated again).
+
+    A rule sees the nodes defining a node's inputs through ``producer``, which looks through aliases
+    (``copy``) to an alias or a broadcast.
     """
     defs: dict = {}
     replace: dict = {}
     nodes = []
+
+    def producer(atom):
+        return defs.get(atom) if isinstance(atom, Var) else None
+
     for node in graph.nodes:
         node = _with_inputs(node, replace)
         prim = node.primitive
         if prim.elementwise:
             node = _skip_broadcasts(node, defs)
-        if prim.name == "stop_gradient":  # only differentiation cares; optimised graphs are not differentiated
-            replace[node.out] = node.inputs[0]
-            continue
-        if prim.name == "neg" and isinstance(node.inputs[0], Var):
-            inner = defs.get(node.inputs[0])
-            if inner is not None and inner.primitive.name == "neg" and node.out.aval == inner.inputs[0].aval:
-                replace[node.out] = inner.inputs[0]
+        if prim.rewrite is not None:
+            simpler = prim.rewrite(node, producer)
+            if isinstance(simpler, Node):
+                node = simpler
+            elif simpler is not None:
+                replace[node.out] = simpler
                 continue
-        if prim.name == "reshape" and isinstance(node.inputs[0], Var):  # reshape(reshape(x)): one reshape of x
-            inner = defs.get(node.inputs[0])
-            if inner is not None and inner.primitive.name == "reshape" and isinstance(inner.inputs[0], Var):
-                if inner.inputs[0].aval == node.out.aval:
-                    replace[node.out] = inner.inputs[0]
-                    continue
-                node = dataclasses.replace(node, inputs=(inner.inputs[0],))
-        if prim.name == "reduce_sum" and isinstance(node.inputs[0], Var):
-            inner = defs.get(node.inputs[0])
-            if inner is not None and inner.primitive.name == "broadcast_to" and inner.inputs[0].aval.shape == () \
-                    and node.out.aval.shape == ():
-                count = Literal(inner.out.aval.size, node.out.aval.dtype)
-                node = dataclasses.replace(node, primitive=PRIMITIVES["mul"], inputs=(inner.inputs[0], count), params={})
         # an alias stands for what it aliases (one lookup, however long the chain of aliases)
-        source = defs.get(node.inputs[0]) if prim.name == "copy" and isinstance(node.inputs[0], Var) else None
-        defs[node.out] = source if source is not None and source.primitive.name in ("copy", "broadcast_to") else node
+        source = producer(node.inputs[0]) if prim.alias else None
+        defs[node.out] = source if source is not None and (source.primitive.alias or source.primitive.broadcasts) \
+            else node
         nodes.append(node)
     return _rebuild(graph, nodes, replace)
 
@@ -115,7 +109,7 @@ def _skip_broadcasts(node: Node, defs: dict) -> Node:
     inputs = list(node.inputs)
     for i, atom in enumerate(inputs):
         source = defs.get(atom) if isinstance(atom, Var) else None  # aliases are looked through (grad_s7 = grad_s8)
-        if source is None or source.primitive.name != "broadcast_to":
+        if source is None or not source.primitive.broadcasts:
             continue
         candidate = inputs[:i] + [source.inputs[0]] + inputs[i + 1:]
         if np.broadcast_shapes(*(a.aval.shape for a in candidate)) == node.out.aval.shape:
@@ -135,7 +129,7 @@ def _without_orphan_aliases(graph: Graph) -> Graph:
     for node in graph.nodes:
         node = _with_inputs(node, replace)
         of = node.out.grad_of if node.out.grad_of is not None else node.out.tangent_of
-        if node.primitive.name == "copy" and of is not None and of not in present \
+        if node.primitive.alias and of is not None and of not in present \
                 and isinstance(node.inputs[0], Var):
             replace[node.out] = node.inputs[0]
             continue

@@ -8,7 +8,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
+
 from .notation import Infix, Prefix
+
+
+@dataclass(frozen=True)
+class KinkAt:
+    """Where a primitive is not differentiable, for ``check_grad``'s kink probe.
+
+    ``watch(node)`` gives the values to watch (atoms of the graph: inputs, the output), ``signature(*values,
+    **params)`` an array that changes exactly when a step crosses a kink (the sign of ``x`` for abs, of
+    ``x - y`` for maximum, ``floor(x)`` for floor, the positions of the extrema for ``np.max``), and ``text``
+    what the report says, or a function (node, users: the nodes reading its output) -> that text.
+    """
+
+    watch: Callable
+    signature: Callable
+    text: Any
+
+
+def sign_of(*values, **params):
+    """A kink signature: the sign of one value, or of the difference of two (a tie)."""
+    return np.sign(values[0] if len(values) == 1 else values[0] - values[1])
 
 
 @dataclass(frozen=True, eq=False)
@@ -40,7 +62,21 @@ class Primitive:
     view: bool = False  # the result may share memory with an input
     nondiff: bool = False  # no gradient flows through (comparisons, sign)
     elementwise: bool = False  # applied element by element; inputs broadcast implicitly to the output
-    domain: Any = None  # test data: how to draw valid inputs (see tests/)
+    # Test data: how to draw valid inputs, a name from ``testing.DOMAINS`` ("real", "positive", ...), a function
+    # (rng, shape) -> float64 array, or a tuple of those, one per input. A differentiable elementwise primitive
+    # must declare it: the registry-driven suite (tests/test_primitives.py) builds its cases from it
+    domain: Any = None
+    # The graph-level simplification ``passes.simplify`` applies, beside ``simplify`` (which sees only the
+    # inputs, while building): (node, producer) -> None (keep the node), an atom equal to its value, or a
+    # simpler node computing it; ``producer(atom)`` is the node defining an input (aliases looked through) or None
+    rewrite: Callable | None = None
+    alias: bool = False  # the output is the input under another name (``copy``): passes look through it
+    broadcasts: bool = False  # only broadcasts its input, as an elementwise node does anyway (``broadcast_to``)
+    # How ``tg.draw`` labels the node: a short text ("σ"; an operator's symbol by default, else the name), with
+    # literal inputs filled in, or a function (node) -> the whole label
+    label: Any = None
+    # Where it is not differentiable (abs at 0, a tie of maximum): ``check_grad`` watches it (``KinkAt``)
+    kink: "KinkAt | None" = None
     # Several outputs: ``shape`` returns a tuple of avals, ``bind`` a list of values, ``vjp`` receives a list
     # of cotangents (None where an output has none) and a list of outputs
     multiple_results: bool = False

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -292,25 +293,67 @@ class _Point:
         raise IndexError(k)
 
 
+# ---------------------------------------------------------------------- test data a primitive declares
+
+
+def _positive(rng, shape):
+    return np.abs(rng.normal(size=shape)) + 0.5
+
+
+def _away_from_zero(rng, shape):
+    x = rng.normal(size=shape)
+    return np.sign(x) * (np.abs(x) + 0.3)
+
+
+# Named domains a primitive's ``domain`` can declare: (rng, shape) -> float64 values inside it, kept away
+# from the edges and the kinks so that central differences (steps up to 1e-2) stay inside
+DOMAINS = {
+    "real": lambda rng, shape: rng.normal(size=shape),
+    "positive": _positive,  # log, sqrt: (0.5, ...)
+    "away_from_zero": _away_from_zero,  # 1 / x, abs: |x| >= 0.3
+    "small": lambda rng, shape: 0.5 * np.tanh(rng.normal(size=shape)),  # tan: (-0.5, 0.5)
+    "unit": lambda rng, shape: 0.8 * np.tanh(rng.normal(size=shape)),  # arcsin, arctanh: (-0.8, 0.8)
+    "above_one": lambda rng, shape: _positive(rng, shape) + 1.0,  # arccosh: (1.5, ...)
+    "mask": lambda rng, shape: rng.normal(size=shape) > 0,  # where's condition: booleans
+}
+
+
+def sample(domain, shape, rng, dtype=np.float64):
+    """Inputs for a test of a primitive: an array of ``shape`` (a scalar of ``dtype`` for shape ``()``) drawn
+    from ``domain``, a name in ``DOMAINS`` or a function (rng, shape) -> float64 values. Booleans stay
+    booleans."""
+    draw = DOMAINS[domain] if isinstance(domain, str) else domain
+    x = np.asarray(draw(rng, shape))
+    if x.dtype != np.bool_:
+        x = x.astype(dtype)
+    return x if shape else x.dtype.type(x)
+
+
+def input_domains(prim, n: int) -> tuple:
+    """The domain of each of ``n`` inputs of ``prim``, from its declaration (one for all, or one per input)."""
+    if isinstance(prim.domain, tuple):
+        return prim.domain
+    return (prim.domain,) * n
+
+
 # ---------------------------------------------------------------------- kinks
-
-
-_COMPARISONS = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
 
 
 @dataclass
 class _Watch:
     kink: Kink
     slots: tuple  # positions of the watched values among the probe graph's outputs
-    axes: tuple | None = None  # reductions: the reduced axes (the signature is the mask of extrema)
+    signature: Callable  # (*values, **params) -> an array that changes when a step crosses the kink
+    params: dict
 
 
 class _Probe:
-    """The checked function's graph, run by the reference interpreter, watching every input of a
-    non-differentiable operation: at each point it gives the value and a signature per kink (the signs
-    of ``x`` for abs/sign, of ``x - y`` for maximum/minimum/comparisons, the positions of the extrema for
-    np.max/np.min). A kink lies within the step when its signature is not the same at x - h v, x and
-    x + h v (a sign that is 0 at x and not at x + h v counts: the step leaves the kink)."""
+    """The checked function's graph, run by the reference interpreter, watching every non-differentiable
+    operation the checked arguments reach, as its primitive declares (``kink``: ``KinkAt``): at each point it
+    gives the value and a signature per kink (the signs of ``x`` for abs/sign, of ``x - y`` for
+    maximum/minimum/comparisons, the positions of the extrema for np.max/np.min). A kink lies within the
+    step when its signature is not the same at x - h v, x and x + h v (a sign that is 0 at x and not at
+    x + h v counts: the step leaves the kink)."""
 
     def __init__(self, fun, args: tuple, positions: list):
         traced = trace(fun, args)
@@ -323,47 +366,30 @@ class _Probe:
         self.precision = np.dtype(np.float64)
         if any(n.out in active and n.out.aval.dtype.kind == "f" and n.out.aval.dtype.itemsize < 8 for n in graph.nodes):
             self.precision = np.dtype(np.float32)  # the function itself rounds to float32: so must the steps
-        condition_of_where = {n.inputs[0] for n in graph.nodes if n.primitive.name == "where"}
+        users: dict = {}
+        for node in graph.nodes:
+            for a in node.inputs:
+                if isinstance(a, Var):
+                    users.setdefault(a, []).append(node)
         outputs = [graph.outputs[0]]
         self.watches: list[_Watch] = []
         for node in graph.nodes:
-            name = node.primitive.name
-            if not any(isinstance(a, Var) and a in active for a in node.inputs):
+            kink = node.primitive.kink
+            if kink is None or not any(isinstance(a, Var) and a in active for a in node.inputs):
                 continue
-            axes = None
-            if name in ("abs", "sign"):
-                watched, operation = node.inputs[:1], f"{name}(x) at x = 0"
-            elif name in ("maximum", "minimum"):
-                watched, operation = node.inputs, f"{name}(x, y) at a tie x = y"
-            elif name in _COMPARISONS:
-                op = _COMPARISONS[name]
-                watched = node.inputs
-                operation = (f"np.where condition x {op} y flips" if node.out in condition_of_where
-                             else f"comparison x {op} y flips")
-            elif name in ("reduce_max", "reduce_min"):
-                watched, axes = (node.inputs[0], node.out), node.params["axes"]
-                operation = f"np.{name[7:]} at tied {'maxima' if name == 'reduce_max' else 'minima'}"
-            else:
-                continue
+            watched = tuple(kink.watch(node))
+            text = kink.text(node, users.get(node.out, [])) if callable(kink.text) else kink.text
             slots = tuple(range(len(outputs), len(outputs) + len(watched)))
             outputs.extend(watched)
-            self.watches.append(_Watch(Kink(operation, node.source), slots, axes))
+            self.watches.append(_Watch(Kink(text, node.source), slots, kink.signature, dict(node.params)))
         self.graph = Graph(graph.name, list(graph.inputs), list(graph.nodes), outputs, graph.n_args)
 
     def run(self, leaves: list) -> tuple:
         """The value and the kink signatures at one point (given as all the graph's argument leaves)."""
         with np.errstate(all="ignore"):  # a NaN or inf shows in the report
             outs = evaluate(self.graph, *leaves, *self.captured)
-        signatures = []
-        for watch in self.watches:
-            values = [np.asarray(outs[s], np.float64) for s in watch.slots]
-            if watch.axes is None:
-                z = values[0] if len(values) == 1 else values[0] - values[1]
-                signatures.append(np.sign(z))
-            else:
-                x, extreme = values
-                kept = tuple(1 if i in watch.axes else d for i, d in enumerate(x.shape))
-                signatures.append(x == extreme.reshape(kept))
+            signatures = [watch.signature(*(np.asarray(outs[s], np.float64) for s in watch.slots), **watch.params)
+                          for watch in self.watches]
         return float(outs[0]), signatures
 
     def kinks_between(self, *signature_lists) -> tuple:

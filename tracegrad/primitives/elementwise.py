@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from ..core import Infix, Prefix, numpy_function, primitive
+from ..registry import KinkAt, sign_of
 from ..errors import UnsupportedError, user_source
 from . import shapes
 from .shapes import unary_float, binary_float, comparison
@@ -61,6 +62,7 @@ def _is(atom, value) -> bool:
 @elementwise
 class add:
     """x + y"""
+    domain = "real"
     numpy = [np.add]
     shape = shapes.elementwise
     ref = np.add
@@ -76,6 +78,7 @@ class add:
 @elementwise
 class sub:
     """x - y"""
+    domain = "real"
     numpy = [np.subtract]
     shape = shapes.elementwise
     ref = np.subtract
@@ -95,6 +98,7 @@ class sub:
 @elementwise
 class mul:
     """x * y"""
+    domain = "real"
     numpy = [np.multiply]
     shape = shapes.elementwise
     ref = np.multiply
@@ -110,6 +114,7 @@ class mul:
 @elementwise
 class div:
     """x / y"""
+    domain = ("real", "away_from_zero")
     numpy = [np.divide]
     shape = binary_float
     ref = np.divide
@@ -131,6 +136,7 @@ class div:
 @elementwise
 class neg:
     """-x"""
+    domain = "real"
     numpy = [np.negative]
     shape = shapes.same
     ref = np.negative
@@ -139,10 +145,18 @@ class neg:
     def vjp(g, out, x):
         return [-g]
 
+    def rewrite(node, producer):
+        """-(-x) is x."""
+        inner = producer(node.inputs[0])
+        if inner is not None and inner.primitive is neg and node.out.aval == inner.inputs[0].aval:
+            return inner.inputs[0]
+        return None
+
 
 @elementwise
 class pow:
     """x ** y"""
+    domain = "positive"
     numpy = [np.power]
     math = [math.pow]
     shape = shapes.elementwise  # int ** int stays int, as in NumPy
@@ -163,6 +177,7 @@ class pow:
 @elementwise
 class exp:
     """e ** x"""
+    domain = "real"
     numpy = [np.exp]
     math = [math.exp]
     shape = unary_float
@@ -204,6 +219,7 @@ class log1p:
 @elementwise
 class expm1:
     """exp(x) - 1, accurate for small x"""
+    domain = "real"
     numpy = [np.expm1]
     math = [math.expm1]
     shape = unary_float
@@ -230,6 +246,7 @@ class sqrt:
 
 @elementwise
 class sin:
+    domain = "real"
     numpy = [np.sin]
     math = [math.sin]
     shape = unary_float
@@ -242,6 +259,7 @@ class sin:
 
 @elementwise
 class cos:
+    domain = "real"
     numpy = [np.cos]
     math = [math.cos]
     shape = unary_float
@@ -267,6 +285,7 @@ class tan:
 
 @elementwise
 class sinh:
+    domain = "real"
     numpy = [np.sinh]
     math = [math.sinh]
     shape = unary_float
@@ -279,6 +298,7 @@ class sinh:
 
 @elementwise
 class cosh:
+    domain = "real"
     numpy = [np.cosh]
     math = [math.cosh]
     shape = unary_float
@@ -291,6 +311,7 @@ class cosh:
 
 @elementwise
 class tanh:
+    domain = "real"
     numpy = [np.tanh]
     math = [math.tanh]
     shape = unary_float
@@ -312,6 +333,8 @@ class sigmoid:
 
     A primitive rather than a composite because its derivative is short: (1 - y) * y.
     """
+    label = "σ"
+    domain = "real"
     numpy = ["expit"]  # scipy.special.expit is a ufunc: matched by name, so scipy is not imported
     shape = unary_float
     emit = "sigmoid({x})"
@@ -332,6 +355,8 @@ class sigmoid:
 @elementwise
 class abs:
     """|x|; abs'(0) = 0"""
+    kink = KinkAt(lambda node: node.inputs[:1], sign_of, "abs(x) at x = 0")
+    domain = "away_from_zero"
     numpy = [np.absolute]
     math = [math.fabs]
     shape = shapes.same
@@ -346,6 +371,7 @@ class abs:
 @elementwise
 class sign:
     """-1, 0 or 1; its derivative is 0 everywhere it exists, and we use 0 at 0 too"""
+    kink = KinkAt(lambda node: node.inputs[:1], sign_of, "sign(x) at x = 0")
     numpy = [np.sign]
     shape = shapes.same
     ref = np.sign
@@ -357,6 +383,8 @@ class sign:
 @elementwise
 class maximum:
     """elementwise max(x, y); at a tie each input gets half the gradient (NaN propagates, as in NumPy)"""
+    kink = KinkAt(lambda node: node.inputs, sign_of, "maximum(x, y) at a tie x = y")
+    domain = "real"
     numpy = [np.maximum]
     shape = shapes.elementwise
     ref = np.maximum
@@ -372,6 +400,8 @@ class maximum:
 @elementwise
 class minimum:
     """elementwise min(x, y); at a tie each input gets half the gradient"""
+    kink = KinkAt(lambda node: node.inputs, sign_of, "minimum(x, y) at a tie x = y")
+    domain = "real"
     numpy = [np.minimum]
     shape = shapes.elementwise
     ref = np.minimum
@@ -396,6 +426,7 @@ def _where_shape(c, x, y):
 @elementwise
 class where:
     """c ? x : y elementwise; the gradient goes to the branch taken, zero to the other"""
+    domain = ("mask", "real", "real")
     shape = _where_shape
     emit = "where({c}, {x}, {y})"
     cheap = True
@@ -417,8 +448,14 @@ class where:
 
 
 def _comparison(name, op, ufunc, doc):
+    def text(node, users):  # where it decides a branch of np.where, the report says so
+        if any(user.primitive is where and user.inputs[0] is node.out for user in users):
+            return f"np.where condition x {op} y flips"
+        return f"comparison x {op} y flips"
+
     cls = type(name, (), dict(__doc__=doc, numpy=[ufunc], shape=comparison, ref=ufunc,
-                              emit=Infix(op, CMP, "none"), nondiff=True, cast_inputs=()))
+                              emit=Infix(op, CMP, "none"), nondiff=True, cast_inputs=(),
+                              kink=KinkAt(lambda node: node.inputs, sign_of, text)))
     return elementwise(cls)
 
 
@@ -441,6 +478,8 @@ def _convert_emit(args, out, dtype):
 @elementwise
 class convert:
     """x.astype(dtype)"""
+    label = staticmethod(lambda node: f"as {np.dtype(node.params['dtype']).name}")
+    domain = ("real",)  # one input (dtype is a param)
     cast_inputs = ()
     shape = staticmethod(lambda x, dtype: type(x)(x.shape, dtype))
     emit = _convert_emit

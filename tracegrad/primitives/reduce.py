@@ -1,9 +1,13 @@
 """Reductions over axes, and the NumPy functions built on them (sum, mean, max, min)."""
+import dataclasses
+
 import numpy as np
 
 from ..core import numpy_function, primitive
 from ..errors import UnsupportedError, user_source
-from ..ir import Aval
+from ..ir import Aval, Literal
+from ..registry import KinkAt
+from .elementwise import mul
 from .shapes import normalize_axes
 from .structural import broadcast_to, reshape
 
@@ -44,6 +48,24 @@ def _sum_axis_kernel(x, axis):
     return out
 
 
+def _label(short):
+    """A reduction's label: ``sum``, or ``sum axis 1`` when it keeps some axes."""
+    def label(node):
+        axes = node.params.get("axes", ())
+        return short if len(axes) == node.inputs[0].aval.ndim else f"{short} axis {', '.join(map(str, axes))}"
+    return label
+
+
+def _sum_rewrite(node, producer):
+    """The sum of a scalar broadcast to n elements is the scalar times n."""
+    inner = producer(node.inputs[0])
+    if inner is not None and inner.primitive is broadcast_to and inner.inputs[0].aval.shape == () \
+            and node.out.aval.shape == ():
+        count = Literal(inner.out.aval.size, node.out.aval.dtype)
+        return dataclasses.replace(node, primitive=mul, inputs=(inner.inputs[0], count), params={})
+    return None
+
+
 @primitive
 class reduce_sum:
     """sum over ``axes`` (a sorted tuple), dropping them"""
@@ -52,6 +74,8 @@ class reduce_sum:
     kernel = {"sum_axis": _sum_axis_kernel}
     accumulate_index = staticmethod(lambda loop, in_shape, out_shape, /, axes: [
         i for d, i in enumerate(loop) if d not in axes])
+    rewrite = _sum_rewrite
+    label = _label("sum")
 
     def ref(x, axes):
         return np.sum(x, axis=axes, dtype=_sum_shape(Aval(np.shape(x), np.asarray(x).dtype), axes).dtype)
@@ -146,12 +170,20 @@ def _min_axis_kernel(x, axis):
     return out
 
 
+def _extrema(x, extreme, axes):
+    """A kink signature: where the extrema are (a tie breaks when the step moves one of them)."""
+    kept = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+    return x == extreme.reshape(kept)
+
+
 @primitive
 class reduce_max:
     """max over ``axes``; tied maxima share the gradient evenly"""
     shape = _chooser_shape("max")
     emit = _chooser_emit("max")
     kernel = {"max_axis": _max_axis_kernel}
+    label = _label("max")
+    kink = KinkAt(lambda node: (node.inputs[0], node.out), _extrema, "np.max at tied maxima")
     vjp = _chooser_vjp
     jvp = _chooser_jvp
 
@@ -165,6 +197,8 @@ class reduce_min:
     shape = _chooser_shape("min")
     emit = _chooser_emit("min")
     kernel = {"min_axis": _min_axis_kernel}
+    label = _label("min")
+    kink = KinkAt(lambda node: (node.inputs[0], node.out), _extrema, "np.min at tied minima")
     vjp = _chooser_vjp
     jvp = _chooser_jvp
 

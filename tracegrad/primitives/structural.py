@@ -1,10 +1,13 @@
 """Primitives that move data without arithmetic: reshape, transpose, broadcast, indexing, concatenation."""
+import dataclasses
+
 import numpy as np
 
 from ..core import (NUMPY_FUNCTIONS, PRIMITIVES, TracedArray, broadcast_subscripts, current_builder, numpy_function,
                     primitive)
 from ..errors import ShapeError, UnsupportedError, user_source
-from ..ir import Aval, literal_source
+from ..ir import Aval, Var, literal_source
+from ..notation import index_text, number_text
 
 
 def _zeros(shape, dtype) -> str:
@@ -54,6 +57,18 @@ class reshape:
     def simplify(x, shape):
         return x if x.aval.shape == tuple(shape) else None
 
+    def rewrite(node, producer):
+        """reshape(reshape(x)) is one reshape of x, or x itself when back to its shape."""
+        inner = producer(node.inputs[0])
+        if inner is None or inner.primitive is not reshape or not isinstance(inner.inputs[0], Var):
+            return None
+        if inner.inputs[0].aval == node.out.aval:
+            return inner.inputs[0]
+        return dataclasses.replace(node, inputs=(inner.inputs[0],))
+
+    def label(node):
+        return f"reshape {node.params.get('shape')}"
+
 
 def _transpose_emit(args, out, perm):
     return f"{args[0]}.T" if perm == (1, 0) else f"np.transpose({args[0]}, {perm!r})"
@@ -78,6 +93,10 @@ class transpose:
     def simplify(x, perm):
         return x if perm == tuple(range(len(perm))) else None
 
+    def label(node):
+        perm = tuple(node.params.get("perm", ()))
+        return ".T" if perm == tuple(reversed(range(len(perm)))) else f"transpose {perm}"
+
 
 def _broadcast_shape(x, shape):
     try:
@@ -96,6 +115,8 @@ class broadcast_to:
     emit = "np.broadcast_to({x}, {shape})"
     view = True
     cheap = True  # in a loop it is a read: each loop reads its input rather than a stored broadcast
+    broadcasts = True  # an elementwise node reading it can read its input: it broadcasts anyway
+    label = staticmethod(lambda node: f"broadcast {node.params.get('shape')}")
     loop_index = staticmethod(lambda loop, out_shape, in_shape, /, shape: (
         broadcast_subscripts(loop, out_shape, in_shape), []))
 
@@ -143,6 +164,7 @@ def _index_shape(x, index):
 @primitive
 class getitem:
     """x[index] with ints, slices and None (basic indexing)"""
+    label = staticmethod(lambda node: index_text(node.params["index"]))
     shape = _index_shape
     emit = staticmethod(lambda args, out, index: f"{args[0]}[{_format_index(index)}]")
     view = True
@@ -197,6 +219,7 @@ def _place_accumulate_index(loop, in_shape, out_shape, /, shape, index):
 @primitive
 class place:
     """zeros of ``shape`` with ``x`` written at ``index``: the transpose of getitem"""
+    label = staticmethod(lambda node: f"place {index_text(node.params['index'])}")
     shape = staticmethod(lambda x, shape, index: Aval(shape, x.dtype))
     emit = staticmethod(lambda args, out, shape, index: [
         f"{{out}} = {_zeros(shape, out.dtype)}", f"{{out}}[{_format_index(index)}] = {args[0]}"])
@@ -254,6 +277,7 @@ def _take2_kernel(x, i, j):
 @primitive
 class gather:
     """x[i] or x[i, j] with 1-d integer arrays (``logp[np.arange(n), labels]``)"""
+    label = "[i]"
     shape = _gather_shape
     emit = staticmethod(lambda args, out: f"take{'' if len(args) == 2 else '2'}({', '.join(args)})")
     kernel = {"take": _take_kernel, "take2": _take2_kernel}
@@ -442,6 +466,7 @@ def _concatenate_shape(*xs, axis):
 @primitive
 class concatenate:
     """arrays joined along an existing ``axis``"""
+    label = "concat"
     shape = _concatenate_shape
     # (a one-element tuple needs its comma: np.concatenate((x,), axis=0))
     emit = staticmethod(lambda args, out, axis: f"np.concatenate(({', '.join(args)}{',' * (len(args) == 1)}), axis={axis})")
@@ -541,6 +566,11 @@ assert NUMPY_FUNCTIONS["getitem"] is index
 # ---------------------------------------------------------------- constants and names
 
 
+def _full_label(node):
+    value, shape = number_text(node.params["value"]), node.params["shape"]
+    return value if not shape else f"{value} × {shape}"
+
+
 def _full_emit(args, out, shape, value, dtype):
     if not shape:
         return literal_source(value, dtype)
@@ -551,6 +581,7 @@ def _full_emit(args, out, shape, value, dtype):
 @primitive
 class full:
     """an array of ``shape`` filled with ``value`` (the seed ``grad_L = 1.0`` of a backward pass)"""
+    label = _full_label
     shape = staticmethod(lambda shape, value, dtype: Aval(shape, dtype))
     emit = _full_emit
     nondiff = True
@@ -568,6 +599,9 @@ def zeros(aval) -> TracedArray:
 @primitive
 class copy:
     """the same value under a second name, as in ``grad_s2 = grad_s3`` (free in compiled code)"""
+    label = "="
+    domain = "real"
+    alias = True  # passes look through it to what it names
     shape = staticmethod(lambda x: x)
     elementwise = True
     emit = "{x}"
@@ -614,6 +648,8 @@ def np_ones_like(x, dtype=None):
 @primitive
 class stop_gradient:
     """x itself, but no gradient flows back through it (``z - stop_gradient(np.max(z))`` in a stable softmax)"""
+    # only differentiation cares; optimised graphs are compiled, never differentiated again
+    rewrite = staticmethod(lambda node, producer: node.inputs[0])
     shape = staticmethod(lambda x: x)
     emit = "{x}"
     elementwise = True
