@@ -5,6 +5,7 @@ every claim of docs/conventions.md: the derivative each primitive uses at its ki
 Compiling costs about a second per new function and signature, so the functions below are shared."""
 import inspect
 import math
+import re
 import warnings
 
 import numpy as np
@@ -484,3 +485,18 @@ def test_every_test_named_in_docs_conventions_exists():
             ids = {"test_derivative_at_kinks": CONVENTION_IDS, "test_each_kink_is_found_and_named_by_its_line":
                    ["at", "next to"]}[name]
             assert param in ids, f"docs/conventions.md names {name}[{param}], which does not exist"
+
+
+def test_the_kinks_of_floor_ceil_mod_fmax_and_fmin_are_found():
+    """Each declares its kink (KinkAt): a point on it is reported, a point away from it is not."""
+    cases = [(lambda x: np.sum(np.floor(x) * x), np.array([2.0, 0.3]), "floor(x) at an integer x"),
+             (lambda x: np.sum(np.ceil(x) * x), np.array([-1.0, 0.3]), "ceil(x) at an integer x"),
+             (lambda x: np.sum(x % 1.5), np.array([3.0, 0.4]), "x % y where x / y is an integer"),
+             (lambda x: np.sum(np.fmax(x, 0.5) ** 2), np.array([0.5, 2.0]), "fmax(x, y) at a tie x = y"),
+             (lambda x: np.sum(np.fmin(x, 0.5) ** 2), np.array([0.5, 2.0]), "fmin(x, y) at a tie x = y")]
+    for f, at_kink, operation in cases:
+        with pytest.warns(KinkWarning, match=re.escape(operation)):
+            tg.check_grad(f, at_kink, mode="full")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", KinkWarning)
+            assert tg.check_grad(f, at_kink + 0.2, mode="full").passed, operation

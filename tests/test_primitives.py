@@ -53,7 +53,9 @@ def generated_cases(prim):
         fn(*(sample(d, (), np.random.default_rng(0)) for d in domains))
     except TypeError:
         return None
-    shapes = {1: UNARY_SHAPES, 2: BINARY_SHAPES}.get(n, [(SCALAR,) * n, (VECTOR,) * n])
+    # (arrays first: the compiled tests run each primitive's first case)
+    shapes = {1: UNARY_SHAPES[::-1], 2: [(MATRIX, ROW)] + [s for s in BINARY_SHAPES if s != (MATRIX, ROW)]}.get(
+        n, [(VECTOR,) * n, (SCALAR,) * n])
     cases = [(fn, s, domains) for s in shapes]
     cases += [(math_call(f), (SCALAR,) * n, domains) for f, p in MATH_FUNCTIONS.items() if p is prim]
     return cases
@@ -83,12 +85,21 @@ def _both(carry, ys):
 # primitive name -> list of (function of float arrays, argument shapes, domain)
 CASES = {
     "sub": [(lambda x: 1.5 - x, (VECTOR,), "real")],
-    "mul": [(lambda x: x * x, (MATRIX,), "real")],
     "div": [(lambda x: 2 / x, (VECTOR,), "away_from_zero")],
     "pow": [(lambda x: x ** 3, (VECTOR,), "real"), (lambda x: 2.0 ** x, (VECTOR,), "real")],
     "log": [(lambda x: math.log(x, 2.0), (SCALAR,), "positive")],
     "sign": [(lambda x: np.sign(x) * x, (VECTOR,), "away_from_zero"), (lambda x: np.sign(x) * x, (MATRIX,), "away_from_zero")],
     "maximum": [(lambda x: np.maximum(x, 0.0), (MATRIX,), "away_from_zero")],
+    # no gradient through the steps (None: the declaration's domain); x % y and the composites of one product
+    "floor": [(lambda x: np.floor(x) * x, (VECTOR,), None), (lambda x: np.floor(x) * x, (MATRIX,), None),
+              (lambda x: math.floor(x) * x, (SCALAR,), None)],
+    "ceil": [(lambda x: np.ceil(x) * x, (VECTOR,), None), (lambda x: math.ceil(x) * x, (SCALAR,), None)],
+    "mod": [(lambda x, y: x % y, (MATRIX, ROW), ("real", "away_from_zero")), (lambda x: 2.5 % x, (VECTOR,), "away_from_zero"),
+            (lambda x: np.mod(x, 0.7), (VECTOR,), "real")],
+    "fmax": [(lambda x: np.fmax(x, 0.0), (MATRIX,), "away_from_zero")],
+    "mul": [(lambda x: x * x, (MATRIX,), "real"), (np.deg2rad, (VECTOR,), "real"), (np.rad2deg, (MATRIX,), "real"),
+            (np.degrees, (SCALAR,), "real"), (np.radians, (VECTOR,), "real"),
+            (lambda x: math.degrees(x) + math.radians(x), (SCALAR,), "real")],
     "where": [(lambda x, y: np.where(x > y, x * y, y), (MATRIX, ROW), "real"),
               (lambda x: np.where(x > 0, x, 0.5 * x), (SCALAR,), "away_from_zero")],
     "lt": [(lambda x, y: np.where(x < y, x, y), (MATRIX, ROW), "real")],
@@ -154,6 +165,8 @@ PARAMS = [pytest.param(name, i, id=f"{name}-{i}") for name in ALL_CASES for i in
 
 def make_case(name, i, dtype=np.float64, seed=0):
     fn, shapes, domain = ALL_CASES[name][i]
+    if domain is None:
+        domain = input_domains(PRIMITIVES[name], len(shapes))
     domains = domain if isinstance(domain, tuple) else (domain,) * len(shapes)
     rng = np.random.default_rng(seed)
     args = [sample(d, shape, rng, dtype) for d, shape in zip(domains, shapes)]

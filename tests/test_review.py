@@ -133,9 +133,11 @@ def test_array_methods_and_statistics(rng):
     np.testing.assert_allclose(tg.grad(lambda x: np.std(x))(x), numeric_grad(lambda x: np.std(x), x), rtol=1e-6)
 
 
-def test_modulo_is_named():
-    with pytest.raises(tg.UnsupportedError, match="%"):
-        tg.jit(lambda x: x % 2)(1.0)
+def test_floor_division_is_named_and_modulo_traces():
+    with pytest.raises(tg.UnsupportedError, match="//"):
+        tg.jit(lambda x: x // 2)(1.0)
+    assert tg.jit(lambda x: x % 2)(-1.5) == pytest.approx(0.5)  # the sign of the divisor, as in NumPy
+    assert tg.jit(lambda x: 2.5 % x)(-1.0) == pytest.approx(-0.5)
 
 
 def test_outer_accepts_lists_and_stop_gradient_leaves_no_copy_line(rng):

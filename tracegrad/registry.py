@@ -77,6 +77,11 @@ class Primitive:
     label: Any = None
     # Where it is not differentiable (abs at 0, a tie of maximum): ``check_grad`` watches it (``KinkAt``)
     kink: "KinkAt | None" = None
+    # For the generated primitives page (tools/make_primitive_docs.py): what you write to get it (markdown;
+    # default: its operator and its NumPy/``math`` aliases) and its backward rule (default: the expressions
+    # its VJP returns, when it is one ``return [...]``)
+    usage: str | None = None
+    backward: str | None = None
     # Several outputs: ``shape`` returns a tuple of avals, ``bind`` a list of values, ``vjp`` receives a list
     # of cotangents (None where an output has none) and a list of outputs
     multiple_results: bool = False

@@ -108,10 +108,16 @@ class TracedArray:
         return bind(PRIMITIVES["abs"], self)
 
     def __floordiv__(self, other):
-        raise UnsupportedError("// and % on traced values (they have no useful gradient)", user_source(),
-                               "use / and np.where")
+        raise UnsupportedError("// on traced values (it has no useful gradient)", user_source(),
+                               "use np.floor(x / y), or / and np.where")
 
-    __rfloordiv__ = __mod__ = __rmod__ = __floordiv__
+    __rfloordiv__ = __floordiv__
+
+    def __mod__(self, other):
+        return bind(PRIMITIVES["mod"], self, other)
+
+    def __rmod__(self, other):
+        return bind(PRIMITIVES["mod"], other, self)
 
     def __getitem__(self, index):
         return NUMPY_FUNCTIONS["getitem"](self, index)

@@ -35,3 +35,15 @@ def clip(x, a_min=None, a_max=None, out=None, **kwargs):
 def math_log(x, base=None):
     log = np.log(x)
     return log if base is None else log / math.log(base)
+
+
+@numpy_function(np.deg2rad, np.radians, math=[math.radians])
+def deg2rad(x):
+    """Degrees to radians: x * (pi / 180)."""
+    return x * (math.pi / 180)
+
+
+@numpy_function(np.rad2deg, np.degrees, math=[math.degrees])
+def rad2deg(x):
+    """Radians to degrees: x * (180 / pi)."""
+    return x * (180 / math.pi)

@@ -119,6 +119,9 @@ def _prune(node, live):
 @primitive
 class loop:
     """a counted loop: ``length`` runs of ``body`` over carried values and the rows of sequences"""
+    usage = "`tg.fori_loop`, `tg.scan` ([loops.md](loops.md))"
+    backward = ("a loop running backwards over the stored carries, carrying their gradients and summing the "
+                "constants'")
     shape = _shape
     ref = _ref
     emit = Block(_render)
@@ -402,6 +405,8 @@ def _while_jvp(tangents, outs, *inputs, cond, body, n_consts):
 @primitive
 class while_loop:
     """``while cond(carry): carry = body(carry)``: forward mode only (no VJP; a JVP)"""
+    usage = "`tg.while_loop` ([loops.md](loops.md))"
+    backward = "none: a `tg.GradTypeError` (its trip count is known only when it runs)"
     shape = _while_shape
     ref = _while_ref
     emit = Block(_while_render)
@@ -522,6 +527,8 @@ def _custom_jvp(tangents, outs, *inputs, fwd, n_consts, n_out, bwd, trees):
 class custom_vjp_call:
     """a function with a derivative of its own (``tg.custom_vjp``): its forward function's statements in
     place, and the user's backward function as its VJP"""
+    usage = "a `tg.custom_vjp` function (below)"
+    backward = "your backward function"
     shape = _custom_shape
     ref = _custom_ref
     emit = Block(_custom_render)

@@ -333,6 +333,7 @@ class sigmoid:
 
     A primitive rather than a composite because its derivative is short: (1 - y) * y.
     """
+    usage = "`tg.sigmoid`, `scipy.special.expit`"
     label = "σ"
     domain = "real"
     numpy = ["expit"]  # scipy.special.expit is a ufunc: matched by name, so scipy is not imported
@@ -349,12 +350,246 @@ class sigmoid:
         return [g * (1 - out) * out]
 
 
+# ---------------------------------------------------------------- inverse trigonometric and hyperbolic, other bases
+
+
+@elementwise
+class arcsin:
+    """inverse sine, on [-1, 1]"""
+    numpy = [np.arcsin]
+    math = [math.asin]
+    shape = unary_float
+    ref = np.arcsin
+    emit = "np.arcsin({x})"
+    domain = "unit"
+
+    def vjp(g, out, x):
+        return [g / sqrt(1 - x * x)]
+
+
+@elementwise
+class arccos:
+    """inverse cosine, on [-1, 1]"""
+    numpy = [np.arccos]
+    math = [math.acos]
+    shape = unary_float
+    ref = np.arccos
+    emit = "np.arccos({x})"
+    domain = "unit"
+
+    def vjp(g, out, x):
+        return [-g / sqrt(1 - x * x)]
+
+
+@elementwise
+class arctan:
+    """inverse tangent"""
+    numpy = [np.arctan]
+    math = [math.atan]
+    shape = unary_float
+    ref = np.arctan
+    emit = "np.arctan({x})"
+    domain = "real"
+
+    def vjp(g, out, x):
+        return [g / (1 + x * x)]
+
+
+@elementwise
+class arcsinh:
+    """inverse hyperbolic sine"""
+    numpy = [np.arcsinh]
+    math = [math.asinh]
+    shape = unary_float
+    ref = np.arcsinh
+    emit = "np.arcsinh({x})"
+    domain = "real"
+
+    def vjp(g, out, x):
+        return [g / sqrt(x * x + 1)]
+
+
+@elementwise
+class arccosh:
+    """inverse hyperbolic cosine, on [1, inf)"""
+    numpy = [np.arccosh]
+    math = [math.acosh]
+    shape = unary_float
+    ref = np.arccosh
+    emit = "np.arccosh({x})"
+    domain = "above_one"
+
+    def vjp(g, out, x):
+        return [g / sqrt(x * x - 1)]
+
+
+@elementwise
+class arctanh:
+    """inverse hyperbolic tangent, on (-1, 1)"""
+    numpy = [np.arctanh]
+    math = [math.atanh]
+    shape = unary_float
+    ref = np.arctanh
+    emit = "np.arctanh({x})"
+    domain = "unit"
+
+    def vjp(g, out, x):
+        return [g / (1 - x * x)]
+
+
+LN2, LN10 = math.log(2.0), math.log(10.0)
+
+
+@elementwise
+class log2:
+    """base-2 logarithm"""
+    backward = "`g / (x * log(2))`"
+    numpy = [np.log2]
+    math = [math.log2]
+    shape = unary_float
+    ref = np.log2
+    emit = "np.log2({x})"
+    domain = "positive"
+
+    def vjp(g, out, x):
+        return [g / (x * LN2)]
+
+
+@elementwise
+class log10:
+    """base-10 logarithm"""
+    backward = "`g / (x * log(10))`"
+    numpy = [np.log10]
+    math = [math.log10]
+    shape = unary_float
+    ref = np.log10
+    emit = "np.log10({x})"
+    domain = "positive"
+
+    def vjp(g, out, x):
+        return [g / (x * LN10)]
+
+
+@elementwise
+class exp2:
+    """2 ** x"""
+    backward = "`g * out * log(2)`"
+    numpy = [np.exp2]
+    math = [math.exp2] if hasattr(math, "exp2") else []  # (Python 3.11+)
+    shape = unary_float
+    ref = np.exp2
+    emit = "np.exp2({x})"
+    domain = "real"
+
+    def vjp(g, out, x):
+        return [g * out * LN2]
+
+
+@elementwise
+class sinc:
+    """sin(pi x) / (pi x), 1 at 0 (NumPy's normalised sinc)"""
+    backward = "`g * (cos(pi * x) - out) / x` (0 at 0)"
+    numpy = [np.sinc]  # a plain function, not a ufunc
+    shape = unary_float
+    ref = np.sinc
+    emit = "np.sinc({x})"
+    domain = "real"
+
+    def vjp(g, out, x):
+        # (cos(pi x) - sinc(x)) / x, which is 0 at 0 (the branch not taken divides by 1, not 0)
+        zero = x == 0
+        return [g * where(zero, 0.0, (cos(x * math.pi) - out) / where(zero, 1.0, x))]
+
+
+def _erf_kernel(x):
+    return type(x)(math.erf(x))  # float32 stays float32 in Numba
+
+
+@elementwise
+class erf:
+    """the error function 2 / sqrt(pi) * integral of exp(-t**2) from 0 to x (``math.erf``)"""
+    backward = "`g * 2 / sqrt(pi) * exp(-x * x)`"
+    math = [math.erf]
+    shape = unary_float
+    emit = "erf({x})"
+    kernel = _erf_kernel
+    domain = "real"
+
+    def ref(x):
+        x = np.asarray(x)
+        return np.vectorize(math.erf, otypes=[np.float64])(x).astype(shapes.float_dtype(x.dtype))[()]
+
+    def vjp(g, out, x):
+        return [g * (2 / math.sqrt(math.pi)) * exp(-(x * x))]
+
+
+# ---------------------------------------------------------------- two-argument functions
+
+
+@elementwise
+class arctan2:
+    """the angle of the point (x, y): arctan2(y, x), in (-pi, pi]"""
+    backward = "`g * x / (x * x + y * y)` to `y`, `-g * y / (x * x + y * y)` to `x`"
+    numpy = [np.arctan2]
+    math = [math.atan2]
+    shape = binary_float
+    ref = np.arctan2
+    emit = "np.arctan2({y}, {x})"
+    domain = ("real", "away_from_zero")  # (away from the origin, where it has no derivative)
+
+    def vjp(g, out, y, x):
+        r2 = x * x + y * y
+        return [g * x / r2, -g * y / r2]
+
+
+@elementwise
+class hypot:
+    """sqrt(x ** 2 + y ** 2), without overflow"""
+    numpy = [np.hypot]
+    math = [math.hypot]
+    shape = binary_float
+    ref = np.hypot
+    emit = "np.hypot({x}, {y})"
+    domain = ("away_from_zero", "real")
+
+    def vjp(g, out, x, y):
+        return [g * x / out, g * y / out]
+
+
+@elementwise
+class logaddexp:
+    """log(exp(x) + exp(y)), computed without overflow"""
+    numpy = [np.logaddexp]
+    shape = binary_float
+    ref = np.logaddexp
+    emit = "np.logaddexp({x}, {y})"
+    domain = "real"
+
+    def vjp(g, out, x, y):  # exp(x - out) <= 1: no overflow either
+        return [g * exp(x - out), g * exp(y - out)]
+
+
+@elementwise
+class logaddexp2:
+    """log2(2 ** x + 2 ** y), computed without overflow"""
+    numpy = [np.logaddexp2]
+    shape = binary_float
+    ref = np.logaddexp2
+    emit = "np.logaddexp2({x}, {y})"
+    domain = "real"
+
+    def vjp(g, out, x, y):
+        return [g * exp2(x - out), g * exp2(y - out)]
+
+
 # ---------------------------------------------------------------- kinks: the midpoint of the subdifferential
 
 
 @elementwise
 class abs:
     """|x|; abs'(0) = 0"""
+    usage = "`np.abs`, `abs`, `math.fabs`"
+    backward = "`g * sign(x)` (so 0 at 0)"
     kink = KinkAt(lambda node: node.inputs[:1], sign_of, "abs(x) at x = 0")
     domain = "away_from_zero"
     numpy = [np.absolute]
@@ -383,6 +618,7 @@ class sign:
 @elementwise
 class maximum:
     """elementwise max(x, y); at a tie each input gets half the gradient (NaN propagates, as in NumPy)"""
+    backward = "`g` to the larger input; at a tie half to each"
     kink = KinkAt(lambda node: node.inputs, sign_of, "maximum(x, y) at a tie x = y")
     domain = "real"
     numpy = [np.maximum]
@@ -400,6 +636,7 @@ class maximum:
 @elementwise
 class minimum:
     """elementwise min(x, y); at a tie each input gets half the gradient"""
+    backward = "`g` to the smaller input; at a tie half to each"
     kink = KinkAt(lambda node: node.inputs, sign_of, "minimum(x, y) at a tie x = y")
     domain = "real"
     numpy = [np.minimum]
@@ -414,6 +651,89 @@ class minimum:
         return [where(tie, half, where(x < y, g, 0.0)), where(tie, half, where(x > y, g, 0.0))]
 
 
+def _fmax_vjp(g, out, x, y):
+    # the gradient goes to the input chosen (the one that is not NaN), half to each at a tie
+    tie = x == y
+    half = g * 0.5
+    return [where(tie, half, where(out == x, g, 0.0)), where(tie, half, where(out == y, g, 0.0))]
+
+
+@elementwise
+class fmax:
+    """elementwise max(x, y) ignoring NaN; at a tie each input gets half the gradient"""
+    backward = "`g` to the larger input (the one that is not NaN); at a tie half to each"
+    numpy = [np.fmax]
+    shape = shapes.elementwise
+    ref = np.fmax
+    emit = "np.fmax({x}, {y})"
+    cheap = True
+    domain = "real"
+    kink = KinkAt(lambda node: node.inputs, sign_of, "fmax(x, y) at a tie x = y")
+    vjp = _fmax_vjp
+
+
+@elementwise
+class fmin:
+    """elementwise min(x, y) ignoring NaN; at a tie each input gets half the gradient"""
+    backward = "`g` to the smaller input (the one that is not NaN); at a tie half to each"
+    numpy = [np.fmin]
+    shape = shapes.elementwise
+    ref = np.fmin
+    emit = "np.fmin({x}, {y})"
+    cheap = True
+    domain = "real"
+    kink = KinkAt(lambda node: node.inputs, sign_of, "fmin(x, y) at a tie x = y")
+    vjp = _fmax_vjp  # (the same rule: to the input chosen)
+
+
+@elementwise
+class floor:
+    """the largest integer <= x; its derivative is 0 wherever it exists (and we use 0 at the steps)"""
+    backward = "none (0 between the steps)"
+    numpy = [np.floor]
+    math = [math.floor]  # (a float here, where math.floor gives an int)
+    shape = shapes.same
+    ref = np.floor
+    emit = "np.floor({x})"
+    nondiff = True
+    domain = "real"
+    kink = KinkAt(lambda node: node.inputs[:1], np.floor, "floor(x) at an integer x")
+
+
+@elementwise
+class ceil:
+    """the smallest integer >= x; its derivative is 0 wherever it exists (and we use 0 at the steps)"""
+    backward = "none (0 between the steps)"
+    numpy = [np.ceil]
+    math = [math.ceil]  # (a float here, where math.ceil gives an int)
+    shape = shapes.same
+    ref = np.ceil
+    emit = "np.ceil({x})"
+    nondiff = True
+    domain = "real"
+    kink = KinkAt(lambda node: node.inputs[:1], np.ceil, "ceil(x) at an integer x")
+
+
+def _mod_steps(x, y):
+    with np.errstate(all="ignore"):
+        return np.floor(x / y)
+
+
+@elementwise
+class mod:
+    """x % y, with the sign of y (np.mod, np.remainder): x - floor(x / y) * y; jumps where x / y is an integer"""
+    usage = "`x % y`, `np.mod`, `np.remainder`"
+    numpy = [np.remainder]
+    shape = shapes.elementwise
+    ref = np.remainder
+    emit = Infix("%", MUL)
+    domain = ("real", "away_from_zero")
+    kink = KinkAt(lambda node: node.inputs, _mod_steps, "x % y where x / y is an integer")
+
+    def vjp(g, out, x, y):
+        return [g, -g * floor(x / y)]
+
+
 def _where_kernel(c, x, y):
     return x if c else y
 
@@ -426,6 +746,8 @@ def _where_shape(c, x, y):
 @elementwise
 class where:
     """c ? x : y elementwise; the gradient goes to the branch taken, zero to the other"""
+    usage = "`np.where(c, x, y)`"
+    backward = "`where(c, g, 0)`, `where(c, 0, g)`; none to `c`"
     domain = ("mask", "real", "real")
     shape = _where_shape
     emit = "where({c}, {x}, {y})"
@@ -478,6 +800,8 @@ def _convert_emit(args, out, dtype):
 @elementwise
 class convert:
     """x.astype(dtype)"""
+    usage = "`x.astype(dtype)`"
+    backward = "`g` converted back to `x`'s dtype"
     label = staticmethod(lambda node: f"as {np.dtype(node.params['dtype']).name}")
     domain = ("real",)  # one input (dtype is a param)
     cast_inputs = ()
@@ -529,6 +853,7 @@ logical_xor = _logical("logical_xor", "^", np.logical_xor, "x ^ y on boolean mas
 @elementwise
 class logical_not:
     """~x on a boolean mask"""
+    usage = "`~x`, `np.logical_not`"
     numpy = [np.logical_not]
     shape = staticmethod(lambda x: x if x.dtype == np.bool_ else _logical_shape(x, x))
     ref = np.logical_not

@@ -25,6 +25,8 @@ def _dot_shape(a, b):
 @primitive
 class dot:
     """a @ b for vectors and matrices (BLAS in the compiled code)"""
+    usage = "`a @ b`, `np.dot`, `np.matmul`"
+    backward = "`g @ b.T`, `a.T @ g` (and the vector cases): never a Jacobian"
     numpy = [np.matmul]
     shape = _dot_shape
     ref = np.matmul

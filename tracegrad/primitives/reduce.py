@@ -69,6 +69,8 @@ def _sum_rewrite(node, producer):
 @primitive
 class reduce_sum:
     """sum over ``axes`` (a sorted tuple), dropping them"""
+    usage = "`np.sum`, `x.sum()`, `np.mean` (a sum then a division)"
+    backward = "`g` broadcast back over the summed axes"
     shape = _sum_shape
     emit = _sum_emit
     kernel = {"sum_axis": _sum_axis_kernel}
@@ -179,6 +181,8 @@ def _extrema(x, extreme, axes):
 @primitive
 class reduce_max:
     """max over ``axes``; tied maxima share the gradient evenly"""
+    usage = "`np.max`, `np.amax`, `x.max()`"
+    backward = "`g` to the largest entries, shared evenly among ties"
     shape = _chooser_shape("max")
     emit = _chooser_emit("max")
     kernel = {"max_axis": _max_axis_kernel}
@@ -194,6 +198,8 @@ class reduce_max:
 @primitive
 class reduce_min:
     """min over ``axes``; tied minima share the gradient evenly"""
+    usage = "`np.min`, `np.amin`, `x.min()`"
+    backward = "`g` to the smallest entries, shared evenly among ties"
     shape = _chooser_shape("min")
     emit = _chooser_emit("min")
     kernel = {"min_axis": _min_axis_kernel}

@@ -40,6 +40,8 @@ def _reshape_kernel(x, shape):
 @primitive
 class reshape:
     """the same elements in a new shape (C order)"""
+    usage = "`x.reshape`, `np.reshape`, `np.ravel`, `np.expand_dims`, `np.squeeze`"
+    backward = "`g` reshaped back"
     shape = _reshape_shape
     emit = _reshape_emit
     kernel = _reshape_kernel
@@ -77,6 +79,8 @@ def _transpose_emit(args, out, perm):
 @primitive
 class transpose:
     """axes permuted by ``perm``"""
+    usage = "`x.T`, `np.transpose`"
+    backward = "`g` transposed back"
     shape = staticmethod(lambda x, perm: Aval(tuple(x.shape[p] for p in perm), x.dtype))
     emit = _transpose_emit
     view = True
@@ -111,6 +115,8 @@ def _broadcast_shape(x, shape):
 @primitive
 class broadcast_to:
     """x repeated along new or size-1 axes to ``shape``"""
+    usage = "`np.broadcast_to`, and broadcasting in any operation"
+    backward = "`g` summed over the broadcast axes"
     shape = _broadcast_shape
     emit = "np.broadcast_to({x}, {shape})"
     view = True
@@ -164,6 +170,8 @@ def _index_shape(x, index):
 @primitive
 class getitem:
     """x[index] with ints, slices and None (basic indexing)"""
+    usage = "`x[1:3]`, `x[0]`, `x[:, None]`, `x[..., 1]`"
+    backward = "`place`: zeros with `g` written at the index"
     label = staticmethod(lambda node: index_text(node.params["index"]))
     shape = _index_shape
     emit = staticmethod(lambda args, out, index: f"{args[0]}[{_format_index(index)}]")
@@ -219,6 +227,8 @@ def _place_accumulate_index(loop, in_shape, out_shape, /, shape, index):
 @primitive
 class place:
     """zeros of ``shape`` with ``x`` written at ``index``: the transpose of getitem"""
+    usage = "(the backward of `getitem`)"
+    backward = "`getitem` of `g`"
     label = staticmethod(lambda node: f"place {index_text(node.params['index'])}")
     shape = staticmethod(lambda x, shape, index: Aval(shape, x.dtype))
     emit = staticmethod(lambda args, out, shape, index: [
@@ -277,6 +287,8 @@ def _take2_kernel(x, i, j):
 @primitive
 class gather:
     """x[i] or x[i, j] with 1-d integer arrays (``logp[np.arange(n), labels]``)"""
+    usage = "`x[idx]`, `logp[np.arange(n), labels]` (1-d integer arrays)"
+    backward = "`scatter_add`: zeros with `g` added at the indices (repeats accumulate)"
     label = "[i]"
     shape = _gather_shape
     emit = staticmethod(lambda args, out: f"take{'' if len(args) == 2 else '2'}({', '.join(args)})")
@@ -309,6 +321,8 @@ def _put_add2_kernel(g, i, j, shape):
 @primitive
 class scatter_add:
     """zeros of ``shape`` with g added at the index arrays (repeats accumulate): the transpose of gather"""
+    usage = "(the backward of `gather`)"
+    backward = "`gather` of `g`"
     shape = staticmethod(lambda g, *indices, shape: Aval(shape, g.dtype))
     emit = staticmethod(lambda args, out, shape: f"put_add{'' if len(args) == 2 else '2'}({', '.join(args)}, {shape!r})")
     kernel = {"put_add": _put_add_kernel, "put_add2": _put_add2_kernel}
@@ -365,6 +379,9 @@ def _put_at_kernel(g, i, out):
 class dynamic_index:
     """x[i] along the first axis, with a traced integer i (a loop's index): bounds-checked, negative i from
     the end"""
+    usage = ("`x[i]`, `x[i + 1, 2:]` with `i` a loop's index (traced; bounds-checked: "
+             "`at(x, i)`)")
+    backward = "`dynamic_place`"
     shape = _dynamic_index_shape
     emit = "at({x}, {i})"
     kernel = {"at": _at_kernel}
@@ -382,6 +399,8 @@ class dynamic_index:
 @primitive
 class dynamic_place:
     """zeros of ``shape`` with g at row i: the transpose of ``dynamic_index``"""
+    usage = "(the backward of `dynamic_index`)"
+    backward = "`dynamic_index` of `g`"
     shape = staticmethod(lambda g, i, shape: Aval(shape, g.dtype))
     emit = staticmethod(lambda args, out, shape: f"put_at({args[0]}, {args[1]}, {_zeros(shape, out.dtype)})")
     kernel = {"put_at": _put_at_kernel}
@@ -466,6 +485,8 @@ def _concatenate_shape(*xs, axis):
 @primitive
 class concatenate:
     """arrays joined along an existing ``axis``"""
+    usage = "`np.concatenate`, `np.stack`"
+    backward = "the matching slices of `g`"
     label = "concat"
     shape = _concatenate_shape
     # (a one-element tuple needs its comma: np.concatenate((x,), axis=0))
@@ -581,6 +602,7 @@ def _full_emit(args, out, shape, value, dtype):
 @primitive
 class full:
     """an array of ``shape`` filled with ``value`` (the seed ``grad_L = 1.0`` of a backward pass)"""
+    usage = "`np.zeros`, `np.ones`, the seed `grad_L = 1.0`"
     label = _full_label
     shape = staticmethod(lambda shape, value, dtype: Aval(shape, dtype))
     emit = _full_emit
@@ -599,6 +621,7 @@ def zeros(aval) -> TracedArray:
 @primitive
 class copy:
     """the same value under a second name, as in ``grad_s2 = grad_s3`` (free in compiled code)"""
+    usage = "(made by differentiation: `grad_s2 = grad_s3`)"
     label = "="
     domain = "real"
     alias = True  # passes look through it to what it names
@@ -648,6 +671,8 @@ def np_ones_like(x, dtype=None):
 @primitive
 class stop_gradient:
     """x itself, but no gradient flows back through it (``z - stop_gradient(np.max(z))`` in a stable softmax)"""
+    usage = "`tg.stop_gradient(x)`"
+    backward = "none: the value passes, the gradient stops"
     # only differentiation cares; optimised graphs are compiled, never differentiated again
     rewrite = staticmethod(lambda node, producer: node.inputs[0])
     shape = staticmethod(lambda x: x)
