@@ -386,3 +386,30 @@ def test_compiled_jvp_matches_interpreter(name, dtype):
     tol = dict(rtol=1e-12, atol=1e-14) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(value, ref_value, **tol)
     np.testing.assert_allclose(tangent, ref_tangent, **tol)
+
+
+# ---------------------------------------------------------------- numerically stable forms
+
+
+def test_logaddexp_and_its_gradient_do_not_overflow():
+    """log(exp(x) + exp(y)) written naively overflows at x = 1000; np.logaddexp and its rule do not."""
+    x, y = np.array([1000.0, -1000.0, 800.0, 0.0]), np.array([999.0, -1001.0, 800.0, -1e4])
+    for fun in (tg.value_and_grad(lambda x, y: np.sum(np.logaddexp(x, y)), argnums=(0, 1)),
+                tg.value_and_grad(lambda x, y: np.sum(np.logaddexp2(x, y)), argnums=(0, 1))):
+        value, (gx, gy) = fun(x, y)
+        assert np.isfinite(value) and np.all(np.isfinite(gx)) and np.all(np.isfinite(gy))
+        np.testing.assert_allclose(gx + gy, 1.0)  # the two shares of each element add up to one
+    _, (gx, gy) = tg.value_and_grad(lambda x, y: np.sum(np.logaddexp(x, y)), argnums=(0, 1))(x, y)
+    np.testing.assert_allclose(gx, 1 / (1 + np.exp(y - x)))  # the softmax weight of x, exactly
+    assert gx[2] == pytest.approx(0.5, rel=1e-12) and gy[3] == 0.0
+
+
+def test_modulo_follows_numpy_signs_and_int_dtypes():
+    x = np.array([-3.5, -1.0, 0.0, 2.5, 7.0])
+    for y in (2.0, -2.0, 0.75):
+        np.testing.assert_array_equal(tg.jit(lambda x: x % y)(x), x % y)
+        np.testing.assert_array_equal(tg.jit(lambda x: y % (x + 10.0))(x), y % (x + 10.0))
+    n = np.array([-7, -1, 0, 5, 9])
+    got = tg.jit(lambda n: n % 4)(n)
+    assert got.dtype == (n % 4).dtype
+    np.testing.assert_array_equal(got, n % 4)
