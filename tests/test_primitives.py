@@ -26,6 +26,15 @@ UNARY_SHAPES = [(SCALAR,), (VECTOR,), (MATRIX,)]
 BINARY_SHAPES = [(SCALAR, SCALAR), (VECTOR, VECTOR), (MATRIX, ROW), (MATRIX, SCALAR), (ROW, MATRIX)]
 
 
+def unary(fn, domain="real"):
+    """Cases of a one-input function at every shape (for ``CASES``; elementwise primitives need none)."""
+    return [(fn, shapes, domain) for shapes in UNARY_SHAPES]
+
+
+def binary(fn, domain="real"):
+    return [(fn, shapes, domain) for shapes in BINARY_SHAPES]
+
+
 def arity(prim):
     """How many inputs an elementwise primitive takes: its NumPy ufunc's, else its VJP rule's."""
     ufuncs = [f for f, p in NUMPY_FUNCTIONS.items() if p is prim and isinstance(f, np.ufunc)]
@@ -161,6 +170,10 @@ CASES = {
 GENERATED = {name: generated_cases(prim) for name, prim in PRIMITIVES.items() if generated_cases(prim)}
 ALL_CASES = {name: GENERATED.get(name, []) + CASES.get(name, []) for name in sorted(set(GENERATED) | set(CASES))}
 PARAMS = [pytest.param(name, i, id=f"{name}-{i}") for name in ALL_CASES for i in range(len(ALL_CASES[name]))]
+
+
+def draw(shape, domain, rng, dtype=np.float64):
+    return sample(domain, shape, rng, dtype)
 
 
 def make_case(name, i, dtype=np.float64, seed=0):
