@@ -538,7 +538,7 @@ class _Scene:
         text = (source.line or f"line {source.lineno}") if source is not None else "(no source line)"
         if len(text) > 60:
             text = text[:57] + "..."
-        where = f"{os.path.basename(source.filename)}:{source.lineno} · " if source is not None else ""
+        where = f"{source.short()} · " if source is not None else ""
         count = f"{len(members)} operation" + ("s" if len(members) != 1 else "")
         prefix = "backward of " if members[0].backward else ""
         style = _rounded(BACKWARD_STYLE if members[0].backward else FORWARD_STYLE)
@@ -598,7 +598,7 @@ class _Scene:
         body = loose + [statements[key] for key in statements if key not in box_of]
         for k, (line, members) in enumerate((line, m) for line, m in boxes.items() if len(m) > 1):
             source = next(n.source for n in self.nodes if _line_key(n) == line)
-            title = f"{os.path.basename(source.filename)}:{source.lineno}  {source.line}" if source else "no source line"
+            title = f"{source.short()}  {source.line}" if source else "no source line"
             body.append(f"subgraph cluster_{k} {{")
             body.append(f'  label={_quote(title)}; style="dashed,rounded"; color="#8a8a8a"; fontcolor="#555555";')
             body += ["  " + statements[key] for key in members] + ["  " + label for label in inside.get(line, [])]
