@@ -6,6 +6,8 @@ straight to the compiled Numba function.
 """
 from __future__ import annotations
 
+import inspect
+
 import functools
 from collections import OrderedDict
 import os
@@ -98,7 +100,11 @@ class Compiled:
     """One specialisation of a transformed function: its graph, generated module and Numba function.
 
     ``dispatcher`` is a ``numba.njit`` function: call it from your own ``@numba.njit`` code with the
-    flattened arguments followed by ``captured()`` (arrays the function reads from its closure or globals).
+    flattened arguments (the leaves of each argument's pytree, a dict's keys sorted) followed by
+    ``captured()`` (arrays the function reads from its closure or globals); ``arguments()`` names them in
+    order. It always returns a tuple of arrays and scalars: for ``value_and_grad`` the value, then the
+    gradients' leaves; for ``grad`` the gradients' leaves; for ``jit`` the output's leaves (a 1-tuple for
+    one output). Called from Python with the wrong arguments it raises Numba's own ``TypeError``.
 
     ``timings`` holds the seconds each stage of making it took: ``trace``, ``autodiff``, ``passes``,
     ``codegen``, ``load`` (writing and importing the module) and, after the first call, ``numba``
@@ -147,7 +153,13 @@ class Compiled:
         return self.module.source
 
     def captured(self) -> list:
+        """The arrays the function reads from its closure or globals, as they are now: the dispatcher's
+        last parameters."""
         return [c.current() for c in self.traced.captures]
+
+    def arguments(self) -> list:
+        """The names of the dispatcher's parameters, in order (those of ``captured()`` last)."""
+        return list(inspect.signature(self.dispatcher.py_func).parameters)
 
     def run(self, leaves):
         args = [_to_kernel_arg(leaf) for leaf in leaves]

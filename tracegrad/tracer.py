@@ -21,7 +21,8 @@ from . import primitives  # noqa: F401  (registers the primitives)
 from .captures import is_users_function, owner_readers, path_readers, searchable
 from .core import MATH_FUNCTIONS, Builder, TracedArray, _to_atom
 from .errors import GradTypeError, TracegradError, TracingError, UnsupportedError, raised_at
-from .ir import Aval, Graph, Literal, Var, is_valid_name
+from .ir import Aval, Graph, Literal, Node, Var, is_valid_name
+from .primitives.constants import ConstantArray, constant
 from .pytree import TreeDef, flatten, leaf_paths, unflatten
 
 
@@ -116,15 +117,17 @@ def trace(fn, args: tuple, name: str | None = None) -> Traced:
     for var, hint in local_names.items():
         if var.hint is None:
             var.hint = hint
-    captures = _captures(builder, preparer.roots)
-    graph = Graph(builder.name, [t.var for t in inputs] + [c.var for c in captures], builder.nodes, outputs,
-                  n_args=len(inputs))
+    captures, constants = _captures(builder, preparer.roots)
+    graph = Graph(builder.name, [t.var for t in inputs] + [c.var for c in captures], constants + builder.nodes,
+                  outputs, n_args=len(inputs))
     return Traced(graph, in_tree, out_tree, captures)
 
 
-def _captures(builder, roots) -> list[Capture]:
+def _captures(builder, roots) -> tuple[list[Capture], list[Node]]:
     """How each captured array is read on a call: the readers the preparation made (closures, globals),
-    else a path from ``roots`` or the module or class keeping it (``captures``), else the array itself."""
+    else a path from ``roots`` or the module or class keeping it (``captures``), else the array itself;
+    and, for such arrays that are integer ranges (``np.arange(n)``, made in your code or a library's), a
+    node computing the range in the code instead."""
     readers = dict(builder.readers)
     unread = {id(value): value for _, value in builder.captured
               if id(value) not in readers and type(value) is np.ndarray}
@@ -136,8 +139,18 @@ def _captures(builder, roots) -> list[Capture]:
             var.hint = name  # self.W is named W
         del unread[key]
     readers.update(owner_readers(unread, builder))
-    return [Capture(var, readers[id(value)]) if id(value) in readers else Capture(var, _holder(value), True)
-            for var, value in builder.captured]
+    captures, constants = [], []
+    for var, value in builder.captured:
+        if id(value) in readers:
+            captures.append(Capture(var, readers[id(value)]))
+            continue
+        written = ConstantArray.of(value)  # a range (np.arange(n)) the code can compute itself
+        if written is None:
+            captures.append(Capture(var, _holder(value), True))
+        else:
+            use = next((node.source for node in builder.nodes if var in node.inputs and node.source), None)
+            constants.append(Node(constant, (), dict(value=written), var, use))
+    return captures, constants
 
 
 def _explained(exc, note, name):
