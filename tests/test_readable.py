@@ -53,3 +53,41 @@ def test_the_dispatcher_of_jit_returns_a_tuple_even_for_one_output():
     def twice(x):
         return kernel(x)[0] * 2.0
     assert twice(np.ones(3)) == 6.0
+
+
+def predict(params, X):
+    hidden = np.maximum(X @ params["W1"] + params["b1"], 0.0)
+    return hidden @ params["W2"] + params["b2"]
+
+
+def layer(x, W):
+    h = np.tanh(x @ W)
+    return h
+
+
+def loss_through_helpers(params, X, y):
+    scores = predict(params, X)
+    h = layer(scores, np.eye(3))
+    out = layer(h, np.eye(3) * 0.5)
+    return tg.nn.softmax_cross_entropy(out, y)
+
+
+def test_values_named_in_helpers_keep_their_names_in_the_graph_the_source_and_drawings():
+    args = mlp_args()
+    graph = tg.make_graph(loss_through_helpers, *args)
+    names = set(graph.names().values())
+    assert {"hidden", "scores", "h", "out"} <= names  # `hidden` lives in predict only
+    source = tg.source(tg.grad(loss_through_helpers), *args)
+    assert "hidden = np.empty((6, 5))" in source or "hidden[i0, i1] = " in source
+    assert "grad_hidden = " in source and "grad_scores" in source
+    dot = tg.draw(loss_through_helpers, *args, by_line="none").dot
+    assert "hidden: f64[6,5]" in dot
+
+
+def test_a_helper_local_whose_name_is_taken_is_prefixed_by_the_helper():
+    def two_layers(x, W):
+        h = layer(x, W)        # the first call's `h` is this h
+        g = layer(h, W) * 2.0  # the second call's `h` is not g: it is named layer_h
+        return np.sum(g)
+    graph = tg.make_graph(two_layers, np.ones((2, 3)), np.eye(3))
+    assert {"h", "layer_h", "g"} <= set(graph.names().values())

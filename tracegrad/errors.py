@@ -65,16 +65,27 @@ def _is_internal(filename: str) -> bool:
     return path.startswith(_PACKAGE_DIR + os.sep) or path.startswith(_NUMPY_DIR + os.sep)
 
 
-def user_source() -> SourceInfo | None:
-    """The innermost frame on the stack that is neither tracegrad's nor NumPy's: the user's line."""
+def user_frame():
+    """The innermost frame on the stack that is neither tracegrad's nor NumPy's: the user's code."""
     frame = sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename
         if not filename.startswith("<frozen") and not _is_internal(filename):
-            line = linecache.getline(filename, frame.f_lineno).strip()
-            return SourceInfo(filename, frame.f_lineno, line)
+            return frame
         frame = frame.f_back
     return None
+
+
+def frame_source(frame) -> SourceInfo:
+    """The line ``frame`` is at."""
+    filename = frame.f_code.co_filename
+    return SourceInfo(filename, frame.f_lineno, linecache.getline(filename, frame.f_lineno).strip())
+
+
+def user_source() -> SourceInfo | None:
+    """The user's line: where the innermost frame that is neither tracegrad's nor NumPy's is."""
+    frame = user_frame()
+    return frame_source(frame) if frame is not None else None
 
 
 def raised_at(exc: BaseException) -> SourceInfo | None:

@@ -346,20 +346,45 @@ def _contents(cell):
         return None
 
 
+def _name_helper_locals(helpers: list, builder, names: dict) -> None:
+    """Add to ``names`` the local variables of the frames of ``helpers`` (functions of the user's the traced
+    function called) that hold values not named yet, prefixed by the helper's name where the plain name
+    is taken (``predict_hidden``)."""
+    taken = set(names.values())
+    for helper in helpers:
+        prefix = helper.f_code.co_name
+        for name, value in helper.f_locals.items():
+            if (isinstance(value, TracedArray) and value.builder is builder and is_valid_name(name)
+                    and value.var not in names):
+                if name in taken and is_valid_name(f"{prefix}_{name}"):
+                    name = f"{prefix}_{name}"
+                names[value.var] = name
+                taken.add(name)
+
+
 def _call_recording_locals(fn, args, builder):
     """Call ``fn(*args)`` and return its result and {Var: the local variable name that held it}.
 
-    The builder keeps the function's frame (found when the first node is recorded); once the function
-    has returned, the frame still holds its final local variables.
+    The builder keeps the function's frame (found when the first node is recorded), and the frames of
+    the user's other functions that recorded nodes (helpers it called); once they have returned, the
+    frames still hold their final local variables. The function's own names come first.
     """
     fn_ = fn.func if isinstance(fn, functools.partial) else fn
     # a wrapper made with functools.wraps (static arguments bound) runs the user's code: its frame is watched
     builder.watch = getattr(getattr(fn_, "__wrapped__", fn_), "__code__", None)
-    result = fn(*args)
-    frame, builder.watch, builder.watched_frame = builder.watched_frame, None, None
+    try:
+        result = fn(*args)
+    finally:
+        frame, builder.watch, builder.watched_frame = builder.watched_frame, None, None
+        helpers, builder.helper_frames = list(builder.helper_frames.values()), {}
     names: dict = {}
     if frame is not None:
         for name, value in frame.f_locals.items():
             if isinstance(value, TracedArray) and value.builder is builder and is_valid_name(name):
                 names.setdefault(value.var, name)
+    # then the locals of the user's helpers it called (predict's `hidden`)
+    _name_helper_locals(helpers, builder, names)
+    # the frames form a cycle with this one (f_back): let go of them now, not when the collector runs, so
+    # that the arrays in their locals are not taken for arrays the user keeps (captures.owner_readers)
+    del frame, helpers
     return result, names
