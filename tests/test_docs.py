@@ -106,4 +106,4 @@ def test_every_primitive_is_in_the_primitive_list():
     ours = [name for name, prim in PRIMITIVES.items() if prim.ref.__module__.startswith("tracegrad.primitives")]
     missing = [name for name in ours if f"`{name}`" not in text]
     assert not missing, f"add these primitives to docs/guide/primitives.md: {missing}"
-    assert tg.sigmoid.name in ours
+    assert "sigmoid" in ours
