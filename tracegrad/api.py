@@ -541,9 +541,7 @@ class Function:
     def _transform(self, traced: Traced, args, wrt):
         """The graph to compile, and how to turn its flat outputs back into this function's results."""
         graph, out_tree = traced.graph, traced.out_tree
-        for i, out in enumerate(graph.outputs):
-            if isinstance(out, Var) and out.hint is None and out not in graph.inputs:
-                out.hint = "out" if len(graph.outputs) == 1 else f"out{i}"
+        name_outputs(graph)
         if self.mode == "jit":
             outs = list(graph.outputs)
 
@@ -766,6 +764,15 @@ def jit(fun: Callable, *, debug_nans: bool | None = None, compile: str | None = 
     return Function(fun, "jit", debug_nans=debug_nans, compile=compile)
 
 
+def name_outputs(graph: Graph) -> Graph:
+    """Name the graph's unnamed results ``out`` (``out0``, ``out1``, ... for several), as the generated code,
+    the printout and drawings call them."""
+    for i, out in enumerate(graph.outputs):
+        if isinstance(out, Var) and out.hint is None and out not in graph.inputs:
+            out.hint = "out" if len(graph.outputs) == 1 else f"out{i}"
+    return graph
+
+
 def make_graph(fun: Callable, *args) -> Graph:
     """The graph of ``fun`` for arguments like ``args``, without running it (like ``jax.make_jaxpr``).
 
@@ -778,14 +785,14 @@ def make_graph(fun: Callable, *args) -> Graph:
     >>> print(tg.make_graph(f, 3.0, 2.0))
     graph f(x: f64[], y: f64[]):
       s0: f64[] = mul x y
-      s1: f64[] = add s0 y
-      return s1
+      out: f64[] = add s0 y
+      return out
     """
     if isinstance(fun, (Function, StaticArgs)):
         return fun.graph(*args)
     if not callable(fun):
         raise GradTypeError(f"make_graph expects a function, got {type(fun).__name__}")
-    return trace(fun, args).graph
+    return name_outputs(trace(fun, args).graph)
 
 
 def source(fun: Callable, *args) -> str:

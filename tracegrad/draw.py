@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-from .api import Function, value_and_grad
+from .api import Function, name_outputs, value_and_grad
 from .autodiff import value_and_grad_graph
 from .errors import DataError, GradTypeError, TracegradError
 from .interpret import evaluate
@@ -232,7 +232,7 @@ def _graph_and_inputs(fun, args, backward, need_inputs):
         return compiled.graph, leaves + compiled.captured()
     base = fun.fun if isinstance(fun, Function) else fun
     traced = trace(base, args)
-    return traced.graph, leaves + [c.current() for c in traced.captures]
+    return name_outputs(traced.graph), leaves + [c.current() for c in traced.captures]
 
 
 def _grad_function(fun, args) -> Function:
