@@ -1,4 +1,4 @@
-"""The lecture notes' worked examples 1-7 (LECTURES.md), run through tracegrad.
+"""The lecture notes' worked examples 1-7 (docs/LECTURES.md), run through tracegrad.
 
 Each example is written the way a student would write it, in plain NumPy. For each one we print the
 graph of its value-and-gradient function, the flat Python source tracegrad generates (and Numba

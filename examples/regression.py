@@ -1,4 +1,4 @@
-"""A regression network (LECTURES.md, example 10): one hidden layer of sigmoid units, squared error.
+"""A regression network (docs/LECTURES.md, example 10): one hidden layer of sigmoid units, squared error.
 
     a = W x + b,   h = sigmoid(a),   y_hat = V h + c,   E = (y_hat - y)^2
 

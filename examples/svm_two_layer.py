@@ -1,4 +1,4 @@
-"""A two-layer network with the multiclass SVM loss (LECTURES.md, example 9).
+"""A two-layer network with the multiclass SVM loss (docs/LECTURES.md, example 9).
 
     s = W2 max(0, W1 x) + b2,      L_i = sum_{j != y_i} max(0, s_j - s_{y_i} + 1)
     L(W1, W2) = (1/N) sum_i L_i + lam R(W1) + lam R(W2),   R(W) = sum W^2

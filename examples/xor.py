@@ -1,4 +1,4 @@
-"""XOR (LECTURES.md, example 8): no line separates it; one hidden layer of sigmoid units does.
+"""XOR (docs/LECTURES.md, example 8): no line separates it; one hidden layer of sigmoid units does.
 
 First a linear model, sigmoid(x . w + b) trained on binary cross-entropy, gets stuck: the best it
 can do is to answer 0.5 everywhere (loss log 2 = 0.693). Then a 2-3-1 network with sigmoid hidden

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import tracegrad as tg
-from tracegrad.draw import GRAD_COLOR, VALUE_COLOR, MissingDependencyError
+from tracegrad.draw import GRAD_COLOR, MAX_INCHES, VALUE_COLOR, Drawing, MissingDependencyError
 
 try:
     import graphviz  # noqa: F401
@@ -200,7 +200,7 @@ def test_collapsed_backward_keeps_forward_and_backward_lines_apart(monkeypatch):
 
 
 def test_lines_with_several_operations_are_boxed_and_single_ones_are_not():
-    d = tg.draw(loss, *loss_args())
+    d = tg.draw(loss, *loss_args(), by_line="cluster")
     titles = re.findall(r'label="test_draw.py:\d+  (.*?)";', d.dot)
     assert titles == ["p = 1 / (1 + np.exp(-(X @ W)))",
                       "return -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))"]
@@ -208,6 +208,50 @@ def test_lines_with_several_operations_are_boxed_and_single_ones_are_not():
     assert "subgraph cluster" not in tg.draw(loss, *loss_args(), by_line="none").dot
     with pytest.raises(ValueError, match="by_line"):
         tg.draw(loss, *loss_args(), by_line="lines")
+
+
+def xor_network(params, X, y):
+    h = tg.sigmoid(X @ params["W1"] + params["b1"])
+    logit = h @ params["w2"] + params["b2"]
+    return tg.nn.binary_cross_entropy_with_logits(logit, y)
+
+
+def xor_args():
+    rng = np.random.default_rng(1)
+    params = {"W1": rng.normal(size=(2, 3)), "b1": np.zeros(3), "w2": rng.normal(size=3), "b2": np.zeros(())}
+    return params, np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]]), np.array([0.0, 1.0, 1.0, 0.0])
+
+
+def mlp(params, X, y):
+    hidden = np.maximum(X @ params["W1"] + params["b1"], 0.0)
+    logits = hidden @ params["W2"] + params["b2"]
+    return tg.nn.softmax_cross_entropy(logits, y)
+
+
+def mlp_args():
+    rng = np.random.default_rng(2)
+    params = {"W1": rng.normal(size=(4, 16)), "b1": np.zeros(16), "W2": rng.normal(size=(16, 3)), "b2": np.zeros(3)}
+    return params, rng.normal(size=(8, 4)), rng.integers(0, 3, 8)
+
+
+def test_a_network_is_drawn_top_to_bottom_with_its_library_calls_as_one_node_each():
+    d = tg.draw(xor_network, *xor_args(), values=True, grads=True)
+    assert "rankdir=TB" in d.dot and "rankdir=LR" in tg.draw(neuron, *NEURON_ARGS).dot
+    lines = re.findall(r"^\s*l\d+ \[shape=box.*label=<(.*?)<BR/>", d.dot, re.M)
+    assert lines == ["return tg.nn.binary_cross_entropy_with_logits(logit, y)"]  # the loss's many operations
+    assert sorted(op_nodes(d.dot).values()) == ["+", "+", "@", "@", "σ"]  # the user's own lines, in full
+    titles = [t.replace('\\"', '"') for t in re.findall(r'label="test_draw.py:\d+  (.*?)";', d.dot)]
+    assert titles == ['h = tg.sigmoid(X @ params["W1"] + params["b1"])',
+                      'logit = h @ params["w2"] + params["b2"]']
+    assert d.collapsed and d.note.startswith("10 of 15 operations drawn as the 1 source line holding them")
+    wire = [dst for src, dst in edges(d.dot) if src == "l0"]  # the loss leaves the line's node ...
+    assert len(wire) == 1 and ("l0", wire[0]) in edges(d.dot) and (wire[0], "o0") in edges(d.dot)
+    assert labels(d.dot)[wire[0]][1] == "1"  # ... with gradient 1
+    every = tg.draw(xor_network, *xor_args(), by_line="none")
+    assert len(op_nodes(every.dot)) == 15 and not every.collapsed
+    assert "rankdir=LR" in tg.draw(xor_network, *xor_args(), direction="LR").dot
+    with pytest.raises(ValueError, match="direction"):
+        tg.draw(neuron, *NEURON_ARGS, direction="up")
 
 
 # ------------------------------------------------------------------------------ other inputs
@@ -274,6 +318,30 @@ def test_pictures_render(tmp_path):
     assert open(d.save(tmp_path / "n.png"), "rb").read(4) == b"\x89PNG"
     assert "<svg" in open(d.save(tmp_path / "n.svg")).read()
     assert "image/svg+xml" in d._repr_mimebundle_()
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+@needs_graphviz
+@pytest.mark.parametrize("case", ["xor", "xor backward", "mlp", "mlp backward", "deep backward"])
+def test_pictures_of_networks_stay_readable_in_size(case):
+    drawings = {
+        "xor": lambda: tg.draw(xor_network, *xor_args(), values=True, grads=True),
+        "xor backward": lambda: tg.draw(xor_network, *xor_args(), backward=True),
+        "mlp": lambda: tg.draw(mlp, *mlp_args(), values=True, grads=True),
+        "mlp backward": lambda: tg.draw(mlp, *mlp_args(), backward=True, values=True),
+        "deep backward": lambda: tg.draw(deep, np.eye(3), np.ones(3), backward=True, values=True),
+    }
+    d = drawings[case]()
+    width, height = png_size(d.png())
+    assert 300 <= width <= 2000 and height <= 3300, (width, height)  # 110 dpi: 18 x 30 inches at most
+    # that bound scales a picture down: the layout itself must need little of it, or the text gets small
+    natural = Drawing(d.dot.replace(f'size="{MAX_INCHES}", ', ""), d.graph)
+    width, height = png_size(natural.png())
+    assert 300 <= width <= 2600 and height <= 3300, (width, height)
 
 
 @needs_graphviz

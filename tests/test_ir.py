@@ -15,8 +15,8 @@ def test_graph_prints_with_avals():
     assert text.splitlines() == [
         "graph <lambda>(x: f32[2,3], y: f32[3]):",
         "  s0: f32[2,3] = mul x y",
-        "  s1: f32[] = reduce_sum[axes=(0, 1)] s0",
-        "  return s1",
+        "  out: f32[] = reduce_sum[axes=(0, 1)] s0",
+        "  return out",
     ]
 
 

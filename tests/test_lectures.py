@@ -1,4 +1,4 @@
-"""The worked examples of the lecture notes (shared/LECTURES.md), with their exact numbers."""
+"""The worked examples of the lecture notes (docs/LECTURES.md), with their exact numbers."""
 import math
 
 import numpy as np

@@ -53,7 +53,7 @@ EXPECTED = {
         "softmax_cross_entropy  passed=True",
         "two_layer              passed=True",
         "FAILED: 3 of 3 entries out of tolerance",
-        "3.3 * x",
+        "grad_s2 * 3.3 * s3",
         "a kink lies within the finite-difference step",
         "gradient: [1.  nan 0.5]",
         "is not finite (forward pass)",
@@ -102,6 +102,18 @@ def outputs(nb):
 def test_every_notebook_is_tested():
     names = sorted(f[:-6] for f in os.listdir(NOTEBOOKS) if f.endswith(".ipynb"))
     assert names == sorted(EXPECTED), names
+
+
+PUBLIC = {"tracegrad", "tracegrad.nn", "tracegrad.optim", "tracegrad.kernels"}  # kernels: what generated code imports
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_notebooks_use_only_the_public_api(name):
+    import re
+    nb = nbformat.read(os.path.join(NOTEBOOKS, name + ".ipynb"), as_version=4)
+    code = "\n".join(cell.source for cell in nb.cells if cell.cell_type == "code")
+    modules = set(re.findall(r"^\s*(?:from|import)\s+(tracegrad[\w.]*)", code, re.M))
+    assert modules <= PUBLIC, f"{name} imports internals: {sorted(modules - PUBLIC)}"
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

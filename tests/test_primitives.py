@@ -165,6 +165,9 @@ CASES = {
     # a function with its own backward (the notes' module): here the plain rule, so differences agree
     "custom_vjp_call": [(lambda x, y: _gate(x, y) + _gate(y, x * y), (VECTOR, VECTOR), "real")],
     "stop_gradient": [(lambda x: tg.stop_gradient(x) * 0.0 + x, (VECTOR,), "real")],
+    # ranges the function makes itself are computed by the code: np.arange(n), with a start and a step
+    "constant": [(lambda x: x[np.arange(2), np.array([2, 0])], (MATRIX,), "real"),
+                 (lambda x: x * np.arange(1, 4) + x[::-1] * np.arange(5, -1, -2), (VECTOR,), "real")],
 }
 
 GENERATED = {name: generated_cases(prim) for name, prim in PRIMITIVES.items() if generated_cases(prim)}

@@ -21,9 +21,8 @@ from .captures import HeldArrayWarning
 from .loops import fori_loop, scan, while_loop
 from .transforms import hessian, hvp, jacfwd, jacobian, jacrev, jvp, linearize, vjp, vmap
 from .custom import custom_vjp
-from .primitives.elementwise import sigmoid
-from .primitives.structural import stop_gradient
 from . import nn, optim
+from .nn import sigmoid, stop_gradient
 from .errors import DataError, NonFiniteTrainingError, TrainingError, TrainingInterrupted
 from .train import History, fit
 from .draw import Drawing, MissingDependencyError, draw

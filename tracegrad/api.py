@@ -6,6 +6,8 @@ straight to the compiled Numba function.
 """
 from __future__ import annotations
 
+import inspect
+
 import functools
 from collections import OrderedDict
 import os
@@ -98,7 +100,11 @@ class Compiled:
     """One specialisation of a transformed function: its graph, generated module and Numba function.
 
     ``dispatcher`` is a ``numba.njit`` function: call it from your own ``@numba.njit`` code with the
-    flattened arguments followed by ``captured()`` (arrays the function reads from its closure or globals).
+    flattened arguments (the leaves of each argument's pytree, a dict's keys sorted) followed by
+    ``captured()`` (arrays the function reads from its closure or globals); ``arguments()`` names them in
+    order. It always returns a tuple of arrays and scalars: for ``value_and_grad`` the value, then the
+    gradients' leaves; for ``grad`` the gradients' leaves; for ``jit`` the output's leaves (a 1-tuple for
+    one output). Called from Python with the wrong arguments it raises Numba's own ``TypeError``.
 
     ``timings`` holds the seconds each stage of making it took: ``trace``, ``autodiff``, ``passes``,
     ``codegen``, ``load`` (writing and importing the module) and, after the first call, ``numba``
@@ -147,7 +153,13 @@ class Compiled:
         return self.module.source
 
     def captured(self) -> list:
+        """The arrays the function reads from its closure or globals, as they are now: the dispatcher's
+        last parameters."""
         return [c.current() for c in self.traced.captures]
+
+    def arguments(self) -> list:
+        """The names of the dispatcher's parameters, in order (those of ``captured()`` last)."""
+        return list(inspect.signature(self.dispatcher.py_func).parameters)
 
     def run(self, leaves):
         args = [_to_kernel_arg(leaf) for leaf in leaves]
@@ -529,9 +541,7 @@ class Function:
     def _transform(self, traced: Traced, args, wrt):
         """The graph to compile, and how to turn its flat outputs back into this function's results."""
         graph, out_tree = traced.graph, traced.out_tree
-        for i, out in enumerate(graph.outputs):
-            if isinstance(out, Var) and out.hint is None and out not in graph.inputs:
-                out.hint = "out" if len(graph.outputs) == 1 else f"out{i}"
+        name_outputs(graph)
         if self.mode == "jit":
             outs = list(graph.outputs)
 
@@ -754,6 +764,15 @@ def jit(fun: Callable, *, debug_nans: bool | None = None, compile: str | None = 
     return Function(fun, "jit", debug_nans=debug_nans, compile=compile)
 
 
+def name_outputs(graph: Graph) -> Graph:
+    """Name the graph's unnamed results ``out`` (``out0``, ``out1``, ... for several), as the generated code,
+    the printout and drawings call them."""
+    for i, out in enumerate(graph.outputs):
+        if isinstance(out, Var) and out.hint is None and out not in graph.inputs:
+            out.hint = "out" if len(graph.outputs) == 1 else f"out{i}"
+    return graph
+
+
 def make_graph(fun: Callable, *args) -> Graph:
     """The graph of ``fun`` for arguments like ``args``, without running it (like ``jax.make_jaxpr``).
 
@@ -766,14 +785,14 @@ def make_graph(fun: Callable, *args) -> Graph:
     >>> print(tg.make_graph(f, 3.0, 2.0))
     graph f(x: f64[], y: f64[]):
       s0: f64[] = mul x y
-      s1: f64[] = add s0 y
-      return s1
+      out: f64[] = add s0 y
+      return out
     """
     if isinstance(fun, (Function, StaticArgs)):
         return fun.graph(*args)
     if not callable(fun):
         raise GradTypeError(f"make_graph expects a function, got {type(fun).__name__}")
-    return trace(fun, args).graph
+    return name_outputs(trace(fun, args).graph)
 
 
 def source(fun: Callable, *args) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ShapeError, SourceInfo, TracingError, UnsupportedError, user_source
+from .errors import ShapeError, SourceInfo, TracingError, UnsupportedError, frame_source, user_frame, user_source
 from .ir import Aval, Literal, Node, Var
 from .registry import PRIMITIVES, Primitive
 
@@ -30,6 +30,7 @@ class Builder:
         self.backward = False  # set while autodiff records a backward pass
         self.watch = None  # the code object of the function being traced ...
         self.watched_frame = None  # ... and its frame, found on the stack when it records its first node
+        self.helper_frames: dict = {}  # id -> frame of the user's other functions (helpers) that recorded nodes
 
     def __enter__(self):
         self.parent = _state.builder
@@ -74,7 +75,13 @@ class Builder:
                 frame = frame.f_back
             self.watched_frame = frame
         outs = tuple(Var(a) for a in aval) if prim.multiple_results else (Var(aval),)
-        source = self.source if self.source is not None or self.backward else user_source()
+        if self.source is not None or self.backward:
+            source = self.source
+        else:
+            frame = user_frame()
+            source = frame_source(frame) if frame is not None else None
+            if frame is not None and frame.f_code is not self.watch and self.watch is not None:
+                self.helper_frames.setdefault(id(frame), frame)  # its locals name values when it returns
         self.nodes.append(Node(prim, inputs, params, outs[0], source, self.group, self.backward, also=outs[1:]))
         return outs if prim.multiple_results else outs[0]
 

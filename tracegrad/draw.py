@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-from .api import Function, value_and_grad
+from .api import Function, name_outputs, value_and_grad
 from .autodiff import value_and_grad_graph
 from .errors import DataError, GradTypeError, TracegradError
 from .interpret import evaluate
@@ -31,6 +31,10 @@ from .tracer import aval_of, trace
 __all__ = ["draw", "Drawing", "MissingDependencyError"]
 
 BY_LINE = ("auto", "none", "cluster", "collapse")
+DIRECTIONS = ("auto", "LR", "TB")
+SMALL_GRAPH = 12  # graphs of up to this many forward operations: left to right, every operation a node
+CROWDED_LINE = 4  # in larger graphs, a source line of more operations than this is drawn as one node
+MAX_INCHES = "18,30"  # rendered pictures are scaled down to fit (about 2,000 pixels wide at 110 dpi)
 MAX_ELEMENTS = 6  # arrays up to this size (and matrices up to 4 x 4) are written out in full on an edge
 
 VALUE_COLOR = "#1b7a2e"
@@ -133,7 +137,7 @@ def _render(dot: str, format: str) -> bytes:
 
 
 def draw(fun, *args, backward: bool = False, values: bool = False, grads: bool = False,
-         by_line: str = "auto", max_nodes: int = 80, precision: int = 3) -> Drawing:
+         by_line: str = "auto", max_nodes: int = 80, precision: int = 3, direction: str = "auto") -> Drawing:
     """Draw the graph of ``fun`` for arguments like ``args``: operations as nodes, values as edges.
 
     ``fun`` is a plain function, a ``grad``/``value_and_grad``/``jit`` function, or a ``Graph`` (then
@@ -142,8 +146,15 @@ def draw(fun, *args, backward: bool = False, values: bool = False, grads: bool =
     nodes in red and named as in ``tg.source``. ``values=True`` writes on each edge the value it carries at
     ``args``; ``grads=True`` writes under it the gradient of the (first) output with respect to it.
     ``by_line`` is ``"auto"``, ``"none"``, ``"cluster"`` (box the operations of each source line) or
-    ``"collapse"`` (one node per source line); ``"auto"`` collapses graphs of more than ``max_nodes``
-    operations and clusters those where a line holds several operations.
+    ``"collapse"`` (one node per source line). ``"auto"`` draws a small graph (up to ``SMALL_GRAPH``
+    forward operations) operation by operation, boxing the lines that hold several; in a larger
+    one, a line of more than ``CROWDED_LINE`` operations (a library call such as a loss) becomes one node
+    that shows the line, and the other lines are drawn operation by operation; past ``max_nodes``
+    operations every line is one node.
+    ``direction`` is ``"LR"`` (left to right, as the lectures draw a small graph), ``"TB"`` (top to
+    bottom, which keeps a network's picture narrow) or ``"auto"``: ``"LR"`` for small graphs whose edges
+    carry short texts (no values asked for, or none of more than ``MAX_ELEMENTS`` numbers), else ``"TB"``.
+    Rendered pictures are bounded to ``MAX_INCHES`` (scaled down to fit).
 
     >>> import tracegrad as tg
     >>> def f(x, y):
@@ -162,6 +173,8 @@ def draw(fun, *args, backward: bool = False, values: bool = False, grads: bool =
     """
     if by_line not in BY_LINE:
         raise DataError(f"by_line must be one of {', '.join(map(repr, BY_LINE))}, got {by_line!r}")
+    if direction not in DIRECTIONS:
+        raise DataError(f"direction must be one of {', '.join(map(repr, DIRECTIONS))}, got {direction!r}")
     graph, inputs = _graph_and_inputs(fun, args, backward, need_inputs=values or grads)
     nodes = _expand(graph.nodes)
     # forward nodes first: a loop computing the forward sum and the gradients sits in the backward pass
@@ -172,25 +185,35 @@ def draw(fun, *args, backward: bool = False, values: bool = False, grads: bool =
         env, gradients = _annotations(graph, nodes, inputs, grads)
     scene = _Scene(graph, nodes, names, env if values else None, gradients if grads else None, precision)
     n_ops = len(nodes)
-    mode = by_line
+    per_line: dict = {}
+    for node in nodes:
+        key = _line_key(node)
+        per_line[key] = per_line.get(key, 0) + 1
+    small = sum(not node.backward for node in nodes) <= SMALL_GRAPH  # (its backward pass drawn or not)
+    mode, crowded = by_line, frozenset()
     if mode == "auto":
-        per_line = {}
-        for node in nodes:
-            key = _line_key(node)
-            per_line[key] = per_line.get(key, 0) + 1
-        crowded = any(count > 1 for (_, _, backward), count in per_line.items() if not backward)
-        mode = "collapse" if n_ops > max_nodes else ("cluster" if len(per_line) > 1 and crowded else "none")
+        several = any(count > 1 for (_, _, backward), count in per_line.items() if not backward)
+        mode = "collapse" if n_ops > max_nodes else ("cluster" if len(per_line) > 1 and several else "none")
+        if mode != "collapse" and not small:
+            crowded = frozenset(key for key, count in per_line.items() if count > CROWDED_LINE)
+    if direction == "auto":  # left to right while the values written on the edges stay short
+        short = not (values or grads) or all(var.aval.size <= MAX_ELEMENTS for node in nodes for var in node.outs)
+        direction = "LR" if small and short else "TB"
     note = None
     if mode == "collapse":
-        lines = len({_line_key(node) for node in nodes})
-        note = (f"{n_ops} operations drawn as {lines} source lines"
+        note = (f"{n_ops} operations drawn as {len(per_line)} source lines"
                 + (f" (more than max_nodes={max_nodes})" if by_line == "auto" else "")
                 + ": draw(..., by_line='none') shows every operation")
         body = scene.collapsed()
     else:
-        body = scene.detailed(cluster=mode == "cluster")
-    dot = _digraph(graph.name, body, note)
-    return Drawing(dot, graph, collapsed=mode == "collapse", note=note)
+        if crowded:
+            inside = sum(per_line[key] for key in crowded)
+            note = (f"{inside} of {n_ops} operations drawn as the {len(crowded)} source "
+                    f"line{'s' if len(crowded) > 1 else ''} holding them: draw(..., by_line='none') shows "
+                    "every operation")
+        body = scene.detailed(cluster=mode == "cluster", collapse=crowded)
+    dot = _digraph(graph.name, body, note, direction)
+    return Drawing(dot, graph, collapsed=mode == "collapse" or bool(crowded), note=note)
 
 
 def _graph_and_inputs(fun, args, backward, need_inputs):
@@ -210,7 +233,7 @@ def _graph_and_inputs(fun, args, backward, need_inputs):
         return compiled.graph, leaves + compiled.captured()
     base = fun.fun if isinstance(fun, Function) else fun
     traced = trace(base, args)
-    return traced.graph, leaves + [c.current() for c in traced.captures]
+    return name_outputs(traced.graph), leaves + [c.current() for c in traced.captures]
 
 
 def _grad_function(fun, args) -> Function:
@@ -245,7 +268,7 @@ def _names(graph: Graph, nodes: list) -> dict:
     """The display names ``tg.source`` and ``print(graph)`` use, for every value drawn; "" for the
     temporaries of one VJP rule that the generated code writes inline (``grad_L * (1.0 - L) * L``)."""
     names = assign_names(graph)
-    missing = [node.out for node in nodes if node.out not in names]
+    missing = [out for node in nodes for out in node.outs if out not in names]
     if missing:  # values inside nested bodies the naming does not reach: name them as a flat graph would
         flat = assign_names(Graph(graph.name, graph.inputs, nodes, graph.outputs, graph.n_args))
         names.update({var: flat[var] for var in missing})
@@ -273,15 +296,17 @@ def _annotations(graph: Graph, nodes: list, inputs: list, want_grads: bool):
         all_nodes = full.nodes
     else:
         all_nodes = nodes
-    everything = Graph(graph.name, graph.inputs, all_nodes, [node.out for node in all_nodes], graph.n_args)
+    everything = Graph(graph.name, graph.inputs, all_nodes, [out for node in all_nodes for out in node.outs],
+                       graph.n_args)
     results = evaluate(everything, *inputs)
     env = dict(zip(graph.inputs, (_as_array(v) for v in inputs)))
     env.update(zip(everything.outputs, results))
     gradients = {}
     if want_grads:
         for node in all_nodes:
-            if node.out.grad_of is not None:
-                gradients[node.out.grad_of] = env[node.out]
+            for out in node.outs:
+                if out.grad_of is not None:
+                    gradients[out.grad_of] = env[out]
     return env, gradients
 
 
@@ -299,10 +324,10 @@ def _line_key(node):
 # ---------------------------------------------------------------------------------------------- DOT text
 
 
-def _digraph(name: str, body: list, note: str | None) -> str:
+def _digraph(name: str, body: list, note: str | None, direction: str = "LR") -> str:
     head = [f"digraph {_quote(name)} {{",
-            '  graph [rankdir=LR, ordering=in, fontname="Helvetica", fontsize=10, nodesep=0.25, ranksep=0.45, '
-            'labelloc=b, labeljust=l'
+            f'  graph [rankdir={direction}, ordering=in, fontname="Helvetica", fontsize=10, nodesep=0.25, '
+            f'ranksep=0.45, size="{MAX_INCHES}", labelloc=b, labeljust=l'
             + (f", label={_quote(note)}" if note else "") + "];",
             '  node [fontname="Helvetica", fontsize=12, height=0.4, margin="0.06,0.03"];']
     return "\n".join(head + ["  " + line for line in body] + ["}"]) + "\n"
@@ -351,7 +376,7 @@ class _Scene:
     def __init__(self, graph, nodes, names, env, gradients, precision):
         self.graph, self.nodes, self.names = graph, nodes, names
         self.env, self.gradients, self.precision = env, gradients, precision
-        self.backward_values = {node.out for node in nodes if node.backward}
+        self.backward_values = {out for node in nodes if node.backward for out in node.outs}
         self.inputs = set(graph.inputs)
 
     # ------------------------------------------------------------------ labels
@@ -465,7 +490,7 @@ class _Scene:
         text = (source.line or f"line {source.lineno}") if source is not None else "(no source line)"
         if len(text) > 60:
             text = text[:57] + "..."
-        where = f"{os.path.basename(source.filename)}:{source.lineno} · " if source is not None else ""
+        where = f"{source.short()} · " if source is not None else ""
         count = f"{len(members)} operation" + ("s" if len(members) != 1 else "")
         prefix = "backward of " if members[0].backward else ""
         style = _rounded(BACKWARD_STYLE if members[0].backward else FORWARD_STYLE)
@@ -474,33 +499,44 @@ class _Scene:
 
     # ------------------------------------------------------------------ whole pictures
 
-    def detailed(self, cluster: bool) -> list[str]:
-        """Every operation a node. With ``cluster``, the forward operations of each source line that
-        holds several are boxed together, with the labels of the values that stay inside the box."""
+    def detailed(self, cluster: bool, collapse=frozenset()) -> list[str]:
+        """Every operation a node, except those of the source lines in ``collapse``: each of those lines
+        is one node that shows the line. With ``cluster``, the forward operations of each other line
+        that holds several are boxed together, with the labels of the values that stay inside the box."""
         producer = {var: f"i{i}" for i, var in enumerate(self.graph.inputs)}
         boxes: dict = {}  # line -> [node ids]
         box_of: dict = {}  # node id -> line
         loose = self.input_nodes()
         statements: dict = {}
+        keys, lines, members_of = [], {}, {}
         for i, node in enumerate(self.nodes):
-            key = f"n{i}"
-            producer[node.out] = key
-            statements[key] = self.op_node(key, node)
-            if cluster and not node.backward:  # boxes would fight the right-to-left flow of the backward pass
-                boxes.setdefault(_line_key(node), []).append(key)
+            line = _line_key(node)
+            if line in collapse:
+                key = lines.setdefault(line, f"l{len(lines)}")
+                members_of.setdefault(key, []).append(node)
+            else:
+                key = f"n{i}"
+                statements[key] = self.op_node(key, node)
+                if cluster and not node.backward:  # boxes would fight the right-to-left flow of the backward pass
+                    boxes.setdefault(line, []).append(key)
+            keys.append(key)
+            producer.update(dict.fromkeys(node.outs, key))
+        statements.update({key: self.line_node(key, members) for key, members in members_of.items()})
         for line, members in boxes.items():
             if len(members) > 1:  # a box around one operation says nothing
                 box_of.update({member: line for member in members})
         consumers: dict = {}
-        for i, node in enumerate(self.nodes):
+        for key, node in zip(keys, self.nodes):
             for atom in node.inputs:
-                if isinstance(atom, Var):
-                    consumers.setdefault(atom, []).append(f"n{i}")
+                if isinstance(atom, Var) and producer.get(atom) != key:  # not a value inside a collapsed line
+                    targets = consumers.setdefault(atom, [])
+                    if key not in targets or key not in members_of:  # x * x draws both edges; a line one
+                        targets.append(key)
         out_lines, ends = self.output_nodes()
         for var, key in ends:
             consumers.setdefault(var, []).append(key)
         edges, inside = [], {}
-        for k, var in enumerate(list(self.graph.inputs) + [node.out for node in self.nodes]):
+        for k, var in enumerate(list(self.graph.inputs) + [out for node in self.nodes for out in node.outs]):
             targets = consumers.get(var)
             if not targets:
                 continue
@@ -514,7 +550,7 @@ class _Scene:
         body = loose + [statements[key] for key in statements if key not in box_of]
         for k, (line, members) in enumerate((line, m) for line, m in boxes.items() if len(m) > 1):
             source = next(n.source for n in self.nodes if _line_key(n) == line)
-            title = f"{os.path.basename(source.filename)}:{source.lineno}  {source.line}" if source else "no source line"
+            title = f"{source.short()}  {source.line}" if source else "no source line"
             body.append(f"subgraph cluster_{k} {{")
             body.append(f'  label={_quote(title)}; style="dashed,rounded"; color="#8a8a8a"; fontcolor="#555555";')
             body += ["  " + statements[key] for key in members] + ["  " + label for label in inside.get(line, [])]
@@ -530,7 +566,7 @@ class _Scene:
             groups.setdefault(_line_key(node), []).append(node)
         for k, members in enumerate(groups.values()):
             body.append(self.line_node(f"l{k}", members))
-            producer.update({node.out: f"l{k}" for node in members})
+            producer.update({out: f"l{k}" for node in members for out in node.outs})
         out_lines, ends = self.output_nodes()
         body += out_lines
         crossing: dict = {}  # (from, to) -> the values that go from one line to the other, in graph order

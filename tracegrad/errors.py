@@ -19,10 +19,40 @@ class SourceInfo:
     line: str
 
     def short(self) -> str:
-        return f"{os.path.basename(self.filename)}:{self.lineno}"
+        """``file.py:12``, or ``In [3], line 2`` for a line of a notebook cell."""
+        cell = notebook_cell(self.filename)
+        return f"{cell}, line {self.lineno}" if cell else f"{os.path.basename(self.filename)}:{self.lineno}"
 
     def __str__(self) -> str:
-        return f"{self.filename}:{self.lineno}: {self.line}" if self.line else f"{self.filename}:{self.lineno}"
+        cell = notebook_cell(self.filename)
+        where = f"{cell}, line {self.lineno}" if cell else f"{self.filename}:{self.lineno}"
+        return f"{where}: {self.line}" if self.line else where
+
+
+_CELLS: dict = {}  # the file IPython compiled a cell to -> "In [n]", n as when tracegrad first met it
+
+
+def notebook_cell(filename: str) -> str | None:
+    """``"In [3]"`` when ``filename`` is the file IPython compiled the notebook cell ``In [3]`` to, else None.
+
+    IPython names a cell's file by a hash of the cell's text, so a cell run again unchanged has the same
+    file: it keeps the number it had when tracegrad first saw it, so that the generated code (whose
+    comments say where each line comes from, and which is cached by its text) stays the same.
+    """
+    if filename in _CELLS:
+        return _CELLS[filename]
+    label = None
+    shell_module = sys.modules.get("IPython")  # (not imported: not a notebook, and nothing to import)
+    if shell_module is not None:
+        try:
+            shell = shell_module.get_ipython()
+            named = shell.compile.format_code_name(filename) if shell is not None else None
+        except Exception:  # an IPython without it: the file's own name will do
+            named = None
+        if named and isinstance(named[1], str) and named[1].startswith("In[") and named[1].endswith("]"):
+            label = f"In [{named[1][3:-1].strip()}]"
+    _CELLS[filename] = label
+    return label
 
 
 def _is_internal(filename: str) -> bool:
@@ -35,16 +65,27 @@ def _is_internal(filename: str) -> bool:
     return path.startswith(_PACKAGE_DIR + os.sep) or path.startswith(_NUMPY_DIR + os.sep)
 
 
-def user_source() -> SourceInfo | None:
-    """The innermost frame on the stack that is neither tracegrad's nor NumPy's: the user's line."""
+def user_frame():
+    """The innermost frame on the stack that is neither tracegrad's nor NumPy's: the user's code."""
     frame = sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename
         if not filename.startswith("<frozen") and not _is_internal(filename):
-            line = linecache.getline(filename, frame.f_lineno).strip()
-            return SourceInfo(filename, frame.f_lineno, line)
+            return frame
         frame = frame.f_back
     return None
+
+
+def frame_source(frame) -> SourceInfo:
+    """The line ``frame`` is at."""
+    filename = frame.f_code.co_filename
+    return SourceInfo(filename, frame.f_lineno, linecache.getline(filename, frame.f_lineno).strip())
+
+
+def user_source() -> SourceInfo | None:
+    """The user's line: where the innermost frame that is neither tracegrad's nor NumPy's is."""
+    frame = user_frame()
+    return frame_source(frame) if frame is not None else None
 
 
 def raised_at(exc: BaseException) -> SourceInfo | None:

@@ -134,6 +134,11 @@ class Graph:
     def __str__(self) -> str:
         return format_graph(self)
 
+    def names(self) -> dict:
+        """{Var: name}: the names ``print(graph)`` and the generated code give the inputs and the values
+        computed at the top level (``x``, ``s3``, ``grad_x``)."""
+        return assign_names(self)
+
     def verify(self) -> "Graph":
         verify(self)
         return self

@@ -22,8 +22,8 @@ import math
 import numpy as np
 
 from .errors import DataError, ShapeError
-from .primitives.elementwise import sigmoid
-from .primitives.structural import stop_gradient
+from .primitives.elementwise import sigmoid as _sigmoid
+from .primitives.structural import stop_gradient as _stop_gradient
 from .pytree import flatten
 
 __all__ = [
@@ -34,6 +34,34 @@ __all__ = [
 ]
 
 # ---------------------------------------------------------------------------------------- activations
+
+
+def sigmoid(x):
+    """The logistic function 1 / (1 + exp(-x)), elementwise; also ``tg.sigmoid``.
+
+    Its derivative is (1 - y) * y with y = sigmoid(x), which is how the generated code writes the
+    backward pass (``grad_s3 = grad_L * (1.0 - L) * L``, as in the lecture notes). Stable for any x: no
+    overflow at -1000, exactly 0 and 1 far out. ``scipy.special.expit`` traces to the same operation.
+
+    >>> import tracegrad as tg
+    >>> float(tg.sigmoid(0.0)), float(tg.grad(tg.sigmoid)(0.0))
+    (0.5, 0.25)
+    """
+    return _sigmoid(x)
+
+
+def stop_gradient(x):
+    """``x`` itself, but no gradient flows back through it; also ``tg.stop_gradient``.
+
+    For quantities that shift a computation without changing its value, such as the maximum subtracted
+    in a stable softmax: ``np.exp(z - tg.stop_gradient(np.max(z)))``. The generated code uses the value
+    as it is and computes no gradient for it (the backward pass of that softmax never reads the max).
+
+    >>> import tracegrad as tg
+    >>> float(tg.grad(lambda x: x * tg.stop_gradient(x))(3.0))  # d/dx of x * c at c = 3
+    3.0
+    """
+    return _stop_gradient(x)
 
 
 def tanh(x):
@@ -59,7 +87,7 @@ def elu(x, alpha=1.0):
 
 def swish(x):
     """x * sigmoid(x) (also called SiLU)."""
-    return x * sigmoid(x)
+    return x * _sigmoid(x)
 
 
 def logsumexp(x, axis=None, keepdims=False):
@@ -70,7 +98,7 @@ def logsumexp(x, axis=None, keepdims=False):
     """
     # m is only a shift: the result does not depend on it (its gradient, 1 - sum(softmax), is zero), so no
     # gradient needs to flow through the max: stop_gradient saves the backward pass a max's tie-breaking.
-    m = stop_gradient(np.max(x, axis=axis, keepdims=True))
+    m = _stop_gradient(np.max(x, axis=axis, keepdims=True))
     out = m + np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True))
     if keepdims:
         return out
@@ -83,13 +111,13 @@ def log_softmax(x, axis=-1):
     Computed as (x - m) - log(sum(exp(x - m))), m the maximum (a constant shift, no gradient through it):
     subtracting m first keeps the digits that x - (m + log(...)) would lose when |x| is large.
     """
-    shifted = x - stop_gradient(np.max(x, axis=axis, keepdims=True))
+    shifted = x - _stop_gradient(np.max(x, axis=axis, keepdims=True))
     return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
 
 
 def softmax(x, axis=-1):
     """exp(x) / sum(exp(x)) along ``axis``, with the maximum subtracted first."""
-    e = np.exp(x - stop_gradient(np.max(x, axis=axis, keepdims=True)))
+    e = np.exp(x - _stop_gradient(np.max(x, axis=axis, keepdims=True)))
     return e / np.sum(e, axis=axis, keepdims=True)
 
 

@@ -21,7 +21,8 @@ from . import primitives  # noqa: F401  (registers the primitives)
 from .captures import is_users_function, owner_readers, path_readers, searchable
 from .core import MATH_FUNCTIONS, Builder, TracedArray, _to_atom
 from .errors import GradTypeError, TracegradError, TracingError, UnsupportedError, raised_at
-from .ir import Aval, Graph, Literal, Var, is_valid_name
+from .ir import Aval, Graph, Literal, Node, Var, is_valid_name
+from .primitives.constants import ConstantArray, constant
 from .pytree import TreeDef, flatten, leaf_paths, unflatten
 
 
@@ -116,15 +117,17 @@ def trace(fn, args: tuple, name: str | None = None) -> Traced:
     for var, hint in local_names.items():
         if var.hint is None:
             var.hint = hint
-    captures = _captures(builder, preparer.roots)
-    graph = Graph(builder.name, [t.var for t in inputs] + [c.var for c in captures], builder.nodes, outputs,
-                  n_args=len(inputs))
+    captures, constants = _captures(builder, preparer.roots)
+    graph = Graph(builder.name, [t.var for t in inputs] + [c.var for c in captures], constants + builder.nodes,
+                  outputs, n_args=len(inputs))
     return Traced(graph, in_tree, out_tree, captures)
 
 
-def _captures(builder, roots) -> list[Capture]:
+def _captures(builder, roots) -> tuple[list[Capture], list[Node]]:
     """How each captured array is read on a call: the readers the preparation made (closures, globals),
-    else a path from ``roots`` or the module or class keeping it (``captures``), else the array itself."""
+    else a path from ``roots`` or the module or class keeping it (``captures``), else the array itself;
+    and, for such arrays that are integer ranges (``np.arange(n)``, made in your code or a library's), a
+    node computing the range in the code instead."""
     readers = dict(builder.readers)
     unread = {id(value): value for _, value in builder.captured
               if id(value) not in readers and type(value) is np.ndarray}
@@ -136,8 +139,18 @@ def _captures(builder, roots) -> list[Capture]:
             var.hint = name  # self.W is named W
         del unread[key]
     readers.update(owner_readers(unread, builder))
-    return [Capture(var, readers[id(value)]) if id(value) in readers else Capture(var, _holder(value), True)
-            for var, value in builder.captured]
+    captures, constants = [], []
+    for var, value in builder.captured:
+        if id(value) in readers:
+            captures.append(Capture(var, readers[id(value)]))
+            continue
+        written = ConstantArray.of(value)  # a range (np.arange(n)) the code can compute itself
+        if written is None:
+            captures.append(Capture(var, _holder(value), True))
+        else:
+            use = next((node.source for node in builder.nodes if var in node.inputs and node.source), None)
+            constants.append(Node(constant, (), dict(value=written), var, use))
+    return captures, constants
 
 
 def _explained(exc, note, name):
@@ -333,20 +346,45 @@ def _contents(cell):
         return None
 
 
+def _name_helper_locals(helpers: list, builder, names: dict) -> None:
+    """Add to ``names`` the local variables of the frames of ``helpers`` (functions of the user's the traced
+    function called) that hold values not named yet, prefixed by the helper's name where the plain name
+    is taken (``predict_hidden``)."""
+    taken = set(names.values())
+    for helper in helpers:
+        prefix = helper.f_code.co_name
+        for name, value in helper.f_locals.items():
+            if (isinstance(value, TracedArray) and value.builder is builder and is_valid_name(name)
+                    and value.var not in names):
+                if name in taken and is_valid_name(f"{prefix}_{name}"):
+                    name = f"{prefix}_{name}"
+                names[value.var] = name
+                taken.add(name)
+
+
 def _call_recording_locals(fn, args, builder):
     """Call ``fn(*args)`` and return its result and {Var: the local variable name that held it}.
 
-    The builder keeps the function's frame (found when the first node is recorded); once the function
-    has returned, the frame still holds its final local variables.
+    The builder keeps the function's frame (found when the first node is recorded), and the frames of
+    the user's other functions that recorded nodes (helpers it called); once they have returned, the
+    frames still hold their final local variables. The function's own names come first.
     """
     fn_ = fn.func if isinstance(fn, functools.partial) else fn
     # a wrapper made with functools.wraps (static arguments bound) runs the user's code: its frame is watched
     builder.watch = getattr(getattr(fn_, "__wrapped__", fn_), "__code__", None)
-    result = fn(*args)
-    frame, builder.watch, builder.watched_frame = builder.watched_frame, None, None
+    try:
+        result = fn(*args)
+    finally:
+        frame, builder.watch, builder.watched_frame = builder.watched_frame, None, None
+        helpers, builder.helper_frames = list(builder.helper_frames.values()), {}
     names: dict = {}
     if frame is not None:
         for name, value in frame.f_locals.items():
             if isinstance(value, TracedArray) and value.builder is builder and is_valid_name(name):
                 names.setdefault(value.var, name)
+    # then the locals of the user's helpers it called (predict's `hidden`)
+    _name_helper_locals(helpers, builder, names)
+    # the frames form a cycle with this one (f_back): let go of them now, not when the collector runs, so
+    # that the arrays in their locals are not taken for arrays the user keeps (captures.owner_readers)
+    del frame, helpers
     return result, names

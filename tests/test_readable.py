@@ -1,0 +1,93 @@
+"""What the generated code and the compiled function look like to a reader and to a ``.dispatcher`` caller:
+no hidden parameters for arrays the library makes itself, and arguments that can be named."""
+import numba
+import numpy as np
+
+import tracegrad as tg
+
+
+def mlp(params, X, y):
+    hidden = np.maximum(X @ params["W1"] + params["b1"], 0.0)
+    logits = hidden @ params["W2"] + params["b2"]
+    return tg.nn.softmax_cross_entropy(logits, y)
+
+
+def mlp_args():
+    rng = np.random.default_rng(0)
+    params = {"W1": rng.normal(size=(4, 5)), "b1": np.zeros(5), "W2": rng.normal(size=(5, 3)), "b2": np.zeros(3)}
+    return params, rng.normal(size=(6, 4)), rng.integers(0, 3, 6)
+
+
+def test_a_range_the_library_makes_is_computed_by_the_code_not_a_hidden_parameter():
+    f = tg.value_and_grad(mlp)
+    compiled = f.specialize(*mlp_args())
+    assert compiled.captured() == []
+    assert compiled.arguments() == ["params_W1", "params_W2", "params_b1", "params_b2", "X", "y"]
+    source = compiled.source
+    assert "def mlp_value_and_grad(params_W1, params_W2, params_b1, params_b2, X, y):" in source
+    assert "= np.arange(6)" in source
+    params, X, y = mlp_args()
+    value, grads = f(params, X, y)
+    # the dispatcher takes exactly the flattened arguments (dict keys sorted) and returns value, gradients
+    out = compiled.dispatcher(params["W1"], params["W2"], params["b1"], params["b2"], X, y)
+    assert len(out) == 5 and out[0] == value
+    np.testing.assert_array_equal(out[1], grads["W1"])
+
+
+def test_ranges_with_a_start_and_a_step_and_other_constants():
+    def f(x):
+        return np.sum(x * np.arange(2, 11, 3)) + np.sum(x * np.array([1, 5, 6]))  # the second is no range
+    compiled = tg.grad(f).specialize(np.ones(3))
+    assert "np.arange(2, 11, 3)" in compiled.source and len(compiled.captured()) == 1
+    np.testing.assert_array_equal(tg.grad(f)(np.ones(3)), [3.0, 10.0, 14.0])
+
+
+def test_the_dispatcher_of_jit_returns_a_tuple_even_for_one_output():
+    f = tg.jit(lambda x: np.sum(x * x))
+    compiled = f.specialize(np.ones(3))
+    assert compiled.dispatcher(np.ones(3)) == (3.0,) and f(np.ones(3)) == 3.0
+
+    kernel = compiled.dispatcher
+
+    @numba.njit
+    def twice(x):
+        return kernel(x)[0] * 2.0
+    assert twice(np.ones(3)) == 6.0
+
+
+def predict(params, X):
+    hidden = np.maximum(X @ params["W1"] + params["b1"], 0.0)
+    return hidden @ params["W2"] + params["b2"]
+
+
+def layer(x, W):
+    h = np.tanh(x @ W)
+    return h
+
+
+def loss_through_helpers(params, X, y):
+    scores = predict(params, X)
+    h = layer(scores, np.eye(3))
+    out = layer(h, np.eye(3) * 0.5)
+    return tg.nn.softmax_cross_entropy(out, y)
+
+
+def test_values_named_in_helpers_keep_their_names_in_the_graph_the_source_and_drawings():
+    args = mlp_args()
+    graph = tg.make_graph(loss_through_helpers, *args)
+    names = set(graph.names().values())
+    assert {"hidden", "scores", "h", "out"} <= names  # `hidden` lives in predict only
+    source = tg.source(tg.grad(loss_through_helpers), *args)
+    assert "hidden = np.empty((6, 5))" in source or "hidden[i0, i1] = " in source
+    assert "grad_hidden = " in source and "grad_scores" in source
+    dot = tg.draw(loss_through_helpers, *args, by_line="none").dot
+    assert "hidden: f64[6,5]" in dot
+
+
+def test_a_helper_local_whose_name_is_taken_is_prefixed_by_the_helper():
+    def two_layers(x, W):
+        h = layer(x, W)        # the first call's `h` is this h
+        g = layer(h, W) * 2.0  # the second call's `h` is not g: it is named layer_h
+        return np.sum(g)
+    graph = tg.make_graph(two_layers, np.ones((2, 3)), np.eye(3))
+    assert {"h", "layer_h", "g"} <= set(graph.names().values())
