@@ -35,6 +35,15 @@ _gate = tg.custom_vjp(lambda x, y: x * np.tanh(y))
 _gate.defvjp(lambda x, y: (x * np.tanh(y), (x, np.tanh(y))),
              lambda res, g: (g * res[1], g * res[0] * (1 - res[1] * res[1])))
 
+_tanh_gate = tg.custom_jvp(lambda x, y: x * np.tanh(y))
+
+
+@_tanh_gate.defjvp
+def _tanh_gate_jvp(primals, tangents):
+    (x, y), (dx, dy) = primals, tangents
+    t = np.tanh(y)
+    return x * t, dx * t + x * (1 - t * t) * dy
+
 
 def _count_to_five(s):
     return tg.while_loop(lambda c: c < 5.0, lambda c: c + 1.0 + 0.0 * s, 0.0)
@@ -124,6 +133,8 @@ CASES = {
                                               np.zeros((3, 2))), ((3, 2),), "real")],
     # a function with its own backward (the notes' module): here the plain rule, so differences agree
     "custom_vjp_call": [(lambda x, y: _gate(x, y) + _gate(y, x * y), (VECTOR, VECTOR), "real")],
+    "custom_jvp_call": [(lambda x, y: _tanh_gate(x, y) + _tanh_gate(y, x * y), (VECTOR, VECTOR), "real"),
+                        (lambda x: _tanh_gate(x, 2.0) * _tanh_gate(0.5, x), (MATRIX,), "real")],
     "stop_gradient": [(lambda x: tg.stop_gradient(x) * 0.0 + x, (VECTOR,), "real")],
 }
 
