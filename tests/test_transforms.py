@@ -225,3 +225,53 @@ def test_an_inner_grad_closing_over_a_traced_value_is_traced_into_the_outer_one(
     assert outer(0.0) == 2.0
     W[0] = 5.0  # read when the outer function runs, not fixed when it was traced
     assert outer(0.0) == 5.0
+
+
+_wrong_structure = tg.custom_vjp(lambda x, y: x * y)
+_wrong_structure.defvjp(lambda x, y: (x * y, (x, y)), lambda res, g: g * res[1])  # one gradient, not a pair
+_wrong_shape = tg.custom_vjp(lambda x: x * 2.0)
+_wrong_shape.defvjp(lambda x: (x * 2.0, None), lambda res, g: (np.sum(g),))
+_wrong_tangent = tg.custom_jvp(lambda x: x * 2.0)
+_wrong_tangent.defjvp(lambda primals, tangents: (primals[0] * 2.0, np.sum(tangents[0])))
+
+
+def _uses_wrong_structure(x):
+    return np.sum(_wrong_structure(x, x))  # the custom_vjp call: the line named
+
+
+def _uses_wrong_shape(x):
+    return np.sum(_wrong_shape(x))  # the custom_vjp call: the line named
+
+
+def _uses_wrong_tangent(x):
+    return np.sum(_wrong_tangent(x))  # the custom_jvp call: the line named
+
+
+BAD = [  # (the call, the error class, words of its message, the text of the line it names)
+    (lambda: tg.jvp(two_args, (X, Y), (X, Y[:2])), tg.ShapeError, r"tangents of structure .* shapes \[\(2,\), \(2,\)\]",
+     "tg.jvp(two_args, (X, Y), (X, Y[:2]))"),
+    (lambda: tg.jvp(two_args, (X, Y), (X, Y.astype(np.float32))), tg.ShapeError, "a tangent of dtype float32",
+     "Y.astype(np.float32)"),
+    (lambda: tg.vmap(two_args)(np.ones((2, 3)), np.ones((4, 3))), tg.ShapeError, r"different sizes \[2, 4\]",
+     "tg.vmap(two_args)(np.ones((2, 3)), np.ones((4, 3)))"),
+    (lambda: tg.vmap(two_args, in_axes=(0, 1))(X, Y), tg.ShapeError, r"in_axes=1 is out of range for argument 1",
+     "in_axes=(0, 1)"),
+    (lambda: tg.grad(_uses_wrong_structure)(X), tg.TracegradError, "must return a tuple of 2 gradient",
+     "_wrong_structure(x, x)"),
+    (lambda: tg.grad(_uses_wrong_shape)(X), tg.ShapeError, r"gradient of shape \(\) for an argument of shape \(2,\)",
+     "_wrong_shape(x)"),
+    (lambda: tg.grad(_uses_wrong_tangent)(X), tg.ShapeError, r"a tangent of shape \(\) for an output of shape \(2,\)",
+     "_wrong_tangent(x)"),
+    (lambda: tg.jvp(_uses_wrong_tangent, (X,), (X,)), tg.ShapeError, r"a tangent of shape \(\)", "_wrong_tangent(x)"),
+    (lambda: tg.hessian(two_args)(X, Y), tg.GradTypeError, r"hessian needs a function with a scalar output, but "
+     r"two_args returns shape \(2, 3\)", "tg.hessian(two_args)(X, Y)"),
+]
+
+
+@pytest.mark.parametrize("call,error,message,line", BAD, ids=[b[3] for b in BAD])
+def test_bad_input_names_the_problem_and_the_users_line(call, error, message, line):
+    with pytest.raises(error, match=message) as info:
+        call()
+    assert isinstance(info.value, tg.TracegradError)
+    assert info.value.source is not None and info.value.source.filename == __file__
+    assert line in info.value.source.line

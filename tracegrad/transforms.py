@@ -10,6 +10,8 @@ products against the basis vectors, the Hessian formed one column at a time.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .api import captured_by_enclosing, grad, jit
@@ -311,7 +313,19 @@ def hessian(fun, argnums=0, has_aux: bool = False):
     if not isinstance(argnums, int):
         raise GradTypeError("hessian takes one argument position (argnums=int)",
                             hint="stack the arguments into one array, or use jacfwd(grad(f, argnums=...))")
-    return jacfwd(grad(fun, argnums=argnums, has_aux=has_aux), argnums=argnums, has_aux=has_aux)
+    name = getattr(fun, "__name__", "f")
+
+    def scalar(*args):
+        result = fun(*args)
+        shape = tuple(np.shape(_split(result, has_aux)[0]))
+        if shape:
+            raise GradTypeError(f"hessian needs a function with a scalar output, but {name} returns shape {shape}",
+                                user_source(), hint="the second derivatives of every entry are "
+                                "jacfwd(jacrev(f)), of shape out + arg + arg")
+        return result
+
+    functools.update_wrapper(scalar, fun)
+    return jacfwd(grad(scalar, argnums=argnums, has_aux=has_aux), argnums=argnums, has_aux=has_aux)
 
 
 def hvp(fun, primals: tuple, tangents: tuple):
