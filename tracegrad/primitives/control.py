@@ -125,7 +125,8 @@ class loop:
     multiple_results = True
     scoped = _scoped
     prune = _prune
-    view = True  # a carry can come out as it went in (no iterations)
+    # a carry can come out as it went in (no iterations); the stacked outputs are arrays of its own
+    view = staticmethod(lambda node, out: out in node.outs[:node.params["n_carry"]])
 
     def vjp(gs, outs, *inputs, body, length, n_consts, n_carry, reverse):
         return _loop_vjp(gs, outs, inputs, body, length, n_consts, n_carry, reverse)
