@@ -163,3 +163,25 @@ def test_custom_jvp_with_float32_keeps_float32():
     x = np.array([0.5, -2.0], np.float32)
     g = tg.grad(lambda x: np.sum(scaled_pair({"u": x, "v": x}, 3.0)["a"]))(x)
     assert g.dtype == np.float32 and np.all(g == 3.0)
+
+
+def test_custom_jvp_agrees_with_jaxs_custom_jvp_in_float64():
+    jax = pytest.importorskip("jax", reason="JAX is an optional comparison (pip install jax)")
+    jax.config.update("jax_enable_x64", True)
+    jnp = jax.numpy
+
+    @jax.custom_jvp
+    def j_softplus(x):
+        return jnp.log1p(jnp.exp(x))
+
+    @j_softplus.defjvp
+    def j_softplus_jvp(primals, tangents):
+        x, = primals
+        x_dot, = tangents
+        return j_softplus(x), x_dot * jax.nn.sigmoid(x)
+
+    x = np.array([0.5, -1.5, 2.0, 800.0])
+    f = lambda x: np.sum(softplus(x) * np.tanh(x))
+    j_f = lambda x: jnp.sum(j_softplus(x) * jnp.tanh(x))
+    np.testing.assert_allclose(tg.grad(f)(x), jax.grad(j_f)(x), rtol=1e-10)
+    np.testing.assert_allclose(tg.hessian(f)(x), jax.hessian(j_f)(x), rtol=1e-10, atol=1e-300)

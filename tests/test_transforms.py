@@ -275,3 +275,33 @@ def test_bad_input_names_the_problem_and_the_users_line(call, error, message, li
     assert isinstance(info.value, tg.TracegradError)
     assert info.value.source is not None and info.value.source.filename == __file__
     assert line in info.value.source.line
+
+
+@pytest.fixture(scope="module")
+def jax64():
+    """JAX in float64, when installed (an optional comparison: the tests above use central differences)."""
+    jax = pytest.importorskip("jax", reason="JAX is an optional comparison (pip install jax)")
+    jax.config.update("jax_enable_x64", True)
+    return jax
+
+
+def test_the_transformations_agree_with_jax_in_float64(jax64):
+    jax, jnp = jax64, jax64.numpy
+    x = np.array([0.3, -1.2, 0.8, 1.5, -0.4])
+    j_rosen = lambda x: jnp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)
+    np.testing.assert_allclose(tg.hessian(rosenbrock)(x), jax.hessian(j_rosen)(x), rtol=1e-10)
+    j_two = lambda x, y: jnp.tanh(x[:, None] * y[None, :]) + jnp.sin(x)[:, None]
+    np.testing.assert_allclose(tg.jacfwd(two_args)(X, Y), jax.jacfwd(j_two)(X, Y), rtol=1e-10)
+    np.testing.assert_allclose(tg.jacrev(two_args, argnums=1)(X, Y), jax.jacrev(j_two, argnums=1)(X, Y),
+                               rtol=1e-10)
+    u, v = np.array([0.5, -2.0]), np.array([1.0, 0.25, -0.5])
+    for got, expected in zip(tg.jvp(two_args, (X, Y), (u, v)), jax.jvp(j_two, (X, Y), (u, v))):
+        np.testing.assert_allclose(got, expected, rtol=1e-10)
+    rng = np.random.default_rng(3)
+    params = {"W": rng.normal(size=(4, 3)), "b": rng.normal(size=4)}
+    Xs, Ys = rng.normal(size=(5, 3)), rng.normal(size=5)
+    j_loss = lambda p, x, y: (jnp.sum(jnp.tanh(p["W"] @ x + p["b"])) - y) ** 2
+    got = tg.vmap(tg.grad(example_loss), in_axes=(None, 0, 0))(params, Xs, Ys)
+    expected = jax.vmap(jax.grad(j_loss), in_axes=(None, 0, 0))(params, Xs, Ys)
+    for k in params:
+        np.testing.assert_allclose(got[k], expected[k], rtol=1e-10)
