@@ -1,10 +1,11 @@
-"""Functions with a derivative of their own: ``tg.custom_vjp`` (JAX's decorator API).
+"""Functions with a derivative of their own: ``tg.custom_vjp`` and ``tg.custom_jvp`` (JAX's decorator API).
 
 The lecture notes build backpropagation from modules with a forward function, which stores what the
 backward needs, and a backward function mapping the upstream gradient to one gradient per input. A
 ``custom_vjp`` function is such a module: its forward (``fwd``) is traced into the graph as usual and
 returns the outputs and the residuals; its backward (``bwd``) is the node's VJP, written with NumPy
 operations on traced values, so it appears in the generated source and can be differentiated again.
+A ``custom_jvp`` function's rule maps tangents instead; reverse mode transposes it (primitives/control.py).
 """
 from __future__ import annotations
 
