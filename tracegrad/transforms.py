@@ -337,7 +337,7 @@ def hessian(fun, argnums=0, has_aux: bool = False):
                                 "jacfwd(jacrev(f)), of shape out + arg + arg")
         return result
 
-    functools.update_wrapper(scalar, fun)
+    functools.update_wrapper(scalar, fun, updated=())  # its name and signature, not its attributes
     return jacfwd(grad(scalar, argnums=argnums, has_aux=has_aux), argnums=argnums, has_aux=has_aux)
 
 
