@@ -1,6 +1,6 @@
 """One suite over the primitive registry: every primitive is checked for its shape rule against its
-NumPy reference, its VJP and its JVP against central differences (first and second order) and against each
-other, float32 against float64, and the compiled Numba code against the reference interpreter. A primitive
+NumPy reference, its VJP and its JVP against central differences (first and second order: reverse over
+reverse, forward over reverse, reverse over forward) and against each other, float32 against float64, and the compiled Numba code against the reference interpreter. A primitive
 without cases here fails ``test_every_primitive_has_cases``; one without a JVP rule (and not ``nondiff``)
 fails ``test_every_primitive_has_a_jvp_rule``."""
 import numpy as np
@@ -328,6 +328,24 @@ def test_jvp_of_grad_matches_central_differences(name, i):
     for k in range(len(args)):
         expected = central_difference(lambda *xs: interpret_value_and_grad(loss, xs)[1][k], args, v, 1e-5)
         np.testing.assert_allclose(tangents[1 + k], expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,i", PARAMS)
+def test_grad_of_jvp_matches_central_differences(name, i):
+    """Second order, reverse over forward: the gradient of a tangent, <J v>, differentiates each JVP
+    rule's own nodes by their VJPs."""
+    loss, args, _ = make_case(name, i)
+    v = directions(args)
+    graph, captured = traced(loss, args)
+    wrt = list(range(len(args)))
+    jvp = jvp_graph(graph, wrt)  # inputs: args, tangents, captured; outputs: loss, its tangent
+    tangent_only = type(jvp)(jvp.name, jvp.inputs, jvp.nodes, [jvp.outputs[1]], jvp.n_args)
+    grads = evaluate(value_and_grad_graph(tangent_only, wrt).verify(), *args, *v, *captured)[1:]
+
+    def along(*xs):
+        return interpret_jvp(graph, captured, xs, v)[1][0]
+    for k in wrt:
+        np.testing.assert_allclose(grads[k], numeric_grad(along, *args, argnums=k, eps=1e-5), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name,i", PARAMS)
