@@ -1,8 +1,9 @@
 """One suite over the primitive registry: every primitive is checked for its shape rule against its
 NumPy reference, its VJP and its JVP against central differences (first and second order: reverse over
-reverse, forward over reverse, reverse over forward) and against each other, float32 against float64, and the compiled Numba code against the reference interpreter. A primitive
-without cases here fails ``test_every_primitive_has_cases``; one without a JVP rule (and not ``nondiff``)
-fails ``test_every_primitive_has_a_jvp_rule``."""
+reverse, forward over reverse, reverse over forward) and against each other, float32 against float64,
+and the compiled Numba code against the reference interpreter. A primitive without cases here fails
+``test_every_primitive_has_cases``; one without a JVP rule (and not ``nondiff``) fails
+``test_every_primitive_has_a_jvp_rule``."""
 import numpy as np
 import pytest
 
