@@ -185,3 +185,27 @@ def test_custom_jvp_agrees_with_jaxs_custom_jvp_in_float64():
     j_f = lambda x: jnp.sum(j_softplus(x) * jnp.tanh(x))
     np.testing.assert_allclose(tg.grad(f)(x), jax.grad(j_f)(x), rtol=1e-10)
     np.testing.assert_allclose(tg.hessian(f)(x), jax.hessian(j_f)(x), rtol=1e-10, atol=1e-300)
+
+
+def test_custom_jvp_inside_a_loop_and_inside_another_custom_jvp():
+    x = np.array([0.3, -0.7, 1.1])
+
+    def through_scan(x):
+        c, _ = tg.scan(lambda c, xi: (c + softplus(xi * c), None), 0.5, x)
+        return c
+
+    np.testing.assert_allclose(tg.grad(through_scan)(x), numeric_grad(through_scan, x), rtol=1e-7)
+    _, tangent = tg.jvp(through_scan, (x,), (np.ones(3),))
+    assert tangent == pytest.approx(np.sum(numeric_grad(through_scan, x)), rel=1e-7)
+
+    @tg.custom_jvp
+    def squared(x):
+        return softplus(x) ** 2
+
+    @squared.defjvp
+    def squared_jvp(primals, tangents):
+        y = softplus(primals[0])
+        return y ** 2, 2 * y * tg.sigmoid(primals[0]) * tangents[0]
+
+    f = lambda x: np.sum(squared(x) * x)
+    np.testing.assert_allclose(tg.grad(f)(x), numeric_grad(f, x), rtol=1e-7)
