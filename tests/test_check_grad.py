@@ -226,6 +226,53 @@ def test_a_wrong_second_derivative_fails_only_at_order_2(wrong, no_warnings):
             tg.check_grad(loss, X, order=2, mode=mode)
 
 
+@pytest.fixture
+def wrong_jvp():
+    """A test-only primitive, sin, with a right VJP and a JVP off by a factor of 1.01 (removed afterwards)."""
+
+    @primitive
+    class test_sin_wrong_jvp:
+        """sin whose JVP is off by a factor of 1.01"""
+        shape = shapes.unary_float
+        emit = "np.sin({x})"
+
+        def ref(x):
+            return np.sin(x)
+
+        def vjp(g, out, x):
+            return [g * np.cos(x)]
+
+        def jvp(tangents, out, x):
+            return tangents[0] * np.cos(x) * 1.01
+
+    yield test_sin_wrong_jvp
+    del PRIMITIVES["test_sin_wrong_jvp"]
+
+
+@pytest.mark.parametrize("mode", ["directional", "full"])
+def test_a_jvp_that_disagrees_with_the_vjp_fails_the_dot_product_test(wrong_jvp, mode, no_warnings):
+    def loss(x):
+        return np.sum(wrong_jvp(x) * x)
+
+    with pytest.raises(tg.GradCheckError, match="a JVP rule disagrees with its VJP") as info:
+        tg.check_grad(loss, X, mode=mode)
+    report = info.value.report
+    assert not report.failures  # the gradient itself is right: only forward mode is off
+    assert report.jvp_rows and all(not row.within for row in report.jvp_rows)
+    for row in report.jvp_rows:  # x cos(x) + sin(x) from reverse mode, 1.01 x cos(x) + sin(x) from forward mode
+        assert row.numeric != pytest.approx(row.analytic, rel=1e-4)
+    right = tg.check_grad(smooth, X, Y)
+    assert len(right.jvp_rows) == 3 and all(row.within for row in right.jvp_rows)
+    assert right.jvp_rows[0].abs_error < 1e-12 * max(1.0, abs(right.jvp_rows[0].analytic))
+
+
+def test_the_dot_product_test_covers_second_order_and_float32(no_warnings):
+    report = tg.check_grad(smooth, X.astype(np.float32), Y.astype(np.float32), argnums=(0, 1), order=2)
+    assert report.passed and len(report.jvp_rows) == 3
+    for row in report.jvp_rows:
+        assert row.abs_error <= 1e-3 * max(1.0, abs(row.analytic)) and row.analytic != 0.0
+
+
 def test_tolerances_can_be_overridden(wrong):
     report = tg.check_grad(cubic_loss, X, rtol=0.2, eps=1e-5, atol=0.0)
     assert report.passed and (report.rtol, report.eps, report.atol) == (0.2, 1e-5, 0.0)

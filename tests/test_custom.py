@@ -75,3 +75,137 @@ def test_bad_rules_are_errors_naming_the_problem():
 
     with pytest.raises(tg.UnsupportedError, match="without receiving it as an argument"):
         tg.grad(closes_over)(1.0)
+
+
+# ---------------------------------------------------------------- tg.custom_jvp
+
+
+@tg.custom_jvp
+def softplus(x):
+    return np.log1p(np.exp(x))
+
+
+@softplus.defjvp
+def softplus_jvp(primals, tangents):
+    x, = primals
+    x_dot, = tangents
+    return softplus(x), x_dot * tg.sigmoid(x)  # inside its own rule the call is the plain function
+
+
+@tg.custom_jvp
+def scaled_pair(x, scale):
+    """Two outputs, a pytree argument, a Python float argument."""
+    return {"a": x["u"] * scale, "b": np.sin(x["v"])}
+
+
+@scaled_pair.defjvp
+def scaled_pair_jvp(primals, tangents):
+    (x, scale), (t, _) = primals, tangents
+    return scaled_pair(x, scale), {"a": t["u"] * scale, "b": np.cos(x["v"]) * t["v"]}
+
+
+def pair_loss(u, v):
+    out = scaled_pair({"u": u, "v": v}, 3.0)
+    return np.sum(out["a"] * out["b"])
+
+
+def test_custom_jvp_forward_and_reverse_use_the_stable_rule():
+    x = np.array([-1000.0, 0.0, 3.0, 1000.0])
+    expected = np.array([0.0, 0.5, 1 / (1 + np.exp(-3.0)), 1.0])
+    with np.errstate(all="ignore"):
+        assert np.isnan(tg.grad(lambda x: np.sum(np.log1p(np.exp(x))))(x)[-1])  # the plain derivative: inf / inf
+    value, tangent = tg.jvp(softplus, (x,), (np.ones(4),))
+    np.testing.assert_allclose(tangent, expected, rtol=1e-15)
+    np.testing.assert_allclose(tg.grad(lambda x: np.sum(softplus(x)))(x), expected, rtol=1e-15)
+    source = tg.source(tg.grad(lambda x: np.sum(softplus(x))), x)
+    assert "sigmoid(" in source and "exp(x" not in source.split("# backward pass")[1]  # the rule, transposed
+    assert softplus(0.0) == np.log(2.0)  # outside a trace it is the plain function
+
+
+@tg.custom_jvp
+def tanh_gate(x, y):
+    return x * np.tanh(y)
+
+
+@tanh_gate.defjvp
+def tanh_gate_jvp(primals, tangents):
+    (x, y), (x_dot, y_dot) = primals, tangents
+    slope = 1 - np.tanh(y) ** 2
+    out_dot = x_dot * np.tanh(y) + x * slope * y_dot
+    return tanh_gate(x, y), out_dot
+
+
+def test_custom_jvp_names_its_rules_values_in_the_source():
+    source = tg.source(tg.jit(lambda x, y, u, v: tg.jvp(tanh_gate, (x, y), (u, v))), *[np.ones(3)] * 4)
+    assert "slope = " in source and "out_dot = " in source
+
+
+def test_custom_jvp_agrees_with_differences_in_both_modes_and_to_second_order():
+    u, v = np.array([0.3, -1.2]), np.array([0.7, 2.0])
+    gu, gv = tg.grad(pair_loss, argnums=(0, 1))(u, v)
+    np.testing.assert_allclose(gu, numeric_grad(pair_loss, u, v, argnums=0), rtol=1e-8)
+    np.testing.assert_allclose(gv, numeric_grad(pair_loss, u, v, argnums=1), rtol=1e-8)
+    du, dv = np.array([1.0, -0.5]), np.array([0.25, 2.0])
+    _, tangent = tg.jvp(pair_loss, (u, v), (du, dv))
+    assert tangent == pytest.approx(gu @ du + gv @ dv, rel=1e-12)  # <g, J v> = <J^T g, v>
+    f = lambda x: np.sum(softplus(x) * x ** 2)
+    x = np.array([0.5, -1.5, 2.0])
+    h = tg.hessian(f)(x)  # forward over reverse: the rule's transpose differentiated in forward mode
+    expected = np.stack([numeric_grad(lambda y: tg.grad(f)(y)[k], x) for k in range(3)])
+    np.testing.assert_allclose(h, expected, rtol=1e-6, atol=1e-8)
+    second = tg.grad(tg.grad(lambda s: softplus(s) * s))(0.5)  # reverse over reverse
+    assert second == pytest.approx(numeric_grad(tg.grad(lambda s: softplus(s) * s), 0.5), rel=1e-6)
+    report = tg.check_grad(f, x, order=2)
+    assert report.passed
+
+
+def test_custom_jvp_with_float32_keeps_float32():
+    x = np.array([0.5, -2.0], np.float32)
+    g = tg.grad(lambda x: np.sum(scaled_pair({"u": x, "v": x}, 3.0)["a"]))(x)
+    assert g.dtype == np.float32 and np.all(g == 3.0)
+
+
+def test_custom_jvp_agrees_with_jaxs_custom_jvp_in_float64():
+    jax = pytest.importorskip("jax", reason="JAX is an optional comparison (pip install jax)")
+    jax.config.update("jax_enable_x64", True)
+    jnp = jax.numpy
+
+    @jax.custom_jvp
+    def j_softplus(x):
+        return jnp.log1p(jnp.exp(x))
+
+    @j_softplus.defjvp
+    def j_softplus_jvp(primals, tangents):
+        x, = primals
+        x_dot, = tangents
+        return j_softplus(x), x_dot * jax.nn.sigmoid(x)
+
+    x = np.array([0.5, -1.5, 2.0, 800.0])
+    f = lambda x: np.sum(softplus(x) * np.tanh(x))
+    j_f = lambda x: jnp.sum(j_softplus(x) * jnp.tanh(x))
+    np.testing.assert_allclose(tg.grad(f)(x), jax.grad(j_f)(x), rtol=1e-10)
+    np.testing.assert_allclose(tg.hessian(f)(x), jax.hessian(j_f)(x), rtol=1e-10, atol=1e-300)
+
+
+def test_custom_jvp_inside_a_loop_and_inside_another_custom_jvp():
+    x = np.array([0.3, -0.7, 1.1])
+
+    def through_scan(x):
+        c, _ = tg.scan(lambda c, xi: (c + softplus(xi * c), None), 0.5, x)
+        return c
+
+    np.testing.assert_allclose(tg.grad(through_scan)(x), numeric_grad(through_scan, x), rtol=1e-7)
+    _, tangent = tg.jvp(through_scan, (x,), (np.ones(3),))
+    assert tangent == pytest.approx(np.sum(numeric_grad(through_scan, x)), rel=1e-7)
+
+    @tg.custom_jvp
+    def squared(x):
+        return softplus(x) ** 2
+
+    @squared.defjvp
+    def squared_jvp(primals, tangents):
+        y = softplus(primals[0])
+        return y ** 2, 2 * y * tg.sigmoid(primals[0]) * tangents[0]
+
+    f = lambda x: np.sum(squared(x) * x)
+    np.testing.assert_allclose(tg.grad(f)(x), numeric_grad(f, x), rtol=1e-7)

@@ -66,6 +66,11 @@ EXPECTED = {
         "[[ 802. -400.    0.]",
         "per-example gradients: (8, 3)",
         "their mean equals the batch gradient: True",
+        "Hessian at x0 matches differences: True",
+        "<u, J v> = <J^T u, v>: True",
+        "H v is a column of H: True",
+        "stable gradient: [0.  0.5 1. ]",
+        "sigmoid(x",
     ]),
 }
 

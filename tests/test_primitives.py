@@ -1,6 +1,7 @@
 """One suite over the primitive registry: every primitive is checked for its shape rule against its
-NumPy reference, its VJP and its JVP against central differences (first and second order) and against each
-other, float32 against float64, and the compiled Numba code against the reference interpreter.
+NumPy reference, its VJP and its JVP against central differences (first and second order: reverse over
+reverse, forward over reverse, reverse over forward) and against each other, float32 against float64,
+and the compiled Numba code against the reference interpreter.
 
 A differentiable elementwise primitive needs no entry here: its cases are built from its declaration (its
 NumPy function, or ``math`` function on scalars, at every shape combination, on inputs drawn from its
@@ -81,6 +82,15 @@ J3 = np.array([1, 0, 2])
 _gate = tg.custom_vjp(lambda x, y: x * np.tanh(y))
 _gate.defvjp(lambda x, y: (x * np.tanh(y), (x, np.tanh(y))),
              lambda res, g: (g * res[1], g * res[0] * (1 - res[1] * res[1])))
+
+_tanh_gate = tg.custom_jvp(lambda x, y: x * np.tanh(y))
+
+
+@_tanh_gate.defjvp
+def _tanh_gate_jvp(primals, tangents):
+    (x, y), (dx, dy) = primals, tangents
+    t = np.tanh(y)
+    return x * t, dx * t + x * (1 - t * t) * dy
 
 
 def _count_to_five(s):
@@ -164,6 +174,8 @@ CASES = {
                                               np.zeros((3, 2))), ((3, 2),), "real")],
     # a function with its own backward (the notes' module): here the plain rule, so differences agree
     "custom_vjp_call": [(lambda x, y: _gate(x, y) + _gate(y, x * y), (VECTOR, VECTOR), "real")],
+    "custom_jvp_call": [(lambda x, y: _tanh_gate(x, y) + _tanh_gate(y, x * y), (VECTOR, VECTOR), "real"),
+                        (lambda x: _tanh_gate(x, 2.0) * _tanh_gate(0.5, x), (MATRIX,), "real")],
     "stop_gradient": [(lambda x: tg.stop_gradient(x) * 0.0 + x, (VECTOR,), "real")],
     # ranges the function makes itself are computed by the code: np.arange(n), with a start and a step
     "constant": [(lambda x: x[np.arange(2), np.array([2, 0])], (MATRIX,), "real"),
@@ -381,6 +393,24 @@ def test_jvp_of_grad_matches_central_differences(name, i):
     for k in range(len(args)):
         expected = central_difference(lambda *xs: interpret_value_and_grad(loss, xs)[1][k], args, v, 1e-5)
         np.testing.assert_allclose(tangents[1 + k], expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,i", PARAMS)
+def test_grad_of_jvp_matches_central_differences(name, i):
+    """Second order, reverse over forward: the gradient of a tangent, <J v>, differentiates each JVP
+    rule's own nodes by their VJPs."""
+    loss, args, _ = make_case(name, i)
+    v = directions(args)
+    graph, captured = traced(loss, args)
+    wrt = list(range(len(args)))
+    jvp = jvp_graph(graph, wrt)  # inputs: args, tangents, captured; outputs: loss, its tangent
+    tangent_only = type(jvp)(jvp.name, jvp.inputs, jvp.nodes, [jvp.outputs[1]], jvp.n_args)
+    grads = evaluate(value_and_grad_graph(tangent_only, wrt).verify(), *args, *v, *captured)[1:]
+
+    def along(*xs):
+        return interpret_jvp(graph, captured, xs, v)[1][0]
+    for k in wrt:
+        np.testing.assert_allclose(grads[k], numeric_grad(along, *args, argnums=k, eps=1e-5), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name,i", PARAMS)

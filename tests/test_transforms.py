@@ -225,3 +225,83 @@ def test_an_inner_grad_closing_over_a_traced_value_is_traced_into_the_outer_one(
     assert outer(0.0) == 2.0
     W[0] = 5.0  # read when the outer function runs, not fixed when it was traced
     assert outer(0.0) == 5.0
+
+
+_wrong_structure = tg.custom_vjp(lambda x, y: x * y)
+_wrong_structure.defvjp(lambda x, y: (x * y, (x, y)), lambda res, g: g * res[1])  # one gradient, not a pair
+_wrong_shape = tg.custom_vjp(lambda x: x * 2.0)
+_wrong_shape.defvjp(lambda x: (x * 2.0, None), lambda res, g: (np.sum(g),))
+_wrong_tangent = tg.custom_jvp(lambda x: x * 2.0)
+_wrong_tangent.defjvp(lambda primals, tangents: (primals[0] * 2.0, np.sum(tangents[0])))
+
+
+def _uses_wrong_structure(x):
+    return np.sum(_wrong_structure(x, x))  # the custom_vjp call: the line named
+
+
+def _uses_wrong_shape(x):
+    return np.sum(_wrong_shape(x))  # the custom_vjp call: the line named
+
+
+def _uses_wrong_tangent(x):
+    return np.sum(_wrong_tangent(x))  # the custom_jvp call: the line named
+
+
+BAD = [  # (the call, the error class, words of its message, the text of the line it names)
+    (lambda: tg.jvp(two_args, (X, Y), (X, Y[:2])), tg.ShapeError, r"tangents of structure .* shapes \[\(2,\), \(2,\)\]",
+     "tg.jvp(two_args, (X, Y), (X, Y[:2]))"),
+    (lambda: tg.jvp(two_args, (X, Y), (X, Y.astype(np.float32))), tg.ShapeError, "a tangent of dtype float32",
+     "Y.astype(np.float32)"),
+    (lambda: tg.vmap(two_args)(np.ones((2, 3)), np.ones((4, 3))), tg.ShapeError, r"different sizes \[2, 4\]",
+     "tg.vmap(two_args)(np.ones((2, 3)), np.ones((4, 3)))"),
+    (lambda: tg.vmap(two_args, in_axes=(0, 1))(X, Y), tg.ShapeError, r"in_axes=1 is out of range for argument 1",
+     "in_axes=(0, 1)"),
+    (lambda: tg.grad(_uses_wrong_structure)(X), tg.TracegradError, "must return a tuple of 2 gradient",
+     "_wrong_structure(x, x)"),
+    (lambda: tg.grad(_uses_wrong_shape)(X), tg.ShapeError, r"gradient of shape \(\) for an argument of shape \(2,\)",
+     "_wrong_shape(x)"),
+    (lambda: tg.grad(_uses_wrong_tangent)(X), tg.ShapeError, r"a tangent of shape \(\) for an output of shape \(2,\)",
+     "_wrong_tangent(x)"),
+    (lambda: tg.jvp(_uses_wrong_tangent, (X,), (X,)), tg.ShapeError, r"a tangent of shape \(\)", "_wrong_tangent(x)"),
+    (lambda: tg.hessian(two_args)(X, Y), tg.GradTypeError, r"hessian needs a function with a scalar output, but "
+     r"two_args returns shape \(2, 3\)", "tg.hessian(two_args)(X, Y)"),
+]
+
+
+@pytest.mark.parametrize("call,error,message,line", BAD, ids=[b[3] for b in BAD])
+def test_bad_input_names_the_problem_and_the_users_line(call, error, message, line):
+    with pytest.raises(error, match=message) as info:
+        call()
+    assert isinstance(info.value, tg.TracegradError)
+    assert info.value.source is not None and info.value.source.filename == __file__
+    assert line in info.value.source.line
+
+
+@pytest.fixture(scope="module")
+def jax64():
+    """JAX in float64, when installed (an optional comparison: the tests above use central differences)."""
+    jax = pytest.importorskip("jax", reason="JAX is an optional comparison (pip install jax)")
+    jax.config.update("jax_enable_x64", True)
+    return jax
+
+
+def test_the_transformations_agree_with_jax_in_float64(jax64):
+    jax, jnp = jax64, jax64.numpy
+    x = np.array([0.3, -1.2, 0.8, 1.5, -0.4])
+    j_rosen = lambda x: jnp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)
+    np.testing.assert_allclose(tg.hessian(rosenbrock)(x), jax.hessian(j_rosen)(x), rtol=1e-10)
+    j_two = lambda x, y: jnp.tanh(x[:, None] * y[None, :]) + jnp.sin(x)[:, None]
+    np.testing.assert_allclose(tg.jacfwd(two_args)(X, Y), jax.jacfwd(j_two)(X, Y), rtol=1e-10)
+    np.testing.assert_allclose(tg.jacrev(two_args, argnums=1)(X, Y), jax.jacrev(j_two, argnums=1)(X, Y),
+                               rtol=1e-10)
+    u, v = np.array([0.5, -2.0]), np.array([1.0, 0.25, -0.5])
+    for got, expected in zip(tg.jvp(two_args, (X, Y), (u, v)), jax.jvp(j_two, (X, Y), (u, v))):
+        np.testing.assert_allclose(got, expected, rtol=1e-10)
+    rng = np.random.default_rng(3)
+    params = {"W": rng.normal(size=(4, 3)), "b": rng.normal(size=4)}
+    Xs, Ys = rng.normal(size=(5, 3)), rng.normal(size=5)
+    j_loss = lambda p, x, y: (jnp.sum(jnp.tanh(p["W"] @ x + p["b"])) - y) ** 2
+    got = tg.vmap(tg.grad(example_loss), in_axes=(None, 0, 0))(params, Xs, Ys)
+    expected = jax.vmap(jax.grad(j_loss), in_axes=(None, 0, 0))(params, Xs, Ys)
+    for k in params:
+        np.testing.assert_allclose(got[k], expected[k], rtol=1e-10)

@@ -20,7 +20,7 @@ from .ir import Aval, Graph
 from .captures import HeldArrayWarning
 from .loops import fori_loop, scan, while_loop
 from .transforms import hessian, hvp, jacfwd, jacobian, jacrev, jvp, linearize, vjp, vmap
-from .custom import custom_vjp
+from .custom import custom_jvp, custom_vjp
 from . import nn, optim
 from .nn import sigmoid, stop_gradient
 from .errors import DataError, NonFiniteTrainingError, TrainingError, TrainingInterrupted
@@ -33,7 +33,7 @@ __all__ = [
     "nn", "optim", "fit", "History", "DataError", "TrainingError", "TrainingInterrupted", "NonFiniteTrainingError",
     "grad", "value_and_grad", "jit", "make_graph", "source", "sigmoid", "stop_gradient",
     "scan", "fori_loop", "while_loop", "custom_vjp", "vmap", "jacrev", "jacfwd", "jacobian", "hessian", "hvp",
-    "jvp", "linearize", "vjp",
+    "jvp", "linearize", "vjp", "custom_jvp",
     "Function", "Compiled", "Graph", "Aval", "cache_dir", "set_cache_dir", "tune_malloc", "set_compile",
     "TracegradError", "TracingError", "UnsupportedError", "ShapeError", "GradTypeError", "CompileError",
     "CompileWarning", "NonFiniteError", "HeldArrayWarning", "CacheError", "CacheWarning",

@@ -606,7 +606,7 @@ class Function:
         wrt = self._differentiable_leaves(args) if self.mode != "jit" else []
         traced = rolled(trace(self.fun, args, name=getattr(self, "__name__", None)))
         graph, _, _ = self._transform(traced, args, wrt)
-        outs = inline(graph, *leaves, *captured_by_enclosing(traced))
+        outs = inline(graph, *leaves, *captured_by_enclosing(traced), keep_names=True)
         n_out = len(traced.graph.outputs)
         if self.mode == "jit":
             return unflatten(traced.out_tree, outs)

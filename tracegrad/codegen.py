@@ -148,6 +148,12 @@ def _kernels_of(node) -> list:
     return list(kernel) if isinstance(kernel, dict) else [node.primitive.name]
 
 
+def _may_alias(node, out) -> bool:
+    """Whether ``out``, computed by ``node``, may share memory with one of the node's inputs."""
+    view = node.primitive.view
+    return bool(view(node, out) if callable(view) else view)
+
+
 def _kernel_names(nodes) -> tuple:
     names = set()
     for node in nodes:
@@ -332,7 +338,7 @@ def generate(graph: Graph, function: str | None = None, comments: bool = True, c
             returns.append(_literal(out)[0])
             continue
         name = names[out]
-        if out.aval.ndim and (out in graph.inputs or defined_by[out].primitive.view or out in graph.outputs[:i]):
+        if out.aval.ndim and (out in graph.inputs or _may_alias(defined_by[out], out) or out in graph.outputs[:i]):
             name = f"np.copy({name})"  # never hand back the caller's own array, a view of it, or one array twice
         returns.append(name)
     params = [names[v] for v in graph.inputs]

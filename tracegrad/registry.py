@@ -59,7 +59,8 @@ class Primitive:
     # (None: the operators, ``+ - * / ** -x`` and comparisons, and aliases)
     cheap: bool | None = None
     cast_inputs: Any = ()  # input positions (or True: all) converted to the output dtype before binding
-    view: bool = False  # the result may share memory with an input
+    # the result may share memory with an input; for several outputs, a function (node, out) -> bool
+    view: bool | Callable = False
     nondiff: bool = False  # no gradient flows through (comparisons, sign)
     elementwise: bool = False  # applied element by element; inputs broadcast implicitly to the output
     # Test data: how to draw valid inputs, a name from ``testing.DOMAINS`` ("real", "positive", ...), a function

@@ -6,6 +6,9 @@ seeded random unit directions v: the compiled reverse-mode gradient g gives <g, 
 give (f(x + h v) - f(x - h v)) / 2h; with ``order=2`` the function checked is <grad f(x), u> for a
 random u, so this is the dot-product test <u, H v> of the Hessian. Its cost does not grow with the
 number of inputs. ``"full"`` differentiates numerically entry by entry and reports the worst entries.
+Both modes also run the dot-product test of forward against reverse mode, <1, J v> = <J^T 1, v>: the
+derivative along random directions by every JVP rule (``forward.jvp_graph``, run by the reference
+interpreter) against the compiled gradient, which must agree up to rounding.
 """
 from __future__ import annotations
 
@@ -17,8 +20,9 @@ import numpy as np
 
 from .api import value_and_grad
 from .errors import DataError, GradCheckError, GradTypeError, SourceInfo
+from .forward import jvp_graph
 from .interpret import evaluate
-from .ir import Graph, Var
+from .ir import Graph, IRError, Var
 from .pytree import flatten, unflatten
 from .tracer import arg_names, trace
 
@@ -94,6 +98,9 @@ class KinkWarning(UserWarning):
 # ---------------------------------------------------------------------- the report
 
 
+JVP_ROUNDING = 1e4  # forward and reverse mode agree within this many units in the last place of |g| . |v|
+
+
 @dataclass(frozen=True)
 class Kink:
     """A non-differentiable point within the step of the checked point: the operation and the user's line."""
@@ -156,7 +163,9 @@ class GradCheckReport:
     rows: list = field(default_factory=list)
     value: float = float("nan")  # the compiled function's value at the point
     value_numeric: float = float("nan")  # the same from the finite-difference side
-    problems: list = field(default_factory=list)  # failures that are not rows (value, dtype, shape)
+    problems: list = field(default_factory=list)  # failures that are not rows (value, dtype, shape, jvp)
+    jvp_rows: list = field(default_factory=list)  # forward mode's <1, J v> (numeric) vs <g, v> (analytic)
+    jvp_skipped: str | None = None  # why forward mode was not checked (a primitive without a JVP rule)
 
     @property
     def failures(self) -> list:
@@ -357,7 +366,8 @@ class _Probe:
 
     def __init__(self, fun, args: tuple, positions: list):
         traced = trace(fun, args)
-        graph = traced.graph
+        graph = self.function_graph = traced.graph
+        self.positions = positions
         self.captured = [c.current() for c in traced.captures]
         active = {graph.inputs[i] for i in positions}
         for node in graph.nodes:
@@ -391,6 +401,15 @@ class _Probe:
             signatures = [watch.signature(*(np.asarray(outs[s], np.float64) for s in watch.slots), **watch.params)
                           for watch in self.watches]
         return float(outs[0]), signatures
+
+    def tangent(self, leaves: list, tangents: list) -> float:
+        """The derivative along ``tangents`` (one per differentiated leaf) by forward mode: every JVP rule,
+        run by the reference interpreter."""
+        if not hasattr(self, "jvp"):
+            self.jvp = jvp_graph(self.function_graph, list(self.positions))
+        with np.errstate(all="ignore"):
+            outs = evaluate(self.jvp, *leaves, *tangents, *self.captured)
+        return float(outs[len(self.function_graph.outputs)])
 
     def kinks_between(self, *signature_lists) -> tuple:
         """The kinks whose signature is not the same at all the points given."""
@@ -442,6 +461,11 @@ class _FiniteDifferences:
         kinks = self.probe.kinks_between(self.center, self.probe.run(self._leaves(x + step))[1],
                                          self.probe.run(self._leaves(x - step))[1])
         return (f_plus - f_minus) / (2 * h), noise, kinks
+
+    def tangent(self, x, v) -> float:
+        """The forward-mode derivative at x along v (the JVP rules, in the probe's precision)."""
+        along = flatten(self.point.args_at(v, self.dtype) + self.extra)[0]
+        return self.probe.tangent(self._leaves(x), [along[p] for p in self.point.positions])
 
 
 def _gradient_projection(f, argnums: tuple):
@@ -534,6 +558,11 @@ def check_grad(f, *args, argnums=0, mode: str = "directional", order: int = 1, r
     |numeric|)`` plus the rounding noise of the difference. Defaults depend on the dtype (see
     ``DEFAULTS``); the default ``atol`` is scaled by the size of the gradient (at least 1).
 
+    Forward mode is checked against the gradient too (the dot-product test <1, J v> = <J^T 1, v>, along
+    ``directions`` random directions, one in full mode): the derivative along v computed by the JVP rules must
+    equal <g, v> up to rounding (``JVP_ROUNDING`` units in the last place of sum |g_i v_i|); a mismatch is a
+    problem of the report (``report.jvp_rows`` holds the comparisons).
+
     Where an input of abs/sign/maximum/minimum/where/np.max/np.min/clip is within the step of its kink,
     a ``KinkWarning`` names the line and a mismatch there is not counted as a failure.
 
@@ -617,6 +646,24 @@ def check_grad(f, *args, argnums=0, mode: str = "directional", order: int = 1, r
             report.rows.append(Row(label, index, float(g[k]), difference,
                                    tolerance(g[k], difference, noise, size), kinks))
 
+    # The dot-product test of the two modes, <1, J v> = <J^T 1, v>: forward mode (every JVP rule) against
+    # the compiled reverse-mode gradient, exact up to rounding (no truncation error, kinks included).
+    unit = float(np.finfo(working).eps)
+    for k in range(directions if mode == "directional" else 1):
+        v = np.random.default_rng([seed, k]).normal(size=x.size)
+        v /= np.linalg.norm(v) or 1.0
+        try:
+            tangent = numeric.tangent(x, v)
+        except IRError as e:  # a primitive of the user's own without a JVP rule: nothing to compare
+            report.jvp_skipped = str(e)
+            break
+        transposed = float(g @ v)
+        scale = float(np.abs(g) @ np.abs(v)) + abs(tangent)
+        row = Row(f"direction {k}", None, transposed, tangent, JVP_ROUNDING * unit * scale + np.finfo(working).tiny)
+        report.jvp_rows.append(row)
+        if not row.within:
+            report.problems.append(f"forward mode (jvp) gives {tangent!r} along a random direction where the gradient "
+                                   f"(vjp) gives <g, v> = {transposed!r}: a JVP rule disagrees with its VJP")
     if report.kinks:
         warnings.warn(_kink_message(report, name), KinkWarning, stacklevel=2)
     if not report.passed:

@@ -10,6 +10,9 @@ products against the basis vectors, the Hessian formed one column at a time.
 """
 from __future__ import annotations
 
+import functools
+import inspect
+
 import numpy as np
 
 from .api import captured_by_enclosing, grad, jit
@@ -197,12 +200,13 @@ def jacfwd(fun, argnums=0, has_aux: bool = False):
         if not shape:
             jac = column(0)
         else:
-            _, cols = scan(lambda carry, k: (carry, column(k)), 0.0, np.arange(size))
+            _, cols = scan(lambda carry, k: (carry, column(k)), (), np.arange(size))
             cols = np.reshape(cols, (size,) + out_shape)
             jac = np.reshape(np.transpose(cols, tuple(range(1, len(out_shape) + 1)) + (0,)), out_shape + shape)
         return (jac, _split(fun(*args), True)[1]) if has_aux else jac
 
     columns.__name__ = f"jacfwd_{getattr(fun, '__name__', 'f')}".replace("<lambda>", "lambda")
+    _parameters_of(fun, columns)
     return jit(columns)
 
 
@@ -243,11 +247,21 @@ def vmap(fun, in_axes=0, out_axes=0):
             call = [next(it) if m is not None else arg for arg, m in zip(args, moved)]
             return carry, fun(*call)
 
-        _, ys = scan(body, 0.0, rows)
+        _, ys = scan(body, (), rows)
         return _map(lambda y: _move_axis(y, 0, out_axes % np.ndim(y)), ys)
 
     mapped.__name__ = f"vmap_{getattr(fun, '__name__', 'f')}".replace("<lambda>", "lambda")
+    _parameters_of(fun, mapped)
     return jit(mapped)
+
+
+def _parameters_of(fun, wrapper) -> None:
+    """Give ``wrapper(*args)`` ``fun``'s signature, so that the generated code names the arguments as ``fun``
+    does (``x``, ``params_W1``) rather than ``arg0``."""
+    try:
+        wrapper.__signature__ = inspect.signature(fun)
+    except (TypeError, ValueError):
+        pass
 
 
 def _move_axis(x, source: int, destination: int):
@@ -289,7 +303,7 @@ def jacrev(fun, argnums=0, has_aux: bool = False):
         def row(k):  # the gradient of the output's k-th entry (k traced: the loop's row of arange(size))
             return grad(lambda *xs: np.reshape(_split(fun(*xs), has_aux)[0], (size,))[k], argnums=argnums)(*args)
 
-        _, rows = scan(lambda carry, k: (carry, row(k)), 0.0, np.arange(size))
+        _, rows = scan(lambda carry, k: (carry, row(k)), (), np.arange(size))
         if isinstance(argnums, int):
             jac = np.reshape(rows, shape + tuple(np.shape(args[argnums])))
         else:
@@ -297,6 +311,7 @@ def jacrev(fun, argnums=0, has_aux: bool = False):
         return (jac, aux) if has_aux else jac
 
     jacobian_of.__name__ = f"jacobian_{getattr(fun, '__name__', 'f')}".replace("<lambda>", "lambda")
+    _parameters_of(fun, jacobian_of)
     return jit(jacobian_of)
 
 
@@ -311,7 +326,19 @@ def hessian(fun, argnums=0, has_aux: bool = False):
     if not isinstance(argnums, int):
         raise GradTypeError("hessian takes one argument position (argnums=int)",
                             hint="stack the arguments into one array, or use jacfwd(grad(f, argnums=...))")
-    return jacfwd(grad(fun, argnums=argnums, has_aux=has_aux), argnums=argnums, has_aux=has_aux)
+    name = getattr(fun, "__name__", "f")
+
+    def scalar(*args):
+        result = fun(*args)
+        shape = tuple(np.shape(_split(result, has_aux)[0]))
+        if shape:
+            raise GradTypeError(f"hessian needs a function with a scalar output, but {name} returns shape {shape}",
+                                user_source(), hint="the second derivatives of every entry are "
+                                "jacfwd(jacrev(f)), of shape out + arg + arg")
+        return result
+
+    functools.update_wrapper(scalar, fun, updated=())  # its name and signature, not its attributes
+    return jacfwd(grad(scalar, argnums=argnums, has_aux=has_aux), argnums=argnums, has_aux=has_aux)
 
 
 def hvp(fun, primals: tuple, tangents: tuple):

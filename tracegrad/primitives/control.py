@@ -128,7 +128,8 @@ class loop:
     multiple_results = True
     scoped = _scoped
     prune = _prune
-    view = True  # a carry can come out as it went in (no iterations)
+    # a carry can come out as it went in (no iterations); the stacked outputs are arrays of its own
+    view = staticmethod(lambda node, out: out in node.outs[:node.params["n_carry"]])
 
     def vjp(gs, outs, *inputs, body, length, n_consts, n_carry, reverse):
         return _loop_vjp(gs, outs, inputs, body, length, n_consts, n_carry, reverse)
@@ -434,7 +435,7 @@ def _custom_ref(*inputs, fwd, n_consts, n_out, bwd, trees):
 
 def _custom_render(printer, node, args):
     """The forward function's statements in place, its results under the node's names."""
-    fwd = node.params["fwd"]
+    fwd = node.params["fwd"] if "fwd" in node.params else node.params["fun"]
     for var, (text, _) in zip(fwd.inputs, args):
         printer.alias(var, text)
     lines = printer.block(fwd)
@@ -538,3 +539,80 @@ class custom_vjp_call:
     view = True
     vjp = staticmethod(_custom_vjp)
     jvp = staticmethod(_custom_jvp)
+
+
+# ---------------------------------------------------------------- a function with its own JVP
+
+
+def _jvp_call_shape(*avals, fun, n_consts, rule):
+    if list(avals) != [v.aval for v in fun.inputs]:
+        raise ShapeError("custom_jvp inputs do not match its function")
+    return tuple(o.aval for o in fun.outputs)
+
+
+def _jvp_call_ref(*inputs, fun, n_consts, rule):
+    from ..interpret import evaluate
+
+    return evaluate(fun, *inputs)
+
+
+def _primal_zeros(inputs) -> list:
+    """A zero tangent for each primal (a traced ``full``, so that gradients can be taken with respect to it)."""
+    return [_zeros(Aval(tuple(np.shape(x)), np.dtype(x.dtype) if hasattr(x, "dtype") else np.result_type(x)))
+            for x in inputs]
+
+
+def _jvp_call_jvp(tangents, outs, *inputs, fun, n_consts, rule):
+    """The user's JVP rule, called on the traced primals and tangents (zeros where a primal has none): its
+    primal outputs take the node's place (``forward`` drops the node), its tangents are the outputs'."""
+    builder = current_builder()
+    primals, ts = list(inputs[n_consts:]), list(tangents[n_consts:])
+    zeros = iter(_primal_zeros([p for p, t in zip(primals, ts) if t is None]))
+    values, out_tangents = rule(primals, [t if t is not None else next(zeros) for t in ts])
+    for out, value in zip(outs, values):
+        atom = value.var if isinstance(value, TracedArray) else Literal(value, out.dtype)
+        builder.nodes.append(Node(PRIMITIVES["copy"], (atom,), {}, out.var, builder.source, builder.group))
+    return out_tangents
+
+
+def _jvp_call_vjp(gs, outs, *inputs, fun, n_consts, rule):
+    """Reverse mode from the JVP rule: its tangents are linear in the input tangents, so the gradient of
+    <tangents, gs> with respect to the input tangents (taken at zero) is the VJP, J^T gs. Only the rule's
+    derivative factors survive (``sigmoid(x) * g``); the rule's forward work is dead code."""
+    from ..autodiff import backward
+
+    builder = current_builder()
+    saved = builder.source, builder.group
+    primals = list(inputs[n_consts:])
+    zeros = _primal_zeros(primals)
+    start = len(builder.nodes)
+    _, out_tangents = rule(primals, zeros)
+    seeds: dict = {}
+    for t, g in zip(out_tangents, gs):
+        if g is not None and isinstance(t, TracedArray) and t.dtype.kind == "f":
+            seeds[t.var] = (TracedArray(seeds[t.var], builder) + g).var if t.var in seeds else g.var
+    wrt = [z.var for z in zeros]
+    grads = backward(builder, builder.nodes[start:], seeds, wrt)
+    builder.source, builder.group = saved
+    for g, z in zip(grads, wrt):
+        if g.grad_of is z:  # named after the primal it is the gradient of by the caller, not after the zero
+            g.grad_of = None
+    return [None] * n_consts + [builder.wrap(g) if p_float else None
+                                for g, p_float in zip(grads, (z.aval.dtype.kind == "f" for z in wrt))]
+
+
+@primitive
+class custom_jvp_call:
+    """a function with a forward-mode derivative of its own (``tg.custom_jvp``): its statements in place,
+    and the user's JVP rule as its JVP; its VJP is the rule's transpose (the gradient with respect to the
+    rule's tangents)"""
+    usage = "a `tg.custom_jvp` function ([transformations.md](transformations.md))"
+    backward = "your JVP rule, transposed: the backward pass of its tangents"
+    shape = _jvp_call_shape
+    ref = _jvp_call_ref
+    emit = Block(_custom_render)
+    multiple_results = True
+    scoped = staticmethod(lambda node: [])
+    view = True
+    vjp = staticmethod(_jvp_call_vjp)
+    jvp = staticmethod(_jvp_call_jvp)
