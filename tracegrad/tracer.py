@@ -19,7 +19,7 @@ import numpy as np
 
 from . import primitives  # noqa: F401  (registers the primitives)
 from .captures import is_users_function, owner_readers, path_readers, searchable
-from .core import MATH_FUNCTIONS, Builder, TracedArray, _to_atom
+from .core import COMPLEX_HINT, MATH_FUNCTIONS, Builder, TracedArray, _to_atom
 from .errors import GradTypeError, TracegradError, TracingError, UnsupportedError, raised_at
 from .ir import Aval, Graph, Literal, Var, is_valid_name
 from .pytree import TreeDef, flatten, leaf_paths, unflatten
@@ -43,6 +43,9 @@ def aval_of(leaf) -> Aval:
         return Aval((), np.float64)
     if (type(leaf) is np.ndarray or isinstance(leaf, np.generic)) and leaf.dtype in _COMPILABLE:
         return Aval(leaf.shape, leaf.dtype)
+    if isinstance(leaf, complex) or isinstance(getattr(leaf, "dtype", None), np.dtype) and leaf.dtype.kind == "c":
+        raise GradTypeError(f"complex numbers are not supported yet: an argument of type {type(leaf).__name__}"
+                            + (f" and dtype {leaf.dtype}" if hasattr(leaf, "dtype") else ""), hint=COMPLEX_HINT)
     raise GradTypeError(
         f"cannot trace an argument of type {type(leaf).__name__}"
         + (f" and dtype {leaf.dtype}" if hasattr(leaf, "dtype") else ""),
