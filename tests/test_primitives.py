@@ -125,7 +125,16 @@ CASES = {
     # a function with its own backward (the notes' module): here the plain rule, so differences agree
     "custom_vjp_call": [(lambda x, y: _gate(x, y) + _gate(y, x * y), (VECTOR, VECTOR), "real")],
     "stop_gradient": [(lambda x: tg.stop_gradient(x) * 0.0 + x, (VECTOR,), "real")],
+    # draws from a key read from the globals (so traced, read at every call), scaled by the arguments
+    "random_uniform": [(lambda x: x * tg.random.uniform(KEY, x.shape, dtype=x.dtype), (MATRIX,), "real"),
+                       (lambda x, y: tg.random.uniform(KEY, None, x, y), (VECTOR, VECTOR), "real")],
+    "random_normal": [(lambda x, y: x + y * tg.random.normal(KEY, x.shape, dtype=x.dtype), (MATRIX, ROW), "real"),
+                      (lambda x: x * tg.random.normal(KEY, dtype=x.dtype), (SCALAR,), "real")],
+    "random_fold_in": [(lambda x: x * tg.random.uniform(tg.random.split(KEY, 3)[2], x.shape, dtype=x.dtype),
+                        (VECTOR,), "real")],
+    "random_permutation": [(lambda x: x[tg.random.permutation(KEY, 3)] * x, ((3, 2),), "real")],
 }
+KEY = tg.random.key(7)
 
 PARAMS = [pytest.param(name, i, id=f"{name}-{i}") for name in CASES for i in range(len(CASES[name]))]
 

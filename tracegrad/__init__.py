@@ -23,7 +23,7 @@ from .transforms import hessian, hvp, jacfwd, jacobian, jacrev, jvp, linearize, 
 from .custom import custom_vjp
 from .primitives.elementwise import sigmoid
 from .primitives.structural import stop_gradient
-from . import nn, optim
+from . import nn, optim, random
 from .errors import DataError, NonFiniteTrainingError, TrainingError, TrainingInterrupted
 from .train import History, fit
 from .draw import Drawing, MissingDependencyError, draw
