@@ -203,3 +203,71 @@ def test_bad_keys():
         tg.random.uniform(tg.random.key(0), (2,), dtype=np.int64)
     with pytest.raises(tg.GradTypeError, match="int seed"):
         tg.random.key(1.5)
+
+
+# ---------------------------------------------------------------- tg.fit with a key: dropout
+
+
+def _dropout_problem():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(48, 4))
+    y = X @ np.array([1.0, -2.0, 0.5, 3.0])
+    params = {"W": rng.normal(size=(4, 8)) * 0.5, "v": rng.normal(size=8) * 0.5}
+    return X, y, params
+
+
+def dropout_loss(p, X, y, key):
+    h = tg.nn.dropout(np.tanh(X @ p["W"]), 0.5, key)
+    return tg.nn.mse(h @ p["v"], y)
+
+
+FIT = dict(optimizer=tg.optim.SGD(lr=0.05), batch_size=16, progress=False, shuffle=False)
+
+
+def _by_hand(params, X, y, steps_key, epochs):
+    """fit's documented sequence: update t (from 1) uses steps_key(t)."""
+    p = {k: v.copy() for k, v in params.items()}
+    grad, t = tg.grad(dropout_loss), 0
+    for _ in range(epochs):
+        for s in range(0, len(X), 16):
+            t += 1
+            g = grad(p, X[s:s + 16], y[s:s + 16], steps_key(t))
+            for k in p:
+                p[k] = p[k] - 0.05 * g[k]
+    return p
+
+
+def test_fit_draws_a_new_dropout_mask_at_every_step_and_reproduces():
+    X, y, params = _dropout_problem()
+    key = tg.random.key(0)
+    trained, history = tg.fit(dropout_loss, params, (X, y), key=key, epochs=2, **FIT)
+    expected = _by_hand(params, X, y, lambda t: tg.random.fold_in(key, t), epochs=2)
+    for k in params:
+        np.testing.assert_allclose(trained[k], expected[k], rtol=1e-12, atol=1e-14)
+    # one mask for every step would be another training run
+    frozen = _by_hand(params, X, y, lambda t: tg.random.fold_in(key, 1), epochs=2)
+    assert np.abs(trained["W"] - frozen["W"]).max() > 1e-3
+    again, history_again = tg.fit(dropout_loss, params, (X, y), key=key, epochs=2, **FIT)
+    for k in params:
+        np.testing.assert_array_equal(again[k], trained[k])
+    assert history_again.loss == history.loss
+    other, _ = tg.fit(dropout_loss, params, (X, y), key=tg.random.key(1), epochs=2, **FIT)
+    assert np.abs(other["W"] - trained["W"]).max() > 1e-3
+    # the NumPy epochs draw the same masks
+    evaluated, _ = tg.fit(dropout_loss, params, (X, y), key=key, epochs=2, compile="never", **FIT)
+    for k in params:
+        np.testing.assert_allclose(evaluated[k], trained[k], rtol=1e-12, atol=1e-14)
+
+
+def test_fit_with_a_key_resumes_the_same_sequence_and_evaluates_without_dropout():
+    X, y, params = _dropout_problem()
+    key = tg.random.key(3)
+    whole, _ = tg.fit(dropout_loss, params, (X, y), key=key, epochs=3, **FIT)
+    first, history = tg.fit(dropout_loss, params, (X, y), key=key, epochs=2, **FIT)
+    resumed, _ = tg.fit(dropout_loss, first, (X, y), key=key, epochs=1, state=history.state, **FIT)
+    for k in params:
+        np.testing.assert_array_equal(resumed[k], whole[k])
+    _, history = tg.fit(dropout_loss, params, (X, y), key=key, epochs=1, validation=(X[:8], y[:8]), **FIT)
+    assert history.initial_loss == pytest.approx(dropout_loss(params, X, y, None), rel=1e-12)
+    with pytest.raises(tg.DataError, match="tg.random.key"):
+        tg.fit(dropout_loss, params, (X, y), key=7, **FIT)
