@@ -85,3 +85,9 @@ def test_std_away_from_zero_variance_against_central_differences():
             return np.sum(np.std(x, **kwargs) ** 2 + np.std(x, **kwargs))
         np.testing.assert_allclose(tg.grad(f)(x), numeric_grad(f, x), rtol=1e-6, atol=1e-9)
     tg.check_grad(lambda x: np.std(x), x, order=2)
+
+
+def test_a_constant_exponent_keeps_the_plain_rule_in_the_generated_code():
+    source = tg.source(tg.grad(lambda x: np.sum(x ** 3.0)), np.ones(3))
+    assert "where" not in source  # no select for y == 0 when y is a known constant
+    assert "x[i0] ** 2.0" in source

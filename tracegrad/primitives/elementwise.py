@@ -154,7 +154,7 @@ class pow:
         # notes): a constant exponent 0 gives no gradient, an array of exponents selects 0 where it is 0
         # (the exponent there replaced by 1, so that neither branch is nan, even differentiated again).
         # d/dy x**y = x**y log x, which is 0 at x = 0 (out is 0 there): log(1) keeps 0 * -inf out
-        if not hasattr(y, "var"):  # a constant exponent (NumPy scalar)
+        if isinstance(y, (np.generic, int, float)):  # a constant exponent
             dx = None if y == 0 else g * y * x ** (y - 1)
         else:
             zero = y == 0
