@@ -31,7 +31,7 @@ from .errors import CacheError, CacheWarning, GradCheckError
 from .testing import KinkWarning, check_grad, numeric_grad
 
 __all__ = [
-    "nn", "optim", "fit", "History", "DataError", "TrainingError", "TrainingInterrupted", "NonFiniteTrainingError",
+    "nn", "optim", "random", "fit", "History", "DataError", "TrainingError", "TrainingInterrupted", "NonFiniteTrainingError",
     "grad", "value_and_grad", "jit", "make_graph", "source", "sigmoid", "stop_gradient",
     "scan", "fori_loop", "while_loop", "custom_vjp", "vmap", "jacrev", "jacfwd", "jacobian", "hessian", "hvp",
     "jvp", "linearize", "vjp",
