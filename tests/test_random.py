@@ -271,3 +271,29 @@ def test_fit_with_a_key_resumes_the_same_sequence_and_evaluates_without_dropout(
     assert history.initial_loss == pytest.approx(dropout_loss(params, X, y, None), rel=1e-12)
     with pytest.raises(tg.DataError, match="tg.random.key"):
         tg.fit(dropout_loss, params, (X, y), key=7, **FIT)
+
+
+# ---------------------------------------------------------------- inside loops, vmap and forward mode
+
+
+def test_draws_inside_loops_vmap_and_forward_mode():
+    key = tg.random.key(0)
+
+    def walk(mu, key):  # a key per step, folded from the loop's index
+        return tg.fori_loop(0, 5, lambda i, c: c + mu * tg.random.normal(tg.random.fold_in(key, i), ()), 0.0)
+
+    steps = [tg.random.normal(tg.random.fold_in(key, i), ()) for i in range(5)]
+    value, grad = tg.value_and_grad(walk)(2.0, key)
+    assert value == pytest.approx(2.0 * sum(steps), rel=1e-12) and grad == pytest.approx(sum(steps), rel=1e-12)
+    keys = tg.random.split(key, 4)
+    mapped = tg.vmap(lambda k: tg.random.uniform(k, (3,)))(keys)
+    np.testing.assert_array_equal(mapped, np.stack([tg.random.uniform(k, (3,)) for k in keys]))
+
+    def scanned(x, key):
+        return tg.scan(lambda c, k: (c + np.sum(x * tg.random.uniform(k, x.shape)), 0.0), 0.0, tg.random.split(key, 3))[0]
+
+    np.testing.assert_allclose(tg.grad(scanned)(np.ones(2), key), sum(tg.random.uniform(k, (2,)) for k in keys[:3]),
+                               rtol=1e-12)
+    eps = tg.random.normal(key, (3,))
+    _, tangent = tg.jvp(lambda mu, s: np.sum(tg.random.normal(key, (3,), mu, s)), (1.0, 2.0), (0.5, 1.0))
+    assert tangent == pytest.approx(3 * 0.5 + np.sum(eps), rel=1e-12)
