@@ -297,3 +297,16 @@ def test_draws_inside_loops_vmap_and_forward_mode():
     eps = tg.random.normal(key, (3,))
     _, tangent = tg.jvp(lambda mu, s: np.sum(tg.random.normal(key, (3,), mu, s)), (1.0, 2.0), (0.5, 1.0))
     assert tangent == pytest.approx(3 * 0.5 + np.sum(eps), rel=1e-12)
+
+
+def test_a_key_argument_keeps_the_per_call_fast_path():
+    f = tg.grad(lambda x, k: np.sum(tg.nn.dropout(x, 0.5, k) * x))
+    x = np.arange(1.0, 9.0)
+    first = f(x, tg.random.key(0))
+    entry = f.specialize(x, tg.random.key(0))
+    assert entry.guard is not None and type(f).__call__ is entry.guard  # checked by class, passed as it is
+    second = f(x, tg.random.key(1))  # through the guard: a new key, a new mask
+    assert not np.array_equal(first, second)
+    np.testing.assert_array_equal(second, np.where(tg.nn.dropout(np.ones(8), 0.5, tg.random.key(1)) != 0, 4 * x, 0.0))
+    with pytest.raises(tg.ShapeError, match="uint64 scalar"):
+        f(x, np.float64(1.0))  # another class: the general path, which traces and refuses it
