@@ -8,7 +8,8 @@
 - value and gradient of a dropout layer on a (256, 512) activation, ``sum(dropout(tanh(x), 0.5, key) ** 2)``:
   tracegrad compiled; the same maths by hand in NumPy (``Generator.random``), and in Numba (one loop,
   splitmix64 as tracegrad draws it, the same mask);
-- the same, tracegrad's NumPy evaluator (the tier that answers while Numba compiles).
+- the same, tracegrad's NumPy evaluator (the tier that answers while Numba compiles);
+- the same on a (1, 10) activation, where the cost of a call from Python dominates (the key is an argument).
 Medians of interleaved rounds, process CPU time; the machine is shared, compare ratios only.
 """
 from __future__ import annotations
@@ -98,9 +99,15 @@ def main():
     assert np.allclose(evaluated(x, key)[1], grad, rtol=1e-12)
     dropout_cases = {"tracegrad (compiled)": (f, (x, key)), "tracegrad (NumPy evaluator)": (evaluated, (x, key)),
                      "NumPy by hand": (dropout_numpy, (x, rng)), "Numba by hand (one loop)": (dropout_by_hand, (x, key))}
+    small = rng.normal(size=(1, 10))
+    assert np.allclose(f(small, key)[1], dropout_by_hand(small, key)[1], rtol=1e-12)
+    call_cases = {"tracegrad (compiled, a key argument)": (f, (small, key)),
+                  "Numba by hand (one loop)": (dropout_by_hand, (small, key))}
     for title, group, base in (("a million uniform float64 numbers (median per call)", cases, "NumPy Generator.random"),
                                ("value and gradient of dropout on (256, 512), rate 0.5 (median per call)",
-                                dropout_cases, "NumPy by hand")):
+                                dropout_cases, "NumPy by hand"),
+                               ("the same on (1, 10), called from Python: the per-call cost (median per call)",
+                                call_cases, "Numba by hand (one loop)")):
         batches = {name: calibrate(fn, args, 2e7) for name, (fn, args) in group.items()}
         times = interleaved({name: (lambda fn=fn, args=args, b=batches[name]: time_batch(fn, args, b))
                              for name, (fn, args) in group.items()}, rounds)
