@@ -28,7 +28,9 @@ BAD_ARGUMENTS = {
     "a string": ("abc", r"type str"),
     "a list of strings": (["a", "b"], r"type str"),
     "an object array": (np.array([1.0, None], dtype=object), r"dtype object"),
-    "a complex array": (np.array([1 + 2j, 3j]), r"complex128"),
+    "a complex array": (np.array([1 + 2j, 3j]), r"complex numbers are not supported yet.*complex128"),
+    "a complex number": (1 + 2j, r"complex numbers are not supported yet.*type complex"),
+    "a complex64 scalar": (np.complex64(1j), r"complex numbers are not supported yet.*complex64"),
     "a float16 array": (np.ones(2, np.float16), r"float16"),
     "a set": ({1.0}, r"type set"),
     "a function": (len, r"builtin_function_or_method"),
@@ -70,6 +72,16 @@ def test_a_complex_array_in_the_closure_is_named():
     Z = np.array([1j, 2j])
     with pytest.raises(tg.UnsupportedError, match="complex128"):
         tg.jit(lambda x: x * Z)(GOOD)
+
+
+@pytest.mark.parametrize("constant", [1j, np.complex128(2j), np.complex64(1 + 1j)], ids=repr)
+def test_a_complex_constant_is_refused_at_the_users_line(constant):
+    def f(x):
+        return np.sum(x * constant)  # the line named
+
+    with pytest.raises(tg.UnsupportedError, match=r"complex numbers \(.*\) are not supported") as info:
+        tg.grad(f)(GOOD)
+    assert "return np.sum(x * constant)" in str(info.value)
 
 
 MISUSE = {

@@ -180,7 +180,16 @@ CASES = {
     # ranges the function makes itself are computed by the code: np.arange(n), with a start and a step
     "constant": [(lambda x: x[np.arange(2), np.array([2, 0])], (MATRIX,), "real"),
                  (lambda x: x * np.arange(1, 4) + x[::-1] * np.arange(5, -1, -2), (VECTOR,), "real")],
+    # draws from a key read from the globals (so traced, read at every call), scaled by the arguments
+    "random_uniform": [(lambda x: x * tg.random.uniform(KEY, x.shape, dtype=x.dtype), (MATRIX,), "real"),
+                       (lambda x, y: tg.random.uniform(KEY, None, x, y), (VECTOR, VECTOR), "real")],
+    "random_normal": [(lambda x, y: x + y * tg.random.normal(KEY, x.shape, dtype=x.dtype), (MATRIX, ROW), "real"),
+                      (lambda x: x * tg.random.normal(KEY, dtype=x.dtype), (SCALAR,), "real")],
+    "random_fold_in": [(lambda x: x * tg.random.uniform(tg.random.split(KEY, 3)[2], x.shape, dtype=x.dtype),
+                        (VECTOR,), "real")],
+    "random_permutation": [(lambda x: x[tg.random.permutation(KEY, 3)] * x, ((3, 2),), "real")],
 }
+KEY = tg.random.key(7)
 
 GENERATED = {name: generated_cases(prim) for name, prim in PRIMITIVES.items() if generated_cases(prim)}
 ALL_CASES = {name: GENERATED.get(name, []) + CASES.get(name, []) for name in sorted(set(GENERATED) | set(CASES))}

@@ -21,7 +21,7 @@ from .captures import HeldArrayWarning
 from .loops import fori_loop, scan, while_loop
 from .transforms import hessian, hvp, jacfwd, jacobian, jacrev, jvp, linearize, vjp, vmap
 from .custom import custom_jvp, custom_vjp
-from . import nn, optim
+from . import nn, optim, random
 from .nn import sigmoid, stop_gradient
 from .errors import DataError, NonFiniteTrainingError, TrainingError, TrainingInterrupted
 from .train import History, fit
@@ -30,7 +30,7 @@ from .errors import CacheError, CacheWarning, GradCheckError
 from .testing import KinkWarning, check_grad, numeric_grad
 
 __all__ = [
-    "nn", "optim", "fit", "History", "DataError", "TrainingError", "TrainingInterrupted", "NonFiniteTrainingError",
+    "nn", "optim", "random", "fit", "History", "DataError", "TrainingError", "TrainingInterrupted", "NonFiniteTrainingError",
     "grad", "value_and_grad", "jit", "make_graph", "source", "sigmoid", "stop_gradient",
     "scan", "fori_loop", "while_loop", "custom_vjp", "vmap", "jacrev", "jacfwd", "jacobian", "hessian", "hvp",
     "jvp", "linearize", "vjp", "custom_jvp",

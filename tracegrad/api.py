@@ -292,7 +292,8 @@ def _make_guard(in_tree: TreeDef, signature: tuple, result: _Result, n_out: int,
     ``Function._dispatch``. It becomes the ``__call__`` of the class of the function it serves (each
     Function has a class of its own), so a matching call costs one Python frame. Numba's own dispatch
     would convert an int or a float32 to a float64 silently. None for leaves the general path converts
-    (NumPy scalars, 0-d arrays)."""
+    (0-d arrays); a NumPy scalar is checked by its class and passed as it is (a gradient with respect to
+    one needs converting: ``_direct_pack`` leaves those to the general path)."""
     writer = GuardWriter()
     params = [f"_a{i}" for i in range(len(in_tree.children))]  # names no caller passes as keywords
     writer.check("not rest and not kwargs and tracing.builder is None")  # (inside a trace: traced into it)
@@ -302,8 +303,10 @@ def _make_guard(in_tree: TreeDef, signature: tuple, result: _Result, n_out: int,
             writer.check(f"{name}.__class__ is {sig.__name__}")
         elif isinstance(sig, tuple) and len(sig) == 2 and sig[1] != ():
             writer.check_array(name, *sig)
+        elif isinstance(sig, tuple) and len(sig) == 1:  # a NumPy scalar (a tg.random key): passed as it is
+            writer.check(f"{name}.__class__ is {writer.constant(sig[0], 'scalar')}")
         else:
-            return None  # NumPy scalars and 0-d arrays: the general path converts them
+            return None  # 0-d arrays: the general path converts them
     env = writer.env
     env.update({"MISS": _MISS, "tracing": _tracing, "kernel": dispatcher, "NUMBA_ERRORS": backend.NUMBA_ERRORS,
                 "compile_error": backend.compile_error, "module": module, "dispatch": Function._dispatch})

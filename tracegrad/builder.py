@@ -161,7 +161,13 @@ def _to_atom(value, builder: Builder):
         return _WeakLiteral(value, np.result_type(value))
     if isinstance(value, (list, tuple)):  # a shape passed where an array belongs is a bug in a rule
         raise TypeError("primitive inputs must be arrays; pass params such as shape= by keyword")
+    if isinstance(value, (complex, np.complexfloating)) or isinstance(value, np.ndarray) and value.dtype.kind == "c":
+        raise UnsupportedError(f"complex numbers ({_describe(value)}) are not supported in a traced computation yet",
+                               user_source(), COMPLEX_HINT)
     if isinstance(value, np.generic):  # immutable: a constant
+        if value.dtype.kind not in "biuf":
+            raise UnsupportedError(f"a NumPy scalar of dtype {value.dtype} cannot take part in a traced computation",
+                                   user_source())
         return Literal(value.item(), value.dtype)
     if isinstance(value, np.ndarray):
         if value.ndim == 0 and builder.backward:  # a VJP rule's scalar, which NumPy made a 0-d array (0.0 == g)
@@ -171,6 +177,13 @@ def _to_atom(value, builder: Builder):
             raise UnsupportedError(f"arrays of dtype {value.dtype} cannot take part in a traced computation", user_source())
         return builder.capture(value)
     raise UnsupportedError(f"cannot use a value of type {type(value).__name__} in a traced computation", user_source())
+
+
+COMPLEX_HINT = "tracegrad differentiates real functions: split complex values into real and imaginary parts"
+
+
+def _describe(value) -> str:
+    return f"an array of dtype {value.dtype}" if isinstance(value, np.ndarray) else repr(value)
 
 
 def _is_ancestor(outer: Builder, inner: Builder) -> bool:

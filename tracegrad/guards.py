@@ -22,7 +22,7 @@ from itertools import count
 
 import numpy as np
 
-from .pytree import TreeDef
+from .pytree import TreeDef, new_dataclass
 
 
 class Mismatch(Exception):
@@ -74,11 +74,16 @@ class GuardWriter:
         if tree.kind == "none":
             self.check(f"{name} is None")
             return []
-        self.check(f"{name}.__class__ is {_CONTAINERS[tree.kind]} and len({name}) == {len(tree.children)}")
-        keys = [self.constant(k) for k in tree.meta] if tree.kind == "dict" else range(len(tree.children))
+        if tree.kind == "dataclass":  # its class fixes its fields: read each as an attribute
+            self.check(f"{name}.__class__ is {self.constant(tree.meta[0], 'cls')}")
+            items = [f"{name}.{field}" for field in tree.meta[1]]
+        else:
+            cls = self.constant(tree.meta, "cls") if tree.kind == "namedtuple" else _CONTAINERS[tree.kind]
+            self.check(f"{name}.__class__ is {cls} and len({name}) == {len(tree.children)}")
+            keys = [self.constant(k) for k in tree.meta] if tree.kind == "dict" else range(len(tree.children))
+            items = [f"{name}[{key}]" for key in keys]
         leaves = []
-        for key, child in zip(keys, tree.children):
-            item = f"{name}[{key}]"
+        for item, child in zip(items, tree.children):
             leaves += self.unpack(item if child.kind == "none" else self.bind(item), child)
         return leaves
 
@@ -104,4 +109,10 @@ class GuardWriter:
             return "{" + ", ".join(f"{self.constant(k)}: {c}" for k, c in zip(tree.meta, children)) + "}"
         if tree.kind == "list":
             return "[" + ", ".join(children) + "]"
+        if tree.kind == "namedtuple":
+            return f"{self.constant(tree.meta, 'cls')}({', '.join(children)})"
+        if tree.kind == "dataclass":
+            self.env.setdefault("new_dataclass", new_dataclass)
+            return (f"new_dataclass({self.constant(tree.meta[0], 'cls')}, {self.constant(tree.meta[1])}, "
+                    f"({''.join(c + ', ' for c in children)}))")
         return "(" + "".join(c + ", " for c in children) + ")"

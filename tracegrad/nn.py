@@ -21,6 +21,7 @@ import math
 
 import numpy as np
 
+from . import random
 from .errors import DataError, ShapeError
 from .primitives.elementwise import sigmoid as _sigmoid
 from .primitives.structural import stop_gradient as _stop_gradient
@@ -30,7 +31,7 @@ __all__ = [
     "sigmoid", "tanh", "relu", "leaky_relu", "elu", "swish", "softmax", "log_softmax", "logsumexp",
     "mse", "mae", "huber", "log_cosh", "binary_cross_entropy", "binary_cross_entropy_with_logits",
     "softmax_cross_entropy", "multiclass_hinge", "l1_penalty", "l2_penalty",
-    "glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "init_mlp", "mlp", "accuracy",
+    "glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "init_mlp", "mlp", "accuracy", "dropout",
 ]
 
 # ---------------------------------------------------------------------------------------- activations
@@ -226,6 +227,26 @@ def l1_penalty(params):
     """sum of |w| over every leaf of ``params`` (an array or any pytree of arrays)."""
     leaves = flatten(params)[0]
     return sum(np.sum(np.abs(w)) for w in leaves)
+
+
+def dropout(x, rate, key):
+    """Inverted dropout: each entry of ``x`` is zeroed with probability ``rate`` and the others are divided by
+    ``1 - rate``, so that the expectation is ``x``. The mask is drawn from ``key`` (``tg.random``) at every
+    call; ``key=None`` (evaluation) or ``rate=0`` returns ``x`` unchanged. In ``tg.fit(..., key=...)`` each
+    step's loss gets a key of its own.
+
+    >>> import numpy as np, tracegrad as tg
+    >>> dropout(np.ones(6), 0.5, tg.random.key(1))
+    array([0., 2., 0., 2., 0., 2.])
+    >>> dropout(np.ones(2), 0.5, None)
+    array([1., 1.])
+    """
+    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating)) or not 0 <= rate < 1:
+        raise DataError(f"dropout: rate must be a number in [0, 1), got {rate!r}")
+    if key is None or rate == 0:
+        return x
+    keep = random.bernoulli(key, 1.0 - rate, np.shape(x))
+    return np.where(keep, x / (1.0 - rate), 0.0)
 
 
 # ---------------------------------------------------------------------------------------- initialisers

@@ -1,10 +1,14 @@
-"""Flatten and unflatten pytrees: nested tuples, lists and dicts with array or scalar leaves.
+"""Flatten and unflatten pytrees: nested tuples, lists, dicts, namedtuples and dataclasses with array or
+scalar leaves.
 
-Follows JAX's conventions: ``None`` is an empty subtree, dict keys are visited in sorted order,
-and anything that is not a tuple, list or dict is a leaf.
+Follows JAX's conventions: ``None`` is an empty subtree, dict keys are visited in sorted order, a
+namedtuple's fields and a dataclass's fields in the order the class declares them, and anything else is a
+leaf. A namedtuple is rebuilt by calling its class; a dataclass without calling ``__init__`` or
+``__post_init__`` (its fields are set as they were flattened, traced values included), frozen or not.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from .errors import GradTypeError
@@ -16,8 +20,8 @@ class TreeDef:
     __slots__ = ("kind", "meta", "children", "_hash")
 
     def __init__(self, kind: str, meta: Any = None, children: tuple = ()):
-        self.kind = kind  # "leaf", "none", "tuple", "list" or "dict"
-        self.meta = meta  # the sorted keys of a dict
+        self.kind = kind  # "leaf", "none", "tuple", "list", "dict", "namedtuple" or "dataclass"
+        self.meta = meta  # the sorted keys of a dict; the class of a namedtuple; (class, field names) of a dataclass
         self.children = children
         self._hash = hash((kind, meta, children))
 
@@ -47,6 +51,10 @@ class TreeDef:
             return f"({inner}{',' if len(self.children) == 1 else ''})"
         if self.kind == "list":
             return f"[{inner}]"
+        if self.kind == "namedtuple":
+            return f"{self.meta.__name__}({inner})"
+        if self.kind == "dataclass":
+            return f"{self.meta[0].__name__}(" + ", ".join(f"{k}={c!r}" for k, c in zip(self.meta[1], self.children)) + ")"
         return "{" + ", ".join(f"{k!r}: {c!r}" for k, c in zip(self.meta, self.children)) + "}"
 
 
@@ -70,7 +78,10 @@ def _flatten(tree, leaves, depth) -> TreeDef:
     if tree is None:
         return _NONE
     kind = type(tree)
-    if kind is tuple or kind is list or kind is dict:
+    container = kind is tuple or kind is list or kind is dict
+    if not container and (is_namedtuple(tree) or is_dataclass_instance(tree)):
+        container = True
+    if container:
         if depth == MAX_DEPTH:
             raise GradTypeError(f"a pytree (the arguments or results: tuples, lists and dicts inside each other) is "
                                 f"nested more than {MAX_DEPTH} levels deep, or contains itself",
@@ -78,9 +89,40 @@ def _flatten(tree, leaves, depth) -> TreeDef:
         if kind is dict:
             keys = _sorted_keys(tree)
             return TreeDef("dict", keys, tuple([_flatten(tree[k], leaves, depth + 1) for k in keys]))
-        return TreeDef(kind.__name__, None, tuple([_flatten(child, leaves, depth + 1) for child in tree]))
+        if kind is tuple or kind is list:
+            return TreeDef(kind.__name__, None, tuple([_flatten(child, leaves, depth + 1) for child in tree]))
+        if isinstance(tree, tuple):
+            return TreeDef("namedtuple", kind, tuple([_flatten(child, leaves, depth + 1) for child in tree]))
+        names = field_names(kind)
+        return TreeDef("dataclass", (kind, names),
+                       tuple([_flatten(getattr(tree, name), leaves, depth + 1) for name in names]))
     leaves.append(tree)
     return LEAF
+
+
+def is_namedtuple(value) -> bool:
+    """A namedtuple (``collections.namedtuple`` or ``typing.NamedTuple``): a tuple whose class has ``_fields``."""
+    return isinstance(value, tuple) and type(value) is not tuple and isinstance(getattr(type(value), "_fields", None),
+                                                                                  tuple)
+
+
+def is_dataclass_instance(value) -> bool:
+    """An instance (not the class) of a ``@dataclasses.dataclass``."""
+    return hasattr(type(value), "__dataclass_fields__") and not isinstance(value, type)
+
+
+def field_names(cls) -> tuple:
+    """A dataclass's fields, in the order the class declares them."""
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def new_dataclass(cls, names, values):
+    """An instance of the dataclass ``cls`` with its fields ``names`` set to ``values``, without calling
+    ``__init__`` (frozen dataclasses too)."""
+    obj = object.__new__(cls)
+    for name, value in zip(names, values):
+        object.__setattr__(obj, name, value)
+    return obj
 
 
 def _sorted_keys(tree: dict) -> tuple:
@@ -111,6 +153,10 @@ def _unflatten(treedef, it):
         return tuple(children)
     if kind == "list":
         return children
+    if kind == "namedtuple":
+        return treedef.meta(*children)
+    if kind == "dataclass":
+        return new_dataclass(*treedef.meta, children)
     return dict(zip(treedef.meta, children))
 
 
@@ -127,6 +173,12 @@ def leaf_paths(tree: Any, prefix: str) -> list[str]:
         elif type(node) is dict:
             for key in _sorted_keys(node):
                 walk(node[key], f"{name}_{key}")
+        elif is_namedtuple(node):
+            for key, child in zip(type(node)._fields, node):
+                walk(child, f"{name}_{key}")
+        elif is_dataclass_instance(node):
+            for key in field_names(type(node)):
+                walk(getattr(node, key), f"{name}_{key}")
         else:
             names.append(name)
 

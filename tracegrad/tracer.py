@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import pickle
 import types
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -19,8 +20,8 @@ import numpy as np
 
 from . import primitives  # noqa: F401  (registers the primitives)
 from .captures import is_users_function, owner_readers, path_readers, searchable
-from .core import MATH_FUNCTIONS, Builder, TracedArray, _to_atom
-from .errors import GradTypeError, TracegradError, TracingError, UnsupportedError, raised_at
+from .core import COMPLEX_HINT, MATH_FUNCTIONS, Builder, TracedArray, _to_atom
+from .errors import GradTypeError, TracegradError, TracingError, UnsupportedError, raised_at, user_source
 from .ir import Aval, Graph, Literal, Node, Var, is_valid_name
 from .primitives.constants import ConstantArray, constant
 from .pytree import TreeDef, flatten, leaf_paths, unflatten
@@ -44,6 +45,9 @@ def aval_of(leaf) -> Aval:
         return Aval((), np.float64)
     if (type(leaf) is np.ndarray or isinstance(leaf, np.generic)) and leaf.dtype in _COMPILABLE:
         return Aval(leaf.shape, leaf.dtype)
+    if isinstance(leaf, complex) or isinstance(getattr(leaf, "dtype", None), np.dtype) and leaf.dtype.kind == "c":
+        raise GradTypeError(f"complex numbers are not supported yet: an argument of type {type(leaf).__name__}"
+                            + (f" and dtype {leaf.dtype}" if hasattr(leaf, "dtype") else ""), hint=COMPLEX_HINT)
     raise GradTypeError(
         f"cannot trace an argument of type {type(leaf).__name__}"
         + (f" and dtype {leaf.dtype}" if hasattr(leaf, "dtype") else ""),
@@ -105,6 +109,7 @@ def trace(fn, args: tuple, name: str | None = None) -> Traced:
         traced_args = _rebuild(args, it)
         preparer = _Preparer(builder)
         prepared = preparer.prepare(fn)
+        random_states = _random_states(fn, preparer.roots)
         try:
             result, local_names = _call_recording_locals(prepared, traced_args, builder)
         except (TypeError, TracegradError) as exc:  # list + 1, None * x ...: say which argument was not an array
@@ -112,6 +117,7 @@ def trace(fn, args: tuple, name: str | None = None) -> Traced:
             if explained is None:
                 raise
             raise explained from None
+        _check_random_states(random_states, builder.name)
         out_leaves, out_tree = flatten(result)
         outputs = [_output_atom(leaf, builder) for leaf in out_leaves]
     for var, hint in local_names.items():
@@ -241,13 +247,111 @@ def _global_names(code) -> set:
     return names
 
 
-def _substitute(value, hint, builder, read):
+# ---------------------------------------------------------------- np.random: refused, never frozen
+
+
+_RANDOM_HINT = ("pass a key argument, tg.random.key(seed), and draw with tg.random.uniform(key, shape), "
+                "tg.random.normal(key, shape), tg.random.bernoulli(key, p, shape) or tg.nn.dropout(x, rate, key)")
+
+
+def _frozen_draw(name):
+    """What a traced function calls instead of the ``np.random`` function (or method) ``name``."""
+    def refuse(*args, **kwargs):
+        raise UnsupportedError(f"{name} inside a traced function: its numbers would be drawn once, while tracing, "
+                               f"and the same numbers used at every call", user_source(), _RANDOM_HINT)
+    refuse.__name__ = name.rsplit(".", 1)[-1]
+    return refuse
+
+
+class _TracingRandom(types.ModuleType):
+    """Stands in for ``np.random`` inside a traced function: its functions raise (classes stay, for isinstance)."""
+
+    def __getattr__(self, name):
+        value = getattr(np.random, name)
+        return value if isinstance(value, type) or not callable(value) else _frozen_draw(f"np.random.{name}")
+
+
+class _TracingNumpy(types.ModuleType):
+    """Stands in for ``numpy`` in a traced function that reads ``np.random``: the rest is NumPy's."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+class _FrozenGenerator:
+    """Stands in for a ``Generator`` or ``RandomState`` a traced function reads by name: drawing raises."""
+
+    def __init__(self, name):
+        self._name = name
+
+    def __getattr__(self, attr):
+        return _frozen_draw(f"{self._name}.{attr} (a NumPy random generator)")
+
+
+_RANDOM_MODULE = _TracingRandom("numpy.random")
+_NUMPY_MODULE = _TracingNumpy("numpy")
+_NUMPY_MODULE.__dict__.update({k: v for k, v in vars(np).items() if k != "random"})
+_NUMPY_MODULE.random = _RANDOM_MODULE
+_GLOBAL_GENERATOR = getattr(np.random.mtrand, "_rand", None)  # the RandomState behind np.random.rand
+_GENERATORS = (np.random.Generator, np.random.RandomState, np.random.BitGenerator)
+
+
+def _random_substitute(value, hint, code):
+    """The stand-in for ``value`` if it is NumPy's random module, a generator or one of their methods, or
+    NumPy itself in code that reads its ``random`` attribute; else None."""
+    if value is np.random:
+        return _RANDOM_MODULE
+    if value is np and "random" in _global_names(code):
+        return _NUMPY_MODULE
+    if isinstance(value, _GENERATORS):
+        return _FrozenGenerator(hint)
+    if isinstance(getattr(value, "__self__", None), _GENERATORS) and callable(value):
+        return _frozen_draw(f"{hint} (a method of a NumPy random generator)")
+    return None
+
+
+def _random_states(fn, roots) -> dict:
+    """The states of the random generators a trace could draw from without naming them: NumPy's global one
+    (``np.random.rand`` in a library function) and those kept by the objects it reads (``self.rng``, the
+    attributes and entries of the containers it reads by name), one level deep. A state that moves while
+    tracing means numbers were drawn once, to be reused at every call."""
+    candidates = [_GLOBAL_GENERATOR, getattr(fn, "__self__", None), fn, *(value for _, value, _ in roots)]
+    found = {}
+    for value in candidates:
+        inner = value.values() if type(value) is dict else vars(value).values() if hasattr(value, "__dict__") else ()
+        for g in (value, *inner):
+            if isinstance(g, (np.random.Generator, np.random.RandomState)) and id(g) not in found:
+                found[id(g)] = (g, _state_of(g))
+    return found
+
+
+def _state_of(generator) -> bytes:
+    bit_generator = generator.bit_generator if isinstance(generator, np.random.Generator) else generator._bit_generator
+    return pickle.dumps(bit_generator.state)
+
+
+def _check_random_states(states, name):
+    for generator, before in states.values():
+        if _state_of(generator) != before:
+            which = ("NumPy's global random generator (np.random.rand, np.random.normal, ...)"
+                     if generator is _GLOBAL_GENERATOR else f"a {type(generator).__name__} it reads")
+            raise UnsupportedError(f"{which} drew numbers while {name} was traced, by it or a function it called: "
+                                   f"they would be drawn once, and the same numbers used at every call",
+                                   hint=_RANDOM_HINT)
+
+
+def _substitute(value, hint, builder, read, code=None):
     """What the traced copy of the function sees instead of ``value`` (or ``value`` itself).
 
-    NumPy arrays and scalars become traced inputs read again on every call; Python numbers stay constants.
+    NumPy arrays and scalars become traced inputs read again on every call; Python numbers stay constants;
+    ``np.random`` and random generators refuse to draw (see ``_random_substitute``).
     """
     if value is math:
         return _MATH_MODULE
+    if code is not None:
+        stand_in = _random_substitute(value, hint, code)
+        if stand_in is not None:
+            return stand_in
     if _hashable(value) and value in MATH_FUNCTIONS:
         return _math_shim(value)
     if (type(value) is np.ndarray or isinstance(value, np.generic)) and value.dtype in _COMPILABLE:
@@ -298,7 +402,7 @@ class _Preparer:
                 value = cell.cell_contents
             except ValueError:  # not yet assigned
                 continue
-            sub = self._substitute(value, name, lambda cell=cell: cell.cell_contents)
+            sub = self._substitute(value, name, lambda cell=cell: cell.cell_contents, code)
             if sub is not value:
                 cells[i] = types.CellType(sub)
         glob = fn.__globals__
@@ -306,7 +410,7 @@ class _Preparer:
         for name in sorted(_global_names(code)):
             if name in glob:
                 value = glob[name]
-                sub = self._substitute(value, name, lambda name=name: glob[name])
+                sub = self._substitute(value, name, lambda name=name: glob[name], code)
                 if sub is not value:
                     replaced[name] = sub
         if not replaced and all(a is b for a, b in zip(cells, fn.__closure__ or ())):
@@ -328,11 +432,11 @@ class _Preparer:
                     new_globals[name] = copy
         return copy
 
-    def _substitute(self, value, hint, read):
+    def _substitute(self, value, hint, read, code):
         if isinstance(value, types.FunctionType) and is_users_function(value):
             return self.prepare(value)
         self._root(value, read, hint)
-        return _substitute(value, hint, self.builder, read)
+        return _substitute(value, hint, self.builder, read, code)
 
     def _root(self, value, read, name):
         if searchable(value):

@@ -51,6 +51,7 @@ from .errors import (DataError, NonFiniteError, NonFiniteTrainingError, Tracegra
                      TrainingInterrupted, raised_at)
 from .ir import Aval, identifier
 from .optim import Optimizer, _check_params, adam_update, rmsprop_update, sgd_update
+from .primitives.random import random_fold_in
 from .pytree import flatten, leaf_paths, unflatten
 
 __all__ = ["fit", "History", "epoch_source"]
@@ -88,7 +89,7 @@ class History:
 
 def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epochs: int = 1,
         shuffle: bool = True, seed: int = 0, drop_last: bool = False, validation=None, metrics=None,
-        progress=True, state=None, compile=None):
+        progress=True, state=None, compile=None, key=None):
     """Train ``params`` to minimise ``loss(params, *batch)`` over minibatches of ``data``.
 
     ``data`` is an array or a tuple of arrays with the same first dimension (samples); each step passes
@@ -98,6 +99,12 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
     ``progress``: a tqdm bar over the epochs when tqdm is installed, else a printed line per epoch (at
     most about 20 lines; ``"plain"`` forces the lines, ``False`` is silent). To continue a run exactly,
     pass ``state=history.state, seed=history.seed``. ``epochs=0`` only compiles.
+
+    ``key``: a ``tg.random.key(seed)`` for a loss that draws random numbers (dropout, noise): the loss is
+    then called as ``loss(params, *batch, key)``, and update ``t`` (counted from 1 over the whole run, so a
+    resumed run continues the sequence) gets the key ``tg.random.fold_in(key, t)``, in the compiled and the
+    NumPy epochs alike. The initial loss, the validation loss and the checks before training call
+    ``loss(params, *data, None)``: evaluation, where ``tg.nn.dropout`` does nothing.
 
     ``compile``: ``"background"`` (the default, see ``tg.set_compile``) starts training at once, running
     epochs on NumPy while Numba compiles the epoch function in another process, and switches to the
@@ -132,6 +139,9 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
       continues exactly as the uninterrupted run would have.
     """
     data, batch_size = _check_arguments(loss, data, optimizer, batch_size)
+    key = _check_key(key)
+    if key is not None:
+        loss = _Keyed(loss)
     n = data[0].shape[0]
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
         raise DataError(f"epochs must be a non-negative int, got {epochs!r}")
@@ -160,7 +170,8 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
     if validation is not None:
         _preflight(loss, params, validation, "validation")
     t_compile = time.perf_counter()
-    trainer = _Trainer(loss, params, data, optimizer, batch_size, drop_last)
+    trainer = _Trainer(loss, params, data, optimizer, batch_size, drop_last, key)
+    keyed = () if key is None else (key,)
     rng_state = np.array([int(seed) % 2 ** 64], dtype=np.uint64)
     perm = np.arange(n, dtype=np.int64)
     flat_params = [leaf.reshape(-1) if leaf.ndim == 0 else leaf for leaf in leaves]
@@ -172,7 +183,7 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
         lrs = np.array([optimizer.learning_rate(state["step"] + i) for i in range(n_steps)], dtype=np.float64)
         losses = np.zeros(max(n_steps, 1))
         args = (*flat_params, *data, *trainer.buffers, *trainer.captured(), *flat_slots, perm, rng_state,
-                bool(shuffle_now), n_steps, lrs, state["step"], losses, *hyperparameters)
+                bool(shuffle_now), n_steps, lrs, state["step"], losses, *keyed, *hyperparameters)
         if not compiled:
             return trainer.evaluate_epoch(*args), losses
         try:
@@ -182,7 +193,7 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
 
     def epoch_arguments():
         return (*flat_params, *data, *trainer.buffers, *trainer.captured(), *flat_slots, perm, rng_state, False, 0,
-                np.zeros(0), state["step"], np.zeros(1), *hyperparameters)
+                np.zeros(0), state["step"], np.zeros(1), *keyed, *hyperparameters)
 
     compiling = None  # the background compile of the epoch function, until it is in use
     if mode == "wait":
@@ -244,12 +255,13 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
     return params, history
 
 
-def epoch_source(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, drop_last: bool = False) -> str:
+def epoch_source(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, drop_last: bool = False,
+                 key=None) -> str:
     """The generated source of ``fit``'s epoch function for these arguments: exactly what Numba compiles."""
     data, batch_size = _check_arguments(loss, data, optimizer, batch_size)
     leaves, _ = flatten(params)
     _check_params(leaves, params)
-    return _Trainer(loss, params, data, optimizer, batch_size, drop_last).module.source
+    return _Trainer(loss, params, data, optimizer, batch_size, drop_last, _check_key(key)).module.source
 
 
 # ------------------------------------------------------------------------------ compiling an epoch
@@ -258,26 +270,28 @@ def epoch_source(loss, params, data, *, optimizer: Optimizer, batch_size: int = 
 class _Trainer:
     """The compiled pieces of one ``fit``: the loss kernels (full and last batch) and the epoch function."""
 
-    def __init__(self, loss, params, data, optimizer, batch_size, drop_last):
+    def __init__(self, loss, params, data, optimizer, batch_size, drop_last, key=None):
         n = data[0].shape[0]
         self.data = data
-        self.vg = _value_and_grad(loss)
+        self.key = key
+        keyed = () if key is None else (key,)  # the loss's last argument: a key per step
+        self.vg = _value_and_grad(loss.loss if isinstance(loss, _Keyed) else loss)
         last = 0 if drop_last else n % batch_size
         self.steps = n // batch_size + (1 if last else 0)
         self.samples_per_epoch = n - (n % batch_size if drop_last else 0)
         full_batch = [np.empty((batch_size,) + d.shape[1:], d.dtype) for d in data]
         last_batch = [np.empty((last,) + d.shape[1:], d.dtype) for d in data] if last else []
         self.buffers = full_batch + last_batch
-        self.full = self.vg.specialize(params, *full_batch)
-        self.last = self.vg.specialize(params, *last_batch) if last else None
+        self.full = self.vg.specialize(params, *full_batch, *keyed)
+        self.last = self.vg.specialize(params, *last_batch, *keyed) if last else None
         leaves = flatten(params)[0]
         paths = leaf_paths(params, "params")
         # fitting again with the same shapes writes the same epoch: kept with the loss kernel it calls
         key = (self.last.module.source if self.last else None, tuple(paths), tuple(leaf.ndim for leaf in leaves),
-               len(data), type(optimizer))
+               len(data), type(optimizer), bool(keyed))
         epochs = self.full.__dict__.setdefault("_fit_epochs", {})
         if key not in epochs:
-            epochs[key] = _generate(self.full, self.last, leaves, paths, len(data), optimizer)
+            epochs[key] = _generate(self.full, self.last, leaves, paths, len(data), optimizer, bool(keyed))
         self.module = epochs[key]
         self.epoch = backend.load(self.module)
         # The functions it calls are globals of the epoch module, set before it compiles. Its text names
@@ -309,7 +323,8 @@ class _Trainer:
         n_slots = len(self.optimizer.slots) * p
         slots, (perm, rng_state, shuffle, n_steps, learning_rates, first_step, losses) = \
             rest[:n_slots], rest[n_slots:n_slots + 7]
-        hyper = rest[n_slots + 7:]
+        keyed = self.key is not None
+        key, hyper = rest[n_slots + 7] if keyed else None, rest[n_slots + 7 + keyed:]
         update = _whole_array_update(self.optimizer)
         n = perm.shape[0]
         batch_size = self.buffers[0].shape[0]
@@ -323,7 +338,8 @@ class _Trainer:
             plan.append((n_full, n_full * batch_size, n - n_full * batch_size, self.last, captured_last))
         for step, start, size, compiled, captured_now in plan:
             rows = perm[start:start + size]
-            out = compiled.evaluator(*kernel_params, *(x[rows] for x in data), *captured_now)
+            step_key = () if key is None else (random_fold_in(key, np.uint64(first_step + step + 1)),)
+            out = compiled.evaluator(*kernel_params, *(x[rows] for x in data), *step_key, *captured_now)
             loss = out[0]
             grads = [np.full(1, g) if s else np.asarray(g).ravel() for g, s in zip(out[1:], self.scalar)]
             losses[step] = loss
@@ -424,7 +440,7 @@ def _value_and_grad(loss) -> Function:
 _EPOCH_NAMES = frozenset({
     "n", "batch_size", "n_full", "step", "start", "k", "row", "out", "loss", "lr", "t", "total", "rng", "z", "i", "j",
     "perm", "rng_state", "shuffle", "n_steps", "learning_rates", "first_step", "losses", "np", "value_and_grad",
-    "value_and_grad_last"})
+    "value_and_grad_last", "key", "step_key", "random_fold_in"})
 
 
 def _update_name(optimizer) -> str:
@@ -433,7 +449,7 @@ def _update_name(optimizer) -> str:
     return name + "_fn" if name in _EPOCH_NAMES else name
 
 
-def _generate(full, last, leaves, paths, n_data, optimizer) -> Module:
+def _generate(full, last, leaves, paths, n_data, optimizer, keyed=False) -> Module:
     """The source of one epoch: shuffle, then for each step gather, value and gradient, check, update."""
     used = set(_EPOCH_NAMES)
 
@@ -466,7 +482,9 @@ def _generate(full, last, leaves, paths, n_data, optimizer) -> Module:
         lines = [f"for k in range({size}):",
                  "    row = perm[start + k]"]
         lines += [f"    {b}[k] = {d}[row]" for b, d in zip(batch_names, data)]
-        lines.append(f"out = {kernel}({', '.join(kernel_args + batch_names + captured_names)})")
+        if keyed:
+            lines.append("step_key = random_fold_in(key, np.uint64(first_step + step + 1))  # a key per update")
+        lines.append(f"out = {kernel}({', '.join(kernel_args + batch_names + (['step_key'] if keyed else []) + captured_names)})")
         lines.append("loss = out[0]")
         for i, (g, s) in enumerate(zip(grads, scalar)):
             lines.append(f"{g} = np.full(1, out[{i + 1}])" if s else f"{g} = out[{i + 1}].ravel()")
@@ -494,12 +512,14 @@ def _generate(full, last, leaves, paths, n_data, optimizer) -> Module:
         header.append(f"#   value_and_grad_last = the same for the last batch of {rows}, "
                       f"in {backend.module_path(last.module).name}")
     header.append(f"#   {update} = {update} in {backend.module_path(optimizer.kernel_module()).name}")
-    header += ["import numpy as np", "", "value_and_grad = None"]
+    header += ["import numpy as np"] + (["from tracegrad.kernels import random_fold_in"] if keyed else [])
+    header += ["", "value_and_grad = None"]
     if last is not None:
         header.append("value_and_grad_last = None")
     header.append(f"{update} = None")
     arguments = (params + data + batch + last_batch + captured + captured_last + [s for ss in slots for s in ss]
-                 + ["perm", "rng_state", "shuffle", "n_steps", "learning_rates", "first_step", "losses"] + hyper)
+                 + ["perm", "rng_state", "shuffle", "n_steps", "learning_rates", "first_step", "losses"]
+                 + (["key"] if keyed else []) + hyper)
     body = [f"    {flat} = {p}.reshape(-1)" for flat, p in zip(flats, params)]
     body += [
         "    n = perm.shape[0]",
@@ -549,6 +569,24 @@ def _wrap_signature(start: str, arguments: list, width: int = 110) -> list:
 
 
 # ------------------------------------------------------------------------------ checks and reports
+
+
+class _Keyed:
+    """The loss of a ``fit`` with a key, as the checks and the validation call it: ``loss(params, *data, None)``."""
+
+    def __init__(self, loss):
+        self.loss = loss
+
+    def __call__(self, params, *data):
+        return self.loss(params, *data, None)
+
+
+def _check_key(key):
+    if key is None:
+        return None
+    if isinstance(key, (np.ndarray, np.generic)) and key.dtype == np.uint64 and key.ndim == 0:
+        return np.uint64(key)
+    raise DataError(f"key must be a key made by tg.random.key(seed), got {key!r}")
 
 
 def _check_arguments(loss, data, optimizer, batch_size):
@@ -647,6 +685,9 @@ def _failure(trainer, loss, params, state, history, perm, epoch, step, code, val
     size = trainer.buffers[0].shape[0]
     rows = perm[step * size:(step + 1) * size]
     batch = tuple(d[rows] for d in trainer.data)
+    if trainer.key is not None:
+        batch += (random_fold_in(trainer.key, np.uint64(state["step"] + 1)),)
+        loss = loss.loss
     what = f"the loss is {value}" if code == 1 else f"the loss is {value:.6g} but its gradient is not finite"
     if code == 2:
         grads = flatten(trainer.vg(params, *batch)[1])[0]

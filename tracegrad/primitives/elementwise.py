@@ -156,6 +156,7 @@ class neg:
 @elementwise
 class pow:
     """x ** y"""
+    backward = "`g * y * x ** (y - 1)` (0 where `y == 0`, at `x = 0` too), `g * out * log(x)`"
     domain = "positive"
     numpy = [np.power]
     math = [math.pow]
@@ -164,8 +165,16 @@ class pow:
     emit = Infix("**", POW, "right")
 
     def vjp(g, out, x, y):
+        # d/dx x**y = y x**(y-1), which is 0 wherever y = 0, x = 0 included (0 * 0**-1 would be nan, as JAX
+        # notes): a constant exponent 0 gives no gradient, an array of exponents selects 0 where it is 0
+        # (the exponent there replaced by 1, so that neither branch is nan, even differentiated again).
         # d/dy x**y = x**y log x, which is 0 at x = 0 (out is 0 there): log(1) keeps 0 * -inf out
-        return [g * y * x ** (y - 1), g * out * log(where(x == 0, 1.0, x))]
+        if isinstance(y, (np.generic, int, float)):  # a constant exponent
+            dx = None if y == 0 else g * y * x ** (y - 1)
+        else:
+            zero = y == 0
+            dx = g * where(zero, 0, y * x ** (where(zero, 1, y) - 1))
+        return [dx, g * out * log(where(x == 0, 1.0, x))]
 
     def simplify(x, y):
         return x if _is(y, 1) else None

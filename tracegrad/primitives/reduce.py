@@ -272,4 +272,10 @@ def var(x, axis=None, dtype=None, out=None, ddof=0, keepdims=False, where=None):
 
 @numpy_function(np.std)
 def std(x, axis=None, dtype=None, out=None, ddof=0, keepdims=False, where=None):
-    return np.sqrt(var(x, axis=axis, dtype=dtype, out=out, ddof=ddof, keepdims=keepdims, where=where))
+    """The square root of ``var``. Where the variance is 0 (all values equal) std is a kink, the tip of a cone
+    (it is a norm of the centred values): its gradient there is 0, the midpoint of its subdifferential (the unit
+    ball), where sqrt's derivative would give inf * 0 = nan. (JAX gives nan, jax-ml/jax#11716; PyTorch gives
+    0, pytorch/pytorch#4320.)"""
+    v = var(x, axis=axis, dtype=dtype, out=out, ddof=ddof, keepdims=keepdims, where=where)
+    flat = v == 0
+    return np.where(flat, 0, np.sqrt(np.where(flat, 1, v)))
