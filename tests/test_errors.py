@@ -139,3 +139,29 @@ def test_dict_keys_that_cannot_be_sorted_get_a_clear_error():
     params = {"w": np.ones(2), 1: np.ones(2)}
     with pytest.raises(tg.GradTypeError, match=r"cannot be sorted together \(int, str\)"):
         tg.grad(lambda p: np.sum(p["w"] * p[1]))(params)
+
+
+def test_the_users_line_is_read_again_after_the_file_changes(tmp_path):
+    """user_source reads each line's text once per version of the file linecache holds: after the file is
+    edited and linecache checks it (as IPython does before each cell), the new text is reported."""
+    import importlib.util
+    import linecache
+
+    path = tmp_path / "edited_module.py"
+
+    def load(body):
+        path.write_text(f"import numpy as np\n\n\ndef f(x):\n{body}\n")
+        spec = importlib.util.spec_from_file_location("edited_module", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        linecache.checkcache(str(path))
+        return module.f
+
+    def sources(fn):
+        return {(n.source.lineno, n.source.line) for n in tg.make_graph(fn, 1.0).nodes}
+
+    assert sources(load("    return np.sin(x) * x")) == {(5, "return np.sin(x) * x")}
+    assert sources(load("    return np.cos(x) + x  # edited")) == {(5, "return np.cos(x) + x  # edited")}
+    with pytest.raises(tg.TracingError) as info:
+        tg.grad(load("    return x if x > 0 else -x"))(1.0)
+    assert f"{path}:5: return x if x > 0 else -x" in str(info.value)

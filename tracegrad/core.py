@@ -256,7 +256,10 @@ def bind(prim: Primitive, *args, **params):
     atoms = [_to_atom(a, builder) for a in args]
     weak = [a.value for a in atoms if type(a) is _WeakLiteral]
     if weak:  # Python scalars take the dtype of the computation they join (NumPy's weak scalars, NEP 50)
-        dtype = np.result_type(*(a.aval.dtype for a in atoms if type(a) is not _WeakLiteral), *weak)
+        strong = [a.aval.dtype for a in atoms if type(a) is not _WeakLiteral]
+        dtype = strong[0]
+        if dtype.kind != "f" or not dtype.isnative or any(d is not dtype for d in strong):
+            dtype = np.result_type(*strong, *weak)  # (with floats of one dtype, a Python scalar takes it)
         atoms = [Literal(a.value, dtype) if type(a) is _WeakLiteral else a for a in atoms]
     try:
         aval = prim.shape(*(a.aval for a in atoms), **params)
@@ -286,6 +289,9 @@ class _WeakLiteral(Literal):
     __slots__ = ()
 
 
+_PYTHON_DTYPES = {float: np.dtype(np.float64), bool: np.dtype(np.bool_)}  # np.result_type of each
+
+
 def _to_atom(value, builder: Builder):
     if isinstance(value, TracedArray):
         if value.builder is builder:
@@ -294,7 +300,8 @@ def _to_atom(value, builder: Builder):
             return builder.capture(value)
         raise TracingError("a traced value from another trace was used here", user_source())
     if _is_python_scalar(value):
-        return _WeakLiteral(value, np.result_type(value))
+        dtype = _PYTHON_DTYPES.get(type(value))
+        return _WeakLiteral(value, dtype if dtype is not None else np.result_type(value))
     if isinstance(value, (list, tuple)):  # a shape passed where an array belongs is a bug in a rule
         raise TypeError("primitive inputs must be arrays; pass params such as shape= by keyword")
     if isinstance(value, np.generic):  # immutable: a constant

@@ -35,14 +35,45 @@ def _is_internal(filename: str) -> bool:
     return path.startswith(_PACKAGE_DIR + os.sep) or path.startswith(_NUMPY_DIR + os.sep)
 
 
+# user_source runs for every node a trace records (80,000 for an unrolled loop of 10,000 steps), so it
+# decides once per file whether the file is the user's, and reads each line's text once: the text is kept
+# with linecache's own entry for the file and read again when that entry changes (linecache.checkcache
+# after the file was edited, as IPython does), so it is what linecache.getline would say now.
+_SKIPPED: dict = {}  # filename -> a frame in it is tracegrad's, NumPy's or frozen: not the user's
+_SOURCES: dict = {}  # (filename, lineno) -> (linecache's entry for the file, SourceInfo)
+_MAX_SOURCES = 100_000  # forgotten all at once past this many lines
+
+
+def _skipped(filename: str) -> bool:
+    skipped = _SKIPPED.get(filename)
+    if skipped is None:
+        skipped = _SKIPPED[filename] = filename.startswith("<frozen") or _is_internal(filename)
+    return skipped
+
+
+def _source_at(filename: str, lineno: int) -> SourceInfo:
+    """The SourceInfo of a line, the same object each time the line is asked for again."""
+    key = (filename, lineno)
+    known = _SOURCES.get(key)
+    if known is not None and known[0] is linecache.cache.get(filename):
+        return known[1]
+    source = SourceInfo(filename, lineno, linecache.getline(filename, lineno).strip())
+    if len(_SOURCES) >= _MAX_SOURCES:
+        _SOURCES.clear()
+    _SOURCES[key] = (linecache.cache.get(filename), source)
+    return source
+
+
 def user_source() -> SourceInfo | None:
     """The innermost frame on the stack that is neither tracegrad's nor NumPy's: the user's line."""
     frame = sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename
-        if not filename.startswith("<frozen") and not _is_internal(filename):
-            line = linecache.getline(filename, frame.f_lineno).strip()
-            return SourceInfo(filename, frame.f_lineno, line)
+        skipped = _SKIPPED.get(filename)
+        if skipped is None:
+            skipped = _skipped(filename)
+        if not skipped:
+            return _source_at(filename, frame.f_lineno)
         frame = frame.f_back
     return None
 
@@ -53,8 +84,8 @@ def raised_at(exc: BaseException) -> SourceInfo | None:
     found, tb = None, exc.__traceback__
     while tb is not None:
         filename = tb.tb_frame.f_code.co_filename
-        if not filename.startswith("<frozen") and not _is_internal(filename):
-            found = SourceInfo(filename, tb.tb_lineno, linecache.getline(filename, tb.tb_lineno).strip())
+        if not _skipped(filename):
+            found = _source_at(filename, tb.tb_lineno)
         tb = tb.tb_next
     return found
 

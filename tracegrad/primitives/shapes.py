@@ -8,6 +8,12 @@ from ..ir import Aval
 
 
 def broadcast(*avals: Aval) -> tuple:
+    shape = avals[0].shape
+    for aval in avals:  # inputs of one shape (most nodes): the shape itself, without asking NumPy
+        if aval.shape != shape:
+            break
+    else:
+        return shape
     try:
         return np.broadcast_shapes(*(a.shape for a in avals))
     except ValueError:
@@ -17,7 +23,12 @@ def broadcast(*avals: Aval) -> tuple:
 
 def elementwise(*avals: Aval) -> Aval:
     """NumPy broadcasting and type promotion."""
-    return Aval(broadcast(*avals), np.result_type(*(a.dtype for a in avals)))
+    dtype = avals[0].dtype
+    for aval in avals:  # inputs of one native dtype (most nodes): that dtype, without asking NumPy
+        if aval.dtype is not dtype or not dtype.isnative:
+            dtype = np.result_type(*(a.dtype for a in avals))
+            break
+    return Aval(broadcast(*avals), dtype)
 
 
 def float_dtype(dtype) -> np.dtype:
