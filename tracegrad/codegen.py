@@ -130,7 +130,7 @@ def _finite_check(name: str, node) -> str:
 
 def _fused(node) -> bool:
     """A fused loop: a body of this graph's own values (no values of its own, unlike a ``scoped`` block)."""
-    return node.primitive.scoped is None and isinstance(node.params.get("body"), Graph)
+    return bool(node.params) and node.primitive.scoped is None and isinstance(node.params.get("body"), Graph)
 
 
 def _passes_of(node) -> set:
@@ -139,6 +139,11 @@ def _passes_of(node) -> set:
     if _fused(node):
         return {m.backward for m in node.params["body"].nodes if m.out in node.outs}
     return {node.backward}
+
+
+def _computes_forward(node) -> bool:
+    """Some output of the node is a forward value (``_passes_of(node) != {True}``)."""
+    return _passes_of(node) != {True} if _fused(node) else not node.backward
 
 
 def _kernels_of(node) -> list:
@@ -248,10 +253,13 @@ class Printer:
         exprs: dict = {}  # inlined temporaries: var -> (text, precedence)
         in_backward = False
         # "# backward pass" goes after the last statement computing a forward value (a loop may compute both)
-        forward_ends = max((i for i, node in enumerate(nodes) if _passes_of(node) != {True}), default=-1) if top \
-            else len(nodes)
+        forward_ends = next((i for i in range(len(nodes) - 1, -1, -1) if _computes_forward(nodes[i])), -1) \
+            if top else len(nodes)
+        defined_by, notes = self.defined_by, {}
         for i, node in enumerate(nodes):
-            self.defined_by.update((out, node) for out in node.outs)
+            defined_by[node.out] = node
+            for out in node.also:
+                defined_by[out] = node
             args = [_literal(a) if isinstance(a, Literal) else exprs.pop(a, None) or (names[a], ATOM)
                     for a in node.inputs]
             emit, out = node.primitive.emit, node.out
@@ -261,8 +269,9 @@ class Printer:
                 spelled = spell(node, args)
                 kernels = _kernels_of(node)
             if spelled is not None:
-                text = "\n".join(spelled if isinstance(spelled, list) else [spelled[0]])
-                self.used_kernels.update(k for k in kernels if k + "(" in text)
+                if kernels:
+                    text = "\n".join(spelled if isinstance(spelled, list) else [spelled[0]])
+                    self.used_kernels.update(k for k in kernels if k + "(" in text)
                 if isinstance(spelled, tuple) and _inlinable(node, uses, consumer_group):
                     exprs[out] = spelled
                     continue
@@ -271,10 +280,12 @@ class Printer:
                 if node.backward and not in_backward and i > forward_ends:
                     statement.append(("# backward pass", None))
                     in_backward, self.last_source = True, None
-                if len(_passes_of(node)) == 2:  # a forward value and gradients from one loop (merge_loops)
-                    statement.append(("# forward and backward pass in one loop", None))
+                if _fused(node) and len(_passes_of(node)) == 2:  # a forward value and gradients from one loop
+                    statement.append(("# forward and backward pass in one loop", None))  # (merge_loops)
                 if node.source is not None and node.source != self.last_source:
-                    note = comment_text(node.source.short())
+                    note = notes.get(node.source)
+                    if note is None:
+                        note = notes[node.source] = comment_text(node.source.short())
                     self.last_source = node.source
             if spelled is None:  # a block: the lines of its body keep their own notes
                 lines = emit.render(self, node, args)
@@ -282,15 +293,17 @@ class Printer:
                 self.used_kernels.update(k for k in _kernel_names([node]) if k + "(" in text)
                 statement.extend((code, note if k == 0 else inner) for k, (code, inner) in enumerate(lines))
                 checked = [v for v in node.outs if v.aval.dtype.kind == "f"]
-            else:
-                lines = [line.format(out=names[out]) for line in spelled] if isinstance(spelled, list) else \
-                    [f"{names[out]} = {spelled[0]}"]
+            elif isinstance(spelled, list):
+                lines = [line.format(out=names[out]) for line in spelled]
                 statement.extend((line, note if k == 0 else None) for k, line in enumerate(lines))
                 checked = [out] if out.aval.dtype.kind == "f" else []
+            else:
+                statement.append((f"{names[out]} = {spelled[0]}", note))
+                checked = [out] if check_finite and out.aval.dtype.kind == "f" else []
             if check_finite:
                 statement.extend((_finite_check(names[v], node), None) for v in checked)
                 self.checks.extend((v, _finite_message(names[v], node)) for v in checked)
-            body.append(([names[v] for v in node.outs], statement))
+            body.append(([names[out]] + [names[v] for v in node.also] if node.also else [names[out]], statement))
         return body
 
 

@@ -216,10 +216,14 @@ class Builder:
             while frame is not None and frame.f_code is not self.watch:
                 frame = frame.f_back
             self.watched_frame = frame
-        outs = tuple(Var(a) for a in aval) if prim.multiple_results else (Var(aval),)
         source = self.source if self.source is not None or self.backward else user_source()
+        if not prim.multiple_results:
+            out = Var(aval)
+            self.nodes.append(Node(prim, inputs, params, out, source, self.group, self.backward))
+            return out
+        outs = tuple(Var(a) for a in aval)
         self.nodes.append(Node(prim, inputs, params, outs[0], source, self.group, self.backward, also=outs[1:]))
-        return outs if prim.multiple_results else outs[0]
+        return outs
 
 
 class _State(threading.local):
@@ -244,8 +248,10 @@ def _is_python_scalar(x) -> bool:
 def bind(prim: Primitive, *args, **params):
     """Apply ``prim`` to ``args``: record a node when any argument is traced, else compute eagerly."""
     builder = _state.builder
-    traced = [a for a in args if isinstance(a, TracedArray)]
-    if not traced:
+    for a in args:
+        if isinstance(a, TracedArray):
+            break
+    else:
         return prim.ref(*(np.asarray(a) if isinstance(a, (list, tuple)) else a for a in args), **params)
     if builder is None:
         raise TracingError(
@@ -253,7 +259,8 @@ def bind(prim: Primitive, *args, **params):
             user_source(),
             "do not store traced values in globals or return them through side channels",
         )
-    atoms = [_to_atom(a, builder) for a in args]
+    # (this builder's own values, the usual case, are read without a call)
+    atoms = [a.var if type(a) is TracedArray and a.builder is builder else _to_atom(a, builder) for a in args]
     weak = [a.value for a in atoms if type(a) is _WeakLiteral]
     if weak:  # Python scalars take the dtype of the computation they join (NumPy's weak scalars, NEP 50)
         strong = [a.aval.dtype for a in atoms if type(a) is not _WeakLiteral]
@@ -262,7 +269,7 @@ def bind(prim: Primitive, *args, **params):
             dtype = np.result_type(*strong, *weak)  # (with floats of one dtype, a Python scalar takes it)
         atoms = [Literal(a.value, dtype) if type(a) is _WeakLiteral else a for a in atoms]
     try:
-        aval = prim.shape(*(a.aval for a in atoms), **params)
+        aval = prim.shape(*[a.aval for a in atoms], **params)
     except ShapeError as e:  # name the operation the user wrote
         raise ShapeError(f"{prim.name} ({prim.doc.splitlines()[0]}): {e.message}" if prim.doc else e.message,
                          e.source, e.hint) from None

@@ -207,7 +207,12 @@ def defined_vars(nodes) -> list:
     index and carries)."""
     out = []
     for node in nodes:
-        scoped = list(node.primitive.scoped(node)) if getattr(node.primitive, "scoped", None) else []
+        scoped_by = getattr(node.primitive, "scoped", None)
+        if scoped_by is None and not (node.params and any(isinstance(v, Graph) for v in node.params.values())):
+            out.append(node.out)  # (most nodes: their outputs alone)
+            out.extend(node.also)
+            continue
+        scoped = list(scoped_by(node)) if scoped_by else []
         inner = scoped + [v for value in node.params.values() if isinstance(value, Graph)
                           for v in defined_vars(value.nodes)]
         out.extend(inner)  # a loop's outputs where its body computes them
