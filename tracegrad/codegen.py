@@ -267,12 +267,12 @@ class Printer:
                 spelled = None
             else:
                 spelled = spell(node, args)
-                kernels = _kernels_of(node)
+                kernels = _kernels_of(node) if node.primitive.kernel is not None else ()
             if spelled is not None:
                 if kernels:
                     text = "\n".join(spelled if isinstance(spelled, list) else [spelled[0]])
                     self.used_kernels.update(k for k in kernels if k + "(" in text)
-                if isinstance(spelled, tuple) and _inlinable(node, uses, consumer_group):
+                if node.group is not None and isinstance(spelled, tuple) and _inlinable(node, uses, consumer_group):
                     exprs[out] = spelled
                     continue
             note, statement = None, []
@@ -282,7 +282,8 @@ class Printer:
                     in_backward, self.last_source = True, None
                 if _fused(node) and len(_passes_of(node)) == 2:  # a forward value and gradients from one loop
                     statement.append(("# forward and backward pass in one loop", None))  # (merge_loops)
-                if node.source is not None and node.source != self.last_source:
+                if node.source is not None and node.source is not self.last_source \
+                        and node.source != self.last_source:
                     note = notes.get(node.source)
                     if note is None:
                         note = notes[node.source] = comment_text(node.source.short())
@@ -379,7 +380,8 @@ def _tuple(items: list) -> str:
 
 
 def _names_read(lines, values: set) -> set:
-    return {name for code, _ in lines for name in _NAME.findall(_STRING.sub("", code)) if name in values}
+    # (one search over all the lines: each line is a whole statement, its strings closed on it)
+    return values.intersection(_NAME.findall(_STRING.sub("", "\n".join(code for code, _ in lines))))
 
 
 def _split(body: list, params: list, ret: str, function: str, size: int, above: int = 0) -> list:

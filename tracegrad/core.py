@@ -273,7 +273,7 @@ def bind(prim: Primitive, *args, **params):
     except ShapeError as e:  # name the operation the user wrote
         raise ShapeError(f"{prim.name} ({prim.doc.splitlines()[0]}): {e.message}" if prim.doc else e.message,
                          e.source, e.hint) from None
-    if prim.cast_inputs:
+    if prim.cast_inputs and any(a.aval.dtype is not aval.dtype for a in atoms):  # (else nothing to convert)
         atoms = [
             _cast(a, aval.dtype, builder)
             if (prim.cast_inputs is True or i in prim.cast_inputs) and a.aval.dtype != aval.dtype

@@ -40,8 +40,13 @@ def _is_internal(filename: str) -> bool:
 # with linecache's own entry for the file and read again when that entry changes (linecache.checkcache
 # after the file was edited, as IPython does), so it is what linecache.getline would say now.
 _SKIPPED: dict = {}  # filename -> a frame in it is tracegrad's, NumPy's or frozen: not the user's
-_SOURCES: dict = {}  # (filename, lineno) -> (linecache's entry for the file, SourceInfo)
-_MAX_SOURCES = 100_000  # forgotten all at once past this many lines
+_SOURCES: dict = {}  # filename -> (linecache's entry for the file, {lineno: SourceInfo})
+_MAX_FILES = 1000  # forgotten all at once past this many files
+# frame.f_lineno reads the code's line table from its start on every call: in a function of 10,000
+# lines, tracing each of its operations that way takes time quadratic in its length. Each function's
+# table is read once instead, into {bytecode offset: line}, and the frame's offset looked up.
+_LINE_TABLES: dict = {}  # code object -> {offset: line}
+_MAX_TABLES = 256  # forgotten all at once past this many functions
 
 
 def _skipped(filename: str) -> bool:
@@ -53,15 +58,34 @@ def _skipped(filename: str) -> bool:
 
 def _source_at(filename: str, lineno: int) -> SourceInfo:
     """The SourceInfo of a line, the same object each time the line is asked for again."""
-    key = (filename, lineno)
-    known = _SOURCES.get(key)
+    known = _SOURCES.get(filename)
     if known is not None and known[0] is linecache.cache.get(filename):
-        return known[1]
+        source = known[1].get(lineno)
+        if source is not None:
+            return source
     source = SourceInfo(filename, lineno, linecache.getline(filename, lineno).strip())
-    if len(_SOURCES) >= _MAX_SOURCES:
-        _SOURCES.clear()
-    _SOURCES[key] = (linecache.cache.get(filename), source)
+    entry = linecache.cache.get(filename)  # (getline may have read the file just now)
+    if known is None or known[0] is not entry:
+        if len(_SOURCES) >= _MAX_FILES:
+            _SOURCES.clear()
+        known = _SOURCES[filename] = (entry, {})
+    known[1][lineno] = source
     return source
+
+
+def _line_of(frame) -> int:
+    """``frame.f_lineno``, in time independent of the function's length."""
+    if frame.f_trace is not None:  # a debugger's trace function sets the line itself
+        return frame.f_lineno
+    code = frame.f_code
+    table = _LINE_TABLES.get(code)
+    if table is None:
+        if len(_LINE_TABLES) >= _MAX_TABLES:
+            _LINE_TABLES.clear()
+        table = _LINE_TABLES[code] = {offset: line for start, end, line in code.co_lines()
+                                      for offset in range(start, end, 2) if line is not None}
+    line = table.get(frame.f_lasti)
+    return line if line is not None else frame.f_lineno
 
 
 def user_source() -> SourceInfo | None:
@@ -73,7 +97,7 @@ def user_source() -> SourceInfo | None:
         if skipped is None:
             skipped = _skipped(filename)
         if not skipped:
-            return _source_at(filename, frame.f_lineno)
+            return _source_at(filename, _line_of(frame))
         frame = frame.f_back
     return None
 

@@ -443,8 +443,11 @@ def fuse(graph: Graph, group: bool = True) -> Graph:
 def _has_arrays(graph: Graph) -> bool:
     """Some node reads or computes an array: only then can a loop be fused (or merged)."""
     for node in graph.nodes:
-        if node.out.aval.shape or node.also or any(a.aval.shape for a in node.inputs):
+        if node.out.aval.shape or node.also:
             return True
+        for a in node.inputs:
+            if a.aval.shape:
+                return True
     return False
 
 
