@@ -17,7 +17,8 @@ same forward and backward code, to show how Numba's compile time grows with leng
 
 Table 3 times tracegrad's own stages (trace, with plain loops rolled; autodiff; passes; codegen) in process
 CPU time on long programs: 10,000 scalar operations of straight-line code (a generated module of 2,500
-distinct lines ``x = np.tanh(x * w) + 0.5 * x``: nothing to roll), the damped spring written as a plain
+distinct lines ``x = np.tanh(x * w) + 0.5 * x``: nothing to roll) and 40,000 (time linear in the length?),
+the damped spring written as a plain
 Python ``for`` loop for n = 1,000 and 10,000 steps (80,000 nodes traced before rolling), and the MLP
 step. Then Numba's compile of the result (and the first call), against the hand-written Numba function's
 cold compile where there is one (``--numba`` adds the straight-line code's: minutes).
@@ -80,11 +81,11 @@ import json, os, sys, tempfile, time, types
 sys.path.insert(0, {here!r})
 import numpy as np, tracegrad as tg, tracegrad.api as api
 api.time = types.SimpleNamespace(perf_counter=time.process_time)  # Compiled.timings in this process's CPU time
-if {key!r} == "straight":
+if {key!r}.startswith("straight"):
     path = os.path.join(tempfile.mkdtemp(), "straight_line.py")
     with open(path, "w") as file:
-        file.write("import numpy as np\\n\\n\\ndef f(x, w):\\n" + "    x = np.tanh(x * w) + 0.5 * x\\n" * 2500
-                   + "    return x\\n")
+        file.write("import numpy as np\\n\\n\\ndef f(x, w):\\n"
+                   + "    x = np.tanh(x * w) + 0.5 * x\\n" * (int({key!r}[8:]) // 4) + "    return x\\n")
     namespace = {{}}
     exec(compile(open(path).read(), path, "exec"), namespace)
     fn, args = tg.value_and_grad(namespace["f"], argnums=(0, 1)), (0.3, 0.9)
@@ -114,15 +115,18 @@ HAND_CALLS = {
     "mlp_32_f32": "import cases; c = cases.case('mlp_32_f32'); c.hand_vg(*c.args)",
 }
 
-PIPELINE = (("straight", "straight-line, 10,000 scalar ops"), ("spring1000", "spring, Python loop, n = 1,000"),
-            ("spring10000", "spring, Python loop, n = 10,000"), ("mlp_32_f32", "MLP step, batch 32 f32"))
+PIPELINE = (("straight10000", "straight-line, 10,000 scalar ops"),
+            ("straight40000", "straight-line, 40,000 scalar ops"),
+            ("spring1000", "spring, Python loop, n = 1,000"),
+            ("spring10000", "spring, Python loop, n = 10,000"),
+            ("mlp_32_f32", "MLP step, batch 32 f32"))
 
 
 def pipeline_table(report, rounds: int, numba_straight: bool):
     stages = ("trace", "autodiff", "passes", "codegen")
     rows = []
     for key, label in PIPELINE:
-        call = key != "straight" or numba_straight
+        call = not key.startswith("straight") or numba_straight and key == "straight10000"
         runs = []
         for _ in range(rounds):
             with tempfile.TemporaryDirectory() as cache:
@@ -141,7 +145,8 @@ def pipeline_table(report, rounds: int, numba_straight: bool):
                  ("program", "lines", *stages, "tracegrad stages", "load", "numba",
                   "first call", "hand-written Numba", "ratio"), rows,
                  [f"Medians of {rounds} fresh process(es) per row; process CPU time (the machine is shared: wall "
-                  "time includes waiting for the other processes). lines: of the generated source. 'tracegrad stages' = trace (with rolling) + autodiff + passes + codegen, "
+                  "time includes waiting for the other processes). lines: of the generated source. 'tracegrad stages' "
+                  "= trace (with rolling) + autodiff + passes + codegen, "
                   "the goal's <= 2 s; load: writing and importing the module (Python's compile of it); numba: "
                   "Numba's compile of the generated code and the first call; first call: all of it (the spring's goal, "
                   "<= 3 s). hand-written Numba: the cold compile and first call of the baseline of bench_loops "
