@@ -52,14 +52,20 @@ def _wrap(expr, prec, need):
     return f"({expr})" if prec < need else expr
 
 
+_PARSED: dict = {}  # template -> string.Formatter().parse of it (templates are the primitives' own: few)
+
+
 def _fill_template(template: str, args: list, params: dict) -> str:
     """Fill ``{x}``-style fields: input fields by order of first appearance, the rest from params."""
+    parsed = _PARSED.get(template)
+    if parsed is None:
+        parsed = _PARSED[template] = list(string.Formatter().parse(template))
     fields = []
-    for _, field, _, _ in string.Formatter().parse(template):
+    for _, field, _, _ in parsed:
         if field is not None and field not in params and field not in fields:
             fields.append(field)
     out = []
-    for literal_text, field, _, _ in string.Formatter().parse(template):
+    for literal_text, field, _, _ in parsed:
         out.append(literal_text)
         if field is None:
             continue
