@@ -265,7 +265,7 @@ def bind(prim: Primitive, *args, **params):
     if weak:  # Python scalars take the dtype of the computation they join (NumPy's weak scalars, NEP 50)
         strong = [a.aval.dtype for a in atoms if type(a) is not _WeakLiteral]
         dtype = strong[0]
-        if dtype.kind != "f" or not dtype.isnative or any(d is not dtype for d in strong):
+        if not _WEAK_PROMOTION or dtype.kind != "f" or not dtype.isnative or any(d is not dtype for d in strong):
             dtype = np.result_type(*strong, *weak)  # (with floats of one dtype, a Python scalar takes it)
         atoms = [Literal(a.value, dtype) if type(a) is _WeakLiteral else a for a in atoms]
     try:
@@ -297,6 +297,9 @@ class _WeakLiteral(Literal):
 
 
 _PYTHON_DTYPES = {float: np.dtype(np.float64), bool: np.dtype(np.bool_)}  # np.result_type of each
+# NEP 50 (NumPy 2): a Python scalar meeting floats of one dtype takes that dtype, whatever its value (NumPy 1's
+# value-based promotion makes float32 and 1e300 float64: there bind always asks np.result_type)
+_WEAK_PROMOTION = np.result_type(np.float32, 1e300) == np.float32
 
 
 def _to_atom(value, builder: Builder):

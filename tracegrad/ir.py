@@ -27,7 +27,7 @@ def dtype_name(dtype: np.dtype) -> str:
     return _DTYPE_NAMES.get(np.dtype(dtype), np.dtype(dtype).name)
 
 
-@dataclass(frozen=True, slots=True)  # (slots: one object per value, not two, for the garbage collector to walk)
+@dataclass(frozen=True, slots=True)  # (slots: made for every node, so kept small)
 class Aval:
     """What the compiler knows about a value: its shape and dtype. Scalars have shape ``()``."""
 
