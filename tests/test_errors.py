@@ -139,3 +139,62 @@ def test_dict_keys_that_cannot_be_sorted_get_a_clear_error():
     params = {"w": np.ones(2), 1: np.ones(2)}
     with pytest.raises(tg.GradTypeError, match=r"cannot be sorted together \(int, str\)"):
         tg.grad(lambda p: np.sum(p["w"] * p[1]))(params)
+
+
+def test_the_users_line_is_read_again_after_the_file_changes(tmp_path):
+    """user_source reads each line's text once per version of the file linecache holds: after the file is
+    edited and linecache checks it (as IPython does before each cell), the new text is reported."""
+    import importlib.util
+    import linecache
+
+    path = tmp_path / "edited_module.py"
+
+    def load(body):
+        path.write_text(f"import numpy as np\n\n\ndef f(x):\n{body}\n")
+        spec = importlib.util.spec_from_file_location("edited_module", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        linecache.checkcache(str(path))
+        return module.f
+
+    def sources(fn):
+        return {(n.source.lineno, n.source.line) for n in tg.make_graph(fn, 1.0).nodes}
+
+    assert sources(load("    return np.sin(x) * x")) == {(5, "return np.sin(x) * x")}
+    assert sources(load("    return np.cos(x) + x  # edited")) == {(5, "return np.cos(x) + x  # edited")}
+    with pytest.raises(tg.TracingError) as info:
+        tg.grad(load("    return x if x > 0 else -x"))(1.0)
+    assert f"{path}:5: return x if x > 0 else -x" in str(info.value)
+
+
+def test_every_node_of_a_long_function_names_its_own_line(tmp_path):
+    """user_source reads a function's line table once (frame.f_lineno reads it from the start on every call,
+    quadratic in a long function): the lines found must still be each operation's own, comprehensions and
+    statements on several lines included."""
+    import importlib.util
+
+    lines, expected = ["import numpy as np", "", "", "def f(x):"], {}
+    for i in range(1, 1500):
+        factor = 1 + i / 10_000
+        if i % 3 == 0:
+            lines.append(f"    x = x * sum([{factor} for _ in range(1)])")
+        elif i % 3 == 1:  # a product over two lines is at the line it starts on (as in a traceback)
+            lines.append(f"    x = (x")
+            lines.append(f"         * {factor})")
+            expected[factor] = len(lines) - 1
+            continue
+        else:
+            lines.append(f"    x = np.sin(x) * {factor}")
+        expected[factor] = len(lines)
+    lines.append("    return x")
+    path = tmp_path / "long_function.py"
+    path.write_text("\n".join(lines) + "\n")
+    spec = importlib.util.spec_from_file_location("long_function", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    graph = tg.make_graph(module.f, 1.0)
+    found = {a.value: node.source.lineno for node in graph.nodes for a in node.inputs
+             if node.primitive.name == "mul" and not hasattr(a, "hint")}
+    assert found == expected
+    assert all(node.source.filename == str(path) for node in graph.nodes)

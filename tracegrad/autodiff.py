@@ -57,8 +57,12 @@ def backward(builder: Builder, nodes: list, seeds: dict, wrt: list[Var]) -> list
     forward_vars = {v for n in nodes for v in n.outs} | set(builder.inputs)
     active = set(wrt)  # values that depend on a requested input
     for node in nodes:
-        if not node.primitive.nondiff and any(isinstance(a, Var) and a in active for a in node.inputs):
-            active.update(node.outs)
+        if not node.primitive.nondiff:
+            for a in node.inputs:
+                if a in active:  # (literals never are)
+                    active.add(node.out)
+                    active.update(node.also)
+                    break
 
     def finalize(var, g):
         """Make ``g`` the value displayed as ``grad_<var>``: name it, or alias it if it has a name already."""
@@ -74,10 +78,16 @@ def backward(builder: Builder, nodes: list, seeds: dict, wrt: list[Var]) -> list
     cotangents = {var: g for var, g in seeds.items() if var in active}
     groups = itertools.count()
     for node in reversed(nodes):
-        gs = [cotangents.pop(out, None) for out in node.outs]
-        if all(g is None for g in gs):
-            continue
-        gs = [None if g is None else finalize(out, g) for out, g in zip(node.outs, gs)]
+        if node.also:
+            gs = [cotangents.pop(out, None) for out in node.outs]
+            if all(g is None for g in gs):
+                continue
+            gs = [None if g is None else finalize(out, g) for out, g in zip(node.outs, gs)]
+        else:  # (one output, most nodes)
+            g = cotangents.pop(node.out, None)
+            if g is None:
+                continue
+            gs = [finalize(node.out, g)]
         if node.primitive.vjp is None:
             continue
         builder.source, builder.group = node.source, next(groups)
@@ -103,6 +113,8 @@ def backward(builder: Builder, nodes: list, seeds: dict, wrt: list[Var]) -> list
 
 def _as_cotangent(ct, atom: Var, builder: Builder) -> TracedArray:
     """Give a rule's result exactly the shape and dtype of the input it belongs to."""
+    if type(ct) is TracedArray and ct.var.aval is atom.aval:  # (already so: most cotangents)
+        return ct
     if not isinstance(ct, TracedArray):  # a scalar constant left by folding, e.g. g * 0
         value = np.asarray(ct)
         if value.ndim:

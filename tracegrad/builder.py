@@ -74,7 +74,6 @@ class Builder:
             while frame is not None and frame.f_code is not self.watch:
                 frame = frame.f_back
             self.watched_frame = frame
-        outs = tuple(Var(a) for a in aval) if prim.multiple_results else (Var(aval),)
         if self.source is not None or self.backward:
             source = self.source
         else:
@@ -82,8 +81,13 @@ class Builder:
             source = frame_source(frame) if frame is not None else None
             if frame is not None and frame.f_code is not self.watch and self.watch is not None:
                 self.helper_frames.setdefault(id(frame), frame)  # its locals name values when it returns
+        if not prim.multiple_results:
+            out = Var(aval)
+            self.nodes.append(Node(prim, inputs, params, out, source, self.group, self.backward))
+            return out
+        outs = tuple(Var(a) for a in aval)
         self.nodes.append(Node(prim, inputs, params, outs[0], source, self.group, self.backward, also=outs[1:]))
-        return outs if prim.multiple_results else outs[0]
+        return outs
 
 
 class _State(threading.local):
@@ -108,8 +112,10 @@ def _is_python_scalar(x) -> bool:
 def bind(prim: Primitive, *args, **params):
     """Apply ``prim`` to ``args``: record a node when any argument is traced, else compute eagerly."""
     builder = _state.builder
-    traced = [a for a in args if isinstance(a, TracedArray)]
-    if not traced:
+    for a in args:
+        if isinstance(a, TracedArray):
+            break
+    else:
         return prim.ref(*(np.asarray(a) if isinstance(a, (list, tuple)) else a for a in args), **params)
     if builder is None:
         raise TracingError(
@@ -117,17 +123,21 @@ def bind(prim: Primitive, *args, **params):
             user_source(),
             "do not store traced values in globals or return them through side channels",
         )
-    atoms = [_to_atom(a, builder) for a in args]
+    # (this builder's own values, the usual case, are read without a call)
+    atoms = [a.var if type(a) is TracedArray and a.builder is builder else _to_atom(a, builder) for a in args]
     weak = [a.value for a in atoms if type(a) is _WeakLiteral]
     if weak:  # Python scalars take the dtype of the computation they join (NumPy's weak scalars, NEP 50)
-        dtype = np.result_type(*(a.aval.dtype for a in atoms if type(a) is not _WeakLiteral), *weak)
+        strong = [a.aval.dtype for a in atoms if type(a) is not _WeakLiteral]
+        dtype = strong[0]
+        if not _WEAK_PROMOTION or dtype.kind != "f" or not dtype.isnative or any(d is not dtype for d in strong):
+            dtype = np.result_type(*strong, *weak)  # (with floats of one dtype, a Python scalar takes it)
         atoms = [Literal(a.value, dtype) if type(a) is _WeakLiteral else a for a in atoms]
     try:
-        aval = prim.shape(*(a.aval for a in atoms), **params)
+        aval = prim.shape(*[a.aval for a in atoms], **params)
     except ShapeError as e:  # name the operation the user wrote
         raise ShapeError(f"{prim.name} ({prim.doc.splitlines()[0]}): {e.message}" if prim.doc else e.message,
                          e.source, e.hint) from None
-    if prim.cast_inputs:
+    if prim.cast_inputs and any(a.aval.dtype is not aval.dtype for a in atoms):  # (else nothing to convert)
         atoms = [
             _cast(a, aval.dtype, builder)
             if (prim.cast_inputs is True or i in prim.cast_inputs) and a.aval.dtype != aval.dtype
@@ -150,6 +160,12 @@ class _WeakLiteral(Literal):
     __slots__ = ()
 
 
+_PYTHON_DTYPES = {float: np.dtype(np.float64), bool: np.dtype(np.bool_)}  # np.result_type of each
+# NEP 50 (NumPy 2): a Python scalar meeting floats of one dtype takes that dtype, whatever its value (NumPy 1's
+# value-based promotion makes float32 and 1e300 float64: there bind always asks np.result_type)
+_WEAK_PROMOTION = np.result_type(np.float32, 1e300) == np.float32
+
+
 def _to_atom(value, builder: Builder):
     if isinstance(value, TracedArray):
         if value.builder is builder:
@@ -158,7 +174,8 @@ def _to_atom(value, builder: Builder):
             return builder.capture(value)
         raise TracingError("a traced value from another trace was used here", user_source())
     if _is_python_scalar(value):
-        return _WeakLiteral(value, np.result_type(value))
+        dtype = _PYTHON_DTYPES.get(type(value))
+        return _WeakLiteral(value, dtype if dtype is not None else np.result_type(value))
     if isinstance(value, (list, tuple)):  # a shape passed where an array belongs is a bug in a rule
         raise TypeError("primitive inputs must be arrays; pass params such as shape= by keyword")
     if isinstance(value, (complex, np.complexfloating)) or isinstance(value, np.ndarray) and value.dtype.kind == "c":

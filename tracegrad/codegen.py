@@ -52,14 +52,20 @@ def _wrap(expr, prec, need):
     return f"({expr})" if prec < need else expr
 
 
+_PARSED: dict = {}  # template -> string.Formatter().parse of it (templates are the primitives' own: few)
+
+
 def _fill_template(template: str, args: list, params: dict) -> str:
     """Fill ``{x}``-style fields: input fields by order of first appearance, the rest from params."""
+    parsed = _PARSED.get(template)
+    if parsed is None:
+        parsed = _PARSED[template] = list(string.Formatter().parse(template))
     fields = []
-    for _, field, _, _ in string.Formatter().parse(template):
+    for _, field, _, _ in parsed:
         if field is not None and field not in params and field not in fields:
             fields.append(field)
     out = []
-    for literal_text, field, _, _ in string.Formatter().parse(template):
+    for literal_text, field, _, _ in parsed:
         out.append(literal_text)
         if field is None:
             continue
@@ -130,7 +136,7 @@ def _finite_check(name: str, node) -> str:
 
 def _fused(node) -> bool:
     """A fused loop: a body of this graph's own values (no values of its own, unlike a ``scoped`` block)."""
-    return node.primitive.scoped is None and isinstance(node.params.get("body"), Graph)
+    return bool(node.params) and node.primitive.scoped is None and isinstance(node.params.get("body"), Graph)
 
 
 def _passes_of(node) -> set:
@@ -139,6 +145,11 @@ def _passes_of(node) -> set:
     if _fused(node):
         return {m.backward for m in node.params["body"].nodes if m.out in node.outs}
     return {node.backward}
+
+
+def _computes_forward(node) -> bool:
+    """Some output of the node is a forward value (``_passes_of(node) != {True}``)."""
+    return _passes_of(node) != {True} if _fused(node) else not node.backward
 
 
 def _kernels_of(node) -> list:
@@ -254,10 +265,13 @@ class Printer:
         exprs: dict = {}  # inlined temporaries: var -> (text, precedence)
         in_backward = False
         # "# backward pass" goes after the last statement computing a forward value (a loop may compute both)
-        forward_ends = max((i for i, node in enumerate(nodes) if _passes_of(node) != {True}), default=-1) if top \
-            else len(nodes)
+        forward_ends = next((i for i in range(len(nodes) - 1, -1, -1) if _computes_forward(nodes[i])), -1) \
+            if top else len(nodes)
+        defined_by, notes = self.defined_by, {}
         for i, node in enumerate(nodes):
-            self.defined_by.update((out, node) for out in node.outs)
+            defined_by[node.out] = node
+            for out in node.also:
+                defined_by[out] = node
             args = [_literal(a) if isinstance(a, Literal) else exprs.pop(a, None) or (names[a], ATOM)
                     for a in node.inputs]
             emit, out = node.primitive.emit, node.out
@@ -265,11 +279,12 @@ class Printer:
                 spelled = None
             else:
                 spelled = spell(node, args)
-                kernels = _kernels_of(node)
+                kernels = _kernels_of(node) if node.primitive.kernel is not None else ()
             if spelled is not None:
-                text = "\n".join(spelled if isinstance(spelled, list) else [spelled[0]])
-                self.used_kernels.update(k for k in kernels if k + "(" in text)
-                if isinstance(spelled, tuple) and _inlinable(node, uses, consumer_group):
+                if kernels:
+                    text = "\n".join(spelled if isinstance(spelled, list) else [spelled[0]])
+                    self.used_kernels.update(k for k in kernels if k + "(" in text)
+                if node.group is not None and isinstance(spelled, tuple) and _inlinable(node, uses, consumer_group):
                     exprs[out] = spelled
                     continue
             note, statement = None, []
@@ -277,10 +292,13 @@ class Printer:
                 if node.backward and not in_backward and i > forward_ends:
                     statement.append(("# backward pass", None))
                     in_backward, self.last_source = True, None
-                if len(_passes_of(node)) == 2:  # a forward value and gradients from one loop (merge_loops)
-                    statement.append(("# forward and backward pass in one loop", None))
-                if node.source is not None and node.source != self.last_source:
-                    note = comment_text(node.source.short())
+                if _fused(node) and len(_passes_of(node)) == 2:  # a forward value and gradients from one loop
+                    statement.append(("# forward and backward pass in one loop", None))  # (merge_loops)
+                if node.source is not None and node.source is not self.last_source \
+                        and node.source != self.last_source:
+                    note = notes.get(node.source)
+                    if note is None:
+                        note = notes[node.source] = comment_text(node.source.short())
                     self.last_source = node.source
             if spelled is None:  # a block: the lines of its body keep their own notes
                 lines = emit.render(self, node, args)
@@ -288,15 +306,17 @@ class Printer:
                 self.used_kernels.update(k for k in _kernel_names([node]) if k + "(" in text)
                 statement.extend((code, note if k == 0 else inner) for k, (code, inner) in enumerate(lines))
                 checked = [v for v in node.outs if v.aval.dtype.kind == "f"]
-            else:
-                lines = [line.format(out=names[out]) for line in spelled] if isinstance(spelled, list) else \
-                    [f"{names[out]} = {spelled[0]}"]
+            elif isinstance(spelled, list):
+                lines = [line.format(out=names[out]) for line in spelled]
                 statement.extend((line, note if k == 0 else None) for k, line in enumerate(lines))
                 checked = [out] if out.aval.dtype.kind == "f" else []
+            else:
+                statement.append((f"{names[out]} = {spelled[0]}", note))
+                checked = [out] if check_finite and out.aval.dtype.kind == "f" else []
             if check_finite:
                 statement.extend((_finite_check(names[v], node), None) for v in checked)
                 self.checks.extend((v, _finite_message(names[v], node)) for v in checked)
-            body.append(([names[v] for v in node.outs], statement))
+            body.append(([names[out]] + [names[v] for v in node.also] if node.also else [names[out]], statement))
         return body
 
 
@@ -372,7 +392,8 @@ def _tuple(items: list) -> str:
 
 
 def _names_read(lines, values: set) -> set:
-    return {name for code, _ in lines for name in _NAME.findall(_STRING.sub("", code)) if name in values}
+    # (one search over all the lines: each line is a whole statement, its strings closed on it)
+    return values.intersection(_NAME.findall(_STRING.sub("", "\n".join(code for code, _ in lines))))
 
 
 def _split(body: list, params: list, ret: str, function: str, size: int, above: int = 0) -> list:

@@ -65,12 +65,68 @@ def _is_internal(filename: str) -> bool:
     return path.startswith(_PACKAGE_DIR + os.sep) or path.startswith(_NUMPY_DIR + os.sep)
 
 
+# user_source runs for every node a trace records (80,000 for an unrolled loop of 10,000 steps), so it
+# decides once per file whether the file is the user's, and reads each line's text once: the text is kept
+# with linecache's own entry for the file and read again when that entry changes (linecache.checkcache
+# after the file was edited, as IPython does), so it is what linecache.getline would say now.
+_SKIPPED: dict = {}  # filename -> a frame in it is tracegrad's, NumPy's or frozen: not the user's
+_SOURCES: dict = {}  # filename -> (linecache's entry for the file, {lineno: SourceInfo})
+_MAX_FILES = 1000  # forgotten all at once past this many files
+# frame.f_lineno reads the code's line table from its start on every call: in a function of 10,000
+# lines, tracing each of its operations that way takes time quadratic in its length. Each function's
+# table is read once instead, into {bytecode offset: line}, and the frame's offset looked up.
+_LINE_TABLES: dict = {}  # code object -> {offset: line}
+_MAX_TABLES = 256  # forgotten all at once past this many functions
+
+
+def _skipped(filename: str) -> bool:
+    skipped = _SKIPPED.get(filename)
+    if skipped is None:
+        skipped = _SKIPPED[filename] = filename.startswith("<frozen") or _is_internal(filename)
+    return skipped
+
+
+def _source_at(filename: str, lineno: int) -> SourceInfo:
+    """The SourceInfo of a line, the same object each time the line is asked for again."""
+    known = _SOURCES.get(filename)
+    if known is not None and known[0] is linecache.cache.get(filename):
+        source = known[1].get(lineno)
+        if source is not None:
+            return source
+    source = SourceInfo(filename, lineno, linecache.getline(filename, lineno).strip())
+    entry = linecache.cache.get(filename)  # (getline may have read the file just now)
+    if known is None or known[0] is not entry:
+        if len(_SOURCES) >= _MAX_FILES:
+            _SOURCES.clear()
+        known = _SOURCES[filename] = (entry, {})
+    known[1][lineno] = source
+    return source
+
+
+def _line_of(frame) -> int:
+    """``frame.f_lineno``, in time independent of the function's length."""
+    if frame.f_trace is not None:  # a debugger's trace function sets the line itself
+        return frame.f_lineno
+    code = frame.f_code
+    table = _LINE_TABLES.get(code)
+    if table is None:
+        if len(_LINE_TABLES) >= _MAX_TABLES:
+            _LINE_TABLES.clear()
+        table = _LINE_TABLES[code] = {offset: line for start, end, line in code.co_lines()
+                                      for offset in range(start, end, 2) if line is not None}
+    line = table.get(frame.f_lasti)
+    return line if line is not None else frame.f_lineno
+
+
 def user_frame():
     """The innermost frame on the stack that is neither tracegrad's nor NumPy's: the user's code."""
     frame = sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename
-        if not filename.startswith("<frozen") and not _is_internal(filename):
+        skipped = _SKIPPED.get(filename)
+        if skipped is None:
+            skipped = _skipped(filename)
+        if not skipped:
             return frame
         frame = frame.f_back
     return None
@@ -78,8 +134,7 @@ def user_frame():
 
 def frame_source(frame) -> SourceInfo:
     """The line ``frame`` is at."""
-    filename = frame.f_code.co_filename
-    return SourceInfo(filename, frame.f_lineno, linecache.getline(filename, frame.f_lineno).strip())
+    return _source_at(frame.f_code.co_filename, _line_of(frame))
 
 
 def user_source() -> SourceInfo | None:
@@ -94,8 +149,8 @@ def raised_at(exc: BaseException) -> SourceInfo | None:
     found, tb = None, exc.__traceback__
     while tb is not None:
         filename = tb.tb_frame.f_code.co_filename
-        if not filename.startswith("<frozen") and not _is_internal(filename):
-            found = SourceInfo(filename, tb.tb_lineno, linecache.getline(filename, tb.tb_lineno).strip())
+        if not _skipped(filename):
+            found = _source_at(filename, tb.tb_lineno)
         tb = tb.tb_next
     return found
 

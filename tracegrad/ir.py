@@ -27,16 +27,19 @@ def dtype_name(dtype: np.dtype) -> str:
     return _DTYPE_NAMES.get(np.dtype(dtype), np.dtype(dtype).name)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # (slots: made for every node, so kept small)
 class Aval:
     """What the compiler knows about a value: its shape and dtype. Scalars have shape ``()``."""
 
     shape: tuple
     dtype: np.dtype
 
-    def __post_init__(self):
-        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
-        object.__setattr__(self, "dtype", np.dtype(self.dtype))
+    def __post_init__(self):  # (made for every node: the usual tuple of ints and dtype are kept as they are)
+        shape = self.shape
+        if type(shape) is not tuple or not all(type(d) is int for d in shape):
+            object.__setattr__(self, "shape", tuple(int(d) for d in shape))
+        if not isinstance(self.dtype, np.dtype):
+            object.__setattr__(self, "dtype", np.dtype(self.dtype))
 
     @property
     def ndim(self) -> int:
@@ -75,15 +78,20 @@ class Var:
         return f"Var({self.hint or '?'}: {self.aval})"
 
 
+_SCALAR_AVALS: dict = {}  # dtype -> Aval((), dtype): every literal of a dtype shares one (avals are immutable)
+
+
 class Literal:
     """A scalar constant written into the graph, with the dtype it takes part in the computation as."""
 
     __slots__ = ("value", "aval")
 
     def __init__(self, value, dtype):
-        dtype = np.dtype(dtype)
+        if not isinstance(dtype, np.dtype):
+            dtype = np.dtype(dtype)
         self.value = dtype.type(value).item()  # a plain Python bool, int or float, exact
-        self.aval = Aval((), dtype)
+        aval = _SCALAR_AVALS.get(dtype)
+        self.aval = aval if aval is not None else _SCALAR_AVALS.setdefault(dtype, Aval((), dtype))
 
     def __repr__(self):
         return f"Literal({self.value!r}: {self.aval})"
@@ -92,7 +100,7 @@ class Literal:
 Atom = Var | Literal
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Node:
     """One equation ``out = primitive[params](*inputs)``.
 
@@ -204,7 +212,12 @@ def defined_vars(nodes) -> list:
     index and carries)."""
     out = []
     for node in nodes:
-        scoped = list(node.primitive.scoped(node)) if getattr(node.primitive, "scoped", None) else []
+        scoped_by = getattr(node.primitive, "scoped", None)
+        if scoped_by is None and not (node.params and any(isinstance(v, Graph) for v in node.params.values())):
+            out.append(node.out)  # (most nodes: their outputs alone)
+            out.extend(node.also)
+            continue
+        scoped = list(scoped_by(node)) if scoped_by else []
         inner = scoped + [v for value in node.params.values() if isinstance(value, Graph)
                           for v in defined_vars(value.nodes)]
         out.extend(inner)  # a loop's outputs where its body computes them

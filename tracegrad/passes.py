@@ -20,8 +20,17 @@ def _rebuild(graph: Graph, nodes: list, replace: dict) -> Graph:
 
 
 def _with_inputs(node: Node, replace: dict) -> Node:
-    inputs = tuple(replace.get(a, a) if isinstance(a, Var) else a for a in node.inputs)
-    return node if inputs == node.inputs else dataclasses.replace(node, inputs=inputs)
+    if replace:  # (runs for every node: a node reading nothing replaced is returned at once)
+        for a in node.inputs:
+            if a in replace:  # (literals are never keys)
+                inputs = tuple([replace.get(a, a) for a in node.inputs])
+                return node if inputs == node.inputs else _replace_inputs(node, inputs)
+    return node
+
+
+def _replace_inputs(node: Node, inputs: tuple) -> Node:
+    """``dataclasses.replace(node, inputs=inputs)``, without its look at the fields on every call."""
+    return Node(node.primitive, inputs, node.params, node.out, node.source, node.group, node.backward, node.also)
 
 
 def dce(graph: Graph, prune: bool = False) -> Graph:
@@ -31,17 +40,19 @@ def dce(graph: Graph, prune: bool = False) -> Graph:
     live = {v for v in graph.outputs if isinstance(v, Var)}
     kept = []
     for node in reversed(graph.nodes):
-        if any(out in live for out in node.outs):
+        if node.out in live or node.also and any(out in live for out in node.also):
             if prune and node.primitive.prune is not None:  # a loop stores only the outputs something reads
                 node = node.primitive.prune(node, live) or node
             kept.append(node)
-            live.update(a for a in node.inputs if isinstance(a, Var))
+            live.update(node.inputs)  # (literals too: they are never a node's output)
     kept.reverse()
     return Graph(graph.name, graph.inputs, kept, graph.outputs, graph.n_args, dict(graph.meta))
 
 
 def _key(node: Node):
-    inputs = tuple(("lit", a.value, a.aval.dtype.str) if isinstance(a, Literal) else id(a) for a in node.inputs)
+    inputs = tuple([("lit", a.value, a.aval.dtype.str) if type(a) is not Var else id(a) for a in node.inputs])
+    if not node.params:
+        return node.primitive.name, inputs, "[]"
     # a nested graph is itself only (its printed form does not tell how its values are wired)
     params = sorted((k, ("graph", id(v)) if isinstance(v, Graph) else v) for k, v in node.params.items())
     return node.primitive.name, inputs, repr(params)
@@ -106,16 +117,20 @@ def simplify(graph: Graph) -> Graph:
 
 
 def _skip_broadcasts(node: Node, defs: dict) -> Node:
-    inputs = list(node.inputs)
-    for i, atom in enumerate(inputs):
+    inputs = None  # (made only for a node reading a broadcast)
+    for i, atom in enumerate(node.inputs):
         source = defs.get(atom) if isinstance(atom, Var) else None  # aliases are looked through (grad_s7 = grad_s8)
         if source is None or not source.primitive.broadcasts:
             continue
+        if inputs is None:
+            inputs = list(node.inputs)
         candidate = inputs[:i] + [source.inputs[0]] + inputs[i + 1:]
         if np.broadcast_shapes(*(a.aval.shape for a in candidate)) == node.out.aval.shape:
             inputs = candidate
+    if inputs is None:
+        return node
     inputs = tuple(inputs)
-    return node if inputs == node.inputs else dataclasses.replace(node, inputs=inputs)
+    return node if inputs == node.inputs else _replace_inputs(node, inputs)
 
 
 # ---------------------------------------------------------------- elementwise fusion
@@ -286,8 +301,11 @@ def accumulate_write(node: Node):
     """How a loop over a node's input computes it by adding each element into the output (``reduce_sum``,
     a slice's gradient ``place``), from its primitive's ``accumulate_index``: the output's subscripts at
     the loop indices, or None."""
-    prim, x = node.primitive, node.inputs[0] if node.inputs else None
-    if prim.accumulate_index is None or not isinstance(x, Var) or not x.aval.ndim or node.out.aval.dtype.kind != "f":
+    prim = node.primitive
+    if prim.accumulate_index is None:
+        return None
+    x = node.inputs[0] if node.inputs else None
+    if not isinstance(x, Var) or not x.aval.ndim or node.out.aval.dtype.kind != "f":
         return None
     loop = [f"i{d}" for d in range(x.aval.ndim)]
     return prim.accumulate_index(loop, x.aval.shape, node.out.aval.shape, **node.params)
@@ -351,6 +369,8 @@ def fuse(graph: Graph, group: bool = True) -> Graph:
     A group that spells as one statement stays as it is (Numba fuses an array expression itself), unless
     it uses a scalar kernel. ``group=False`` only puts each array use of a scalar kernel in a loop of its
     own (the unfused code of ``debug_nans``)."""
+    if not _has_arrays(graph):
+        return graph
     uses: dict = {}
     for node in graph.nodes:
         for a in node.inputs:
@@ -414,6 +434,17 @@ def fuse(graph: Graph, group: bool = True) -> Graph:
                                           dict(graph.meta))))
 
 
+def _has_arrays(graph: Graph) -> bool:
+    """Some node reads or computes an array: only then can a loop be fused (or merged)."""
+    for node in graph.nodes:
+        if node.out.aval.shape or node.also:
+            return True
+        for a in node.inputs:
+            if a.aval.shape:
+                return True
+    return False
+
+
 def _read_what_is_stored(graph: Graph) -> Graph:
     """A value a loop would compute again that is stored as an array anyway (a user needed it whole) is
     read from the array instead: one value, one name, and no work done twice."""
@@ -469,6 +500,8 @@ def merge_loops(graph: Graph) -> Graph:
     after the loop): the forward pass's sum and the backward pass's gradient in one loop; a bias gradient
     and the gradient it sums; ``s5 = np.exp(z)``, stored for the backward pass, and its row sums. A lone
     sum or slice gradient (``np.sum(s5, axis=1)``) joins the loop that computes its terms."""
+    if not _has_arrays(graph):
+        return graph
     nodes: list = []
     open_loops: list = []  # fused nodes in ``nodes`` whose outputs nothing after them has read yet
     for node in graph.nodes:

@@ -8,6 +8,12 @@ from ..ir import Aval
 
 
 def broadcast(*avals: Aval) -> tuple:
+    shape = avals[0].shape
+    for aval in avals:  # inputs of one shape (most nodes): the shape itself, without asking NumPy
+        if aval.shape != shape:
+            break
+    else:
+        return shape
     try:
         return np.broadcast_shapes(*(a.shape for a in avals))
     except ValueError:
@@ -17,7 +23,19 @@ def broadcast(*avals: Aval) -> tuple:
 
 def elementwise(*avals: Aval) -> Aval:
     """NumPy broadcasting and type promotion."""
-    return Aval(broadcast(*avals), np.result_type(*(a.dtype for a in avals)))
+    first = avals[0]
+    for aval in avals:  # inputs of one aval (most nodes): the output has it too, the same object
+        if aval is not first and (aval.shape != first.shape or aval.dtype is not first.dtype):
+            break
+    else:
+        if first.dtype.isnative:
+            return first
+    dtype = first.dtype
+    for aval in avals:  # inputs of one native dtype (most nodes): that dtype, without asking NumPy
+        if aval.dtype is not dtype or not dtype.isnative:
+            dtype = np.result_type(*(a.dtype for a in avals))
+            break
+    return Aval(broadcast(*avals), dtype)
 
 
 def float_dtype(dtype) -> np.dtype:
@@ -27,12 +45,12 @@ def float_dtype(dtype) -> np.dtype:
 
 
 def unary_float(x: Aval) -> Aval:
-    return Aval(x.shape, float_dtype(x.dtype))
+    return x if x.dtype.kind == "f" else Aval(x.shape, float_dtype(x.dtype))
 
 
 def binary_float(x: Aval, y: Aval) -> Aval:
     out = elementwise(x, y)
-    return Aval(out.shape, float_dtype(out.dtype))
+    return out if out.dtype.kind == "f" else Aval(out.shape, float_dtype(out.dtype))
 
 
 def same(x: Aval, **params) -> Aval:
