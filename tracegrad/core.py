@@ -77,6 +77,9 @@ class Primitive:
     cheap: bool | None = None
     cast_inputs: Any = ()  # input positions (or True: all) converted to the output dtype before binding
     view: bool = False  # the result may share memory with an input
+    # How to write the result into an existing array ``{out}`` (a workspace buffer) instead of a new one:
+    # a template like ``emit``'s, input fields first (``"np.dot({a}, {b}, {out})"``), or None
+    into: str | None = None
     nondiff: bool = False  # no gradient flows through (comparisons, sign)
     elementwise: bool = False  # applied element by element; inputs broadcast implicitly to the output
     domain: Any = None  # test data: how to draw valid inputs (see tests/)
