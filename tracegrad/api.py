@@ -20,7 +20,7 @@ from . import backend, tiers
 from .autodiff import value_and_grad_graph
 from .codegen import Module, generate
 from .passes import optimize
-from .core import TracedArray, current_builder, _state as _tracing
+from .core import ENTERED as _ENTERED, TracedArray, current_builder, _state as _tracing
 from .errors import GradTypeError
 from .guards import GuardWriter
 from .static import StaticArgs
@@ -308,7 +308,9 @@ def _make_guard(in_tree: TreeDef, signature: tuple, result: _Result, n_out: int,
     has it."""
     writer = GuardWriter()
     params = [f"_a{i}" for i in range(len(in_tree.children))]  # names no caller passes as keywords
-    writer.check("not rest and not kwargs and tracing.builder is None")  # (inside a trace: traced into it)
+    # (inside a trace: traced into it; ENTERED is empty when no thread traces, a faster test than the
+    # thread-local builder, which Function._dispatch reads when it is not)
+    writer.check("not rest and not kwargs and not TRACING")
     leaves = [name for param, child in zip(params, in_tree.children) for name in writer.unpack(param, child)]
     for name, sig in zip(leaves, signature):
         if isinstance(sig, type):
@@ -318,7 +320,7 @@ def _make_guard(in_tree: TreeDef, signature: tuple, result: _Result, n_out: int,
         else:
             return None  # NumPy scalars and 0-d arrays: the general path converts them
     env = writer.env
-    env.update({"MISS": _MISS, "tracing": _tracing, "kernel": dispatcher, "NUMBA_ERRORS": backend.NUMBA_ERRORS,
+    env.update({"MISS": _MISS, "TRACING": _ENTERED, "kernel": dispatcher, "NUMBA_ERRORS": backend.NUMBA_ERRORS,
                 "compile_error": backend.compile_error, "module": module, "dispatch": Function._dispatch})
     env.update(result.constants)
     env.update((f"h{i}", value) for i, value in enumerate(held))
