@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -149,12 +150,13 @@ def _malloc_child(rounds: int, target_ns: float, workspace: bool = True) -> dict
     if not workspace:
         tg.codegen.WORKSPACE_BYTES = 1 << 62
     rosen = tg.value_and_grad(cases.rosenbrock)
-    timers = {}
+    timers, calls = {}, {}
     for n in (100_000, 1_000_000):
         x = np.random.default_rng(1).uniform(-2.0, 2.0, size=n)
         assert np.allclose(rosen(x)[0], cases.rosenbrock_hand_vg(x)[0])
         timers[f"rosen{n} tracegrad"] = batch_timer(rosen, (x,), target_ns)
         timers[f"rosen{n} hand"] = batch_timer(cases.rosenbrock_hand_vg, (x,), target_ns)
+        calls[f"rosen{n} tracegrad"], calls[f"rosen{n} hand"] = (rosen, (x,)), (cases.rosenbrock_hand_vg, (x,))
     for batch, dtype in MLP_CASES:
         mlp = cases.mlp_args(batch, dtype)
         step = tg.value_and_grad(cases.mlp_loss, argnums=(0, 1, 2, 3))
@@ -163,7 +165,14 @@ def _malloc_child(rounds: int, target_ns: float, workspace: bool = True) -> dict
         tag = f"mlp{batch}{np.dtype(dtype).name}"
         timers[f"{tag} tracegrad"] = batch_timer(step, mlp, target_ns)
         timers[f"{tag} hand"] = batch_timer(cases.mlp_hand_vg, mlp, target_ns)
-    return harness.interleaved(timers, rounds)
+        calls[f"{tag} tracegrad"], calls[f"{tag} hand"] = (step, mlp), (cases.mlp_hand_vg, mlp)
+    times = harness.interleaved(timers, rounds)
+    for key, (fn, args) in calls.items():  # page faults per call: memory the OS maps in again at every call
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(50):
+            fn(*args)
+        times[f"{key} faults"] = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 50
+    return times
 
 
 def malloc_table(report, rounds, target_ns, pairs=4):
@@ -188,9 +197,12 @@ def malloc_table(report, rounds, target_ns, pairs=4):
         for mode, (malloc, _, _) in MALLOC_VARIANTS.items():
             t, h = results[mode][f"{case} tracegrad"], results[mode][f"{case} hand"]
             base = results["tune"][f"{case} tracegrad"]
-            rows.append((label, malloc, harness.fmt_time(t), harness.fmt_time(h), f"{t / h:.2f}×", f"{t / base:.2f}×"))
+            faults = f"{results[mode][f'{case} tracegrad faults']:.0f} / {results[mode][f'{case} hand faults']:.0f}"
+            rows.append((label, malloc, harness.fmt_time(t), harness.fmt_time(h), f"{t / h:.2f}×", f"{t / base:.2f}×",
+                         faults))
     report.table("value and gradient from Python, glibc malloc left alone or tuned (a fresh process each)",
-                 ("case", "malloc", "tracegrad", "hand-written", "ratio", "tracegrad vs tuned"), rows,
+                 ("case", "malloc", "tracegrad", "hand-written", "ratio", "tracegrad vs tuned",
+                  "page faults a call (tracegrad / hand)"), rows,
                  [f"Medians over {pairs} processes of each kind, run in turn, of the medians of {rounds} "
                   "interleaved rounds in each, process CPU time. 'ratio' is against the hand-written code in "
                   "the same processes (malloc tuned or not alike); 'no workspace' sets "

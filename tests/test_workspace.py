@@ -180,3 +180,18 @@ def test_long_code_split_in_parts_keeps_the_workspace(small_workspace, monkeypat
     np.testing.assert_allclose(value, reference[0], rtol=1e-12)
     for a, b in zip(grads, reference[1]):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_elementwise_operators_write_into_their_buffers(small_workspace, rng):
+    def f(W, b, X):
+        z = X @ W + b  # read whole by the reduction: a statement of its own, np.add(s0, b, z)
+        return np.sum(np.max(z, axis=1) * np.max(z - 1.0, axis=0).sum())
+
+    args = (rng.normal(size=(3, 4)), rng.normal(size=4), rng.normal(size=(5, 3)))
+    vg = tg.value_and_grad(f, argnums=(0, 1))
+    value, grads = vg(*args)
+    source = vg.specialize(*args).source
+    assert "np.add(" in source and "np.subtract(" in source, source
+    np.testing.assert_allclose(value, f(*args), rtol=1e-12)
+    for i, grad in enumerate(grads):
+        np.testing.assert_allclose(grad, numeric_grad(f, *args, argnums=i), rtol=1e-6, atol=1e-8)

@@ -33,8 +33,8 @@ PART_LINES = 400
 # from a workspace: buffers the caller passes in, which tracegrad allocates once per specialisation and
 # passes again at every call, instead of a new array per call (glibc gives large blocks back to the OS
 # and faults them in again; benchmarks/RESULTS.md). Smaller ones stay new arrays: each extra argument
-# costs Numba's dispatch from Python ~0.3 µs, more than allocating a small array.
-WORKSPACE_BYTES = 64 * 1024
+# costs Numba's dispatch from Python ~0.1 µs, about what allocating a small array costs.
+WORKSPACE_BYTES = 32 * 1024
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,7 @@ class add:
     shape = shapes.elementwise
     ref = np.add
     emit = Infix("+", ADD)
+    into = "np.add({x}, {y}, {out})"
 
     def vjp(g, out, x, y):
         return [g, g]
@@ -80,6 +81,7 @@ class sub:
     shape = shapes.elementwise
     ref = np.subtract
     emit = Infix("-", ADD)
+    into = "np.subtract({x}, {y}, {out})"
 
     def vjp(g, out, x, y):
         return [g, -g]
@@ -99,6 +101,7 @@ class mul:
     shape = shapes.elementwise
     ref = np.multiply
     emit = Infix("*", MUL)
+    into = "np.multiply({x}, {y}, {out})"
 
     def vjp(g, out, x, y):
         return [g * y, g * x]
