@@ -99,7 +99,7 @@ class Compiled:
 
     ``dispatcher`` is a ``numba.njit`` function: call it from your own ``@numba.njit`` code with the
     flattened arguments followed by ``captured()`` (arrays the function reads from its closure or globals).
-    Large temporaries (``codegen.WORKSPACE_BYTES``, 64 KiB, and more) of calls from Python live in a
+    Large temporaries (``codegen.WORKSPACE_BYTES``, 32 KiB, and more) of calls from Python live in a
     ``workspace`` of buffers allocated once for the specialisation and reused (outputs never share memory
     with it; a thread finding it in use gets new ones); ``dispatcher`` allocates them at each call.
 

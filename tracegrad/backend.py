@@ -62,7 +62,7 @@ def tune_malloc() -> bool:
     so it changes the behaviour of every other library in the process, and the process keeps up to
     256 MiB of freed memory: tracegrad never does it unless asked, by this call or by setting the
     environment variable ``TRACEGRAD_TUNE_MALLOC=1`` before importing tracegrad. Calls from Python
-    reuse a workspace for temporaries of 64 KiB and more, so the gain left is small (benchmarks/RESULTS.md);
+    reuse a workspace for temporaries of 32 KiB and more, so the gain left is small (benchmarks/RESULTS.md);
     it is mostly for code calling ``.dispatcher`` from its own loops, which allocates them at each call.
     Returns whether malloc was tuned (False on anything but glibc).
 
