@@ -195,3 +195,28 @@ def test_elementwise_operators_write_into_their_buffers(small_workspace, rng):
     np.testing.assert_allclose(value, f(*args), rtol=1e-12)
     for i, grad in enumerate(grads):
         np.testing.assert_allclose(grad, numeric_grad(f, *args, argnums=i), rtol=1e-6, atol=1e-8)
+
+
+def test_fit_calls_the_loss_with_a_workspace(small_workspace):
+    """fit's epoch calls the loss's dispatcher, which allocates the workspace its function takes."""
+    rng = np.random.default_rng(3)
+    X, y = rng.normal(size=(24, 5)), rng.normal(size=(24, 2))
+
+    def loss(params, X, y):
+        h = np.tanh(X @ params["W1"] + params["b1"])
+        return np.mean((h @ params["W2"] - y) ** 2)
+
+    params = {"W1": 0.3 * rng.normal(size=(5, 6)), "b1": np.zeros(6), "W2": 0.3 * rng.normal(size=(6, 2))}
+    vg = tg.value_and_grad(loss)
+    vg(params, X[:8], y[:8])
+    assert vg.specialize(params, X[:8], y[:8]).module.workspace
+    trained, history = tg.fit(loss, params, (X, y), optimizer=tg.optim.SGD(lr=0.1), batch_size=8, epochs=2,
+                              shuffle=False, progress=False)
+    # the same steps from Python: value_and_grad (through its workspace) and the update
+    expect, opt = {k: v.copy() for k, v in params.items()}, tg.optim.SGD(lr=0.1)
+    state = opt.init(expect)
+    for _ in range(2):
+        for start in range(0, 24, 8):
+            opt.update(expect, vg(expect, X[start:start + 8], y[start:start + 8])[1], state)
+    for k in params:
+        np.testing.assert_allclose(trained[k], expect[k], rtol=1e-12, atol=1e-14)
