@@ -8,9 +8,10 @@ Three tables, each from interleaved rounds (medians, process CPU time, see harne
 2. **SGD step from Python**: the README's step, ``value, grads = vg(params, X, y)`` then
    ``opt.update(params, grads, state)`` (momentum 0.9), against one hand-written ``@numba.njit`` function
    doing the same (value and gradient by hand, then the momentum update). Goal: ≤ 1.3× at batch 32.
-3. **malloc**: Rosenbrock n = 10⁵ and 10⁶ and the MLP step at batch 1024 in fresh processes, with glibc's malloc
-   left alone and with ``TRACEGRAD_TUNE_MALLOC=1`` (what ``import tracegrad`` used to do by default), tracegrad and the
-   hand-written code alike.
+3. **malloc**: Rosenbrock n = 10⁵ and 10⁶ and the MLP step at batch 32 and 1024 (float32 and float64) in
+   fresh processes, with glibc's malloc left alone and with ``TRACEGRAD_TUNE_MALLOC=1`` (what ``import
+   tracegrad`` used to do by default), tracegrad and the hand-written code alike; and left alone without
+   tracegrad's workspace (as before it had one), to compare in the same run.
 4. **memory**: the resident set after compiling many shapes of one function, with and without the bound
    on live specialisations, and after ``del f``.
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -133,51 +135,84 @@ def sgd_table(report, rounds, target_ns, batch=32):
     return times["tracegrad: vg + opt.update"] / hand_t
 
 
-def _malloc_child(rounds: int, target_ns: float) -> dict:
+MLP_CASES = [(32, np.float32), (32, np.float64), (1024, np.float32), (1024, np.float64)]
+MALLOC_VARIANTS = {  # child mode -> (label, TRACEGRAD_TUNE_MALLOC, workspace)
+    "plain": ("left alone (the default)", False, True),
+    "tune": ("TRACEGRAD_TUNE_MALLOC=1", True, True),
+    "plain-nows": ("left alone, no workspace (as before)", False, False),
+}
+
+
+def _malloc_child(rounds: int, target_ns: float, workspace: bool = True, group: str = "mlp") -> dict:
     """In a fresh process (``TRACEGRAD_TUNE_MALLOC`` set by the caller): tracegrad and hand-written on
-    Rosenbrock 10⁵ and 10⁶ and the MLP step at batch 1024."""
+    the MLP step at batch 32 and 1024, float32 and float64 (``group="mlp"``), or on Rosenbrock 10⁵ and
+    10⁶ (``"rosen"``): not in one process, since Rosenbrock's 8 MB arrays, freed, raise glibc's
+    thresholds for the rest of it. Without ``workspace``, codegen puts no temporaries in a workspace (as
+    before it had one)."""
+    if not workspace:
+        tg.codegen.WORKSPACE_BYTES = 1 << 62
+    timers, calls = {}, {}
+    for batch, dtype in MLP_CASES if group == "mlp" else ():
+        mlp = cases.mlp_args(batch, dtype)
+        step = tg.value_and_grad(cases.mlp_loss, argnums=(0, 1, 2, 3))
+        value, ref = step(*mlp)[0], cases.mlp_hand_vg(*mlp)[0]
+        assert np.allclose(value, ref, rtol=1e-4), (value, ref)
+        tag = f"mlp{batch}{np.dtype(dtype).name}"
+        timers[f"{tag} tracegrad"] = batch_timer(step, mlp, target_ns)
+        timers[f"{tag} hand"] = batch_timer(cases.mlp_hand_vg, mlp, target_ns)
+        calls[f"{tag} tracegrad"], calls[f"{tag} hand"] = (step, mlp), (cases.mlp_hand_vg, mlp)
     rosen = tg.value_and_grad(cases.rosenbrock)
-    timers = {}
-    for n in (100_000, 1_000_000):
+    for n in (100_000, 1_000_000) if group == "rosen" else ():
         x = np.random.default_rng(1).uniform(-2.0, 2.0, size=n)
         assert np.allclose(rosen(x)[0], cases.rosenbrock_hand_vg(x)[0])
         timers[f"rosen{n} tracegrad"] = batch_timer(rosen, (x,), target_ns)
         timers[f"rosen{n} hand"] = batch_timer(cases.rosenbrock_hand_vg, (x,), target_ns)
-    mlp = cases.mlp_args(1024, np.float32)
-    step = tg.value_and_grad(cases.mlp_loss, argnums=(0, 1, 2, 3))
-    step(*mlp)
-    cases.mlp_hand_vg(*mlp)
-    timers["mlp tracegrad"] = batch_timer(step, mlp, target_ns)
-    timers["mlp hand"] = batch_timer(cases.mlp_hand_vg, mlp, target_ns)
-    return harness.interleaved(timers, rounds)
+        calls[f"rosen{n} tracegrad"], calls[f"rosen{n} hand"] = (rosen, (x,)), (cases.rosenbrock_hand_vg, (x,))
+    times = harness.interleaved(timers, rounds)
+    for key, (fn, args) in calls.items():  # page faults per call: memory the OS maps in again at every call
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(50):
+            fn(*args)
+        times[f"{key} faults"] = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 50
+    return times
 
 
 def malloc_table(report, rounds, target_ns, pairs=4):
-    """Fresh processes, malloc left alone and tuned in turn (``pairs`` of each, so that the machine's load
-    hits both alike); each process times every case over ``rounds`` interleaved rounds."""
-    samples = {False: [], True: []}
+    """Fresh processes, malloc left alone and tuned (and, to compare, left alone without the workspace)
+    in turn (``pairs`` of each, so that the machine's load hits all alike); each process times every case
+    over ``rounds`` interleaved rounds."""
+    samples = {mode: [] for mode in MALLOC_VARIANTS}
     for _ in range(pairs):
-        for tune in (False, True):
-            out = subprocess.run([sys.executable, __file__, "--child", "tune" if tune else "plain",
-                                  "--rounds", str(rounds), "--target", str(target_ns)],
-                                 capture_output=True, text=True, check=True,
-                                 env=dict(os.environ, TRACEGRAD_TUNE_MALLOC="1" if tune else "0"))
-            samples[tune].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    results = {tune: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
-               for tune, runs in samples.items()}
+        for mode, (_, tune, _) in MALLOC_VARIANTS.items():
+            merged = {}
+            for group in ("mlp", "rosen"):
+                out = subprocess.run([sys.executable, __file__, "--child", mode, "--group", group,
+                                      "--rounds", str(rounds), "--target", str(target_ns)],
+                                     capture_output=True, text=True, check=True,
+                                     env=dict(os.environ, TRACEGRAD_TUNE_MALLOC="1" if tune else "0"))
+                merged.update(json.loads(out.stdout.strip().splitlines()[-1]))
+            samples[mode].append(merged)
+    results = {mode: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+               for mode, runs in samples.items()}
     rows = []
-    for case, label in (("rosen100000", "Rosenbrock n=100,000 f64"), ("rosen1000000", "Rosenbrock n=1,000,000 f64"),
-                        ("mlp", "MLP 64-128-10 step, batch 1024 f32")):
-        for tune in (False, True):
-            t, h = results[tune][f"{case} tracegrad"], results[tune][f"{case} hand"]
-            base = results[True][f"{case} tracegrad"]
-            rows.append((label, "TRACEGRAD_TUNE_MALLOC=1" if tune else "left alone", harness.fmt_time(t),
-                         harness.fmt_time(h), f"{t / h:.2f}×", f"{t / base:.2f}×"))
+    labels = [("rosen100000", "Rosenbrock n=100,000 f64"), ("rosen1000000", "Rosenbrock n=1,000,000 f64")]
+    labels += [(f"mlp{b}{np.dtype(d).name}", f"MLP 64-128-10 step, batch {b} {np.dtype(d).name}")
+               for b, d in MLP_CASES]
+    for case, label in labels:
+        for mode, (malloc, _, _) in MALLOC_VARIANTS.items():
+            t, h = results[mode][f"{case} tracegrad"], results[mode][f"{case} hand"]
+            base = results["tune"][f"{case} tracegrad"]
+            faults = f"{results[mode][f'{case} tracegrad faults']:.0f} / {results[mode][f'{case} hand faults']:.0f}"
+            rows.append((label, malloc, harness.fmt_time(t), harness.fmt_time(h), f"{t / h:.2f}×", f"{t / base:.2f}×",
+                         faults))
     report.table("value and gradient from Python, glibc malloc left alone or tuned (a fresh process each)",
-                 ("case", "malloc", "tracegrad", "hand-written", "ratio", "tracegrad vs tuned"), rows,
+                 ("case", "malloc", "tracegrad", "hand-written", "ratio", "tracegrad vs tuned",
+                  "page faults a call (tracegrad / hand)"), rows,
                  [f"Medians over {pairs} processes of each kind, run in turn, of the medians of {rounds} "
-                  "interleaved rounds in each, process CPU time. 'ratio' is against the hand-written code in "
-                  "the same processes (malloc tuned or not alike)."])
+                  "interleaved rounds in each (the MLP and Rosenbrock in processes of their own), process CPU time. "
+                  "'ratio' is against the hand-written code in "
+                  "the same processes (malloc tuned or not alike); 'no workspace' sets "
+                  "codegen.WORKSPACE_BYTES out of reach, as tracegrad was before it had one."])
 
 
 def _memory_child(n_shapes: int, bound: int) -> dict:
@@ -232,7 +267,8 @@ def main(argv=None):
     parser.add_argument("--bound", type=int, default=64)
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--target", type=float)
-    parser.add_argument("--child", choices=("plain", "tune", "memory"))
+    parser.add_argument("--child", choices=(*MALLOC_VARIANTS, "memory"))
+    parser.add_argument("--group", choices=("mlp", "rosen"), default="mlp")
     opts = parser.parse_args(argv)
     rounds = opts.rounds or (7 if opts.quick else 31)
     target_ns = opts.target or (2e6 if opts.quick else 1e7)
@@ -240,7 +276,7 @@ def main(argv=None):
         print(json.dumps(_memory_child(opts.shapes, opts.bound)))
         return
     if opts.child:
-        print(json.dumps(_malloc_child(rounds, target_ns)))
+        print(json.dumps(_malloc_child(rounds, target_ns, MALLOC_VARIANTS[opts.child][2], opts.group)))
         return
     print(harness.machine())
     report = harness.Report()

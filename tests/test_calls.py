@@ -1,6 +1,7 @@
 """The per-call fast path: guards for whole argument trees, the bounded specialisation cache, freeing."""
 import collections
 import gc
+import threading
 import weakref
 
 import numpy as np
@@ -241,3 +242,30 @@ def test_the_guard_writer_example_holds():
     from tracegrad import guards
 
     assert doctest.testmod(guards).failed == 0
+
+
+def test_a_trace_in_another_thread_leaves_this_threads_calls_alone():
+    f = tg.grad(lambda x: np.sum(np.sin(x)))
+    x = np.linspace(0.0, 1.0, 5)
+    want = f(x)
+    f(x)
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_loss(y):
+        entered.set()
+        release.wait(30)
+        return np.sum(y * y)
+
+    results = []
+    thread = threading.Thread(target=lambda: results.append(tg.grad(slow_loss)(np.ones(3))))
+    thread.start()
+    try:
+        assert entered.wait(30)
+        assert tg.core.ENTERED  # another thread is tracing: the guard hands calls to _dispatch
+        got = f(x)
+    finally:
+        release.set()
+        thread.join()
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(results[0], 2.0 * np.ones(3))
+    assert not tg.core.ENTERED

@@ -47,6 +47,12 @@ def test_sgd_weight_decay():
     np.testing.assert_allclose(after, [1.9], atol=1e-15)
 
 
+def test_sgd_without_weight_decay_leaves_the_gradient_alone():
+    # no wd * p term at all when wd is 0 (as in PyTorch): an infinite parameter stays infinite, not NaN
+    (after,), _ = run(optim.SGD(lr=0.5, momentum=0.9), [np.inf, -np.inf, 1.0], [[1.0, 1.0, 1.0]])
+    np.testing.assert_array_equal(after, [np.inf, -np.inf, 0.5])
+
+
 def test_adam_first_step_moves_by_lr():
     # m = 0.1 * 0.5, v = 0.001 * 0.25; corrected: m = 0.5, v = 0.25, step = 0.5 / (0.5 + 1e-8)
     (after,), state = run(optim.Adam(lr=0.1), [1.0], [[0.5]])

@@ -22,7 +22,7 @@ from . import backend, tiers
 from .autodiff import value_and_grad_graph
 from .codegen import Module, generate
 from .passes import optimize
-from .core import TracedArray, current_builder, _state as _tracing
+from .core import ENTERED as _ENTERED, TracedArray, current_builder, _state as _tracing
 from .errors import GradTypeError
 from .guards import GuardWriter
 from .static import StaticArgs
@@ -105,6 +105,9 @@ class Compiled:
     order. It always returns a tuple of arrays and scalars: for ``value_and_grad`` the value, then the
     gradients' leaves; for ``grad`` the gradients' leaves; for ``jit`` the output's leaves (a 1-tuple for
     one output). Called from Python with the wrong arguments it raises Numba's own ``TypeError``.
+    Large temporaries (``codegen.WORKSPACE_BYTES``, 32 KiB, and more) of calls from Python live in a
+    ``workspace`` of buffers allocated once for the specialisation and reused (outputs never share memory
+    with it; a thread finding it in use gets new ones); ``dispatcher`` allocates them at each call.
 
     ``timings`` holds the seconds each stage of making it took: ``trace``, ``autodiff``, ``passes``,
     ``codegen``, ``load`` (writing and importing the module) and, after the first call, ``numba``
@@ -135,8 +138,22 @@ class Compiled:
         self._call = self._first_call  # then the dispatcher, the evaluator, or the evaluator until compiled
         self._background = None
         self._evaluator = None
+        self._workspace = None
         if self.compile_mode == "wait":
             self._make_guard()
+
+    @property
+    def workspace(self) -> backend.Workspace | None:
+        """The buffers this specialisation's compiled calls reuse for their large temporaries (see
+        ``codegen.WORKSPACE_BYTES``), allocated at the first compiled call; None when it needs none.
+        ``dispatcher`` allocates its own at each call."""
+        if self._workspace is None and self.module.inner:
+            self._workspace = backend.Workspace(self.module, self.dispatcher)
+        return self._workspace
+
+    def _compiled(self):
+        """What a compiled call calls: the dispatcher, or the function taking the workspace with it."""
+        return self.workspace or self.dispatcher
 
     def _make_guard(self):
         captures = self.traced.captures
@@ -146,7 +163,7 @@ class Compiled:
         held = all(c.held and c.var.aval.shape for c in captures)
         if held and self.direct is not None and self.in_tree is not None:
             self.guard = _make_guard(self.in_tree, self.signature, self.direct, len(self.graph.outputs),
-                                     self.dispatcher, [c.current() for c in captures], self.module)
+                                     self.dispatcher, [c.current() for c in captures], self.module, self.workspace)
 
     @property
     def source(self) -> str:
@@ -200,7 +217,12 @@ class Compiled:
             self.tier, self._call = "evaluating", self.evaluator
             return self._call(*args)
         if self.compile_mode == "background":
-            self._background = tiers.background(self.dispatcher, args, self.module.parts, label=self.module.function)
+            if self.workspace is not None:  # what the calls will run: the function taking the workspace
+                self._background = tiers.background(self.workspace.inner, [*args, *self.workspace.buffers],
+                                                    self.module.inner_parts, label=self.module.function)
+            else:
+                self._background = tiers.background(self.dispatcher, args, self.module.parts,
+                                                    label=self.module.function)
             if self._background is not None:
                 self.tier, self._call = "evaluating", self._evaluate_until_compiled
                 outs = self.evaluator(*args)
@@ -208,11 +230,12 @@ class Compiled:
                 self.timings.update(clock.laps)
                 self._report("Numba compiles it in the background; this call ran on NumPy", compiled=False)
                 return outs
+        compiled = self._compiled()
         with backend.quiet_compile():
-            outs = self.dispatcher(*args)  # Numba compiles, or loads from its cache
+            outs = compiled(*args)  # Numba compiles, or loads from its cache
         clock.lap("numba")
         self.timings.update(clock.laps)
-        stats = self.dispatcher.stats
+        stats = (self.workspace.inner if self.workspace is not None else self.dispatcher).stats
         self._report("Numba " + ("loaded from its cache" if sum(stats.cache_hits.values()) else "compiled"))
         self._use_compiled()
         return outs
@@ -229,7 +252,7 @@ class Compiled:
         return self._call(*args) if args else None
 
     def _use_compiled(self):
-        self.tier, self._call = "compiled", self.dispatcher
+        self.tier, self._call = "compiled", self._compiled()
         if self.guard is None:
             self._make_guard()
 
@@ -285,7 +308,7 @@ def _output_expression(i: int, var, constants: dict) -> str:
 
 
 def _make_guard(in_tree: TreeDef, signature: tuple, result: _Result, n_out: int, dispatcher, held: list,
-                module: Module) -> Callable | None:
+                module: Module, workspace: backend.Workspace | None = None) -> Callable | None:
     """A ``__call__`` written for one specialisation: it checks that the arguments match it exactly
     (containers' classes and lengths, dict keys; leaves' classes, dtypes and shapes), then calls the
     compiled function with the leaves and builds the result; otherwise it hands the arguments to
@@ -293,10 +316,14 @@ def _make_guard(in_tree: TreeDef, signature: tuple, result: _Result, n_out: int,
     Function has a class of its own), so a matching call costs one Python frame. Numba's own dispatch
     would convert an int or a float32 to a float64 silently. None for leaves the general path converts
     (0-d arrays); a NumPy scalar is checked by its class and passed as it is (a gradient with respect to
-    one needs converting: ``_direct_pack`` leaves those to the general path)."""
+    one needs converting: ``_direct_pack`` leaves those to the general path). With a ``workspace``, it calls
+    the function taking the workspace's buffers (``w0, w1, ...``) while it holds the workspace's lock, and the
+    dispatcher when another thread has it."""
     writer = GuardWriter()
     params = [f"_a{i}" for i in range(len(in_tree.children))]  # names no caller passes as keywords
-    writer.check("not rest and not kwargs and tracing.builder is None")  # (inside a trace: traced into it)
+    # (inside a trace: traced into it; ENTERED is empty when no thread traces, a faster test than the
+    # thread-local builder, which Function._dispatch reads when it is not)
+    writer.check("not rest and not kwargs and not TRACING")
     leaves = [name for param, child in zip(params, in_tree.children) for name in writer.unpack(param, child)]
     for name, sig in zip(leaves, signature):
         if isinstance(sig, type):
@@ -308,18 +335,32 @@ def _make_guard(in_tree: TreeDef, signature: tuple, result: _Result, n_out: int,
         else:
             return None  # 0-d arrays: the general path converts them
     env = writer.env
-    env.update({"MISS": _MISS, "tracing": _tracing, "kernel": dispatcher, "NUMBA_ERRORS": backend.NUMBA_ERRORS,
+    env.update({"MISS": _MISS, "TRACING": _ENTERED, "kernel": dispatcher, "NUMBA_ERRORS": backend.NUMBA_ERRORS,
                 "compile_error": backend.compile_error, "module": module, "dispatch": Function._dispatch})
     env.update(result.constants)
     env.update((f"h{i}", value) for i, value in enumerate(held))
     call = ", ".join(leaves + [f"h{i}" for i in range(len(held))])
     given = "".join(p + ", " for p in params)
+    outs = "".join(f'o{i}, ' for i in range(n_out))
+    if workspace is None:
+        run = f"        {outs}= kernel({call})\n"
+    else:
+        env.update({"lock": workspace.lock, "inner": workspace.inner})
+        env.update((f"w{i}", buffer) for i, buffer in enumerate(workspace.buffers))
+        buffers = "".join(f", w{i}" for i in range(len(workspace.buffers)))
+        run = (f"        if lock.acquire(False):  # the workspace: one caller at a time\n"
+               f"            try:\n"
+               f"                {outs}= inner({call}{buffers})\n"
+               f"            finally:\n"
+               f"                lock.release()\n"
+               f"        else:  # another thread has it: a new workspace for this call\n"
+               f"            {outs}= kernel({call})\n")
     source = (f"def __call__(self, /, {''.join(p + '=MISS, ' for p in params)}*rest, **kwargs):\n"
               f"    try:\n{writer.body('        ')}"
               f"    except (Mismatch, LookupError):\n"
               f"        return dispatch(self, tuple(a for a in ({given}) if a is not MISS) + rest, kwargs)\n"
               f"    try:\n"
-              f"        {''.join(f'o{i}, ' for i in range(n_out))}= kernel({call})\n"
+              f"{run}"
               f"    except NUMBA_ERRORS as exc:\n"
               f"        raise compile_error(exc, module) from None\n"
               f"    return {writer.tree_expression(result.tree, iter(result.leaves))}\n")

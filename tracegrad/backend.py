@@ -61,9 +61,10 @@ def tune_malloc() -> bool:
     This raises the mmap threshold to 64 MiB and the trim threshold to 256 MiB. It is process-wide,
     so it changes the behaviour of every other library in the process, and the process keeps up to
     256 MiB of freed memory: tracegrad never does it unless asked, by this call or by setting the
-    environment variable ``TRACEGRAD_TUNE_MALLOC=1`` before importing tracegrad. Measured gains are in
-    benchmarks/RESULTS.md (a few percent on a 10⁶-element Rosenbrock gradient, more on an MLP step at
-    batch 1024). Returns whether malloc was tuned (False on anything but glibc).
+    environment variable ``TRACEGRAD_TUNE_MALLOC=1`` before importing tracegrad. Calls from Python
+    reuse a workspace for temporaries of 32 KiB and more, so the gain left is small (benchmarks/RESULTS.md);
+    it is mostly for code calling ``.dispatcher`` from its own loops, which allocates them at each call.
+    Returns whether malloc was tuned (False on anything but glibc).
 
     >>> import tracegrad as tg
     >>> tuned = tg.tune_malloc()  # once, at the start of a program that trains on large batches
@@ -396,7 +397,7 @@ def _discard_unloaded_caches() -> list:
     them could not be read. They are written again when compiled."""
     removed = []
     for (directory, name), dispatcher in list(_loaded.items()):
-        if directory is None or dispatcher.signatures:
+        if directory is None or any(getattr(g, "signatures", None) for g in _jitted(dispatcher)):
             continue
         for file in (directory / "__pycache__").glob(name.removesuffix(".py") + ".*"):
             try:
@@ -435,6 +436,13 @@ def call_failed(exc: Exception, module: Module, dispatcher, args):
     raise exc
 
 
+def _jitted(dispatcher) -> list:
+    """The Numba functions of ``dispatcher``'s generated module: it and the parts it calls."""
+    module = dispatcher.py_func.__globals__  # (not the kernels it imports)
+    return [dispatcher] + [g for g in module.values() if g is not dispatcher and
+                           getattr(getattr(g, "py_func", None), "__globals__", None) is module]
+
+
 def _forget_module(name: str, py_module) -> None:
     """A generated module no dispatcher uses any more: dropped from ``sys.modules`` at the next ``load``
     (not here: a finalizer runs in the middle of whatever code the garbage collector interrupted, which
@@ -470,6 +478,32 @@ def import_file(path: Path, function: str, parts=(), source: str | None = None):
     dispatcher = jit(getattr(py_module, function), error_model="numpy")
     weakref.finalize(dispatcher, _forget_module, py_module.__name__, py_module)
     return dispatcher
+
+
+class Workspace:
+    """One specialisation's workspace (``codegen.Module.workspace``): its buffers, allocated once, and the
+    generated function that takes them (``Module.inner``). Outputs never alias a buffer (codegen puts
+    only values that are not returned in it). One caller at a time: a call that finds the lock taken
+    (another thread) calls the function that allocates a workspace of its own instead, so threads never
+    share one and never wait for each other."""
+
+    def __init__(self, module: Module, dispatcher):
+        self.dispatcher = dispatcher  # the function allocating its own workspace
+        self.inner = dispatcher.py_func.__globals__[module.inner]  # jitted by import_file, as a part
+        self.buffers = tuple(np.empty(shape, dtype) for _, shape, dtype in module.workspace)
+        self.lock = threading.Lock()
+
+    def __call__(self, *args):
+        if self.lock.acquire(False):
+            try:
+                return self.inner(*args, *self.buffers)
+            finally:
+                self.lock.release()
+        return self.dispatcher(*args)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self.buffers)
 
 
 def file_of(dispatcher) -> tuple:

@@ -35,10 +35,12 @@ class Builder:
     def __enter__(self):
         self.parent = _state.builder
         _state.builder = self
+        ENTERED.add(self)
         return self
 
     def __exit__(self, *exc):
         _state.builder = self.parent
+        ENTERED.discard(self)
         return False
 
     def new_input(self, aval: Aval, hint: str | None = None) -> "TracedArray":
@@ -95,6 +97,9 @@ class _State(threading.local):
 
 
 _state = _State()
+# The builders entered, in any thread: while it is empty nobody is tracing, which a guard can test for
+# much faster than it can read the thread-local ``_state.builder`` (its calls then take the full path)
+ENTERED: set = set()
 
 
 def current_builder() -> Builder | None:

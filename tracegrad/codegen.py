@@ -29,6 +29,12 @@ ATOM = 16  # precedence of a name, literal or call
 # between parts costs more to compile than it saves (4,000 lines: 6.8 s whole, 8.9 s in parts).
 SPLIT_LINES = 5000
 PART_LINES = 400
+# Arrays of at least this many bytes that the code computes and does not return (temporaries) are taken
+# from a workspace: buffers the caller passes in, which tracegrad allocates once per specialisation and
+# passes again at every call, instead of a new array per call (glibc gives large blocks back to the OS
+# and faults them in again; benchmarks/RESULTS.md). Smaller ones stay new arrays: each extra argument
+# costs Numba's dispatch from Python ~0.1 µs, about what allocating a small array costs.
+WORKSPACE_BYTES = 32 * 1024
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,15 @@ class Module:
     parts: tuple = ()  # functions it calls, defined before it in the same module (long code is split)
     # with check_finite: (value, message) for each value the code checks, in order (the NumPy tier checks the same)
     checks: tuple = field(default=(), compare=False)
+    # With a workspace, ``function`` allocates it and calls ``inner`` (one of the parts), which takes the
+    # same arguments followed by the workspace's buffers, one (name, shape, dtype name) each
+    inner: str | None = None
+    workspace: tuple = ()
+
+    @property
+    def inner_parts(self) -> tuple:
+        """The parts ``inner`` calls (those defined before it)."""
+        return self.parts[:self.parts.index(self.inner)] if self.inner else self.parts
 
 
 def _literal(atom: Literal):
@@ -202,10 +217,12 @@ class Printer:
     primitive (a loop) asks it for its nested graph's lines (``block``), its outer values' spellings
     (``alias``) and how to spell atoms and new arrays."""
 
-    def __init__(self, names: dict, comments: bool, check_finite: bool):
+    def __init__(self, names: dict, comments: bool, check_finite: bool, workspace=frozenset()):
         self.names = names
         self.comments = comments
         self.check_finite = check_finite
+        self.workspace = workspace  # values that may be written into a buffer the caller passes
+        self.buffers: list = []  # those that are, in the order they are written
         self.used_kernels: set = set()
         self.defined_by: dict = {}
         self.last_source = None
@@ -223,6 +240,15 @@ class Printer:
 
     def zeros(self, aval) -> str:
         return literal_source(0, aval.dtype) if not aval.shape else _zeros(aval.shape, aval.dtype)
+
+    def new_array(self, var: Var, aval: Aval, zeros: bool = False) -> list:
+        """The lines making ``var`` a new array of ``aval`` (zeros, or to be filled): nothing, or zeroing
+        it, when it is one of the workspace's buffers (a parameter under its own name)."""
+        name = self.names[var]
+        if var in self.workspace and aval == var.aval:
+            self.buffers.append(var)
+            return [f"{name}.fill({literal_source(0, aval.dtype)})"] if zeros else []
+        return [f"{name} = {self.zeros(aval) if zeros else self.empty(aval)}"]
 
     ATOM = ATOM  # the precedence of a name, literal or call
 
@@ -306,6 +332,11 @@ class Printer:
                 self.used_kernels.update(k for k in _kernel_names([node]) if k + "(" in text)
                 statement.extend((code, note if k == 0 else inner) for k, (code, inner) in enumerate(lines))
                 checked = [v for v in node.outs if v.aval.dtype.kind == "f"]
+            elif out in self.workspace and node.primitive.into and isinstance(spelled, tuple):
+                self.buffers.append(out)  # computed into its buffer: np.dot(a, b, s1)
+                lines = [_fill_template(node.primitive.into, args + [(names[out], ATOM)], node.params)]
+                statement.extend((line, note if k == 0 else None) for k, line in enumerate(lines))
+                checked = [out] if out.aval.dtype.kind == "f" else []
             elif isinstance(spelled, list):
                 lines = [line.format(out=names[out]) for line in spelled]
                 statement.extend((line, note if k == 0 else None) for k, line in enumerate(lines))
@@ -348,7 +379,7 @@ def generate(graph: Graph, function: str | None = None, comments: bool = True, c
     module_names = set(all_kernels) | ({"NonFiniteError"} if check_finite else set())
     function = function_name(function or graph.name, module_names)
     names = assign_names(graph, reserved=frozenset(module_names) | {function} | _loop_indices(graph.nodes))
-    printer = Printer(names, comments, check_finite)
+    printer = Printer(names, comments, check_finite, _workspace_candidates(graph))
     body = printer.statements(graph.nodes, graph.outputs, top=True)
     defined_by, used_kernels, checks = printer.defined_by, printer.used_kernels, printer.checks
 
@@ -362,7 +393,21 @@ def generate(graph: Graph, function: str | None = None, comments: bool = True, c
             name = f"np.copy({name})"  # never hand back the caller's own array, a view of it, or one array twice
         returns.append(name)
     params = [names[v] for v in graph.inputs]
-    functions = _split(body, params, f"return {_tuple(returns)}", function, PART_LINES, SPLIT_LINES)
+    buffers = [names[v] for v in printer.buffers]
+    if not buffers:
+        functions = _split(body, params, f"return {_tuple(returns)}", function, PART_LINES, SPLIT_LINES)
+    else:  # the code as a function of the arguments and the workspace, and one allocating the workspace
+        taken = set(names.values()) | module_names
+        inner = f"{function}_workspace"
+        while inner in taken or any(name.startswith(inner + "_part") for name in taken):
+            inner += "_"
+        functions = _split(body, params + buffers, f"return {_tuple(returns)}", inner, PART_LINES, SPLIT_LINES)
+        functions[-1][2].insert(0, (f"# workspace: {', '.join(buffers)} (filled here; tracegrad passes the same "
+                                    "arrays at every call)", None))
+        functions.append((function, params, [("# a new workspace at each call (tracegrad's own calls pass "
+                                              "one kept for this specialisation)", None)] +
+                          [(f"{names[v]} = {_empty(v.aval.shape, v.aval.dtype)}", None) for v in printer.buffers] +
+                          [(f"return {inner}({', '.join(params + buffers)})", None)]))
     width = min(max((len(code) for _, _, lines in functions for code, note in lines if note), default=0), 56) + 2
     text = "\n\n".join(
         f"def {name}({', '.join(args)}):\n" + "".join(
@@ -378,8 +423,19 @@ def generate(graph: Graph, function: str | None = None, comments: bool = True, c
     if used_kernels:
         header.append(f"from tracegrad.kernels import {', '.join(sorted(used_kernels))}")
     source = "\n".join(header) + "\n\n\n" + text
+    workspace = tuple((names[v], v.aval.shape, v.aval.dtype.name) for v in printer.buffers)
     return Module(source, function, tuple(sorted(used_kernels)), tuple(name for name, _, _ in functions[:-1]),
-                  tuple(checks))
+                  tuple(checks), inner if buffers else None, workspace)
+
+
+def _workspace_candidates(graph: Graph) -> frozenset:
+    """The values a workspace buffer may hold: arrays of at least ``WORKSPACE_BYTES`` computed by the
+    graph's own nodes (not in a loop's body: a buffer is written once per call) that are not outputs (an
+    output that is a view of one, or a copy node of one, is copied by ``generate`` already)."""
+    outputs = {v for v in graph.outputs if isinstance(v, Var)}
+    return frozenset(v for node in graph.nodes for v in node.outs
+                     if v.aval.shape and v not in outputs and
+                     int(np.prod(v.aval.shape)) * v.aval.dtype.itemsize >= WORKSPACE_BYTES)
 
 
 _NAME = re.compile(r"(?<![\w.'\"])[A-Za-z_]\w*")
@@ -412,7 +468,8 @@ def _split(body: list, params: list, ret: str, function: str, size: int, above: 
     order = {name: i for i, name in enumerate(params + [name for defined, _ in body for name in defined])}
     values = set(order)  # not the scalars local to a loop
     lines = [[line for _, statement in chunk for line in statement] for chunk in chunks]
-    defined = [{name for names, _ in chunk for name in names} for chunk in chunks]
+    # (a parameter is never assigned: a workspace buffer is written into, so its statement reads it)
+    defined = [{name for names, _ in chunk for name in names} - set(params) for chunk in chunks]
     needed = [_names_read(chunk_lines, values) - names for chunk_lines, names in zip(lines, defined)]
     outs, read_later = [None] * len(chunks), _names_read([(ret, None)], values)
     for k in reversed(range(len(chunks))):

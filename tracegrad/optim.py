@@ -41,9 +41,10 @@ __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSProp", "step_lr", "cosine_lr
 
 
 def sgd_update(param, grad, velocity, lr, t, momentum, weight_decay, nesterov):
-    """SGD: g = grad + wd p; v = momentum v + g; p -= lr (g + momentum v if nesterov else v)."""
+    """SGD: g = grad + wd p (only when wd is not 0, as in PyTorch); v = momentum v + g;
+    p -= lr (g + momentum v if nesterov else v)."""
     for i in range(param.shape[0]):
-        g = grad[i] + weight_decay * param[i]
+        g = grad[i] + weight_decay * param[i] if weight_decay != 0.0 else grad[i]
         if momentum != 0.0:
             v = momentum * velocity[i] + g
             velocity[i] = v

@@ -205,10 +205,10 @@ def _fused_render(printer, node, args) -> list:
             leaves = accumulation_leaves(defs[out], defs, uses)
             sums.update((leaf, out) for leaf in leaves)
             joins |= accumulation_tree(defs[out], leaves, defs) - set(leaves)  # the adds, done by +=
-            lines.append(f"{names[out]} = {printer.zeros(out.aval)}")
+            lines.extend(printer.new_array(out, out.aval, zeros=True))
         else:
             stored.add(out)
-            lines.append(f"{names[out]} = {printer.empty(Aval(shape, out.aval.dtype))}")
+            lines.extend(printer.new_array(out, Aval(shape, out.aval.dtype)))
     for d, n in enumerate(shape):
         lines.append("    " * d + f"for {index[d]} in range({n}):")
     indent = "    " * len(shape)

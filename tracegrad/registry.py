@@ -61,6 +61,9 @@ class Primitive:
     cast_inputs: Any = ()  # input positions (or True: all) converted to the output dtype before binding
     # the result may share memory with an input; for several outputs, a function (node, out) -> bool
     view: bool | Callable = False
+    # How to write the result into an existing array ``{out}`` (a workspace buffer) instead of a new one:
+    # a template like ``emit``'s, input fields first (``"np.dot({a}, {b}, {out})"``), or None
+    into: str | None = None
     nondiff: bool = False  # no gradient flows through (comparisons, sign)
     elementwise: bool = False  # applied element by element; inputs broadcast implicitly to the output
     # Test data: how to draw valid inputs, a name from ``testing.DOMAINS`` ("real", "positive", ...), a function

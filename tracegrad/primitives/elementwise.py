@@ -67,6 +67,7 @@ class add:
     shape = shapes.elementwise
     ref = np.add
     emit = Infix("+", ADD)
+    into = "np.add({x}, {y}, {out})"
 
     def vjp(g, out, x, y):
         return [g, g]
@@ -83,6 +84,7 @@ class sub:
     shape = shapes.elementwise
     ref = np.subtract
     emit = Infix("-", ADD)
+    into = "np.subtract({x}, {y}, {out})"
 
     def vjp(g, out, x, y):
         return [g, -g]
@@ -103,6 +105,7 @@ class mul:
     shape = shapes.elementwise
     ref = np.multiply
     emit = Infix("*", MUL)
+    into = "np.multiply({x}, {y}, {out})"
 
     def vjp(g, out, x, y):
         return [g * y, g * x]

@@ -31,6 +31,7 @@ class dot:
     shape = _dot_shape
     ref = np.matmul
     emit = Infix("@", 12)
+    into = "np.dot({a}, {b}, {out})"
     cast_inputs = (0, 1)
 
     def vjp(g, out, a, b):
