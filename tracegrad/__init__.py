@@ -27,7 +27,8 @@ from . import nn, optim
 from .errors import DataError, NonFiniteTrainingError, TrainingError, TrainingInterrupted
 from .train import History, fit
 from .draw import Drawing, MissingDependencyError, draw
-from .errors import CacheError, CacheWarning, GradCheckError
+from .errors import CacheError, CacheWarning, GradCheckError, SeparabilityError
+from . import distributed  # imports Dask only when called on Dask arrays
 from .testing import KinkWarning, check_grad, numeric_grad
 
 __all__ = [
@@ -40,4 +41,5 @@ __all__ = [
     "CompileWarning", "NonFiniteError", "HeldArrayWarning", "CacheError", "CacheWarning",
     "draw", "Drawing", "MissingDependencyError",
     "check_grad", "numeric_grad", "GradCheckError", "KinkWarning",
+    "distributed", "SeparabilityError",
 ]
