@@ -92,7 +92,7 @@ def main():
     report = harness.Report()
     print(harness.machine())
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
         chunk = -(-rows // args.chunks)
         rng = da.random.default_rng(0)
         X = rng.standard_normal((rows, FEATURES), chunks=(chunk, FEATURES))

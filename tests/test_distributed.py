@@ -118,7 +118,7 @@ def client():
                 "distributed.scheduler.worker-ttl": None}
     with dask.config.set(timeouts):
         with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                          dashboard_address=None, timeout=180) as cluster, Client(cluster, timeout=180) as c:
+                          dashboard_address=":0", timeout=180) as cluster, Client(cluster, timeout=180) as c:
             yield c
 
 
