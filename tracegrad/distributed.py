@@ -54,13 +54,15 @@ def value_and_grad(per_batch_loss: Callable, reduction: str = "mean", argnums=0,
 
     ``reduction``: ``"mean"`` if ``per_batch_loss`` returns the mean over the rows of its batch (chunks
     are weighted by their row counts), ``"sum"`` if it returns their sum. ``argnums`` (an int or a tuple of
-    ints) says which arguments are differentiated: they are sent to the workers once per call
-    (``Client.scatter``), with every other argument that is not a Dask array. Every Dask array argument is
+    ints) says which arguments are differentiated: they are sent to the workers once per call (one key of
+    the call's Dask graph, which every chunk's task reads), with every other argument that is not a Dask
+    array. Every Dask array argument is
     data, read where it lies: each chunk runs the compiled kernel of ``per_batch_loss`` on a worker (traced
     once per worker process and compiled once per chunk shape: the first call compiles each shape on one
     worker, and the others load it from Numba's disk cache when they share ``TRACEGRAD_CACHE_DIR``, as the
     workers of a ``LocalCluster`` do). The partial results are added by a tree reduction on the workers;
-    Dask retries the tasks of a worker that dies.
+    Dask runs the tasks of a worker that dies again elsewhere (the parameters included: they are not
+    ``Client.scatter``-ed, which Dask could not recover).
 
     ``check_separable=True`` checks the contract on the first call for each argument shape: the loss of
     the first 48 rows, whole and as 16 + 32 rows combined as ``reduction`` says, evaluated in this
@@ -130,16 +132,18 @@ class DistributedFunction:
         client = _client()
         shared = _Shared(tuple(None if i in positions else a for i, a in enumerate(args)), tuple(positions))
         if client is not None:
-            # sent once to every worker, not once per chunk; released when this call returns
-            shared = client.scatter(shared, broadcast=True, hash=False)
             key = (id(client), client.id, signature)
             if key not in self._ready:
                 self._warm_up(client, shared, data)
                 self._ready.add(key)
-        else:
-            shared = dask.delayed(shared, pure=False)  # one key in the graph, read by every chunk's task
+        # One key of the graph, which every chunk's task reads: sent once per call, and copied once to each
+        # worker. Not Client.scatter: Dask cannot recompute scattered data, and its memory manager keeps one
+        # copy of a broadcast, so the worker holding it dying would lose the call; a key of the graph is
+        # computed again elsewhere.
+        shared = dask.delayed(shared, pure=False)
+        kernel = dask.delayed(self._kernel, pure=False)  # the user's function too: one key
         blocks = [a.to_delayed().ravel() for a in data]
-        parts = [dask.delayed(self._kernel, pure=False)(shared, *chunk) for chunk in zip(*blocks)]
+        parts = [dask.delayed(_chunk, pure=False)(kernel, shared, *chunk) for chunk in zip(*blocks)]
         while len(parts) > 1:  # a tree: SPLIT_EVERY partial results per task, in chunk order
             parts = [dask.delayed(_add, pure=False)(*parts[i:i + SPLIT_EVERY])
                      for i in range(0, len(parts), SPLIT_EVERY)]
@@ -157,7 +161,7 @@ class DistributedFunction:
 
         shapes = sorted({tuple(a.chunks[0][b] for a in data) for b in range(data[0].numblocks[0])})
         specs = [[((rows,) + a.shape[1:], a.dtype.str) for rows, a in zip(chunk_rows, data)] for chunk_rows in shapes]
-        futures = [client.submit(_warm, self._kernel, shared, spec, pure=False) for spec in specs]
+        futures = [client.submit(_warm, self._kernel, shared, spec, pure=False) for spec in specs]  # few: by value
         wait(futures)
         for future in futures:
             future.result()  # an error tracing or compiling the kernel, raised here
@@ -266,6 +270,10 @@ class _Kernel:
         if self.reduction == "mean":
             return rows, value * rows, [g * rows for g in leaves]
         return rows, value, leaves
+
+
+def _chunk(kernel: _Kernel, shared: _Shared, *blocks):
+    return kernel(shared, *blocks)
 
 
 def _add(*parts):
