@@ -167,3 +167,15 @@ def test_a_worker_dying_mid_gradient_is_retried(client, data, tmp_path):
     expected = tg.value_and_grad(logistic)(w, X, y)
     close(value, expected[0])
     close(grad, expected[1])
+
+
+def test_the_parameters_are_sent_once_per_call_not_once_per_chunk(data):
+    import cloudpickle
+
+    _, _, dX, dy = data
+    w = np.full(FEATURES, 1234.5678)  # bytes to look for
+    f = distributed.value_and_grad(logistic)
+    graph = dict(f._graph((w, dX, dy), [1, 2], [dX, dy]).__dask_graph__())
+    holding = [key for key, task in graph.items() if w.tobytes() in cloudpickle.dumps(task)]
+    assert len(holding) == 1 and dX.numblocks[0] == 4
+    assert sum(1 for key in graph if "_chunk" in str(key)) == 4  # and every chunk's task reads that key

@@ -130,30 +130,40 @@ class DistributedFunction:
         import dask
 
         client = _client()
-        shared = _Shared(tuple(None if i in positions else a for i, a in enumerate(args)), tuple(positions))
         if client is not None:
             key = (id(client), client.id, signature)
             if key not in self._ready:
-                self._warm_up(client, shared, data)
+                self._warm_up(client, self._shared(args, positions), data)
                 self._ready.add(key)
-        # One key of the graph, which every chunk's task reads: sent once per call, and copied once to each
-        # worker. Not Client.scatter: Dask cannot recompute scattered data, and its memory manager keeps one
-        # copy of a broadcast, so the worker holding it dying would lose the call; a key of the graph is
-        # computed again elsewhere.
-        shared = dask.delayed(shared, pure=False)
+        root = self._graph(args, positions, data)
+        if client is not None:
+            rows, value, grads = client.compute(root).result()
+        else:
+            rows, value, grads = dask.compute(root)[0]
+        if self.reduction == "mean":
+            value, grads = value / rows, [g / rows for g in grads]
+        return value, unflatten(self._kernel.grad_tree(args), grads)
+
+    @staticmethod
+    def _shared(args, positions) -> "_Shared":
+        return _Shared(tuple(None if i in positions else a for i, a in enumerate(args)), tuple(positions))
+
+    def _graph(self, args, positions, data):
+        """The call's graph (a ``Delayed``): a task per chunk, then the tree of ``_add`` tasks."""
+        import dask
+
+        # The parameters (and other arguments) are one key of the graph, which every chunk's task reads:
+        # sent once per call, and copied once to each worker. Not Client.scatter: Dask cannot recompute
+        # scattered data, and its memory manager keeps one copy of a broadcast, so the worker holding it
+        # dying would lose the call; a key of the graph is computed again elsewhere.
+        shared = dask.delayed(self._shared(args, positions), pure=False)
         kernel = dask.delayed(self._kernel, pure=False)  # the user's function too: one key
         blocks = [a.to_delayed().ravel() for a in data]
         parts = [dask.delayed(_chunk, pure=False)(kernel, shared, *chunk) for chunk in zip(*blocks)]
         while len(parts) > 1:  # a tree: SPLIT_EVERY partial results per task, in chunk order
             parts = [dask.delayed(_add, pure=False)(*parts[i:i + SPLIT_EVERY])
                      for i in range(0, len(parts), SPLIT_EVERY)]
-        if client is not None:
-            rows, value, grads = client.compute(parts[0]).result()
-        else:
-            rows, value, grads = dask.compute(parts[0])[0]
-        if self.reduction == "mean":
-            value, grads = value / rows, [g / rows for g in grads]
-        return value, unflatten(self._kernel.grad_tree(args), grads)
+        return parts[0]
 
     def _warm_up(self, client, shared, data):
         """Compile the kernel for each chunk shape on one worker, before every worker needs it at once."""
