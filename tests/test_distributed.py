@@ -5,6 +5,8 @@ started by the first of them and stopped at the end of the module; the tests bef
 Client (Dask's default scheduler in this process) or need no computation at all.
 """
 import os
+import subprocess
+import sys
 
 import dask
 import dask.array as da
@@ -43,6 +45,12 @@ def close(a, b, rtol=1e-12):
 
 
 # ---------------------------------------------------------------------------------------------- no workers
+
+
+def test_importing_tracegrad_does_not_import_dask():
+    code = "import sys, tracegrad; print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.strip() == "[]"
 
 
 def test_numpy_data_runs_in_this_process(data):
