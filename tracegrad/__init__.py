@@ -26,7 +26,8 @@ from .nn import sigmoid, stop_gradient
 from .errors import DataError, NonFiniteTrainingError, TrainingError, TrainingInterrupted
 from .train import History, fit
 from .draw import Drawing, MissingDependencyError, draw
-from .errors import CacheError, CacheWarning, GradCheckError
+from .errors import CacheError, CacheWarning, GradCheckError, SeparabilityError
+from . import distributed  # imports Dask only when called on Dask arrays
 from .testing import KinkWarning, check_grad, numeric_grad
 
 __all__ = [
@@ -39,4 +40,5 @@ __all__ = [
     "CompileWarning", "NonFiniteError", "HeldArrayWarning", "CacheError", "CacheWarning",
     "draw", "Drawing", "MissingDependencyError",
     "check_grad", "numeric_grad", "GradCheckError", "KinkWarning",
+    "distributed", "SeparabilityError",
 ]

@@ -251,3 +251,9 @@ class TrainingInterrupted(TrainingError, KeyboardInterrupt):
 
 class CompileWarning(UserWarning):
     """Numba could not compile a function in the background; it keeps running on NumPy (``compile=``)."""
+
+
+class SeparabilityError(TracegradError, ValueError):
+    """``tracegrad.distributed`` with ``check_separable=True``: the per-batch loss evaluated on chunks of rows
+    and combined as ``reduction=`` says does not give its value on the whole (a penalty counted once per
+    chunk, a statistic of the whole batch)."""
