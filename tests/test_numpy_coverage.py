@@ -20,6 +20,77 @@ def _spd(a):
     return a @ a.T + a.shape[0] * np.eye(a.shape[0])
 
 
+# ---- functions with statements: assignment into arrays (functional, see docs/guide/tracing.md)
+
+
+def assign_into_zeros(x):
+    y = np.zeros(5)
+    y[0] = x[0]
+    y[3:] = x[1:] * 2
+    y[-1] += x[0] * x[1]
+    return y
+
+
+def augmented_slices(x):
+    y = np.ones((3, 4))
+    y[1:] += x[:2]
+    y[:, 0] *= x[2, 0]
+    y[0, 1:] -= x[0, 1:] ** 2
+    y[2] /= 2.0
+    return y
+
+
+def assign_into_copy(x):
+    y = x.copy()
+    y[0] = 0.0
+    return y * x
+
+
+def rows_in_a_loop(x):
+    out = np.zeros((3, 4))
+    out[0] = np.tanh(x[0])
+    for i in range(1, 3):
+        out[i] = np.tanh(x[i] + out[i - 1])
+    return out
+
+
+def mask_assignment(x):
+    y = x * 1.0
+    y[y < 0] = 0.0
+    return y * x
+
+
+def zeros_like_columns(x):
+    y = np.zeros_like(x)
+    y[..., 1] = x[..., 0]
+    y[:, 2:] = np.exp(x[:, :2])
+    return y
+
+
+def view_written_through(x):
+    y = np.zeros((2, 3))
+    row = y[1]
+    row[0] = x[0]
+    row[1:] += x[1:3] ** 2
+    y[0][2] = x[1]  # C style: a view's element
+    return y
+
+
+def in_place_alias(x):
+    y = x * 1.0
+    z = y
+    z += x ** 2
+    z *= 3.0
+    return y
+
+
+def assign_from_argument(x, v):
+    x = x.copy()
+    x[1] = v[0]
+    x[:, 2] = v
+    return x
+
+
 # name -> (function, argument shapes, domain); the function returns an array (or a number)
 CASES = {
     # ---- array manipulation
@@ -67,6 +138,26 @@ CASES = {
     "tril 3-d": (lambda x: np.tril(x, -1), (T3,), "real"),
     "append": (lambda x, y: np.append(x, y), (M, V), "real"),
     "append axis": (lambda x, y: np.append(x, y, axis=0), (M, (1, 4)), "real"),
+    # ---- arrays built from traced values, assignment into arrays
+    "np.array of scalars": (lambda x: np.array([x[0], x[1] * x[2], 2.0]), (V,), "real"),
+    "np.array nested": (lambda x: np.array([[x[0], x[1]], [x[2], x[0] * x[1]]]), (V,), "real"),
+    "np.array of arrays": (lambda x, y: np.array([x, y * 2]) + np.array(x), (V, V), "real"),
+    "np.array dtype": (lambda x: np.array([x[0], x[1]], dtype=np.float64) * 2, (V,), "real"),
+    "np.asarray of list": (lambda x, y: np.asarray([x, y]).T @ y[:2], (V, V), "real"),
+    "np.mean of list": (lambda x, y: np.mean([x, y], axis=0) + np.sum([x[0], y[1]]), (V, V), "real"),
+    "ufunc of list": (lambda x: np.exp([x[0], x[1]]) + np.maximum([x[2], x[3]], 0.0), (V,), "away"),
+    "np.r_": (lambda x: np.r_[x, 1.0, x[:2] ** 2], (V,), "real"),
+    "np.r_ range": (lambda x: np.r_[0:2, x[:2]] * x, (V,), "real"),
+    "np.c_": (lambda x: np.c_[x, x * 2], (V,), "real"),
+    "assign into zeros": (assign_into_zeros, ((3,),), "real"),
+    "augmented slices": (augmented_slices, (M,), "real"),
+    "assign into copy": (assign_into_copy, (M,), "real"),
+    "rows in a loop": (rows_in_a_loop, (M,), "real"),
+    "mask assignment": (mask_assignment, (M,), "away"),
+    "zeros_like columns": (zeros_like_columns, (M,), "real"),
+    "view written through": (view_written_through, (V,), "real"),
+    "in-place alias": (in_place_alias, (M,), "real"),
+    "assign from argument": (assign_from_argument, (M, (3,)), "real"),
 }
 
 NAMES = list(CASES)
@@ -78,6 +169,8 @@ def draw(shape, domain, rng, dtype=np.float64):
         x = np.abs(x) + 0.5
     elif domain == "unit":
         x = 0.8 * np.tanh(x)
+    elif domain == "away":
+        x = np.sign(x) * (np.abs(x) + 0.3)
     elif domain == "spd":
         x = _spd(x)
     return np.asarray(x, dtype) if shape else dtype(x)
@@ -178,3 +271,76 @@ def test_compiled_matches_numpy():
     np.testing.assert_allclose(value, ref_value, rtol=1e-12)
     for g, r in zip(grads, ref_grads):
         np.testing.assert_allclose(g, r, rtol=1e-12, atol=1e-14)
+
+
+# ---------------------------------------------------------------- what is refused, and how
+
+
+def _stale_view(x):
+    y = x * 1.0
+    tail = y[1:]
+    y[1] = 0.0
+    return np.sum(tail)  # NumPy's view would see the 0.0
+
+
+def _reshaped_view(x):
+    y = x * 1.0
+    flat = y.reshape(-1)
+    flat[0] = 1.0
+    return y
+
+
+def _traced_index(x):
+    def body(i, y):
+        y[i] = 1.0
+        return y
+    return tg.fori_loop(0, 3, body, x * 1.0)
+
+
+def _mask_of_values(x):
+    y = x * 1.0
+    y[y > 0] = x[:2]
+    return y
+
+
+@pytest.mark.parametrize("fn,error,words", [
+    (_stale_view, tg.TracingError, "assigned into"),
+    (_reshaped_view, tg.UnsupportedError, "reshaped or transposed view"),
+    (_traced_index, tg.UnsupportedError, "traced index"),
+    (_mask_of_values, tg.UnsupportedError, "boolean mask"),
+], ids=["stale view", "reshaped view", "traced index", "mask of values"])
+def test_assignment_that_cannot_be_functional_is_refused(fn, error, words):
+    with pytest.raises(error) as info:
+        tg.jit(fn)(np.arange(1.0, 4.0))
+    assert words in info.value.message
+    assert info.value.source.filename == __file__
+
+
+@pytest.mark.parametrize("name,fn", [
+    ("np.polyval", lambda x: np.polyval(x, 2.0)),
+    ("scipy.special.j0", lambda x: scipy.special.j0(x)),
+    ("np.linalg.eigvals", lambda x: np.linalg.eigvals(np.outer(x, x))),
+    ("scipy.linalg.expm", lambda x: __import__("scipy.linalg").linalg.expm(np.outer(x, x))),
+    ("np.fft.fft", lambda x: np.fft.fft(x)),
+])
+def test_unsupported_functions_are_named_at_the_users_line(name, fn):
+    with pytest.raises(tg.UnsupportedError) as info:
+        tg.grad(lambda x: np.sum(fn(x)))(np.arange(1.0, 4.0))
+    assert info.value.message.startswith(f"{name} is not supported")
+    assert info.value.source.filename == __file__
+
+
+def test_assignment_leaves_the_callers_array_and_numpy_code_alone():
+    x = np.arange(1.0, 4.0)
+    f = tg.jit(assign_from_argument)
+    v = np.array([7.0, 8.0, 9.0])
+    x2 = np.arange(9.0).reshape(3, 3)
+    np.testing.assert_allclose(f(x2, v), assign_from_argument(x2, v))
+    assert np.array_equal(x2, np.arange(9.0).reshape(3, 3))  # functional: the argument is not written
+
+    def constant_table(x):
+        table = np.zeros(3)  # assigned only NumPy values: the same array NumPy builds
+        for i in range(3):
+            table[i] = i * i
+        return x * table
+    np.testing.assert_allclose(tg.jit(constant_table)(x), x * np.array([0.0, 1.0, 4.0]))

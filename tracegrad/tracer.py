@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import sys
 import types
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -19,9 +20,10 @@ import numpy as np
 
 from . import primitives  # noqa: F401  (registers the primitives)
 from .captures import is_users_function, owner_readers, path_readers, searchable
-from .core import MATH_FUNCTIONS, Builder, TracedArray, _to_atom
+from .core import MATH_FUNCTIONS, MODULE_FUNCTIONS, Builder, TracedArray, _to_atom
 from .errors import GradTypeError, TracegradError, TracingError, UnsupportedError, raised_at
 from .ir import Aval, Graph, Literal, Var, is_valid_name
+from .primitives.assign import as_array, contains_traced
 from .pytree import TreeDef, flatten, leaf_paths, unflatten
 
 
@@ -220,6 +222,97 @@ def _math_shim(fn):
 _MATH_MODULE = _TracingMath("math")
 
 
+# ---------------------------------------------------------------- numpy and scipy: what NumPy does not dispatch
+
+
+class _TracingModule(types.ModuleType):
+    """Stands in for ``numpy`` (or ``scipy``, ``scipy.special``, ``scipy.stats``) inside a traced function:
+    the functions NumPy does not dispatch to traced values (``np.array``, ``np.zeros``, ``np.r_``,
+    ``scipy.special.logsumexp``) are replaced by those of ``core.MODULE_FUNCTIONS``, and NumPy's functions
+    given lists holding traced values (``np.mean([a, b])``) get arrays. Everything else is the module's own."""
+
+    def __init__(self, module):
+        super().__init__(module.__name__, module.__doc__)
+        self._module = module
+        self._seen = {}
+
+    def __getattr__(self, name):
+        if name in self._seen:
+            return self._seen[name]
+        value = getattr(self._module, name)
+        sub = MODULE_FUNCTIONS.get((self._module.__name__, name))
+        if sub is None:
+            sub = _stand_in_module(value) or _list_taking(value, name) or value
+        self._seen[name] = sub
+        return sub
+
+    def __dir__(self):
+        return dir(self._module)
+
+
+def _stand_in_modules() -> set:
+    names = set()
+    for module, _ in MODULE_FUNCTIONS:
+        parts = module.split(".")
+        names.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return names
+
+
+_STAND_INS: dict = {}
+
+
+def _stand_in_module(value):
+    if not isinstance(value, types.ModuleType) or value.__name__ not in _stand_in_modules():
+        return None
+    if value.__name__ not in _STAND_INS or _STAND_INS[value.__name__]._module is not value:
+        _STAND_INS[value.__name__] = _TracingModule(value)
+    return _STAND_INS[value.__name__]
+
+
+# NumPy functions whose first argument is a sequence of arrays, not an array
+_SEQUENCE_FIRST = frozenset(["concatenate", "stack", "vstack", "hstack", "dstack", "column_stack", "row_stack", "block",
+                             "broadcast_arrays", "meshgrid", "einsum", "ix_"])
+
+
+def _list_taking(fn, name):
+    """``fn`` (a NumPy function) taking lists that hold traced values as arrays, or None if it needs nothing."""
+    if not (isinstance(fn, np.ufunc) or type(fn).__name__ == "_ArrayFunctionDispatcher"):
+        return None
+    skip_first = name in _SEQUENCE_FIRST
+
+    def converted(*args, **kwargs):
+        args = [as_array(a) if isinstance(a, (list, tuple)) and not (skip_first and i == 0) and contains_traced(a)
+                else a for i, a in enumerate(args)]
+        return fn(*args, **kwargs)
+    converted.__name__, converted.__doc__, converted.__wrapped__ = name, fn.__doc__, fn
+    if isinstance(fn, np.ufunc):  # np.add.reduce and the rest stay reachable
+        return _Ufunc(fn, converted)
+    return converted
+
+
+class _Ufunc:
+    def __init__(self, ufunc, call):
+        self._ufunc, self._call = ufunc, call
+
+    def __call__(self, *args, **kwargs):
+        return self._call(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._ufunc, name)
+
+
+def _replacements() -> dict:
+    """{id(object): replacement} for the objects of ``MODULE_FUNCTIONS`` in modules imported so far (a name
+    bound by ``from numpy import zeros`` or ``from scipy.special import logsumexp``)."""
+    found = {}
+    for (module, name), sub in MODULE_FUNCTIONS.items():
+        mod = sys.modules.get(module)
+        value = getattr(mod, name, None) if mod is not None else None
+        if value is not None:
+            found[id(value)] = (value, sub)
+    return found
+
+
 def _global_names(code) -> set:
     names = set(code.co_names)
     for const in code.co_consts:
@@ -235,6 +328,8 @@ def _substitute(value, hint, builder, read):
     """
     if value is math:
         return _MATH_MODULE
+    if isinstance(value, types.ModuleType):
+        return _stand_in_module(value) or value
     if _hashable(value) and value in MATH_FUNCTIONS:
         return _math_shim(value)
     if (type(value) is np.ndarray or isinstance(value, np.generic)) and value.dtype in _COMPILABLE:
@@ -260,6 +355,7 @@ class _Preparer:
         self.builder = builder
         self.prepared: dict = {}  # each function seen -> its copy, or itself when it needs none
         self.roots: list = []  # (how to read it again, the value now, its name): dicts, lists, objects, self
+        self.replacements = _replacements()
 
     def prepare(self, fn):
         """A copy of ``fn`` whose captured arrays are traced inputs and whose ``math`` accepts traced values.
@@ -318,6 +414,9 @@ class _Preparer:
     def _substitute(self, value, hint, read):
         if isinstance(value, types.FunctionType) and is_users_function(value):
             return self.prepare(value)
+        replacement = self.replacements.get(id(value))
+        if replacement is not None and replacement[0] is value:
+            return replacement[1]
         self._root(value, read, hint)
         return _substitute(value, hint, self.builder, read)
 

@@ -21,6 +21,7 @@ def filled(shape, value, dtype):
     """An array of ``shape`` filled with ``value``, recorded in the current graph (``np.full``)."""
     builder = current_builder()
     aval = Aval(tuple(shape), np.dtype(dtype))
+    value = aval.dtype.type(value).item()  # 0 in a float array is 0.0
     return builder.wrap(builder.add_node(full, (), dict(shape=aval.shape, value=value, dtype=aval.dtype), aval))
 
 
