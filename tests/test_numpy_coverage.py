@@ -91,6 +91,12 @@ def assign_from_argument(x, v):
     return x
 
 
+def _sorted_copy(x):
+    y = x.copy()
+    y.sort()
+    return y * np.arange(1.0, 5.0) + x  # the copy is sorted, x is not
+
+
 # name -> (function, argument shapes, domain); the function returns an array (or a number)
 CASES = {
     # ---- array manipulation
@@ -158,6 +164,37 @@ CASES = {
     "view written through": (view_written_through, (V,), "real"),
     "in-place alias": (in_place_alias, (M,), "real"),
     "assign from argument": (assign_from_argument, (M, (3,)), "real"),
+    # ---- cumulative operations, sorting, reductions over any axes, methods
+    "prod": (lambda x: np.prod(x), (V,), "real"),
+    "prod axis": (lambda x: np.prod(x, axis=1), (T3,), "real"),
+    "prod axes keepdims": (lambda x: np.prod(x, axis=(0, 2), keepdims=True), (T3,), "real"),
+    "prod with a zero": (lambda x: np.prod(x * np.array([1.0, 0.0, 1.0, 1.0])), (V,), "real"),
+    "cumsum": (lambda x: np.cumsum(x), (M,), "real"),
+    "cumsum axis": (lambda x: np.cumsum(x, axis=1), (T3,), "real"),
+    "cumsum axis 0": (lambda x: x.cumsum(axis=0), (M,), "real"),
+    "cumprod": (lambda x: np.cumprod(x), (V,), "real"),
+    "cumprod axis": (lambda x: np.cumprod(x, axis=0), (M,), "real"),
+    "cumprod with a zero": (lambda x: np.cumprod(x * np.array([1.0, 0.0, 1.0, 1.0])), (V,), "real"),
+    "sort": (lambda x: np.sort(x) * np.arange(1.0, 5.0), (V,), "real"),
+    "sort axis 0": (lambda x: np.sort(x, axis=0), (M,), "real"),
+    "sort 3-d": (lambda x: np.sort(x, axis=1), (T3,), "real"),
+    "sort method": (lambda x: _sorted_copy(x), (V,), "real"),
+    "diff": (lambda x: np.diff(x), (V,), "real"),
+    "diff n axis": (lambda x: np.diff(x, n=2, axis=0), ((4, 3),), "real"),
+    "diff prepend": (lambda x: np.diff(x, prepend=0.0, append=x[-1:] * 2), (V,), "real"),
+    "max 3-d axis": (lambda x: np.max(x, axis=1), (T3,), "real"),
+    "min 3-d axes": (lambda x: np.min(x, axis=(0, 2), keepdims=True), (T3,), "real"),
+    "max 4-d": (lambda x: x.max(axis=(1, 3)), ((2, 2, 3, 2),), "real"),
+    "ptp": (lambda x: np.ptp(x, axis=0), (M,), "real"),
+    "argmax gather": (lambda x: x[np.argmax(x, axis=0), np.arange(4)] + x[np.argmin(x[:, 0])], (M,), "real"),
+    "argsort gather": (lambda x: x[np.argsort(x)] * np.arange(4.0), (V,), "real"),
+    "any all": (lambda x: np.where(np.any(x > 0, axis=1), 1.0, 2.0) * np.where(np.all(x > -3), x[:, 0], 0.0), (M,), "real"),
+    "var method": (lambda x: x.var() + x.var(axis=0, ddof=1) + x.std(axis=1).sum(), (M,), "real"),
+    "squeeze item": (lambda x: x[:1].squeeze() * x[1:2, 2:3].item() + x[0, 0].item(), (M,), "real"),
+    "methods": (lambda x: x.prod(axis=0) + x.cumsum(axis=1)[:, -1].sum() + x.flatten()[:4] + x.ravel()[4:8]
+                + x.clip(-0.5, 0.5)[0] + x.cumprod(axis=1)[1] + x.swapaxes(0, 1)[:, 2] + x.trace()
+                + x.diagonal()[0] + x.repeat(2)[::3][:4] + x.transpose()[0, 1] + x.transpose(1, 0)[1:, 0].sum(),
+                (M,), "away"),
 }
 
 NAMES = list(CASES)

@@ -125,6 +125,15 @@ CASES = {
     # a function with its own backward (the notes' module): here the plain rule, so differences agree
     "custom_vjp_call": [(lambda x, y: _gate(x, y) + _gate(y, x * y), (VECTOR, VECTOR), "real")],
     "stop_gradient": [(lambda x: tg.stop_gradient(x) * 0.0 + x, (VECTOR,), "real")],
+    # y[index] = v in a traced function (primitives/assign.py)
+    "setitem": [(lambda x, y: P["setitem"](x, y, index=(slice(1, None),)), (MATRIX, ROW), "real"),
+                (lambda x: P["setitem"](x * 2, x[0, 0], index=(0, 1)), (MATRIX,), "real")],
+    # primitives/cumulative.py: the last axis of 1-d and 2-d arrays
+    "cumsum": [(np.cumsum, (VECTOR,), "real"), (lambda x: np.cumsum(x, axis=1), (MATRIX,), "real")],
+    "cumprod": [(np.cumprod, (VECTOR,), "real"), (lambda x: np.cumprod(x, axis=0), (MATRIX,), "real")],
+    "argsort": [(np.sort, (VECTOR,), "real"), (lambda x: np.sort(x, axis=0), (MATRIX,), "real")],
+    "argmax": [(lambda x: x[np.argmax(x)] * x, (VECTOR,), "real")],
+    "argmin": [(lambda x: x[np.arange(2), np.argmin(x, axis=1)], (MATRIX,), "real")],
 }
 
 PARAMS = [pytest.param(name, i, id=f"{name}-{i}") for name in CASES for i in range(len(CASES[name]))]
