@@ -435,7 +435,8 @@ class TracedArray:
     __mul__, __rmul__ = _op("mul"), _rop("mul")
     __truediv__, __rtruediv__ = _op("div"), _rop("div")
     __pow__, __rpow__ = _op("pow"), _rop("pow")
-    __matmul__, __rmatmul__ = _op("dot"), _rop("dot")
+    __matmul__ = lambda self, other: NUMPY_FUNCTIONS[np.matmul](self, other)  # noqa: E731  (stacks of matrices too)
+    __rmatmul__ = lambda self, other: NUMPY_FUNCTIONS[np.matmul](other, self)  # noqa: E731
     __lt__, __le__, __gt__, __ge__ = _op("lt"), _op("le"), _op("gt"), _op("ge")
     __eq__, __ne__ = _op("eq"), _op("ne")
     __and__, __rand__ = _op("logical_and"), _rop("logical_and")

@@ -1,7 +1,7 @@
 """Matrix products."""
 import numpy as np
 
-from ..core import Infix, numpy_function, primitive
+from ..core import NUMPY_FUNCTIONS, Infix, numpy_function, primitive
 from ..errors import ShapeError, UnsupportedError, user_source
 from ..ir import Aval
 from .structural import reshape
@@ -25,7 +25,6 @@ def _dot_shape(a, b):
 @primitive
 class dot:
     """a @ b for vectors and matrices (BLAS in the compiled code)"""
-    numpy = [np.matmul]
     shape = _dot_shape
     ref = np.matmul
     emit = Infix("@", 12)
@@ -53,6 +52,8 @@ def np_dot(a, b, out=None):
         raise UnsupportedError("np.dot with out=", user_source())
     if np.ndim(a) == 0 or np.ndim(b) == 0:
         return a * b
+    if np.ndim(a) > 2 or np.ndim(b) > 2:  # a sum over the last axis of a and the second-to-last of b
+        return NUMPY_FUNCTIONS[np.tensordot](a, b, axes=([-1], [max(np.ndim(b) - 2, 0)]))
     return dot(a, b)
 
 
