@@ -226,6 +226,22 @@ CASES = {
     "cross": (lambda a, b: np.cross(a, b), ((4, 3), (3,)), "real"),
     "vdot": (lambda a, b: np.vdot(a, b), (M, M), "real"),
     "dot 3-d": (lambda a, b: np.dot(a, b), (T3, (4, 2)), "real"),
+    # ---- np.linalg
+    "inv": (lambda a: np.linalg.inv(a), (SQ,), "spd"),
+    "det": (lambda a: np.linalg.det(a), (SQ,), "spd"),
+    "det general": (lambda a: np.linalg.det(a + 3 * np.eye(3)), (SQ,), "real"),
+    "slogdet": (lambda a: np.linalg.slogdet(a)[1] * np.linalg.slogdet(a)[0], (SQ,), "spd"),
+    "slogdet negative": (lambda a: np.linalg.slogdet(-a)[1] + np.linalg.slogdet(-a)[0], (SQ,), "spd"),
+    "solve vector": (lambda a, b: np.linalg.solve(a, b), (SQ, (3,)), "spd"),
+    "solve matrix": (lambda a, b: np.linalg.solve(a, b), (SQ, (3, 2)), "spd"),
+    "cholesky": (lambda a: np.linalg.cholesky(a), (SQ,), "spd"),
+    "cholesky symmetric": (lambda a: np.linalg.cholesky(a @ a.T + 3 * np.eye(3)), (SQ,), "real"),
+    "norm": (lambda x: np.linalg.norm(x), (M,), "real"),
+    "norm vector ords": (lambda x: np.linalg.norm(x, 1) + np.linalg.norm(x, np.inf) + np.linalg.norm(x, 3), (V,), "away"),
+    "norm axis": (lambda x: np.linalg.norm(x, axis=1, keepdims=True), (M,), "real"),
+    "norm matrix ords": (lambda x: np.linalg.norm(x, "fro") + np.linalg.norm(x, 1) + np.linalg.norm(x, -np.inf), (M,), "away"),
+    "multi_dot": (lambda a, b, c: np.linalg.multi_dot([a, b, c]), (M, (4, 2), (2,)), "real"),
+    "matrix_power": (lambda a: np.linalg.matrix_power(a, 3) + np.linalg.matrix_power(a, -1), (SQ,), "spd"),
 }
 
 NAMES = list(CASES)

@@ -134,6 +134,15 @@ CASES = {
     "argsort": [(np.sort, (VECTOR,), "real"), (lambda x: np.sort(x, axis=0), (MATRIX,), "real")],
     "argmax": [(lambda x: x[np.argmax(x)] * x, (VECTOR,), "real")],
     "argmin": [(lambda x: x[np.arange(2), np.argmin(x, axis=1)], (MATRIX,), "real")],
+    "batched_dot": [(lambda a, b: a @ b, ((2, 3, 4), (2, 4, 2)), "real")],
+    # primitives/decompositions.py: the matrices are made well conditioned (and positive definite)
+    "inv": [(lambda a: np.linalg.inv(a @ a.T + 3 * np.eye(3)), ((3, 3),), "real")],
+    "det": [(lambda a: np.linalg.det(a + 3 * np.eye(3)), ((3, 3),), "real")],
+    "logabsdet": [(lambda a: np.linalg.slogdet(a @ a.T + 3 * np.eye(3))[1], ((3, 3),), "real")],
+    "sign_of_det": [(lambda a: np.linalg.slogdet(3 * np.eye(3) - a @ a.T * 0.1)[0] * a, ((3, 3),), "real")],
+    "solve": [(lambda a, b: np.linalg.solve(a @ a.T + 3 * np.eye(3), b), ((3, 3), (3, 2)), "real"),
+              (lambda a, b: np.linalg.solve(a + 4 * np.eye(3), b), ((3, 3), (3,)), "real")],
+    "cholesky": [(lambda a: np.linalg.cholesky(a @ a.T + 3 * np.eye(3)), ((3, 3),), "real")],
 }
 
 PARAMS = [pytest.param(name, i, id=f"{name}-{i}") for name in CASES for i in range(len(CASES[name]))]
