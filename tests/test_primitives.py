@@ -5,6 +5,7 @@ without cases here fails ``test_every_primitive_has_cases``; one without a JVP r
 fails ``test_every_primitive_has_a_jvp_rule``."""
 import numpy as np
 import pytest
+import scipy.special
 
 import tracegrad as tg
 from tracegrad.autodiff import value_and_grad_graph
@@ -143,6 +144,12 @@ CASES = {
     "solve": [(lambda a, b: np.linalg.solve(a @ a.T + 3 * np.eye(3), b), ((3, 3), (3, 2)), "real"),
               (lambda a, b: np.linalg.solve(a + 4 * np.eye(3), b), ((3, 3), (3,)), "real")],
     "cholesky": [(lambda a: np.linalg.cholesky(a @ a.T + 3 * np.eye(3)), ((3, 3),), "real")],
+    # primitives/special.py: SciPy's ufuncs, matched by name
+    "gammaln": unary(scipy.special.gammaln, "positive"),
+    "polygamma": [(scipy.special.digamma, (VECTOR,), "positive"), (lambda x: scipy.special.polygamma(2, x), (MATRIX,), "positive")],
+    "ndtr": unary(scipy.special.ndtr),
+    "erf": unary(scipy.special.erf),
+    "erfc": unary(scipy.special.erfc),
 }
 
 PARAMS = [pytest.param(name, i, id=f"{name}-{i}") for name in CASES for i in range(len(CASES[name]))]

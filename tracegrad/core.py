@@ -359,8 +359,10 @@ _BRANCH_HINT = "branch with np.where(cond, a, b), np.maximum/np.minimum or np.cl
 _NUMBER_HINT = ("keep it a traced value: use NumPy functions (np.sin rather than math.sin, x.astype(np.float64) "
                 "rather than float(x)); math.sin and the like work in the traced function and in the functions it "
                 "calls by name, but not in methods or functions reached through an attribute")
-_ARRAY_HINT = ("build arrays of traced values with np.stack([...]) or np.concatenate; an argument passed as a "
-               "Python list is traced as separate values, one per entry: pass np.array(...) instead")
+_ARRAY_HINT = ("np.array([...]) of traced values works in the traced function and in the functions it calls by name, "
+               "not in functions reached through an attribute or a container: there use np.stack([...]); an "
+               "argument passed as a Python list is traced as separate values, one per entry: pass np.array(...) "
+               "instead")
 
 
 def _concrete_error(what: str, hint: str = _BRANCH_HINT):

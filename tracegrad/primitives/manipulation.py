@@ -366,3 +366,18 @@ def np_tril(m, k=0):
 @numpy_function(np.triu)
 def np_triu(m, k=0):
     return _triangle(m, int(k), False)
+
+
+@numpy_function(np.rot90)
+def np_rot90(m, k=1, axes=(0, 1)):
+    m = array(m)
+    a, b = (int(i) % m.ndim for i in axes)
+    k = int(k) % 4
+    if k == 0:
+        return m
+    if k == 2:
+        return _flip_axes(m, (a, b))
+    perm = list(range(m.ndim))
+    perm[a], perm[b] = perm[b], perm[a]
+    swapped = transpose(m, perm=tuple(perm))
+    return _flip_axes(swapped, (a,)) if k == 1 else _flip_axes(swapped, (b,))
