@@ -473,3 +473,27 @@ def test_assignment_leaves_the_callers_array_and_numpy_code_alone():
             table[i] = i * i
         return x * table
     np.testing.assert_allclose(tg.jit(constant_table)(x), x * np.array([0.0, 1.0, 4.0]))
+
+
+def test_assignment_into_arguments_and_carries():
+    def into_argument(x):
+        x[0] = 1.0
+        return np.sum(x * x)
+
+    def scan_body(c, row):  # assignment into a carry and a row, in a traced loop body
+        c[0] = c[0] + row[1]
+        row[1] = 0.0
+        return c * 0.5, np.sum(row * c)
+
+    def looped(c, xs):
+        carry, ys = tg.scan(scan_body, c, xs)
+        return np.sum(carry) + np.sum(ys)
+
+    x = np.full(3, 2.0)
+    np.testing.assert_allclose(tg.grad(into_argument)(x), [0.0, 4.0, 4.0])
+    c, xs = np.arange(1.0, 4.0), np.arange(12.0).reshape(4, 3) / 10
+    g = tg.grad(looped, argnums=(0, 1))(c, xs)
+    def reference(c, xs):  # NumPy writes into the arrays given: fresh copies for each evaluation
+        return looped(c.copy(), xs.copy())
+    for k, expected in enumerate(numeric_grad(reference, c, xs, argnums=(0, 1))):
+        np.testing.assert_allclose(g[k], expected, rtol=1e-6, atol=1e-8)

@@ -89,7 +89,7 @@ def _bind(f, args):
     outer = current_builder()
     for key, read in inner.readers.items():
         outer.readers.setdefault(key, read)
-    fwd = Graph(inner.name, [var for var, _ in inner.captured] + [t.var for t in inputs], inner.nodes, outputs)
+    fwd = Graph(inner.name, [var for var, _ in inner.captured] + list(inner.inputs), inner.nodes, outputs)
     trees = (out_tree, res_tree, tuple(flatten(a)[1] for a in args))
     saved, outer.source = outer.source, source
     try:

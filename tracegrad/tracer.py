@@ -102,6 +102,7 @@ def trace(fn, args: tuple, name: str | None = None) -> Traced:
     names = arg_names(fn, args)
     with Builder(name or getattr(fn, "__name__", "f")) as builder:
         inputs = [builder.new_input(aval, hint) for aval, hint in zip(avals, names)]
+        input_vars = [t.var for t in inputs]  # (x[0] = v in the function gives x another value: not an input)
         it = iter(inputs)
         traced_args = _rebuild(args, it)
         preparer = _Preparer(builder)
@@ -119,7 +120,7 @@ def trace(fn, args: tuple, name: str | None = None) -> Traced:
         if var.hint is None:
             var.hint = hint
     captures = _captures(builder, preparer.roots)
-    graph = Graph(builder.name, [t.var for t in inputs] + [c.var for c in captures], builder.nodes, outputs,
+    graph = Graph(builder.name, input_vars + [c.var for c in captures], builder.nodes, outputs,
                   n_args=len(inputs))
     return Traced(graph, in_tree, out_tree, captures)
 
