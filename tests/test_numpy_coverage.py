@@ -369,15 +369,9 @@ def test_float32_in_float32_out(name):
         np.testing.assert_allclose(g, g64, rtol=2e-3, atol=2e-4)
 
 
-# Compiling takes seconds a case: a sample, one function per group, all compiled as one
-COMPILED = ["repeat axis", "tile", "hstack", "vstack", "split", "pad constant", "pad edge", "roll axis", "flip",
-            "moveaxis", "diag of vector", "diagonal offset", "trace", "tril", "append",
-            "np.array nested", "np.r_", "assign into zeros", "augmented slices", "rows in a loop", "mask assignment",
-            "view written through", "prod axis", "cumsum axis", "cumprod axis", "sort 3-d", "diff n axis",
-            "max 3-d axis", "argmax gather", "methods", "matmul 3-d", "matmul broadcast", "einsum bilinear",
-            "tensordot axes", "kron", "cross", "inv", "det general", "slogdet", "solve matrix", "cholesky",
-            "norm matrix ords", "gammaln", "digamma", "polygamma", "erf erfc", "xlogy", "logsumexp axis b",
-            "log_softmax", "norm.pdf cdf", "multivariate_normal rows"]
+# Compiling takes seconds a case: a sample exercising each new kernel and spelling, compiled as one function
+COMPILED = ["pad edge", "diag of vector", "np.r_", "augmented slices", "cumprod axis", "sort 3-d", "argmax gather",
+            "matmul 3-d", "inv", "slogdet", "solve matrix", "cholesky", "polygamma", "erf erfc", "norm.pdf cdf"]
 
 
 def _chain(cases):

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import ShapeError, SourceInfo, TracingError, UnsupportedError, library_function, user_source
+from .errors import GradTypeError, ShapeError, SourceInfo, TracingError, UnsupportedError, library_function, user_source
 from .ir import Aval, Literal, Node, Var
 
 
@@ -475,13 +475,19 @@ class TracedArray:
             return  # x[1:] += v: the view's own in-place update has written it into x already
         _rebind(self, NUMPY_FUNCTIONS["setitem"](self, index, value))
 
-    # In-place operators rebind the value too (an alias, y = x, sees the change, as in NumPy)
+    # In-place operators on arrays rebind the value too (an alias, y = x, sees the change, as in NumPy); a
+    # scalar (a Python or NumPy number: immutable) gets a new value, as Python's s += 1 does
     def _iop(name):
         def method(self, other):
             new = bind(PRIMITIVES[name], self, other)
+            if not self.ndim:
+                return new
             if new.shape != self.shape:
                 raise ShapeError(f"in-place operation: the result of shape {new.shape} does not fit an array of "
                                  f"shape {self.shape}", user_source())
+            if not np.can_cast(new.dtype, self.dtype, "same_kind"):  # as NumPy refuses it
+                raise GradTypeError(f"in-place operation: cannot cast its {new.dtype} result to the array's "
+                                    f"{self.dtype}", user_source(), "write y = y + v to get a new array")
             _rebind(self, new if new.dtype == self.dtype else new.astype(self.dtype))
             return self
         return method
