@@ -144,6 +144,9 @@ CASES = {
     "tril 3-d": (lambda x: np.tril(x, -1), (T3,), "real"),
     "append": (lambda x, y: np.append(x, y), (M, V), "real"),
     "append axis": (lambda x, y: np.append(x, y, axis=0), (M, (1, 4)), "real"),
+    "rot90": (lambda x: np.rot90(x) + np.rot90(x, 3).T[::-1] * 0.5, (SQ,), "real"),
+    "gradient": (lambda x: np.gradient(x) * np.gradient(x, 0.5)[0], (V,), "real"),
+    "gradient 2-d": (lambda x: np.gradient(x)[0] + np.gradient(x, axis=1) * 2, (M,), "real"),
     # ---- arrays built from traced values, assignment into arrays
     "np.array of scalars": (lambda x: np.array([x[0], x[1] * x[2], 2.0]), (V,), "real"),
     "np.array nested": (lambda x: np.array([[x[0], x[1]], [x[2], x[0] * x[1]]]), (V,), "real"),

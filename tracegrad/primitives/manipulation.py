@@ -381,3 +381,29 @@ def np_rot90(m, k=1, axes=(0, 1)):
     perm[a], perm[b] = perm[b], perm[a]
     swapped = transpose(m, perm=tuple(perm))
     return _flip_axes(swapped, (a,)) if k == 1 else _flip_axes(swapped, (b,))
+
+
+@numpy_function(np.gradient)
+def np_gradient(f, *varargs, axis=None, edge_order=1):
+    """Central differences inside, one-sided at the ends (``edge_order=1``), with uniform spacings."""
+    f = array(f)
+    axes = normalize_axes(axis, f.ndim, "np.gradient")
+    spacings = list(varargs) if varargs else [1.0]
+    if len(spacings) == 1:
+        spacings = spacings * len(axes)
+    if edge_order != 1 or len(spacings) != len(axes) or any(np.ndim(h) for h in spacings):
+        raise UnsupportedError("np.gradient with edge_order=2 or with coordinate arrays (uniform spacings only)",
+                               user_source())
+    out = []
+    for ax, h in zip(axes, spacings):
+        n = f.shape[ax]
+        if n < 2:
+            raise ShapeError(f"np.gradient needs at least 2 points along axis {ax}", user_source())
+        first = (_slice_along(f, ax, 1, 2) - _slice_along(f, ax, 0, 1)) / h
+        last = (_slice_along(f, ax, n - 1, n) - _slice_along(f, ax, n - 2, n - 1)) / h
+        parts = [first]
+        if n > 2:
+            parts.append((_slice_along(f, ax, 2, n) - _slice_along(f, ax, 0, n - 2)) / (2.0 * h))
+        parts.append(last)
+        out.append(concatenate(*parts, axis=ax))
+    return out[0] if len(out) == 1 else out
