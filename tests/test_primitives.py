@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.special
 
 import tracegrad as tg
 from tracegrad.autodiff import value_and_grad_graph
@@ -188,6 +189,30 @@ CASES = {
     "random_fold_in": [(lambda x: x * tg.random.uniform(tg.random.split(KEY, 3)[2], x.shape, dtype=x.dtype),
                         (VECTOR,), "real")],
     "random_permutation": [(lambda x: x[tg.random.permutation(KEY, 3)] * x, ((3, 2),), "real")],
+    # y[index] = v in a traced function (primitives/assign.py)
+    "setitem": [(lambda x, y: P["setitem"](x, y, index=(slice(1, None),)), (MATRIX, ROW), "real"),
+                (lambda x: P["setitem"](x * 2, x[0, 0], index=(0, 1)), (MATRIX,), "real")],
+    # primitives/cumulative.py: the last axis of 1-d and 2-d arrays
+    "cumsum": [(np.cumsum, (VECTOR,), "real"), (lambda x: np.cumsum(x, axis=1), (MATRIX,), "real")],
+    "cumprod": [(np.cumprod, (VECTOR,), "real"), (lambda x: np.cumprod(x, axis=0), (MATRIX,), "real")],
+    "argsort": [(np.sort, (VECTOR,), "real"), (lambda x: np.sort(x, axis=0), (MATRIX,), "real")],
+    "argmax": [(lambda x: x[np.argmax(x)] * x, (VECTOR,), "real")],
+    "argmin": [(lambda x: x[np.arange(2), np.argmin(x, axis=1)], (MATRIX,), "real")],
+    "batched_dot": [(lambda a, b: a @ b, ((2, 3, 4), (2, 4, 2)), "real")],
+    # primitives/decompositions.py: the matrices are made well conditioned (and positive definite)
+    "inv": [(lambda a: np.linalg.inv(a @ a.T + 3 * np.eye(3)), ((3, 3),), "real")],
+    "det": [(lambda a: np.linalg.det(a + 3 * np.eye(3)), ((3, 3),), "real")],
+    "logabsdet": [(lambda a: np.linalg.slogdet(a @ a.T + 3 * np.eye(3))[1], ((3, 3),), "real")],
+    "sign_of_det": [(lambda a: np.linalg.slogdet(3 * np.eye(3) - a @ a.T * 0.1)[0] * a, ((3, 3),), "real")],
+    "solve": [(lambda a, b: np.linalg.solve(a @ a.T + 3 * np.eye(3), b), ((3, 3), (3, 2)), "real"),
+              (lambda a, b: np.linalg.solve(a + 4 * np.eye(3), b), ((3, 3), (3,)), "real")],
+    "cholesky": [(lambda a: np.linalg.cholesky(a @ a.T + 3 * np.eye(3)), ((3, 3),), "real")],
+    # primitives/special.py: SciPy's ufuncs, matched by name
+    "gammaln": unary(scipy.special.gammaln, "positive"),
+    "polygamma": [(scipy.special.digamma, (VECTOR,), "positive"), (lambda x: scipy.special.polygamma(2, x), (MATRIX,), "positive")],
+    "ndtr": unary(scipy.special.ndtr),
+    "erf": unary(scipy.special.erf),
+    "erfc": unary(scipy.special.erfc),
 }
 KEY = tg.random.key(7)
 

@@ -48,9 +48,8 @@ def test_a_list_argument_is_a_pytree_and_the_error_says_so():
     assert "np.array" in info.value.hint
     with pytest.raises(tg.GradTypeError, match=r"argument 'x' is a list"):
         tg.grad(lambda x: x * 2)([0.5, 1.0])  # list repetition: four values, not a scalar
-    with pytest.raises(tg.TracingError, match=r"argument 'x' is a list") as info:
-        tg.grad(lambda x: np.sum(np.asarray(x) ** 2))([0.5, 1.0])
-    assert "if/while" not in str(info.value) and "np.stack" in info.value.hint
+    # np.asarray of the list stacks its traced entries, as NumPy would make an array of the numbers
+    assert tg.grad(lambda x: np.sum(np.asarray(x) ** 2))([0.5, 1.0]) == [1.0, 2.0]
     with pytest.raises(tg.TracingError) as info:  # an if on a traced value is not about the list
         tg.grad(lambda x: x[0] if x[1] > 0 else x[1])([0.5, 1.0])
     assert "is a list" not in str(info.value) and "if/while" in info.value.hint

@@ -173,6 +173,8 @@ _WEAK_PROMOTION = np.result_type(np.float32, 1e300) == np.float32
 
 def _to_atom(value, builder: Builder):
     if isinstance(value, TracedArray):
+        if value.base is not None:
+            _check_fresh(value)
         if value.builder is builder:
             return value.var
         if _is_ancestor(value.builder, builder):
@@ -231,4 +233,4 @@ def _wrap(atom, builder):
 
 
 # At the end: traced.py reads ``bind`` from this module (the package imports registry, builder, traced in order)
-from .traced import TracedArray  # noqa: E402
+from .traced import TracedArray, _check_fresh  # noqa: E402

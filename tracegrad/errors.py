@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _NUMPY_DIR = None  # filled lazily: frames inside NumPy's own Python code are skipped too
+_LIBRARY_DIRS = None  # NumPy's and SciPy's directories: a user's line is never inside them
 
 
 @dataclass(frozen=True)
@@ -56,13 +57,43 @@ def notebook_cell(filename: str) -> str | None:
 
 
 def _is_internal(filename: str) -> bool:
-    global _NUMPY_DIR
-    if _NUMPY_DIR is None:
+    path = os.path.abspath(filename)
+    return path.startswith(_PACKAGE_DIR + os.sep) or _is_library(path)
+
+
+def _is_library(path: str) -> bool:
+    """Inside NumPy or SciPy (SciPy only when imported: its directory is read from ``sys.modules``)."""
+    global _NUMPY_DIR, _LIBRARY_DIRS
+    if _LIBRARY_DIRS is None or "scipy" in sys.modules and len(_LIBRARY_DIRS) == 1:
         import numpy
 
         _NUMPY_DIR = os.path.dirname(os.path.abspath(numpy.__file__))
-    path = os.path.abspath(filename)
-    return path.startswith(_PACKAGE_DIR + os.sep) or path.startswith(_NUMPY_DIR + os.sep)
+        dirs = [_NUMPY_DIR + os.sep]
+        if "scipy" in sys.modules and getattr(sys.modules["scipy"], "__file__", None):
+            dirs.append(os.path.dirname(os.path.abspath(sys.modules["scipy"].__file__)) + os.sep)
+        _LIBRARY_DIRS = tuple(dirs)
+    return path.startswith(_LIBRARY_DIRS)
+
+
+def library_function() -> str | None:
+    """The public name (``scipy.linalg.expm``, ``np.polyval``) of the NumPy or SciPy function the user's
+    code called and that is running now (the outermost of their frames on the stack), or None."""
+    frame, found = sys._getframe(1), None
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if _is_library(os.path.abspath(filename)):
+            found = frame
+        elif not filename.startswith("<frozen") and not os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep):
+            break
+        frame = frame.f_back
+    if found is None:
+        return None
+    module = found.f_globals.get("__name__", "")
+    parts = module.split(".")
+    public = ".".join(parts[:next((i for i, p in enumerate(parts) if p.startswith("_")), len(parts))])
+    qualname = getattr(found.f_code, "co_qualname", found.f_code.co_name)
+    public = "np" + public[len("numpy"):] if public.split(".")[0] == "numpy" else public
+    return f"{public}.{qualname}"
 
 
 # user_source runs for every node a trace records (80,000 for an unrolled loop of 10,000 steps), so it

@@ -147,7 +147,8 @@ def while_loop(cond_fun, body_fun, init_val):
     with Builder(getattr(body_fun, "__name__", "body")) as second:
         second.captured, second._captured_ids = list(first.captured), dict(first._captured_ids)  # shared constants
         second.inputs = list(first.inputs)
-        carry = unflatten(init_tree, [second.wrap(c.var) for c in carries])
+        carry_vars = list(first.inputs)  # (the cond's carries, whatever an assignment there rebound)
+        carry = unflatten(init_tree, [second.wrap(v) for v in carry_vars])
         result, local_names = _call_recording_locals(_Preparer(second).prepare(body_fun), (carry,), second)
         carry_out = _carry_atoms(result, init_tree, init_avals, carry_names, second, "while_loop", source)
     for var, hint in local_names.items():
@@ -158,7 +159,7 @@ def while_loop(cond_fun, body_fun, init_val):
         outer.readers.setdefault(key, read)
     consts = [value for _, value in second.captured]
     const_vars = [var for var, _ in second.captured]
-    inputs = const_vars + [c.var for c in carries]
+    inputs = const_vars + carry_vars
     cond = Graph("cond", inputs, first.nodes, [flag])
     body = Graph(second.name, inputs, second.nodes, carry_out)
     init = [_concrete(leaf, aval) for leaf, aval in zip(init_leaves, init_avals)]
@@ -236,6 +237,7 @@ def _trace_loop(f, init, x_leaves, x_tree, n, reverse, what, lower=None):
         t = inner.new_input(Aval((), np.int64), index_name)
         carries = [inner.new_input(aval, hint) for aval, hint in zip(init_avals, carry_names)]
         rows = [inner.new_input(aval, hint) for aval, hint in zip(row_avals, row_names)]
+        in_vars = [t.var] + [c.var for c in carries] + [r.var for r in rows]  # before an assignment rebinds one
         carry = unflatten(init_tree, carries)
         prepared = _Preparer(inner).prepare(f)
         if lower is not None:
@@ -258,7 +260,7 @@ def _trace_loop(f, init, x_leaves, x_tree, n, reverse, what, lower=None):
     outer = current_builder()
     for key, read in inner.readers.items():  # closure and global arrays the body reads: read at every call
         outer.readers.setdefault(key, read)
-    graph, consts = close(inner, [t.var] + [c.var for c in carries] + [r.var for r in rows], carry_out + ys, name)
+    graph, consts = close(inner, in_vars, carry_out + ys, name)
     outer_source = outer.source
     outer.source = source
     try:

@@ -140,6 +140,25 @@ def primitive(cls) -> Primitive:
     return prim
 
 
+# Functions and objects NumPy does not dispatch to traced values (np.array, np.zeros, np.r_, scipy.special.logsumexp,
+# scipy.stats.norm): (module name, attribute) -> what a traced function sees instead. The tracer swaps them in
+# for the user's own functions (a stand-in module, or the name a ``from ... import`` bound); each handles
+# NumPy values as the original does.
+MODULE_FUNCTIONS: dict[tuple[str, str], Any] = {}
+
+
+def module_function(module: str, *names: str):
+    """Register what ``module.name`` is replaced by inside traced functions (for functions that NumPy's
+    ``__array_function__`` protocol does not reach, or that are not NumPy's)."""
+
+    def register(fn):
+        for name in names:
+            MODULE_FUNCTIONS[(module, name)] = fn
+        return fn
+
+    return register
+
+
 def numpy_function(*aliases, math=()):
     """Register a composite (built from primitives) as the traced version of NumPy/``math`` functions."""
 

@@ -12,6 +12,7 @@ import functools
 import inspect
 import math
 import pickle
+import sys
 import types
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -20,9 +21,10 @@ import numpy as np
 
 from . import primitives  # noqa: F401  (registers the primitives)
 from .captures import is_users_function, owner_readers, path_readers, searchable
-from .core import COMPLEX_HINT, MATH_FUNCTIONS, Builder, TracedArray, _to_atom
+from .core import COMPLEX_HINT, MATH_FUNCTIONS, MODULE_FUNCTIONS, Builder, TracedArray, _to_atom
 from .errors import GradTypeError, TracegradError, TracingError, UnsupportedError, raised_at, user_source
 from .ir import Aval, Graph, Literal, Node, Var, is_valid_name
+from .primitives.assign import as_array, contains_traced
 from .primitives.constants import ConstantArray, constant
 from .pytree import TreeDef, flatten, leaf_paths, unflatten
 
@@ -105,6 +107,7 @@ def trace(fn, args: tuple, name: str | None = None) -> Traced:
     names = arg_names(fn, args)
     with Builder(name or getattr(fn, "__name__", "f")) as builder:
         inputs = [builder.new_input(aval, hint) for aval, hint in zip(avals, names)]
+        input_vars = [t.var for t in inputs]  # (x[0] = v in the function gives x another value: not an input)
         it = iter(inputs)
         traced_args = _rebuild(args, it)
         preparer = _Preparer(builder)
@@ -124,7 +127,7 @@ def trace(fn, args: tuple, name: str | None = None) -> Traced:
         if var.hint is None:
             var.hint = hint
     captures, constants = _captures(builder, preparer.roots)
-    graph = Graph(builder.name, [t.var for t in inputs] + [c.var for c in captures], constants + builder.nodes,
+    graph = Graph(builder.name, input_vars + [c.var for c in captures], constants + builder.nodes,
                   outputs, n_args=len(inputs))
     return Traced(graph, in_tree, out_tree, captures)
 
@@ -239,6 +242,97 @@ def _math_shim(fn):
 _MATH_MODULE = _TracingMath("math")
 
 
+# ---------------------------------------------------------------- numpy and scipy: what NumPy does not dispatch
+
+
+class _TracingModule(types.ModuleType):
+    """Stands in for ``numpy`` (or ``scipy``, ``scipy.special``, ``scipy.stats``) inside a traced function:
+    the functions NumPy does not dispatch to traced values (``np.array``, ``np.zeros``, ``np.r_``,
+    ``scipy.special.logsumexp``) are replaced by those of ``core.MODULE_FUNCTIONS``, and NumPy's functions
+    given lists holding traced values (``np.mean([a, b])``) get arrays. Everything else is the module's own."""
+
+    def __init__(self, module):
+        super().__init__(module.__name__, module.__doc__)
+        self._module = module
+        self._seen = {}
+
+    def __getattr__(self, name):
+        if name in self._seen:
+            return self._seen[name]
+        value = getattr(self._module, name)
+        sub = MODULE_FUNCTIONS.get((self._module.__name__, name))
+        if sub is None:
+            sub = _stand_in_module(value) or _list_taking(value, name) or value
+        self._seen[name] = sub
+        return sub
+
+    def __dir__(self):
+        return dir(self._module)
+
+
+def _stand_in_modules() -> set:
+    names = set()
+    for module, _ in MODULE_FUNCTIONS:
+        parts = module.split(".")
+        names.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return names
+
+
+_STAND_INS: dict = {}
+
+
+def _stand_in_module(value):
+    if not isinstance(value, types.ModuleType) or value.__name__ not in _stand_in_modules():
+        return None
+    if value.__name__ not in _STAND_INS or _STAND_INS[value.__name__]._module is not value:
+        _STAND_INS[value.__name__] = _TracingModule(value)
+    return _STAND_INS[value.__name__]
+
+
+# NumPy functions whose first argument is a sequence of arrays, not an array
+_SEQUENCE_FIRST = frozenset(["concatenate", "stack", "vstack", "hstack", "dstack", "column_stack", "row_stack", "block",
+                             "broadcast_arrays", "meshgrid", "einsum", "ix_"])
+
+
+def _list_taking(fn, name):
+    """``fn`` (a NumPy function) taking lists that hold traced values as arrays, or None if it needs nothing."""
+    if not (isinstance(fn, np.ufunc) or type(fn).__name__ == "_ArrayFunctionDispatcher"):
+        return None
+    skip_first = name in _SEQUENCE_FIRST
+
+    def converted(*args, **kwargs):
+        args = [as_array(a) if isinstance(a, (list, tuple)) and not (skip_first and i == 0) and contains_traced(a)
+                else a for i, a in enumerate(args)]
+        return fn(*args, **kwargs)
+    converted.__name__, converted.__doc__, converted.__wrapped__ = name, fn.__doc__, fn
+    if isinstance(fn, np.ufunc):  # np.add.reduce and the rest stay reachable
+        return _Ufunc(fn, converted)
+    return converted
+
+
+class _Ufunc:
+    def __init__(self, ufunc, call):
+        self._ufunc, self._call = ufunc, call
+
+    def __call__(self, *args, **kwargs):
+        return self._call(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._ufunc, name)
+
+
+def _replacements() -> dict:
+    """{id(object): replacement} for the objects of ``MODULE_FUNCTIONS`` in modules imported so far (a name
+    bound by ``from numpy import zeros`` or ``from scipy.special import logsumexp``)."""
+    found = {}
+    for (module, name), sub in MODULE_FUNCTIONS.items():
+        mod = sys.modules.get(module)
+        value = getattr(mod, name, None) if mod is not None else None
+        if value is not None:
+            found[id(value)] = (value, sub)
+    return found
+
+
 def _global_names(code) -> set:
     names = set(code.co_names)
     for const in code.co_consts:
@@ -292,6 +386,7 @@ _RANDOM_MODULE = _TracingRandom("numpy.random")
 _NUMPY_MODULE = _TracingNumpy("numpy")
 _NUMPY_MODULE.__dict__.update({k: v for k, v in vars(np).items() if k != "random"})
 _NUMPY_MODULE.random = _RANDOM_MODULE
+MODULE_FUNCTIONS[("numpy", "random")] = _RANDOM_MODULE  # NumPy's stand-in (np.array of traced lists) refuses it too
 _GLOBAL_GENERATOR = getattr(np.random.mtrand, "_rand", None)  # the RandomState behind np.random.rand
 _GENERATORS = (np.random.Generator, np.random.RandomState, np.random.BitGenerator)
 
@@ -302,7 +397,7 @@ def _random_substitute(value, hint, code):
     if value is np.random:
         return _RANDOM_MODULE
     if value is np and "random" in _global_names(code):
-        return _NUMPY_MODULE
+        return _stand_in_module(np) or _NUMPY_MODULE  # (its random is _RANDOM_MODULE: MODULE_FUNCTIONS)
     if isinstance(value, _GENERATORS):
         return _FrozenGenerator(hint)
     if isinstance(getattr(value, "__self__", None), _GENERATORS) and callable(value):
@@ -352,6 +447,8 @@ def _substitute(value, hint, builder, read, code=None):
         stand_in = _random_substitute(value, hint, code)
         if stand_in is not None:
             return stand_in
+    if isinstance(value, types.ModuleType):
+        return _stand_in_module(value) or value
     if _hashable(value) and value in MATH_FUNCTIONS:
         return _math_shim(value)
     if (type(value) is np.ndarray or isinstance(value, np.generic)) and value.dtype in _COMPILABLE:
@@ -377,6 +474,7 @@ class _Preparer:
         self.builder = builder
         self.prepared: dict = {}  # each function seen -> its copy, or itself when it needs none
         self.roots: list = []  # (how to read it again, the value now, its name): dicts, lists, objects, self
+        self.replacements = _replacements()
 
     def prepare(self, fn):
         """A copy of ``fn`` whose captured arrays are traced inputs and whose ``math`` accepts traced values.
@@ -435,6 +533,9 @@ class _Preparer:
     def _substitute(self, value, hint, read, code):
         if isinstance(value, types.FunctionType) and is_users_function(value):
             return self.prepare(value)
+        replacement = self.replacements.get(id(value))
+        if replacement is not None and replacement[0] is value:
+            return replacement[1]
         self._root(value, read, hint)
         return _substitute(value, hint, self.builder, read, code)
 

@@ -4,3 +4,4 @@ Each primitive is one ``@primitive`` class in one of these modules; nothing else
 add one. ``shapes`` holds the shape and dtype rules they share.
 """
 from . import elementwise, reduce, structural, linalg, composite, control, constants, random  # noqa: F401  (registration)
+from . import manipulation, assign, cumulative, contract, decompositions, special  # noqa: F401

@@ -1,7 +1,7 @@
 """Matrix products."""
 import numpy as np
 
-from ..core import Infix, numpy_function, primitive
+from ..core import NUMPY_FUNCTIONS, Infix, numpy_function, primitive
 from ..errors import ShapeError, UnsupportedError, user_source
 from ..ir import Aval
 from .structural import reshape
@@ -27,7 +27,6 @@ class dot:
     """a @ b for vectors and matrices (BLAS in the compiled code)"""
     usage = "`a @ b`, `np.dot`, `np.matmul`"
     backward = "`g @ b.T`, `a.T @ g` (and the vector cases): never a Jacobian"
-    numpy = [np.matmul]
     shape = _dot_shape
     ref = np.matmul
     emit = Infix("@", 12)
@@ -56,6 +55,8 @@ def np_dot(a, b, out=None):
         raise UnsupportedError("np.dot with out=", user_source())
     if np.ndim(a) == 0 or np.ndim(b) == 0:
         return a * b
+    if np.ndim(a) > 2 or np.ndim(b) > 2:  # a sum over the last axis of a and the second-to-last of b
+        return NUMPY_FUNCTIONS[np.tensordot](a, b, axes=([-1], [max(np.ndim(b) - 2, 0)]))
     return dot(a, b)
 
 

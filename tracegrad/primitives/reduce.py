@@ -9,7 +9,7 @@ from ..ir import Aval, Literal
 from ..registry import KinkAt
 from .elementwise import mul
 from .shapes import normalize_axes
-from .structural import broadcast_to, reshape
+from .structural import broadcast_to, reshape, transpose
 
 
 def _reduced_shape(x: Aval, axes) -> tuple:
@@ -249,16 +249,29 @@ def mean(x, axis=None, dtype=None, out=None, keepdims=False, where=None):
     return _reduction(reduce_sum, x, axis, keepdims, "mean") / count
 
 
+def _choose(prim, x, axis, keepdims, name):
+    """max or min over some axes of an array of any rank: the kept axes become rows of a 2-d array."""
+    x = _as_traced(x)
+    axes = normalize_axes(axis, x.ndim, name)
+    if x.ndim <= 2 or len(axes) == x.ndim or not axes:
+        return _reduction(prim, x, axis, keepdims, name)
+    kept = tuple(i for i in range(x.ndim) if i not in axes)
+    lead = tuple(x.shape[i] for i in kept)
+    rows = reshape(transpose(x, perm=kept + axes), shape=(int(np.prod(lead)), int(np.prod([x.shape[a] for a in axes]))))
+    out = reshape(prim(rows, axes=(1,)), shape=lead)
+    return reshape(out, shape=_keepdims_shape(x.shape, axes)) if keepdims else out
+
+
 @numpy_function(np.max, np.amax)
 def max(x, axis=None, out=None, keepdims=False, initial=None, where=None):
     _no_extra("max", out=out, initial=initial, where=where)
-    return _reduction(reduce_max, x, axis, keepdims, "max")
+    return _choose(reduce_max, x, axis, keepdims, "max")
 
 
 @numpy_function(np.min, np.amin)
 def min(x, axis=None, out=None, keepdims=False, initial=None, where=None):
     _no_extra("min", out=out, initial=initial, where=where)
-    return _reduction(reduce_min, x, axis, keepdims, "min")
+    return _choose(reduce_min, x, axis, keepdims, "min")
 
 
 @numpy_function(np.var)

@@ -658,16 +658,6 @@ def np_size(x, axis=None):
     return x.size if axis is None else x.shape[axis]
 
 
-@numpy_function(np.zeros_like)
-def np_zeros_like(x, dtype=None):
-    return np.zeros(x.shape, dtype or x.dtype)
-
-
-@numpy_function(np.ones_like)
-def np_ones_like(x, dtype=None):
-    return np.ones(x.shape, dtype or x.dtype)
-
-
 @primitive
 class stop_gradient:
     """x itself, but no gradient flows back through it (``z - stop_gradient(np.max(z))`` in a stable softmax)"""
