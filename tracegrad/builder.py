@@ -129,7 +129,9 @@ def bind(prim: Primitive, *args, **params):
             "do not store traced values in globals or return them through side channels",
         )
     # (this builder's own values, the usual case, are read without a call)
-    atoms = [a.var if type(a) is TracedArray and a.builder is builder else _to_atom(a, builder) for a in args]
+    # (a view of an array, ``base`` set, is checked for being stale: _to_atom)
+    atoms = [a.var if type(a) is TracedArray and a.builder is builder and a.base is None else _to_atom(a, builder)
+             for a in args]
     weak = [a.value for a in atoms if type(a) is _WeakLiteral]
     if weak:  # Python scalars take the dtype of the computation they join (NumPy's weak scalars, NEP 50)
         strong = [a.aval.dtype for a in atoms if type(a) is not _WeakLiteral]

@@ -94,7 +94,6 @@ def _trace_in_place(owner, fn, args, source, what, leaves_of, python_scalars_ins
     outer = current_builder()
     for key, read in inner.readers.items():
         outer.readers.setdefault(key, read)
-    traced = [t for t in inputs if isinstance(t, TracedArray)]
     # (the inputs' vars as created: an argument the function assigns into is rebound to another value)
     graph = Graph(inner.name, [var for var, _ in inner.captured] + list(inner.inputs), inner.nodes, outputs)
     return graph, consts, [leaf for leaf, t in zip(leaves, inputs) if isinstance(t, TracedArray)], extra

@@ -2,12 +2,13 @@
 records a node through ``bind``."""
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .builder import bind
-from .errors import GradTypeError, TracingError, UnsupportedError, library_function, user_source
+from .builder import _state, bind
+from .errors import GradTypeError, ShapeError, TracingError, UnsupportedError, library_function, user_source
 from .ir import Var
 from .registry import NUMPY_FUNCTIONS, PRIMITIVES
 
