@@ -3,4 +3,4 @@
 Each primitive is one ``@primitive`` class in one of these modules; nothing else needs to change to
 add one. ``shapes`` holds the shape and dtype rules they share.
 """
-from . import elementwise, reduce, structural, linalg, composite, control  # noqa: F401  (registration)
+from . import elementwise, reduce, structural, linalg, composite, control, shuffle  # noqa: F401  (registration)
