@@ -420,13 +420,12 @@ def wait_all() -> None:
         compile_.ready.wait()
 
 
-def background(dispatcher, args, parts=(), calls=None, label=None, load_now=False) -> Background | None:
+def background(dispatcher, args, parts=(), label=None, load_now=False) -> Background | None:
     """Get ``dispatcher`` (a function of a generated file, calling the functions ``parts`` of the same
     file) compiled for arguments like ``args`` without the caller waiting: a ``Background`` loading it
     from Numba's disk cache in a thread, or having the worker compile it first. None when it is ready
     already (in memory, or with ``load_now`` loaded from the disk cache by the caller), or when the
-    arguments are of a kind the worker cannot describe (then the call compiles it). ``calls`` maps
-    globals the function calls to other generated functions, as (dispatcher, parts)."""
+    arguments are of a kind the worker cannot describe (then the call compiles it)."""
     from . import backend
 
     try:
@@ -439,8 +438,7 @@ def background(dispatcher, args, parts=(), calls=None, label=None, load_now=Fals
     if cached and load_now and backend.load_cached(dispatcher, described):
         return None
     path, function = backend.file_of(dispatcher)
-    request = {"path": path, "function": function, "parts": list(parts), "types": described,
-               "calls": {name: [*backend.file_of(d), list(ps)] for name, (d, ps) in (calls or {}).items()}}
+    request = {"path": path, "function": function, "parts": list(parts), "types": described}
     return Background(dispatcher, described, request, label or function, path, cached)
 
 
@@ -458,8 +456,7 @@ def serve(parent: int) -> None:
         request = json.loads(line)
         t = time.perf_counter()
         try:
-            backend.compile_file(request["path"], request["function"], request["parts"], request["types"],
-                                 request["calls"])
+            backend.compile_file(request["path"], request["function"], request["parts"], request["types"])
             answer = {"seconds": time.perf_counter() - t}
         except BaseException as exc:  # noqa: BLE001 (every failure is reported, the worker lives on)
             answer = {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
