@@ -130,7 +130,7 @@ CASES = {
     # a function with its own backward (the notes' module): here the plain rule, so differences agree
     "custom_vjp_call": [(lambda x, y: _gate(x, y) + _gate(y, x * y), (VECTOR, VECTOR), "real")],
     "stop_gradient": [(lambda x: tg.stop_gradient(x) * 0.0 + x, (VECTOR,), "real")],
-    "isfinite": [(lambda x: np.where(np.isfinite(x / (x > 0)), x * x, x), (MATRIX,), "away_from_zero")],
+    "isfinite": [(lambda x: np.where(np.isfinite(np.where(x > 0, x, np.inf)), x * x, x), (MATRIX,), "away_from_zero")],
     # fit's shuffle, from a traced seed (a loop's index): x in the orders of seeds 0 and 1
     "permutation": [(lambda x: tg.fori_loop(0, 2, lambda i, c: c + x[P["permutation"](_seed(i), n=4)] * x,
                                             np.zeros(4)), ((4,),), "real")],
