@@ -82,6 +82,22 @@ def test_fit_matches_a_python_training_loop(optimizer):
     assert history.initial_loss == pytest.approx(float(LOSS(start(), X, Y)), rel=1e-12)
 
 
+@pytest.mark.parametrize("optimizer", [
+    optim.AdamW(lr=0.05, weight_decay=0.1),
+    optim.SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+], ids=["adamw", "sgd-nesterov-decay"])
+def test_the_other_branches_of_the_updates_on_the_numpy_tier(optimizer):
+    """The updates' other branches (decoupled decay, Nesterov), traced with their hyperparameters as
+    arguments; on the NumPy tier (the same graph Numba compiles, without compiling it)."""
+    params, history = tg.fit(LOSS, start(), (X, Y), optimizer=optimizer, batch_size=BATCH, epochs=3, seed=7,
+                             progress=False, compile="never")
+    expected, losses = reference_fit(optimizer, start(), epochs=3, seed=7)
+    for k in expected:
+        np.testing.assert_allclose(params[k], expected[k], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(history.loss, losses, rtol=1e-12)
+    assert history.compiled == [False] * 3
+
+
 def test_training_reduces_the_loss_and_inputs_are_untouched():
     params0 = start()
     copy = {k: v.copy() for k, v in params0.items()}
