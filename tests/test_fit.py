@@ -82,6 +82,22 @@ def test_fit_matches_a_python_training_loop(optimizer):
     assert history.initial_loss == pytest.approx(float(LOSS(start(), X, Y)), rel=1e-12)
 
 
+@pytest.mark.parametrize("optimizer", [
+    optim.AdamW(lr=0.05, weight_decay=0.1),
+    optim.SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+], ids=["adamw", "sgd-nesterov-decay"])
+def test_the_other_branches_of_the_updates_on_the_numpy_tier(optimizer):
+    """The updates' other branches (decoupled decay, Nesterov), traced with their hyperparameters as
+    arguments; on the NumPy tier (the same graph Numba compiles, without compiling it)."""
+    params, history = tg.fit(LOSS, start(), (X, Y), optimizer=optimizer, batch_size=BATCH, epochs=3, seed=7,
+                             progress=False, compile="never")
+    expected, losses = reference_fit(optimizer, start(), epochs=3, seed=7)
+    for k in expected:
+        np.testing.assert_allclose(params[k], expected[k], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(history.loss, losses, rtol=1e-12)
+    assert history.compiled == [False] * 3
+
+
 def test_training_reduces_the_loss_and_inputs_are_untouched():
     params0 = start()
     copy = {k: v.copy() for k, v in params0.items()}
@@ -150,18 +166,94 @@ def test_own_numba_loop_gives_what_fit_gives():
 
 
 def test_epoch_source_is_readable_and_deterministic():
-    opt = optim.SGD(lr=0.1)
+    opt = optim.SGD(lr=0.1, momentum=0.9)
     text = tg.train.epoch_source(LOSS, start(), (X, Y), optimizer=opt, batch_size=BATCH)
     assert text == tg.train.epoch_source(LOSS, start(), (X, Y), optimizer=opt, batch_size=BATCH)
-    for line in ("def LOSS_fit_epoch(params_W, params_b, data_0, data_1, batch_0, batch_1, last_0, last_1,",
-                 "out = value_and_grad(params_W, params_b, batch_0, batch_1)",
-                 "out = value_and_grad_last(params_W, params_b, last_0, last_1)",
-                 "sgd_update(flat_params_W, grad_W, velocity_W, lr, t, momentum, weight_decay, nesterov)",
-                 "if not np.isfinite(loss):"):
+    for line in ("def LOSS_fit_epoch(params_W, params_b, state_velocity_W, state_velocity_b, data_0, data_1, seed, "
+                 "learning_rates, steps, hyperparameters_momentum, hyperparameters_nesterov,",
+                 "    order = permutation(seed, 50)",
+                 "    for t in range(3):",  # the three full batches: one loop, its body written once
+                 "        loss = ",  # the loss's value, under its name, then its gradient
+                 "# test_fit.py:27",  # the user's line
+                 "hyperparameters_momentum * carry_state_velocity_W[i0, i1]",  # the update, traced
+                 "    return out0, out1, out2, out3, out4, out5\n"):  # parameters, state, losses, finite
         assert line in text, line
-    assert "last_0" not in tg.train.epoch_source(LOSS, start(), (X, Y), optimizer=opt, batch_size=BATCH,
-                                                 drop_last=True)
-    assert tg.train.epoch_source(LOSS, start(), (X, Y), optimizer=opt, batch_size=10).count("value_and_grad(") == 1
+    assert text.count("take(data_0, ") == 2  # a step in the loop, and the last batch of 2 after it
+    assert text.count("\ndef ") == 1  # one function: nothing else generated, nothing patched in
+    assert "# train.py:" in text  # fit's own lines point at fit's code, never at the line calling it
+    no_last = tg.train.epoch_source(LOSS, start(), (X, Y), optimizer=opt, batch_size=BATCH, drop_last=True)
+    assert no_last.count("take(data_0, ") == 1 and "for t in range(3):" in no_last
+    in_order = tg.train.epoch_source(LOSS, start(), (X, Y), optimizer=opt, batch_size=10, shuffle=False)
+    assert "permutation" not in in_order and "for t in range(5):" in in_order
+    assert "def LOSS_fit_epoch(params_W, params_b, state_velocity_W, state_velocity_b, data_0, data_1, order," in in_order
+
+
+def test_the_epoch_is_a_loop_whatever_the_number_of_batches():
+    many = np.repeat(X, 20, axis=0), np.repeat(Y, 20)  # 1000 samples: 62 batches of 16 and one of 8
+    opt = optim.Adam(lr=0.01)
+    short = tg.train.epoch_source(LOSS, start(), (X, Y), optimizer=opt, batch_size=BATCH)
+    long = tg.train.epoch_source(LOSS, start(), many, optimizer=opt, batch_size=BATCH)
+    assert "for t in range(62):" in long and "for t in range(3):" in short
+    assert len(long.splitlines()) == len(short.splitlines())
+
+
+def test_hyperparameters_are_arguments_and_only_zeros_change_the_code():
+    def source(**hyper):
+        return tg.train.epoch_source(LOSS, start(), (X, Y), optimizer=optim.SGD(lr=0.1, **hyper), batch_size=BATCH)
+    assert source(momentum=0.9) == source(momentum=0.5)  # one compiled epoch for every momentum
+    assert "* carry_state_velocity" not in source()  # momentum 0: the velocity is left as it is
+    for momentum in (0.5, 0.0):
+        opt = optim.SGD(lr=0.2, momentum=momentum)
+        params, history = tg.fit(LOSS, start(), (X, Y), optimizer=opt, batch_size=BATCH, epochs=2, seed=7,
+                                 progress=False)
+        expected, losses = reference_fit(opt, start(), epochs=2, seed=7)
+        for k in expected:
+            np.testing.assert_allclose(params[k], expected[k], rtol=1e-12, atol=1e-14)
+
+
+def clipped_sgd_update(param, grad, velocity, lr, t, limit):
+    """An update comparing a hyperparameter with something other than 0: fit needs its value to trace it."""
+    for i in range(param.shape[0]):
+        g = grad[i]
+        if limit < 1.0:
+            g = np.minimum(np.maximum(g, -limit), limit)
+        velocity[i] = g
+        param[i] -= lr * g
+
+
+class ClippedSGD(optim.Optimizer):
+    slots = ("velocity",)
+    update_function = staticmethod(clipped_sgd_update)
+
+    def __init__(self, lr, limit):
+        super().__init__(lr)
+        self.limit = limit
+
+
+def test_an_update_that_compares_hyperparameters_gets_them_as_constants():
+    for limit in (0.05, 2.0):
+        opt = ClippedSGD(lr=0.2, limit=limit)
+        text = tg.train.epoch_source(LOSS, start(), (X, Y), optimizer=opt, batch_size=BATCH)
+        assert text.count("hyperparameters_limit") == 1 and ("0.05" in text) == (limit == 0.05)  # unused argument
+        params, history = tg.fit(LOSS, start(), (X, Y), optimizer=opt, batch_size=BATCH, epochs=2, seed=7,
+                                 progress=False, compile="never")
+        expected, losses = reference_fit(opt, start(), epochs=2, seed=7)
+        for k in expected:
+            np.testing.assert_allclose(params[k], expected[k], rtol=1e-12, atol=1e-14)
+
+
+def neighbour_update(param, grad, lr, t):
+    for i in range(param.shape[0]):
+        param[i] -= lr * (grad[i] + grad[i - 1])
+
+
+class NeighbourSGD(optim.Optimizer):
+    update_function = staticmethod(neighbour_update)
+
+
+def test_an_update_that_is_not_elementwise_is_a_clear_error():
+    with pytest.raises(tg.DataError, match=r"reads grad\[-1\]: fit needs an elementwise update"):
+        fit_with(optimizer=NeighbourSGD(lr=0.1))
 
 
 def test_the_compiled_epoch_is_loaded_from_numbas_cache_in_a_new_process():

@@ -98,6 +98,11 @@ def _count_to_five(s):
     return tg.while_loop(lambda c: c < 5.0, lambda c: c + 1.0 + 0.0 * s, 0.0)
 
 
+def _seed(i):
+    """A loop's index as a permutation's seed (a Python int when the loop runs eagerly)."""
+    return np.uint64(i) if isinstance(i, int) else i.astype(np.uint64)
+
+
 def _both(carry, ys):
     return carry * ys[0] + ys[-1]
 
@@ -213,6 +218,10 @@ CASES = {
     "ndtr": unary(scipy.special.ndtr),
     "erf": unary(scipy.special.erf),
     "erfc": unary(scipy.special.erfc),
+    "isfinite": [(lambda x: np.where(np.isfinite(np.where(x > 0, x, np.inf)), x * x, x), (MATRIX,), "away_from_zero")],
+    # fit's shuffle, from a traced seed (a loop's index): x in the orders of seeds 0 and 1
+    "permutation": [(lambda x: tg.fori_loop(0, 2, lambda i, c: c + x[P["permutation"](_seed(i), n=4)] * x,
+                                            np.zeros(4)), ((4,),), "real")],
 }
 KEY = tg.random.key(7)
 

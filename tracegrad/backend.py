@@ -558,18 +558,26 @@ def load_cached(dispatcher, described_types) -> bool:
         return False
 
 
-def compile_file(path: str, function: str, parts, described_types, calls: dict) -> None:
+def compile_for(dispatcher, described_types, module: Module) -> None:
+    """Compile ``dispatcher`` (``module``'s) for ``described_types`` (``tiers.describe``) without calling it:
+    loaded from Numba's disk cache when it is there (``fit`` compiles its epoch before the first one runs).
+    A cache that cannot be read is recovered from as a call's is (``call_failed``)."""
+    def compile_now():
+        if not load_cached(dispatcher, described_types):
+            dispatcher.compile(_read_types(described_types))
+
+    try:
+        compile_now()
+    except Exception as exc:  # a Numba error (CompileError), or its disk cache's (recovered from)
+        call_failed(exc, module, compile_now, ())
+
+
+def compile_file(path: str, function: str, parts, described_types) -> None:
     """Compile ``function`` of the generated file ``path`` for ``described_types`` into Numba's disk cache
-    (run in the compile worker). ``calls`` names the globals it calls: other generated functions, as
-    (path, function, parts), set before it compiles (``fit``'s epoch calls the loss's code)."""
+    (run in the compile worker)."""
     dispatcher = _imported.get((path, function))
     if dispatcher is None:
         dispatcher = _imported[(path, function)] = import_file(Path(path), function, parts)
-    for name, (callee_path, callee, callee_parts) in calls.items():
-        key = (callee_path, callee)
-        if key not in _imported:
-            _imported[key] = import_file(Path(callee_path), callee, callee_parts)
-        dispatcher.py_func.__globals__[name] = _imported[key]
     dispatcher.compile(_read_types(described_types))
 
 

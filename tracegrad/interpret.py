@@ -2,10 +2,12 @@
 against; with ``bind`` (``inline``) it replays a graph into the graph being built (grad of grad)."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from .core import TracedArray, bind
-from .ir import Graph, IRError, Literal
+from .ir import Graph, IRError, Literal, Var
 
 
 def evaluate(graph: Graph, *inputs) -> list:
@@ -43,6 +45,8 @@ def inline(graph: Graph, *inputs, keep_names: bool = False) -> list:
     env = dict(zip(graph.inputs, inputs))
     read = lambda atom: atom.aval.dtype.type(atom.value) if isinstance(atom, Literal) else env[atom]
     saved = builder.source, builder.group
+    # the graph's results named only as results (``out``, ``out1``: api.name_outputs) take the caller's names
+    results = {v for v in graph.outputs if isinstance(v, Var) and v.hint and re.fullmatch(r"out\d*", v.hint)}
     try:
         for node in graph.nodes:
             builder.source = node.source
@@ -56,7 +60,8 @@ def inline(graph: Graph, *inputs, keep_names: bool = False) -> list:
                 env[node.out] = builder.wrap(builder.add_node(node.primitive, (), node.params, node.out.aval))
             if keep_names:
                 for out in node.outs:
-                    _name_like(env[out], out, env)
+                    if out not in results:
+                        _name_like(env[out], out, env)
     finally:
         builder.source, builder.group = saved
     return [read(out) for out in graph.outputs]

@@ -261,8 +261,11 @@ def _trace_loop(f, init, x_leaves, x_tree, n, reverse, what, lower=None):
     for key, read in inner.readers.items():  # closure and global arrays the body reads: read at every call
         outer.readers.setdefault(key, read)
     graph, consts = close(inner, in_vars, carry_out + ys, name)
+    # arrays the body reads from closures and globals keep their names as the loop's constants
+    consts = [outer.wrap(outer.capture(value, var.hint)) if isinstance(value, np.ndarray) else value
+              for value, var in zip(consts, graph.inputs[1:])]
     outer_source = outer.source
-    outer.source = source
+    outer.source = source if outer_source is None else outer_source  # (a rule's, or fit's, line: keep it)
     try:
         outs = loop_bind(graph, consts, [_concrete(leaf, aval) for leaf, aval in zip(init_leaves, init_avals)],
                          list(x_leaves), n, reverse)

@@ -3,7 +3,8 @@
 An optimiser is its hyperparameters plus one plain Python function that updates one parameter array
 (flattened) from its gradient and its state arrays, written in the subset of Python Numba compiles.
 That function is the whole algorithm: ``Optimizer.update`` runs it compiled, once per parameter array,
-and ``tg.fit`` writes it into its compiled training loop.
+and ``tg.fit`` traces it, on whole arrays, into its compiled epoch (so it must be elementwise: element
+``i`` of each array computed from element ``i`` of the others).
 
 >>> import numpy as np, tracegrad as tg
 >>> params = {"w": np.array([1.0, 2.0])}
@@ -114,7 +115,7 @@ class Optimizer:
             name == "lr" or getattr(self, name, p.default) != p.default)]
         return f"{type(self).__name__}({', '.join(f'{name}={getattr(self, name)!r}' for name in shown)})"
 
-    # -- what fit's generated code needs
+    # -- what fit and the compiled updates need
     @classmethod
     def hyperparameter_names(cls) -> tuple:
         return _hyperparameter_names(cls.update_function, len(cls.slots))

@@ -100,9 +100,12 @@ class Evaluator:
                 writes.append((slot[out], out.aval.dtype, messages.get(out)))
             ref = node.primitive.ref
             fused = node.primitive is fused_loop  # a fused loop: its body, evaluated on whole arrays
+            counted = node.primitive.name == "loop"  # a loop node: its body, evaluated once per iteration
             if fused:
                 ref = _FusedLoop(node.params["body"])
-            params = {} if fused else node.params
+            elif counted:
+                ref = _CountedLoop(**node.params)
+            params = {} if fused or counted else node.params
             self._steps.append((ref, reads, params, tuple(writes),
                                 len(node.outs) > 1 or node.primitive.multiple_results))
         self._n_slots = len(slot)
@@ -154,6 +157,29 @@ class _FusedLoop:
         results = [np.broadcast_to(v, shape) if np.shape(v) != shape else v
                    for v, shape in zip(self.evaluate(*inputs), self.shapes)]
         return results if len(results) > 1 else results[0]
+
+
+class _CountedLoop:
+    """A ``loop`` node as the primitive's ``ref`` runs it, with its body as an ``Evaluator`` built once (not
+    interpreted again at every iteration): what runs ``fit``'s epochs until Numba is done."""
+
+    def __init__(self, body: Graph, length: int, n_consts: int, n_carry: int, reverse: bool):
+        self.evaluate = Evaluator(body, fresh=False)
+        self.length, self.n_consts, self.n_carry = length, n_consts, n_carry
+        self.order = range(length - 1, -1, -1) if reverse else range(length)
+        self.carries = [o.aval.dtype for o in body.outputs[:n_carry]]
+        self.ys = [o.aval for o in body.outputs[n_carry:]]
+
+    def __call__(self, *inputs):
+        n_consts, n_carry = self.n_consts, self.n_carry
+        consts, carry, xs = inputs[:n_consts], inputs[n_consts:n_consts + n_carry], inputs[n_consts + n_carry:]
+        ys = [np.empty((self.length,) + a.shape, a.dtype) for a in self.ys]
+        for t in self.order:
+            outs = self.evaluate(np.int64(t), *consts, *carry, *[x[t] for x in xs])
+            carry = outs[:n_carry]
+            for stacked, y in zip(ys, outs[n_carry:]):
+                stacked[t] = y
+        return [np.asarray(c, dtype)[()] for c, dtype in zip(carry, self.carries)] + ys
 
 
 def _as_value(value, dtype):
@@ -420,13 +446,12 @@ def wait_all() -> None:
         compile_.ready.wait()
 
 
-def background(dispatcher, args, parts=(), calls=None, label=None, load_now=False) -> Background | None:
+def background(dispatcher, args, parts=(), label=None, load_now=False) -> Background | None:
     """Get ``dispatcher`` (a function of a generated file, calling the functions ``parts`` of the same
     file) compiled for arguments like ``args`` without the caller waiting: a ``Background`` loading it
     from Numba's disk cache in a thread, or having the worker compile it first. None when it is ready
     already (in memory, or with ``load_now`` loaded from the disk cache by the caller), or when the
-    arguments are of a kind the worker cannot describe (then the call compiles it). ``calls`` maps
-    globals the function calls to other generated functions, as (dispatcher, parts)."""
+    arguments are of a kind the worker cannot describe (then the call compiles it)."""
     from . import backend
 
     try:
@@ -439,8 +464,7 @@ def background(dispatcher, args, parts=(), calls=None, label=None, load_now=Fals
     if cached and load_now and backend.load_cached(dispatcher, described):
         return None
     path, function = backend.file_of(dispatcher)
-    request = {"path": path, "function": function, "parts": list(parts), "types": described,
-               "calls": {name: [*backend.file_of(d), list(ps)] for name, (d, ps) in (calls or {}).items()}}
+    request = {"path": path, "function": function, "parts": list(parts), "types": described}
     return Background(dispatcher, described, request, label or function, path, cached)
 
 
@@ -458,8 +482,7 @@ def serve(parent: int) -> None:
         request = json.loads(line)
         t = time.perf_counter()
         try:
-            backend.compile_file(request["path"], request["function"], request["parts"], request["types"],
-                                 request["calls"])
+            backend.compile_file(request["path"], request["function"], request["parts"], request["types"])
             answer = {"seconds": time.perf_counter() - t}
         except BaseException as exc:  # noqa: BLE001 (every failure is reported, the worker lives on)
             answer = {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",

@@ -3,16 +3,18 @@
     params, history = tg.fit(loss, params, (X, y), optimizer=tg.optim.SGD(lr=0.1, momentum=0.9),
                              batch_size=32, epochs=20, shuffle=True, seed=0)
 
-``loss(params, X_batch, y_batch)`` is your plain NumPy loss. ``fit`` compiles its value and gradient
-(``tg.value_and_grad(loss).specialize(...)``), then generates the source of one epoch for your number of
-parameter arrays, data arrays and your optimiser, and compiles that with Numba too. One call of it
-shuffles, gathers every minibatch, runs forward and backward, updates the parameters in place and
-sums the loss, with no Python between steps. Print it with ``tg.train.epoch_source(...)`` (same
-arguments as ``fit``).
+``loss(params, X_batch, y_batch)`` is your plain NumPy loss. ``fit`` writes one epoch as a plain function
+and compiles it with ``tg.jit``, through the same pipeline (trace, autodiff, passes, codegen, Numba, the
+disk cache, the NumPy tier) as any other: the rows' order (``permutation``, a shuffle driven by the
+seed), then a ``tg.scan`` over the minibatches whose body gathers the batch's rows, takes the loss's
+value and gradient (``tg.value_and_grad(loss)``, traced into the body) and applies the optimiser's
+update (its ``update_function``, traced on whole arrays). So one call shuffles, gathers every minibatch,
+runs forward and backward, updates the parameters and records every step's loss, with no Python between
+steps. Print it with ``tg.train.epoch_source(...)`` (same arguments as ``fit``).
 
 The last batch: when ``batch_size`` does not divide the number of samples, the remaining ``n % batch_size``
-samples form a smaller last batch. Its shapes differ, so the loss is compiled a second time for that
-size: each step's loss is exactly your loss on exactly its samples (no padding, no masks), as PyTorch's
+samples form a smaller last batch. Its shapes differ, so the loss is traced a second time for that
+size, after the loop: each step's loss is exactly your loss on exactly its samples (no padding, no masks), as PyTorch's
 ``DataLoader`` does. ``drop_last=True`` skips those samples instead (they change with every shuffle).
 
 Your own loop. ``fit`` is built from pieces you can call from your own ``@numba.njit`` code: the
@@ -37,21 +39,25 @@ tests/test_fit.py::test_own_numba_loop_gives_what_fit_gives runs this and compar
 """
 from __future__ import annotations
 
+import linecache
 import math
+import sys
 import time
 import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import __version__, backend, tiers
-from .api import Function, value_and_grad
-from .codegen import Module, comment_text
-from .errors import (DataError, NonFiniteError, NonFiniteTrainingError, TracegradError, TrainingError,
+from . import backend, tiers
+from .api import Function, jit, value_and_grad
+from .core import TracedArray, current_builder
+from .errors import (DataError, NonFiniteError, NonFiniteTrainingError, SourceInfo, TracegradError, TrainingError,
                      TrainingInterrupted, raised_at)
-from .ir import Aval, identifier
-from .optim import Optimizer, _check_params, adam_update, rmsprop_update, sgd_update
-from .primitives.random import random_fold_in
+from .ir import Aval
+from .loops import scan
+from .optim import Optimizer, _check_params
+from . import random
+from .primitives.shuffle import next_seed, permutation
 from .pytree import flatten, leaf_paths, unflatten
 
 __all__ = ["fit", "History", "epoch_source"]
@@ -98,7 +104,8 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
     ``metrics`` maps names to ``fn(params, *validation)`` (plain NumPy, run after every epoch).
     ``progress``: a tqdm bar over the epochs when tqdm is installed, else a printed line per epoch (at
     most about 20 lines; ``"plain"`` forces the lines, ``False`` is silent). To continue a run exactly,
-    pass ``state=history.state, seed=history.seed``. ``epochs=0`` only compiles.
+    pass ``state=history.state, seed=history.seed``. ``epochs=0`` only compiles (with ``compile="wait"``;
+    with ``"background"`` it starts the compile).
 
     ``key``: a ``tg.random.key(seed)`` for a loss that draws random numbers (dropout, noise): the loss is
     then called as ``loss(params, *batch, key)``, and update ``t`` (counted from 1 over the whole run, so a
@@ -114,7 +121,10 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
 
     Like a ``tg.value_and_grad`` function, ``fit`` traces ``loss`` once per argument shapes and reuses the
     compiled code on later calls (and, from the disk cache, in later processes): arrays the loss reads
-    from globals are read every epoch, Python numbers only at the first trace.
+    from globals are read every epoch, Python numbers only at the first trace. The learning rate (its
+    schedule, at every step) and the optimiser's other hyperparameters are arguments of the compiled
+    epoch, so other values do not compile it again; which hyperparameters are 0 (momentum=0: no
+    velocity) is decided when the epoch is traced.
 
     >>> import numpy as np, tracegrad as tg
     >>> X = np.linspace(-1, 1, 64).reshape(-1, 1); y = 3 * X[:, 0] + 1
@@ -140,9 +150,7 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
     """
     data, batch_size = _check_arguments(loss, data, optimizer, batch_size)
     key = _check_key(key)
-    if key is not None:
-        loss = _Keyed(loss)
-    n = data[0].shape[0]
+    evaluate = loss if key is None else _Keyed(loss)  # (evaluation: no key, no dropout)
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
         raise DataError(f"epochs must be a non-negative int, got {epochs!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
@@ -160,55 +168,43 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
     _check_params(leaves, params)
     if not leaves:
         raise DataError("params has no arrays to train")
-    leaves = [np.array(leaf, order="C", copy=True) for leaf in leaves]
-    params = unflatten(tree, leaves)
+    params = unflatten(tree, [np.array(leaf, order="C", copy=True) for leaf in leaves])
     state = optimizer.init(params) if state is None else _copy_state(optimizer, state, params)
-    slot_leaves = [flatten(state[slot])[0] for slot in optimizer.slots]
 
     history = History(state=state, metrics={name: [] for name in metrics}, steps=state["step"], seed=seed)
-    history.initial_loss = _preflight(loss, params, data, "data")
+    history.initial_loss = _preflight(evaluate, params, data, "data")
     if validation is not None:
-        _preflight(loss, params, validation, "validation")
+        _preflight(evaluate, params, validation, "validation")
     t_compile = time.perf_counter()
-    trainer = _Trainer(loss, params, data, optimizer, batch_size, drop_last, key)
-    keyed = () if key is None else (key,)
-    rng_state = np.array([int(seed) % 2 ** 64], dtype=np.uint64)
-    perm = np.arange(n, dtype=np.int64)
-    flat_params = [leaf.reshape(-1) if leaf.ndim == 0 else leaf for leaf in leaves]
-    flat_slots = [s.reshape(-1) for slots in slot_leaves for s in slots]
+    plan = _Plan(data[0].shape[0], batch_size, drop_last)
+    hyperparameters = {name: np.array(value) for name, value in zip(optimizer.hyperparameter_names(),
+                                                                    optimizer.hyperparameters())}
+    seed = int(seed) % 2 ** 64
+    in_order = np.arange(plan.n)
 
-    hyperparameters = optimizer.hyperparameters()
+    def arguments():
+        first = state["step"]
+        rates = np.array([optimizer.learning_rate(first + i) for i in range(plan.steps)], dtype=np.float64)
+        order = np.array(seed, np.uint64) if shuffle else in_order  # (the epoch draws the order from the seed)
+        return (params, {slot: state[slot] for slot in optimizer.slots}, data, order, rates,
+                np.arange(first + 1, first + 1 + plan.steps, dtype=np.int64), hyperparameters,
+                np.uint64(0) if key is None else key)
 
-    def run(n_steps, shuffle_now, compiled=True):
-        lrs = np.array([optimizer.learning_rate(state["step"] + i) for i in range(n_steps)], dtype=np.float64)
-        losses = np.zeros(max(n_steps, 1))
-        args = (*flat_params, *data, *trainer.buffers, *trainer.captured(), *flat_slots, perm, rng_state,
-                bool(shuffle_now), n_steps, lrs, state["step"], losses, *keyed, *hyperparameters)
-        if not compiled:
-            return trainer.evaluate_epoch(*args), losses
-        try:
-            return trainer.epoch(*args), losses
-        except Exception as exc:  # a Numba error (CompileError), or its disk cache's (recovered from)
-            return backend.call_failed(exc, trainer.module, trainer.epoch, args), losses
-
-    def epoch_arguments():
-        return (*flat_params, *data, *trainer.buffers, *trainer.captured(), *flat_slots, perm, rng_state, False, 0,
-                np.zeros(0), state["step"], np.zeros(1), *keyed, *hyperparameters)
-
-    compiling = None  # the background compile of the epoch function, until it is in use
+    entry = _specialize(loss, optimizer, batch_size, bool(shuffle), bool(drop_last), mode, arguments(), key is not None)
     if mode == "wait":
         with backend.quiet_compile():
-            run(0, False)  # compiles the epoch function (no steps)
-    elif mode == "background":
-        # from the disk cache it loads before the first epoch: a NumPy epoch may take longer than that
-        compiling = tiers.background(trainer.epoch, epoch_arguments(), calls=trainer.calls,
-                                     label=trainer.module.function, load_now=True)
+            backend.compile_for(entry.dispatcher, tiers.describe(_kernel_args(entry, arguments())), entry.module)
+    elif mode == "background":  # from the disk cache it loads before the first epoch, else it compiles meanwhile
+        try:
+            tiers.background(entry.dispatcher, _kernel_args(entry, arguments()), entry.module.parts,
+                             label=entry.module.function, load_now=True)
+        except Exception:  # noqa: BLE001 (an unreadable cache: the first epoch's call recovers, on NumPy)
+            pass
     history.compile_time = time.perf_counter() - t_compile
-    compiled = mode != "never" and compiling is None
 
-    def checkpoint():  # copies: the compiled code updates the arrays in place
-        return ([leaf.copy() for leaf in leaves], [[s.copy() for s in slots] for slots in slot_leaves],
-                state["step"], int(rng_state[0]), len(history.loss))
+    def checkpoint():  # the arrays are never changed in place: each epoch returns new ones
+        return (flatten(params)[0], [flatten(state[slot])[0] for slot in optimizer.slots], state["step"], seed,
+                len(history.loss))
 
     # What an interrupt or a failing metric hands back: the last epoch completed in full. It is replaced
     # by one assignment, so a Ctrl-C at any point leaves it whole.
@@ -218,24 +214,34 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
     try:
         for epoch in range(1, epochs + 1):
             doing = "training"
-            # the tier changes between epochs only
-            if compiling is not None and compiling.poll(stacklevel=2) != "pending":
-                compiled, compiling = compiling.state == "compiled", None
+            args = arguments()
+            _check_captures(entry)
             t0 = time.perf_counter()
-            (code, done, total), losses = run(trainer.steps, shuffle, compiled)
+            # the tier changes between epochs only: one call is one epoch
+            new_params, new_state, losses, finite = entry.run(flatten(args)[0])
             elapsed = time.perf_counter() - t0
-            state["step"] += int(done)
-            history.steps, history.seed = state["step"], int(rng_state[0])
-            if code:
-                raise _failure(trainer, loss, params, state, history, perm, epoch, int(done), int(code),
-                               float(losses[done]))
-            history.loss.append(float(total) / trainer.samples_per_epoch)
+            done = plan.steps if finite.all() else int(np.argmin(finite))
+            params = new_params  # as after step `done`: a step that failed changed nothing
+            for slot in optimizer.slots:
+                state[slot] = new_state[slot]
+            if shuffle:
+                seed = next_seed(seed, plan.n)
+            state["step"] += done
+            history.steps, history.seed = state["step"], seed
+            if done < plan.steps:
+                code = 1 if not np.isfinite(losses[done]) else 2
+                raise _failure(loss, plan, data, params, state, history, args[3] if shuffle else None, epoch, done,
+                               code, float(losses[done]), key)
+            total = 0.0
+            for step, value in enumerate(losses.tolist()):  # in order, as a running sum
+                total += value * plan.size(step)
+            history.loss.append(total / plan.samples)
             history.time.append(elapsed)
-            history.compiled.append(compiled)
+            history.compiled.append(entry.tier == "compiled")
             evaluate_on = validation if validation is not None else data
             if validation is not None:
                 doing = "the validation loss"
-                history.val_loss.append(float(loss(params, *validation)))
+                history.val_loss.append(float(evaluate(params, *validation)))
             for name, metric in metrics.items():
                 doing = f"metric {name!r}"
                 history.metrics[name].append(float(metric(params, *evaluate_on)))
@@ -255,167 +261,250 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
     return params, history
 
 
-def epoch_source(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, drop_last: bool = False,
-                 key=None) -> str:
-    """The generated source of ``fit``'s epoch function for these arguments: exactly what Numba compiles."""
+def epoch_source(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, shuffle: bool = True,
+                 drop_last: bool = False, key=None) -> str:
+    """The generated source of ``fit``'s epoch function for these arguments: exactly what Numba compiles.
+
+    It is generated like any other function's: ``fit`` traces one epoch (the shuffle, then a ``tg.scan``
+    over the minibatches whose body takes the rows of the batch, the loss's value and gradient and the
+    optimiser's update) and compiles it through the same pipeline and cache."""
     data, batch_size = _check_arguments(loss, data, optimizer, batch_size)
-    leaves, _ = flatten(params)
+    leaves, tree = flatten(params)
     _check_params(leaves, params)
-    return _Trainer(loss, params, data, optimizer, batch_size, drop_last, _check_key(key)).module.source
+    plan = _Plan(data[0].shape[0], batch_size, drop_last)
+    state = optimizer.init(params)
+    hyperparameters = {name: np.array(value) for name, value in zip(optimizer.hyperparameter_names(),
+                                                                    optimizer.hyperparameters())}
+    args = (params, {slot: state[slot] for slot in optimizer.slots}, data,
+            np.array(0, np.uint64) if shuffle else np.arange(plan.n), np.zeros(plan.steps), np.arange(1, plan.steps + 1),
+            hyperparameters, np.uint64(0) if key is None else _check_key(key))
+    return _specialize(loss, optimizer, batch_size, bool(shuffle), bool(drop_last), "never", args,
+                       key is not None).source
 
 
-# ------------------------------------------------------------------------------ compiling an epoch
+# ------------------------------------------------------------------------------ one epoch, traced
 
 
-class _Trainer:
-    """The compiled pieces of one ``fit``: the loss kernels (full and last batch) and the epoch function."""
+class _Plan:
+    """The batches of an epoch: ``full`` batches of ``batch_size`` rows, then a last one of ``last`` rows
+    (0 when there is none)."""
 
-    def __init__(self, loss, params, data, optimizer, batch_size, drop_last, key=None):
+    def __init__(self, n, batch_size, drop_last):
+        self.n, self.batch_size = n, batch_size
+        self.full = n // batch_size
+        self.last = 0 if drop_last else n % batch_size
+        self.steps = self.full + (1 if self.last else 0)
+        self.samples = self.full * batch_size + self.last
+
+    def size(self, step) -> int:
+        return self.batch_size if step < self.full else self.last
+
+
+_EPOCHS = weakref.WeakKeyDictionary()  # loss -> {(optimiser, its branches, batching, mode): tg.jit function}
+
+
+def _specialize(loss, optimizer, batch_size, shuffle, drop_last, mode, args, keyed=False):
+    """The compiled epoch (``Compiled``) for ``args``, from a ``tg.jit`` of one epoch of training ``loss`` with
+    ``optimizer``, kept per loss and settings so that fitting again reuses its specialisations.
+
+    The hyperparameters are arguments of the epoch, so other values run the same compiled code; the
+    update's branches on them (``if momentum != 0.0:``) are decided when tracing, so which of them are 0
+    is part of the key. An update comparing a hyperparameter with anything but 0 gets its values as
+    constants instead (one epoch function per values)."""
+    try:
+        kept = _EPOCHS.setdefault(loss, {})
+    except TypeError:  # not weak-referenceable: no reuse
+        kept = {}
+    values = optimizer.hyperparameters()
+    common = (type(optimizer), batch_size, shuffle, drop_last, mode, keyed)
+    if (*common, "constants") not in kept:
+        key = (*common, tuple(v == 0.0 for v in values))
+        if key not in kept:
+            kept[key] = jit(_make_epoch(_value_and_grad(loss), optimizer, batch_size, shuffle, drop_last, keyed=keyed),
+                            compile=mode)
+        try:
+            return kept[key].specialize(*args)
+        except _NeedsConstants:
+            kept[(*common, "constants")] = True
+    key = (*common, values)
+    if key not in kept:
+        kept[key] = jit(_make_epoch(_value_and_grad(loss), optimizer, batch_size, shuffle, drop_last, constants=True,
+                                    keyed=keyed),
+                        compile=mode)
+    return kept[key].specialize(*args)
+
+
+class _NeedsConstants(Exception):
+    """An update compared a hyperparameter with something other than 0: it needs its value when tracing."""
+
+
+class _Hyperparameter(TracedArray):
+    """A hyperparameter inside the traced update: the epoch's argument (a traced float64 scalar) in
+    arithmetic, its value in comparisons with 0 (``if momentum != 0.0:``, decided when tracing)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: float, traced: TracedArray):
+        super().__init__(traced.var, traced.builder)
+        self.value = value
+
+    def _zero_test(self, other, equal: bool) -> bool:
+        if isinstance(other, (int, float, np.integer, np.floating)) and not isinstance(other, bool) and other == 0:
+            return (self.value == 0.0) == equal
+        raise _NeedsConstants
+
+    def __eq__(self, other):
+        return self._zero_test(other, True)
+
+    def __ne__(self, other):
+        return self._zero_test(other, False)
+
+    def __bool__(self):
+        return self.value != 0.0
+
+    def _needs_value(self, *args):
+        raise _NeedsConstants
+
+    __lt__ = __le__ = __gt__ = __ge__ = __float__ = __int__ = __index__ = _needs_value
+
+
+def _make_epoch(vg, optimizer, batch_size, shuffle, drop_last, constants=False, keyed=False):
+    """The epoch as a plain function of NumPy arrays, for ``tg.jit`` to trace: the order of the rows, then
+    ``tg.scan`` over the full batches (each step: the batch's rows, the loss's value and gradient, the
+    optimiser's update), then the last, smaller batch if there is one. A step whose loss or gradient is
+    not finite changes nothing, nor does any step after it (``ok``); fit finds it in ``finite``."""
+    update, slots = optimizer.update_function, optimizer.slots
+    names, values = optimizer.hyperparameter_names(), optimizer.hyperparameters()
+
+    def train(order, params, state, data, learning_rates, steps, hyperparameters, key):
+        _written_here()
         n = data[0].shape[0]
-        self.data = data
-        self.key = key
-        keyed = () if key is None else (key,)  # the loss's last argument: a key per step
-        self.vg = _value_and_grad(loss.loss if isinstance(loss, _Keyed) else loss)
-        last = 0 if drop_last else n % batch_size
-        self.steps = n // batch_size + (1 if last else 0)
-        self.samples_per_epoch = n - (n % batch_size if drop_last else 0)
-        full_batch = [np.empty((batch_size,) + d.shape[1:], d.dtype) for d in data]
-        last_batch = [np.empty((last,) + d.shape[1:], d.dtype) for d in data] if last else []
-        self.buffers = full_batch + last_batch
-        self.full = self.vg.specialize(params, *full_batch, *keyed)
-        self.last = self.vg.specialize(params, *last_batch, *keyed) if last else None
-        leaves = flatten(params)[0]
-        paths = leaf_paths(params, "params")
-        # fitting again with the same shapes writes the same epoch: kept with the loss kernel it calls
-        key = (self.last.module.source if self.last else None, tuple(paths), tuple(leaf.ndim for leaf in leaves),
-               len(data), type(optimizer), bool(keyed))
-        epochs = self.full.__dict__.setdefault("_fit_epochs", {})
-        if key not in epochs:
-            epochs[key] = _generate(self.full, self.last, leaves, paths, len(data), optimizer, bool(keyed))
-        self.module = epochs[key]
-        self.epoch = backend.load(self.module)
-        # The functions it calls are globals of the epoch module, set before it compiles. Its text names
-        # their files (each named by the hash of its own text), so the epoch's file, and Numba's cache
-        # of it, change whenever they do.
-        called = self.epoch.py_func.__globals__
-        called["value_and_grad"] = self.full.dispatcher
-        if self.last is not None:
-            called["value_and_grad_last"] = self.last.dispatcher
-        called[_update_name(optimizer)] = optimizer.kernel
-        # the same for the compile worker: name -> (dispatcher, the parts of its file it calls)
-        self.calls = {"value_and_grad": (self.full.dispatcher, self.full.module.parts),
-                      _update_name(optimizer): (optimizer.kernel, ())}
-        if self.last is not None:
-            self.calls["value_and_grad_last"] = (self.last.dispatcher, self.last.module.parts)
-        self.optimizer, self.n_params, self.n_data = optimizer, len(leaves), len(data)
-        self.scalar = [leaf.ndim == 0 for leaf in leaves]
+        full = n // batch_size
+        if constants:  # float64 constants, as Numba computes with them
+            hyper = [np.float64(v) for v in values]
+        else:
+            hyper = [_Hyperparameter(v, hyperparameters[name]) for name, v in zip(names, values)]
 
-    def evaluate_epoch(self, *args):
-        """What the compiled epoch function does, on NumPy: the same arguments, shuffle, steps and checks,
-        with the loss's evaluator (``tiers.Evaluator``) and the optimiser's update on whole arrays."""
-        p, d = self.n_params, self.n_data
-        params, data = args[:p], args[p:p + d]
-        rest = args[p + d + len(self.buffers):]
-        n_captured = len(self.full.traced.captures)
-        n_last = len(self.last.traced.captures) if self.last is not None else 0
-        captured, captured_last = rest[:n_captured], rest[n_captured:n_captured + n_last]
-        rest = rest[n_captured + n_last:]
-        n_slots = len(self.optimizer.slots) * p
-        slots, (perm, rng_state, shuffle, n_steps, learning_rates, first_step, losses) = \
-            rest[:n_slots], rest[n_slots:n_slots + 7]
-        keyed = self.key is not None
-        key, hyper = rest[n_slots + 7] if keyed else None, rest[n_slots + 7 + keyed:]
-        update = _whole_array_update(self.optimizer)
-        n = perm.shape[0]
-        batch_size = self.buffers[0].shape[0]
-        if shuffle:
-            _shuffle(perm, rng_state)
-        kernel_params = [q[0] if s else q for q, s in zip(params, self.scalar)]
-        total = 0.0
-        n_full = min(n_steps, n // batch_size)
-        plan = [(step, step * batch_size, batch_size, self.full, captured) for step in range(n_full)]
-        if n_steps > n_full:  # the last, smaller batch
-            plan.append((n_full, n_full * batch_size, n - n_full * batch_size, self.last, captured_last))
-        for step, start, size, compiled, captured_now in plan:
-            rows = perm[start:start + size]
-            step_key = () if key is None else (random_fold_in(key, np.uint64(first_step + step + 1)),)
-            out = compiled.evaluator(*kernel_params, *(x[rows] for x in data), *step_key, *captured_now)
-            loss = out[0]
-            grads = [np.full(1, g) if s else np.asarray(g).ravel() for g, s in zip(out[1:], self.scalar)]
-            losses[step] = loss
-            if not np.isfinite(loss):
-                return 1, step, total
-            if not np.isfinite(sum(np.sum(g) for g in grads)):
-                return 2, step, total
-            lr, t = learning_rates[step], first_step + step + 1
-            for i, (q, g) in enumerate(zip(params, grads)):
-                update(q.reshape(-1), g, *slots[i::p], lr, t, *hyper)
-            total += loss * size
-        return 0, n_steps, total
+        def step(carry, batch):
+            _written_here()
+            step_key = (random.fold_in(key, batch["t"]),) if keyed else ()  # a key per update t
+            loss, grads = vg(carry["params"], *(x[batch["rows"]] for x in data), *step_key)
+            _written_here()
+            finite = np.isfinite(loss) & np.isfinite(sum(np.sum(g) for g in flatten(grads)[0]))
+            ok = carry["ok"] & finite
+            params, state = _update(update, slots, hyper, carry["params"], grads, carry["state"],
+                                    batch["lr"], batch["t"])
+            _written_here()
+            keep = lambda new, old: old if new is old else np.where(ok, new, old)  # noqa: E731
+            return dict(params=_map2(keep, params, carry["params"]), state=_map2(keep, state, carry["state"]),
+                        ok=ok), (loss, finite)
 
-    def captured(self) -> list:
-        """The arrays the loss reads from its closure or globals, as they are now (read every epoch)."""
-        values = []
-        for compiled in (self.full, self.last):
-            for capture, value in zip(compiled.traced.captures, compiled.captured()) if compiled else ():
-                aval = capture.var.aval
-                if value.shape != aval.shape or value.dtype != aval.dtype:
-                    raise DataError(f"an array the loss reads from outside ({capture.var.hint or 'captured'}) "
-                                    f"changed from {aval} to {Aval(value.shape, value.dtype)} during fit",
-                                    hint="change its values in place, or call fit again")
-                values.append(value)
-        return values
+        carry = dict(params=params, state=state, ok=True)
+        batches = dict(rows=order[:full * batch_size].reshape(full, batch_size), lr=learning_rates[:full],
+                       t=steps[:full])
+        carry, (losses, finite) = scan(step, carry, batches)
+        _written_here()
+        if not drop_last and n % batch_size:  # the last, smaller batch
+            last = dict(rows=order[full * batch_size:], lr=learning_rates[full], t=steps[full])
+            carry, (loss, ok) = step(carry, last)
+            _written_here()
+            losses = np.concatenate([losses, np.reshape(loss, (1,))])
+            finite = np.concatenate([finite, np.reshape(ok, (1,))])
+        return carry["params"], carry["state"], losses, finite
+
+    if shuffle:
+        def epoch(params, state, data, seed, learning_rates, steps, hyperparameters, key):
+            _written_here()
+            order = permutation(seed, n=data[0].shape[0])
+            return train(order, params, state, data, learning_rates, steps, hyperparameters, key)
+    else:
+        def epoch(params, state, data, order, learning_rates, steps, hyperparameters, key):
+            return train(order, params, state, data, learning_rates, steps, hyperparameters, key)
+
+    name = getattr(vg.fun, "__name__", "loss")
+    epoch.__name__ = epoch.__qualname__ = (name if name.isidentifier() else "loss") + "_fit_epoch"
+    return epoch
 
 
-_SPLITMIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+def _written_here() -> None:
+    """The nodes fit's own code records next point at the line of train.py calling this, as the loss's
+    point at the user's lines: not at the user's call of fit, which would make the epoch's source (and so
+    its cache entry) depend on where fit is called from."""
+    frame = sys._getframe(1)
+    current_builder().source = SourceInfo(frame.f_code.co_filename, frame.f_lineno + 1,
+                                          linecache.getline(frame.f_code.co_filename, frame.f_lineno + 1).strip())
 
 
-def _shuffle(perm, rng_state) -> None:
-    """The epoch function's Fisher-Yates shuffle driven by splitmix64, its random numbers drawn at once."""
-    n = perm.shape[0]
-    golden, mix1, mix2 = _SPLITMIX
-    with np.errstate(over="ignore"):  # uint64 arithmetic wraps, as in the compiled code
-        rng = rng_state[0] + np.arange(1, n, dtype=np.uint64) * golden
-        z = (rng ^ (rng >> np.uint64(30))) * mix1
-        z = (z ^ (z >> np.uint64(27))) * mix2
-        z = z ^ (z >> np.uint64(31))
-    i = np.arange(n - 1, 0, -1, dtype=np.uint64)
-    js = (z % (i + np.uint64(1))).tolist()
-    order = list(range(n))
-    for i, j in zip(range(n - 1, 0, -1), js):
-        order[i], order[j] = order[j], order[i]
-    perm[:] = order
-    if n > 1:
-        rng_state[0] = rng[-1]
+def _map2(fn, a, b):
+    leaves_a, tree = flatten(a)
+    return unflatten(tree, [fn(x, y) for x, y in zip(leaves_a, flatten(b)[0])])
 
 
-class _WholeArray:
-    """A flat array that an optimiser's update indexes as its only element: the built-in updates are
-    elementwise (``for i in range(param.shape[0]): param[i] -= lr * g``), so their loop runs once, on
-    whole arrays, in NumPy."""
+class _Element:
+    """A parameter, gradient or state array (traced) that an optimiser's update function indexes as its
+    only element: the update functions are elementwise (``for i in range(param.shape[0]): param[i] -= lr *
+    g``), so their loop runs once, on whole arrays, and their assignments become new values."""
 
     shape = (1,)
 
-    def __init__(self, array):
-        self.array = array
+    def __init__(self, value, what):
+        self.value, self.dtype, self.what = value, value.dtype, what
 
     def __getitem__(self, i):
-        return self.array
+        if i != 0:
+            raise DataError(f"the optimiser's update reads {self.what}[{i!r}]: fit needs an elementwise update, "
+                            f"reading and writing element i of its arrays only")
+        # a new traced value of its own: ``param[i] -= d`` rebinds what it is given (in-place operators on
+        # traced arrays do), which must not be the array the carry still holds
+        return TracedArray(self.value.var, self.value.builder) if type(self.value) is TracedArray else self.value
 
     def __setitem__(self, i, value):
-        self.array[...] = value
+        self[i]
+        if not hasattr(value, "astype"):
+            value = np.full(self.value.shape, value, self.dtype)
+        self.value = value if value.dtype == self.dtype else value.astype(self.dtype)  # stored, as in Numba
 
 
-def _whole_array_update(optimizer):
-    """The optimiser's update on NumPy arrays for the built-in optimisers; the compiled kernel otherwise."""
-    function = optimizer.update_function
-    if function not in (sgd_update, adam_update, rmsprop_update):
-        return optimizer.kernel
+def _update(update, slots, hyperparameters, params, grads, state, lr, t):
+    """The optimiser's update of every parameter array, traced: ``update(param, grad, *slots, lr, t,
+    *hyperparameters)`` on whole arrays. Returns the new parameters and state (pytrees like them)."""
+    leaves, tree = flatten(params)
+    grad_leaves = flatten(grads)[0]
+    slot_leaves = [flatten(state[slot])[0] for slot in slots]
+    new_params, new_slots = [], [[] for _ in slots]
+    for k, (param, grad) in enumerate(zip(leaves, grad_leaves)):
+        grad = grad if grad.dtype == param.dtype else grad.astype(param.dtype)
+        args = [_Element(param, "param"), _Element(grad, "grad")]
+        args += [_Element(values[k], slot) for slot, values in zip(slots, slot_leaves)]
+        try:
+            update(*args, lr, t, *hyperparameters)
+        except (TracegradError, _NeedsConstants):
+            raise
+        except Exception as exc:
+            raise DataError(f"fit could not run the optimiser's update {update.__name__} on whole arrays: "
+                            f"{type(exc).__name__}: {exc}",
+                            hint="fit needs an elementwise update: element i of each array from element i of the "
+                                 "others (for i in range(param.shape[0]): ...)") from None
+        new_params.append(args[0].value)
+        for values, element in zip(new_slots, args[2:]):
+            values.append(element.value)
+    return unflatten(tree, new_params), {slot: unflatten(tree, values) for slot, values in zip(slots, new_slots)}
 
-    def update(param, grad, *rest):
-        n_slots = len(optimizer.slots)
-        function(_WholeArray(param), _WholeArray(grad), *(_WholeArray(s) for s in rest[:n_slots]), *rest[n_slots:])
-    return update
+
+def _kernel_args(entry, args) -> list:
+    """The compiled epoch's arguments for ``args``: the leaves (0-d arrays as scalars), then the captured arrays."""
+    return [leaf[()] if type(leaf) is np.ndarray and leaf.ndim == 0 else leaf for leaf in flatten(args)[0]] + \
+        entry.captured()
+
+
+def _check_captures(entry) -> None:
+    """The arrays the loss reads from outside (read every epoch) must keep their shapes and dtypes."""
+    for capture in entry.traced.captures:
+        value, aval = capture.current(), capture.var.aval
+        if value.shape != aval.shape or value.dtype != aval.dtype:
+            raise DataError(f"an array the loss reads from outside ({capture.var.hint or 'captured'}) "
+                            f"changed from {aval} to {Aval(value.shape, value.dtype)} during fit",
+                            hint="change its values in place, or call fit again")
 
 
 _TRANSFORMED = weakref.WeakKeyDictionary()
@@ -436,157 +525,7 @@ def _value_and_grad(loss) -> Function:
     return vg
 
 
-# the names the epoch's code uses for itself; the user's parameter keys and hyperparameters take others
-_EPOCH_NAMES = frozenset({
-    "n", "batch_size", "n_full", "step", "start", "k", "row", "out", "loss", "lr", "t", "total", "rng", "z", "i", "j",
-    "perm", "rng_state", "shuffle", "n_steps", "learning_rates", "first_step", "losses", "np", "value_and_grad",
-    "value_and_grad_last", "key", "step_key", "random_fold_in"})
-
-
-def _update_name(optimizer) -> str:
-    """The epoch module's global holding the optimiser's compiled update (set before it compiles)."""
-    name = identifier(optimizer.update_function.__name__)
-    return name + "_fn" if name in _EPOCH_NAMES else name
-
-
-def _generate(full, last, leaves, paths, n_data, optimizer, keyed=False) -> Module:
-    """The source of one epoch: shuffle, then for each step gather, value and gradient, check, update."""
-    used = set(_EPOCH_NAMES)
-
-    def fresh(name):  # an ASCII identifier no other name of the module has, whatever the user's keys
-        name = identifier(name)
-        base, i = name, 1
-        while name in used:
-            name, i = f"{base}_{i}", i + 1
-        used.add(name)
-        return name
-
-    update = fresh(_update_name(optimizer))
-    hyper = [fresh(name) for name in optimizer.hyperparameter_names()]
-
-    suffixes = [p[len("params"):] for p in paths]  # "_W0", or "" for a single array
-    params = [fresh(p) for p in paths]
-    grads = [fresh("grad" + s) for s in suffixes]
-    slots = [[fresh(slot + s) for s in suffixes] for slot in optimizer.slots]
-    data = [fresh(f"data_{i}") for i in range(n_data)]
-    batch = [fresh(f"batch_{i}") for i in range(n_data)]
-    last_batch = [fresh(f"last_{i}") for i in range(n_data)] if last is not None else []
-    captured = [fresh(f"captured_{i}") for i in range(len(full.traced.captures))]
-    captured_last = [fresh(f"captured_last_{i}") for i in range(len(last.traced.captures))] if last is not None else []
-    scalar = [leaf.ndim == 0 for leaf in leaves]
-    flats = [fresh("flat_" + p) for p in params]
-    kernel_args = [f"{p}[0]" if s else p for p, s in zip(params, scalar)]
-
-    def step_block(kernel, batch_names, captured_names, size, indent):
-        pad = " " * indent
-        lines = [f"for k in range({size}):",
-                 "    row = perm[start + k]"]
-        lines += [f"    {b}[k] = {d}[row]" for b, d in zip(batch_names, data)]
-        if keyed:
-            lines.append("step_key = random_fold_in(key, np.uint64(first_step + step + 1))  # a key per update")
-        lines.append(f"out = {kernel}({', '.join(kernel_args + batch_names + (['step_key'] if keyed else []) + captured_names)})")
-        lines.append("loss = out[0]")
-        for i, (g, s) in enumerate(zip(grads, scalar)):
-            lines.append(f"{g} = np.full(1, out[{i + 1}])" if s else f"{g} = out[{i + 1}].ravel()")
-        lines += ["losses[step] = loss",
-                  "if not np.isfinite(loss):  # stop before this step's update; fit raises TrainingError",
-                  "    return 1, step, total",
-                  f"if not np.isfinite({' + '.join(f'np.sum({g})' for g in grads)}):  # NaN or inf in a gradient",
-                  "    return 2, step, total",
-                  "lr = learning_rates[step]",
-                  "t = first_step + step + 1"]
-        for i, (flat, g) in enumerate(zip(flats, grads)):
-            state = ", ".join(s[i] for s in slots)
-            lines.append(f"{update}({flat}, {g}, {state + ', ' if state else ''}lr, t, {', '.join(hyper)})")
-        lines.append(f"total += loss * {size}")
-        return [pad + line for line in lines]
-
-    header = [
-        f"# Generated by tracegrad {__version__}: one epoch of tg.fit, {comment_text(type(optimizer).__name__)} on "
-        f"{full.module.function}. Do not edit:",
-        "# the file is named by the hash of this text. tracegrad.train sets these before compiling:",
-        f"#   value_and_grad = {full.module.function} in {backend.module_path(full.module).name}",
-    ]
-    if last is not None:
-        rows = last.graph.inputs[len(params)].aval.shape[0]
-        header.append(f"#   value_and_grad_last = the same for the last batch of {rows}, "
-                      f"in {backend.module_path(last.module).name}")
-    header.append(f"#   {update} = {update} in {backend.module_path(optimizer.kernel_module()).name}")
-    header += ["import numpy as np"] + (["from tracegrad.kernels import random_fold_in"] if keyed else [])
-    header += ["", "value_and_grad = None"]
-    if last is not None:
-        header.append("value_and_grad_last = None")
-    header.append(f"{update} = None")
-    arguments = (params + data + batch + last_batch + captured + captured_last + [s for ss in slots for s in ss]
-                 + ["perm", "rng_state", "shuffle", "n_steps", "learning_rates", "first_step", "losses"]
-                 + (["key"] if keyed else []) + hyper)
-    body = [f"    {flat} = {p}.reshape(-1)" for flat, p in zip(flats, params)]
-    body += [
-        "    n = perm.shape[0]",
-        f"    batch_size = {batch[0]}.shape[0]",
-        "    if shuffle:",
-        "        # Fisher-Yates driven by splitmix64: the same seed gives the same order everywhere",
-        "        for i in range(n):",
-        "            perm[i] = i",
-        "        rng = rng_state[0]",
-        "        for i in range(n - 1, 0, -1):",
-        "            rng += np.uint64(0x9E3779B97F4A7C15)",
-        "            z = (rng ^ (rng >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)",
-        "            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)",
-        "            z = z ^ (z >> np.uint64(31))",
-        "            j = np.int64(z % np.uint64(i + 1))",
-        "            perm[i], perm[j] = perm[j], perm[i]",
-        "        rng_state[0] = rng",
-        "    total = 0.0",
-        "    n_full = min(n_steps, n // batch_size)",
-        "    for step in range(n_full):",
-        "        start = step * batch_size",
-    ]
-    body += step_block("value_and_grad", batch, captured, "batch_size", 8)
-    if last is not None:
-        body += ["    if n_steps > n_full:  # the last, smaller batch",
-                 "        step = n_full",
-                 "        start = step * batch_size"]
-        body += step_block("value_and_grad_last", last_batch, captured_last, f"{last_batch[0]}.shape[0]", 8)
-    body.append("    return 0, n_steps, total")
-    name = full.module.function.removesuffix("_value_and_grad") + "_fit_epoch"
-    signature = _wrap_signature(f"def {name}(", arguments)
-    source = "\n".join(header + ["", ""] + signature + body) + "\n"
-    return Module(source, name, ())
-
-
-def _wrap_signature(start: str, arguments: list, width: int = 110) -> list:
-    lines, line = [], start
-    for i, arg in enumerate(arguments):
-        piece = arg + ("):" if i == len(arguments) - 1 else ", ")
-        if len(line) + len(piece.rstrip()) > width:
-            lines.append(line.rstrip())
-            line = " " * len(start) + piece
-        else:
-            line += piece
-    lines.append(line)
-    return lines
-
-
 # ------------------------------------------------------------------------------ checks and reports
-
-
-class _Keyed:
-    """The loss of a ``fit`` with a key, as the checks and the validation call it: ``loss(params, *data, None)``."""
-
-    def __init__(self, loss):
-        self.loss = loss
-
-    def __call__(self, params, *data):
-        return self.loss(params, *data, None)
-
-
-def _check_key(key):
-    if key is None:
-        return None
-    if isinstance(key, (np.ndarray, np.generic)) and key.dtype == np.uint64 and key.ndim == 0:
-        return np.uint64(key)
-    raise DataError(f"key must be a key made by tg.random.key(seed), got {key!r}")
 
 
 def _check_arguments(loss, data, optimizer, batch_size):
@@ -680,17 +619,17 @@ def _stopped(error, why, saved, tree, optimizer, history, epoch, epochs) -> Trai
              f"epochs={epochs - done}): the same as the uninterrupted run")
 
 
-def _failure(trainer, loss, params, state, history, perm, epoch, step, code, value) -> NonFiniteTrainingError:
-    """The error for a non-finite loss (code 1) or gradient (code 2) at ``step`` (from 0) of ``epoch``."""
-    size = trainer.buffers[0].shape[0]
-    rows = perm[step * size:(step + 1) * size]
-    batch = tuple(d[rows] for d in trainer.data)
-    if trainer.key is not None:
-        batch += (random_fold_in(trainer.key, np.uint64(state["step"] + 1)),)
-        loss = loss.loss
+def _failure(loss, plan, data, params, state, history, seed, epoch, step, code, value, key=None) -> NonFiniteTrainingError:
+    """The error for a non-finite loss (code 1) or gradient (code 2) at ``step`` (from 0) of ``epoch``
+    (``seed``: the epoch's shuffle, None for the rows in order)."""
+    order = np.arange(plan.n) if seed is None else permutation.ref(seed, n=plan.n)
+    start = step * plan.batch_size
+    batch = tuple(d[order[start:start + plan.size(step)]] for d in data)
+    if key is not None:  # the key of the update that failed
+        batch += (random.fold_in(key, np.int64(state["step"] + 1)),)
     what = f"the loss is {value}" if code == 1 else f"the loss is {value:.6g} but its gradient is not finite"
     if code == 2:
-        grads = flatten(trainer.vg(params, *batch)[1])[0]
+        grads = flatten(value_and_grad(loss, compile="never")(params, *batch)[1])[0]
         names = [name for name, g in zip(leaf_paths(params, "params"), grads) if not np.all(np.isfinite(g))]
         what += f" (in {', '.join(names)})"
     detail = ""
@@ -702,7 +641,7 @@ def _failure(trainer, loss, params, state, history, perm, epoch, step, code, val
         pass
     update = state["step"] + 1
     return NonFiniteTrainingError(
-        f"training stopped at epoch {epoch}, step {step + 1} of {trainer.steps} (update {update}): {what}{detail}"
+        f"training stopped at epoch {epoch}, step {step + 1} of {plan.steps} (update {update}): {what}{detail}"
         f"\n  err.params: the parameters after update {update - 1}; no part of update {update} was applied",
         epoch=epoch, step=step + 1, params=params, state=state, history=history,
         hint="lower the learning rate, normalise the inputs, or use a stable loss from tg.nn (logits forms)")
@@ -741,3 +680,21 @@ class _Progress:
     def close(self):
         if self.bar is not None:
             self.bar.close()
+
+
+class _Keyed:
+    """The loss of a ``fit`` with a key, as the checks and the validation call it: ``loss(params, *data, None)``."""
+
+    def __init__(self, loss):
+        self.loss = loss
+
+    def __call__(self, params, *data):
+        return self.loss(params, *data, None)
+
+
+def _check_key(key):
+    if key is None:
+        return None
+    if isinstance(key, (np.ndarray, np.generic)) and key.dtype == np.uint64 and key.ndim == 0:
+        return np.uint64(key)
+    raise DataError(f"key must be a key made by tg.random.key(seed), got {key!r}")

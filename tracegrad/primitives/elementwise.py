@@ -11,6 +11,7 @@ import numpy as np
 from ..core import Infix, Prefix, numpy_function, primitive
 from ..registry import KinkAt, sign_of
 from ..errors import UnsupportedError, user_source
+from ..ir import Aval
 from . import shapes
 from .shapes import unary_float, binary_float, comparison
 
@@ -799,6 +800,17 @@ gt = _comparison("gt", ">", np.greater, "x > y")
 ge = _comparison("ge", ">=", np.greater_equal, "x >= y")
 eq = _comparison("eq", "==", np.equal, "x == y")
 ne = _comparison("ne", "!=", np.not_equal, "x != y")
+
+
+@elementwise
+class isfinite:
+    """True where x is neither NaN nor infinite"""
+    numpy = [np.isfinite]
+    shape = staticmethod(lambda x: Aval(x.shape, np.bool_))
+    ref = np.isfinite
+    emit = "np.isfinite({x})"
+    nondiff = True
+    cast_inputs = ()
 
 
 # ---------------------------------------------------------------- dtype conversion
