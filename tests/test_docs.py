@@ -63,9 +63,15 @@ def test_code_blocks_run_and_print_what_the_page_shows(page, tmp_path, monkeypat
     found = blocks(text)
     if page != "README.md":
         assert found, f"{page} has no python blocks"
+    run_blocks(found, page, tmp_path, "example.py")
+
+
+def run_blocks(found, page, tmp_path, name):
+    """Run a page's blocks in order in one namespace, each compiled as a file ``name``, and compare what each
+    prints with the text block after it."""
     namespace = {"__name__": "__main__"}
     for k, (code, expected, line) in enumerate(found):
-        filename = os.path.join(str(tmp_path), f"block{k}", "example.py")
+        filename = os.path.join(str(tmp_path), f"block{k}", name)
         try:
             got = run_block(code, namespace, filename)
         except Exception as exc:
@@ -83,15 +89,7 @@ def test_readme_code_blocks_run_and_print_what_the_readme_shows(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     found = blocks(open(README, encoding="utf-8").read())
     assert len(found) >= 4 and sum(expected is not None for _, expected, _ in found) >= 3
-    namespace = {"__name__": "__main__"}
-    for k, (code, expected, line) in enumerate(found):
-        filename = os.path.join(str(tmp_path), f"block{k}", "first.py")
-        try:
-            got = run_block(code, namespace, filename)
-        except Exception as exc:
-            raise AssertionError(f"README.md:{line}: the block raised {type(exc).__name__}: {exc}") from exc
-        if expected is not None:
-            assert same(expected, got), f"README.md:{line}: the block printed\n{got}\ninstead of\n{expected}"
+    run_blocks(found, "README.md", tmp_path, "first.py")
 
 
 def test_output_comparison_can_fail():
