@@ -187,8 +187,8 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
         rates = np.array([optimizer.learning_rate(first + i) for i in range(plan.steps)], dtype=np.float64)
         order = np.array(seed, np.uint64) if shuffle else in_order  # (the epoch draws the order from the seed)
         return (params, {slot: state[slot] for slot in optimizer.slots}, data, order, rates,
-                np.arange(first + 1, first + 1 + plan.steps, dtype=np.int64), hyperparameters,
-                np.uint64(0) if key is None else key)
+                np.arange(first + 1, first + 1 + plan.steps, dtype=np.int64), hyperparameters) + \
+            (() if key is None else (key,))  # (the epoch takes a key only when the loss does)
 
     entry = _specialize(loss, optimizer, batch_size, bool(shuffle), bool(drop_last), mode, arguments(), key is not None)
     if mode == "wait":
@@ -221,9 +221,9 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
             new_params, new_state, losses, finite = entry.run(flatten(args)[0])
             elapsed = time.perf_counter() - t0
             done = plan.steps if finite.all() else int(np.argmin(finite))
-            params = new_params  # as after step `done`: a step that failed changed nothing
+            params = _like(new_params, params)  # as after step `done`: a step that failed changed nothing
             for slot in optimizer.slots:
-                state[slot] = new_state[slot]
+                state[slot] = _like(new_state[slot], state[slot])
             if shuffle:
                 seed = next_seed(seed, plan.n)
             state["step"] += done
@@ -277,7 +277,7 @@ def epoch_source(loss, params, data, *, optimizer: Optimizer, batch_size: int = 
                                                                     optimizer.hyperparameters())}
     args = (params, {slot: state[slot] for slot in optimizer.slots}, data,
             np.array(0, np.uint64) if shuffle else np.arange(plan.n), np.zeros(plan.steps), np.arange(1, plan.steps + 1),
-            hyperparameters, np.uint64(0) if key is None else _check_key(key))
+            hyperparameters) + (() if key is None else (_check_key(key),))
     return _specialize(loss, optimizer, batch_size, bool(shuffle), bool(drop_last), "never", args,
                        key is not None).source
 
@@ -413,12 +413,12 @@ def _make_epoch(vg, optimizer, batch_size, shuffle, drop_last, constants=False, 
         return carry["params"], carry["state"], losses, finite
 
     if shuffle:
-        def epoch(params, state, data, seed, learning_rates, steps, hyperparameters, key):
+        def epoch(params, state, data, seed, learning_rates, steps, hyperparameters, key=None):
             _written_here()
             order = permutation(seed, n=data[0].shape[0])
             return train(order, params, state, data, learning_rates, steps, hyperparameters, key)
     else:
-        def epoch(params, state, data, order, learning_rates, steps, hyperparameters, key):
+        def epoch(params, state, data, order, learning_rates, steps, hyperparameters, key=None):
             return train(order, params, state, data, learning_rates, steps, hyperparameters, key)
 
     name = getattr(vg.fun, "__name__", "loss")
@@ -433,6 +433,14 @@ def _written_here() -> None:
     frame = sys._getframe(1)
     current_builder().source = SourceInfo(frame.f_code.co_filename, frame.f_lineno + 1,
                                           linecache.getline(frame.f_code.co_filename, frame.f_lineno + 1).strip())
+
+
+def _like(new, old):
+    """``new`` with the structure, and each leaf with the shape and dtype, of ``old`` (a 0-d parameter stays
+    a 0-d array, not the Python float the compiled epoch returns for it)."""
+    leaves, tree = flatten(old)
+    return unflatten(tree, [np.asarray(n, dtype=o.dtype).reshape(o.shape) if type(n) is not np.ndarray else n
+                            for n, o in zip(flatten(new)[0], leaves)])
 
 
 def _map2(fn, a, b):

@@ -19,12 +19,22 @@ from .structural import stop_gradient
 
 
 def _gammaln_kernel(x):
+    """log |Gamma(x)|, with SciPy's values where ``math.lgamma`` would raise: inf at the poles (0, -1, ...)
+    and at +-inf, NaN at NaN."""
+    if x != x:
+        return x
+    if math.isinf(x) or (x <= 0.0 and x == math.floor(x)):
+        return type(x)(math.inf)
     return type(x)(math.lgamma(x))
 
 
 def _polygamma_kernel(x, n):
     """psi^(n)(x), n >= 0: the recurrence psi^(n)(x) = psi^(n)(x + 1) - (-n)! ... up to x >= 10, then the
     asymptotic series (its next term is below 1e-13 there)."""
+    if x != x or x == -math.inf:
+        return type(x)(math.nan)
+    if x == math.inf:  # digamma grows like log x; its derivatives go to 0
+        return type(x)(math.inf if n == 0 else 0.0)
     if x <= 0.0 and x == math.floor(x):
         return type(x)(math.nan)
     z = float(x)
@@ -62,7 +72,7 @@ class gammaln:
 
     def ref(x):
         x = np.asarray(x)
-        return np.vectorize(math.lgamma, otypes=[unary_float(_aval(x)).dtype])(x)[()]
+        return np.vectorize(lambda v: _gammaln_kernel(float(v)), otypes=[unary_float(_aval(x)).dtype])(x)[()]
 
     def vjp(g, out, x):
         return [g * polygamma(x, n=0)]
