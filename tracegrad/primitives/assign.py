@@ -13,7 +13,7 @@ from ..core import TracedArray, current_builder, module_function, numpy_function
 from ..errors import ShapeError, UnsupportedError, user_source
 from ..ir import Aval
 from .manipulation import filled, np_column_stack
-from .structural import _format_index, _index_shape, getitem, np_concatenate, np_stack, reshape, zeros
+from .structural import _format_index, _index_shape, expand_ellipsis, getitem, np_concatenate, np_stack, reshape, zeros
 
 
 def _setitem_shape(x, v, index):
@@ -52,12 +52,7 @@ class setitem:
 
 def _normalized(x, index):
     """A basic index with its Ellipsis expanded and its integers made Python ints, or raise."""
-    if not isinstance(index, tuple):
-        index = (index,)
-    if any(e is Ellipsis for e in index):
-        i = index.index(Ellipsis)
-        used = sum(1 for e in index if e is not None and e is not Ellipsis)
-        index = index[:i] + (slice(None),) * (x.ndim - used) + index[i + 1:]
+    index = expand_ellipsis(x, index)
     norm = []
     for entry in index:
         if isinstance(entry, TracedArray):

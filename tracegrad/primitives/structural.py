@@ -417,15 +417,21 @@ class dynamic_place:
         return dynamic_place(tangents[0], i, shape=shape)
 
 
-@numpy_function("getitem")
-def index(x, index):
-    """x[index]: basic indexing (ints, slices, None, ...) or leading 1-d integer index arrays."""
+def expand_ellipsis(x, index) -> tuple:
+    """``index`` as a tuple, its ``...`` written out as the slices it stands for."""
     if not isinstance(index, tuple):
         index = (index,)
     if any(e is Ellipsis for e in index):
         i = index.index(Ellipsis)
         used = sum(1 for e in index if e is not None and e is not Ellipsis)
         index = index[:i] + (slice(None),) * (x.ndim - used) + index[i + 1:]
+    return index
+
+
+@numpy_function("getitem")
+def index(x, index):
+    """x[index]: basic indexing (ints, slices, None, ...) or leading 1-d integer index arrays."""
+    index = expand_ellipsis(x, index)
     if index and _is_traced_int(index[0]):  # x[i] at a loop's index, then the rest of the index
         row = dynamic_index(x, index[0])
         return row if len(index) == 1 else NUMPY_FUNCTIONS["getitem"](row, index[1:])
