@@ -367,6 +367,52 @@ def test_a_long_background_compile_is_logged(caplog):
     assert len(messages) == 1 and "compiling slow_value_and_grad with Numba in the background" in messages[0]
 
 
+def test_a_long_compile_is_announced_before_it_starts(fresh_cache, caplog, monkeypatch):
+    from tracegrad import backend
+
+    def f(x):
+        return np.sum(np.tanh(x) * x)
+    x = np.linspace(-1.0, 1.0, 5)
+    estimate = backend.compile_estimate(tg.make_graph(tg.value_and_grad(f, compile="wait"), x))
+    monkeypatch.setattr(backend, "LONG_COMPILE", estimate)  # this small function counts as long
+    with caplog.at_level("INFO", logger="tracegrad"):
+        tg.value_and_grad(f, compile="wait")(x)  # nothing in the cache: announced, then compiled
+        first = [r for r in caplog.records if "about" in r.getMessage()]
+        tg.value_and_grad(f, compile="wait")(x)  # a new function object, the same code: loaded, not announced
+        second = [r for r in caplog.records if "about" in r.getMessage()][len(first):]
+    assert len(first) == 1 and "compiling f_value_and_grad with Numba: about" in first[0].getMessage()
+    assert first[0].levelname == "INFO" and not second
+    monkeypatch.setattr(backend, "LONG_COMPILE", estimate * 2)  # a shorter estimate is not worth a message
+    caplog.clear()
+    with caplog.at_level("INFO", logger="tracegrad"):
+        tg.value_and_grad(lambda x: np.sum(np.sin(x)), compile="wait")(x)
+    assert not [r for r in caplog.records if "about" in r.getMessage()]
+
+
+def test_the_compile_estimate_grows_with_the_code():
+    from tracegrad import backend
+
+    def unrolled(n):
+        def f(x, w):
+            for _ in range(n):
+                x = np.tanh(x * w) + 0.5 * x
+            return x
+        return tg.make_graph(tg.value_and_grad(f, argnums=(0, 1)), 0.3, 0.9)
+    import tracegrad.roll as roll
+    enabled, roll.ENABLED = roll.ENABLED, False  # written out, not rolled into a loop
+    try:
+        graphs = unrolled(10), unrolled(100)
+    finally:
+        roll.ENABLED = enabled
+    (scalars_short, _, _), (scalars_long, _, _) = map(backend.code_size, graphs)
+    short, long = map(backend.compile_estimate, graphs)
+    assert scalars_long > 5 * scalars_short and long > short
+    # arrays cost more than scalars: a matrix product's typing is most of a small MLP's compile
+    matmul = backend.compile_estimate(tg.make_graph(tg.value_and_grad(lambda a, b: np.sum(a @ b)),
+                                                    np.ones((3, 3)), np.ones((3, 3))))
+    assert matmul > backend.compile_estimate(tg.make_graph(tg.value_and_grad(lambda a, b: a * b), 1.0, 2.0))
+
+
 def test_the_setting_survives_pickling():
     import pickle
 

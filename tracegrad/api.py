@@ -34,6 +34,7 @@ from .tracer import Traced, arg_names, aval_of, container_note, trace
 
 _SCALARS = (float, int, bool)
 _log = logging.getLogger("tracegrad")
+LONG_COMPILE_WARNING = 30.0  # seconds: a compile expected to take longer is announced as a warning
 
 
 class _Stopwatch:
@@ -231,6 +232,7 @@ class Compiled:
                 self._report("Numba compiles it in the background; this call ran on NumPy", compiled=False)
                 return outs
         compiled = self._compiled()
+        self.announce_compile(self.workspace.inner if self.workspace is not None else self.dispatcher)
         with backend.quiet_compile():
             outs = compiled(*args)  # Numba compiles, or loads from its cache
         clock.lap("numba")
@@ -255,6 +257,19 @@ class Compiled:
         self.tier, self._call = "compiled", self._compiled()
         if self.guard is None:
             self._make_guard()
+
+    def announce_compile(self, dispatcher) -> None:
+        """Before a compile from scratch that the caller waits for: when Numba's disk cache has nothing for
+        ``dispatcher`` and the estimate (``backend.compile_estimate``) is at least ``backend.LONG_COMPILE``
+        seconds, say so on the "tracegrad" logger (at WARNING from ``LONG_COMPILE_WARNING`` seconds on, so
+        that a program without logging set up prints it too)."""
+        if backend.has_cache_entries(dispatcher):
+            return
+        seconds = backend.compile_estimate(self.graph)
+        if seconds >= backend.LONG_COMPILE:
+            _log.log(logging.WARNING if seconds >= LONG_COMPILE_WARNING else logging.INFO,
+                     "compiling %s with Numba: about %.0f s (%d lines of generated code); with compile=\"background\" "
+                     "the calls would run on NumPy meanwhile", self.module.function, seconds, self.source.count("\n"))
 
     def _report(self, what: str, compiled: bool = True):
         _log.info("%s %s (%d lines%s): %s; %s", "compiled" if compiled else "prepared", self.module.function,

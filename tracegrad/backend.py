@@ -558,6 +558,42 @@ def load_cached(dispatcher, described_types) -> bool:
         return False
 
 
+# Numba's compile time, roughly: a fixed cost, a cost per scalar operation, and much more per kind of
+# operation on whole arrays (typing one instantiates NumPy's implementation for its types; a second of
+# the same kind reuses it). Fitted to, and checked by, benchmarks/compile_estimate.py.
+COMPILE_BASE, COMPILE_PER_SCALAR, COMPILE_PER_ARRAY, COMPILE_PER_ARRAY_KIND = 0.4, 0.0015, 0.02, 0.25
+LONG_COMPILE = 2.0  # seconds: a compile expected to take longer is announced on the "tracegrad" logger
+
+
+def code_size(graph) -> tuple:
+    """What ``compile_estimate`` counts in an optimised graph: scalar operations (those of fused loops
+    and loop bodies on scalars included), operations on whole arrays, and kinds of these (primitive,
+    dtypes and ranks)."""
+    scalars, arrays, kinds = 0, 0, set()
+    stack = [(graph, False)]
+    while stack:
+        g, in_fused = stack.pop()
+        for node in g.nodes:
+            nested = [v for v in node.params.values() if hasattr(v, "nodes") and hasattr(v, "outputs")]
+            if nested:
+                stack.extend((body, in_fused or node.primitive.name == "fused") for body in nested)
+                continue
+            avals = [a.aval for a in node.inputs if hasattr(a, "aval")] + [o.aval for o in node.outs]
+            if in_fused or all(not a.shape for a in avals):
+                scalars += 1
+            else:
+                arrays += 1
+                kinds.add((node.primitive.name, tuple((len(a.shape), a.dtype.name) for a in avals)))
+    return scalars, arrays, len(kinds)
+
+
+def compile_estimate(graph) -> float:
+    """About how many seconds Numba takes to compile the code of ``graph`` from scratch (a rough estimate:
+    within a factor of about 2 on this project's machine)."""
+    scalars, arrays, kinds = code_size(graph)
+    return COMPILE_BASE + COMPILE_PER_SCALAR * scalars + COMPILE_PER_ARRAY * arrays + COMPILE_PER_ARRAY_KIND * kinds
+
+
 def compile_for(dispatcher, described_types, module: Module) -> None:
     """Compile ``dispatcher`` (``module``'s) for ``described_types`` (``tiers.describe``) without calling it:
     loaded from Numba's disk cache when it is there (``fit`` compiles its epoch before the first one runs).

@@ -192,6 +192,7 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
 
     entry = _specialize(loss, optimizer, batch_size, bool(shuffle), bool(drop_last), mode, arguments(), key is not None)
     if mode == "wait":
+        entry.announce_compile(entry.dispatcher)
         with backend.quiet_compile():
             backend.compile_for(entry.dispatcher, tiers.describe(_kernel_args(entry, arguments())), entry.module)
     elif mode == "background":  # from the disk cache it loads before the first epoch, else it compiles meanwhile
