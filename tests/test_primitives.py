@@ -466,7 +466,14 @@ def test_jvp_float32_in_float32_out(name, i):
     np.testing.assert_allclose(t32, t64, rtol=2e-3, atol=2e-4)
 
 
-@pytest.mark.parametrize("name,dtype", FIRST_CASES)
+# Compiled float32 code of every primitive is checked by test_compiled_matches_interpreter, float32 tangents
+# by test_jvp_float32_in_float32_out: their combination compiles again for little (slow: -m slow runs it).
+JVP_FIRST_CASES = [pytest.param(name, dtype, id=f"{name}-{np.dtype(dtype).name}",
+                                marks=[pytest.mark.slow] if dtype == np.float32 else [])
+                   for name in ALL_CASES for dtype in (np.float64, np.float32)]
+
+
+@pytest.mark.parametrize("name,dtype", JVP_FIRST_CASES)
 def test_compiled_jvp_matches_interpreter(name, dtype):
     _, args, fn = make_case(name, 0, dtype)
     v = directions(args)
