@@ -332,3 +332,78 @@ def test_an_optimizer_with_a_fast_path_pickles():
     assert repr(copy) == repr(opt) and "_fast" not in copy.__dict__
     copy.update(params, [np.ones(2)], state)
     assert state["step"] == 3
+
+
+# ------------------------------------------------------------------------------ opt.step: one compiled call
+
+
+def quadratic(params, target):
+    """0.5 |p - target|^2 over a pytree: its gradient is p - target, exactly."""
+    return 0.5 * (np.sum((params["W"] - target["W"]) ** 2) + np.sum((params["b"] - target["b"]) ** 2))
+
+
+@pytest.mark.parametrize("name, opt, hyper", [
+    ("sgd", optim.SGD(lr=0.05, momentum=0.8, nesterov=True, weight_decay=0.01),
+     dict(momentum=0.8, nesterov=True, weight_decay=0.01)),
+    ("adam", optim.Adam(lr=0.01, weight_decay=0.02), dict(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.02)),
+    ("rmsprop", optim.RMSProp(lr=0.01, momentum=0.5, weight_decay=0.01),
+     dict(alpha=0.99, eps=1e-8, weight_decay=0.01, momentum=0.5)),
+])
+def test_step_is_value_gradient_and_update_in_one_call(name, opt, hyper, rng):
+    params = {"W": rng.normal(size=(3, 4)), "b": rng.normal(size=4)}
+    target = {"W": rng.normal(size=(3, 4)), "b": rng.normal(size=4)}
+    given = {k: v.copy() for k, v in params.items()}
+    reference = {k: v.copy() for k, v in params.items()}
+    slots = {k: [np.zeros_like(v), np.zeros_like(v)] for k, v in params.items()}
+    step = opt.step(quadratic)
+    state = opt.init(params)
+    for t in range(1, 5):
+        expected = quadratic(reference, target)
+        value, new_params, new_state = step(params, state, target)
+        np.testing.assert_allclose(value, expected, rtol=1e-13)
+        for k in params:
+            reference[k] = reference_step(name, reference[k], reference[k] - target[k], slots[k], t, opt.lr, hyper)
+            np.testing.assert_allclose(new_params[k], reference[k], rtol=1e-13, atol=1e-15)
+        assert new_state["step"] == t and state["step"] == t - 1  # new state; the one given is kept
+        params, state = new_params, new_state
+    for k in given:
+        assert not np.shares_memory(params[k], given[k])
+    np.testing.assert_allclose(state[opt.slots[0]]["W"], slots["W"][0], rtol=1e-13, atol=1e-15)
+
+
+def test_step_reads_the_schedule_and_hyperparameters_at_each_call(rng):
+    opt = optim.SGD(lr=optim.step_lr(0.1, every=2, gamma=0.5), momentum=0.9)
+    params = {"W": np.ones((2, 2)), "b": np.zeros(2)}
+    zero = {"W": np.zeros((2, 2)), "b": np.zeros(2)}
+    step = opt.step(quadratic)
+    state = opt.init(params)
+    velocity, w = 0.0, 1.0
+    for t, momentum in enumerate([0.9, 0.9, 0.5, 0.0, 0.0, 0.9]):
+        opt.momentum = momentum
+        value, params, state = step(params, state, zero)
+        assert value == pytest.approx(0.5 * 4 * w * w, rel=1e-14)
+        if momentum:  # the gradient of 0.5 w^2 is w; momentum 0: the velocity is not used, nor changed
+            velocity = momentum * velocity + w
+        w -= 0.1 * 0.5 ** (t // 2) * (velocity if momentum else w)
+        np.testing.assert_allclose(params["W"], w, rtol=1e-14)
+    # one traced step for momentum != 0 (its value an argument), one without the velocity's arithmetic
+    assert sorted(key[1] for key in step._functions) == [(False, True, True), (True, True, True)]
+
+
+def test_step_on_numpy_gives_what_the_compiled_step_gives(rng):
+    params = {"W": rng.normal(size=(3, 4)), "b": rng.normal(size=4)}
+    target = {"W": rng.normal(size=(3, 4)), "b": rng.normal(size=4)}
+    opt = optim.Adam(lr=0.01)
+    compiled, numpy = opt.step(quadratic, compile="wait"), opt.step(quadratic, compile="never")
+    a = b = (None, params, opt.init(params))
+    for _ in range(3):
+        a, b = compiled(a[1], a[2], target), numpy(b[1], b[2], target)
+        assert a[0] == pytest.approx(b[0], rel=1e-12)
+        for k in params:
+            np.testing.assert_allclose(a[1][k], b[1][k], rtol=1e-12)
+
+
+def test_step_takes_the_plain_loss():
+    opt = optim.SGD(lr=0.1)
+    with pytest.raises(tg.DataError, match="plain loss"):
+        opt.step(tg.value_and_grad(quadratic))

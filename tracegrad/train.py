@@ -39,6 +39,7 @@ tests/test_fit.py::test_own_numba_loop_gives_what_fit_gives runs this and compar
 """
 from __future__ import annotations
 
+import inspect
 import linecache
 import math
 import sys
@@ -59,10 +60,11 @@ from .optim import Optimizer, _check_params
 from . import random
 from .primitives.shuffle import next_seed, permutation
 from .pytree import flatten, leaf_paths, unflatten
+from .tracer import _parameter_names
 
-__all__ = ["fit", "History", "epoch_source"]
+__all__ = ["fit", "History", "epoch_source", "Step"]
 
-_PREFLIGHT_ROWS = 4096  # the first loss is evaluated eagerly over the data in chunks of this many rows
+_PREFLIGHT_ROWS = 4096  # history.initial_loss is evaluated eagerly over the data in chunks of this many rows
 
 
 @dataclass
@@ -73,7 +75,8 @@ class History:
     batch size); ``val_loss`` and ``metrics[name]``: on the validation data after the epoch (on the
     training data if there is none); ``time``: seconds in the compiled epoch function; ``wall_time``:
     seconds for the whole epoch, with validation, metrics and progress;
-    ``initial_loss``: the loss on the training data before training; ``compile_time``: seconds spent
+    ``initial_loss``: the loss on the training data before training (computed when first read, from the
+    data ``fit`` was given: change those arrays in place before and it is theirs); ``compile_time``: seconds spent
     tracing and compiling (with ``compile="background"``, only preparing: Numba compiles meanwhile);
     ``compiled``: for each epoch, whether it ran compiled (True) or on NumPy while Numba was compiling
     (False); ``steps``: updates made. To resume exactly where training stopped, pass the
@@ -91,6 +94,28 @@ class History:
     steps: int = 0
     state: dict | None = field(default=None, repr=False)
     seed: int = 0
+
+
+class _Lazy:
+    """A value computed when it is first read (``History.initial_loss``: the loss over all the data)."""
+
+    def __init__(self, function, *args):
+        self.function, self.args = function, args
+
+
+def _lazy_field(name: str) -> property:
+    def get(self):
+        value = self.__dict__[name]
+        if isinstance(value, _Lazy):
+            value = self.__dict__[name] = value.function(*value.args)
+        return value
+
+    def set(self, value):
+        self.__dict__[name] = value
+    return property(get, set, doc=f"History.{name}, computed when first read")
+
+
+History.initial_loss = _lazy_field("initial_loss")  # (after @dataclass: its default stays math.nan)
 
 
 def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epochs: int = 1,
@@ -172,9 +197,14 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
     state = optimizer.init(params) if state is None else _copy_state(optimizer, state, params)
 
     history = History(state=state, metrics={name: [] for name in metrics}, steps=state["step"], seed=seed)
-    history.initial_loss = _preflight(evaluate, params, data, "data")
+    _preflight(evaluate, params, data, "data", batch_size)
     if validation is not None:
-        _preflight(evaluate, params, validation, "validation")
+        _preflight(evaluate, params, validation, "validation", batch_size)
+    # computed when first read: fit never changes the arrays of `params` (each epoch returns new ones),
+    # but with epochs=0 it returns them, for the caller to change
+    history.initial_loss = _Lazy(_mean_loss, evaluate, unflatten(tree, flatten(params)[0]), data, "data")
+    if epochs == 0:
+        history.initial_loss
     t_compile = time.perf_counter()
     plan = _Plan(data[0].shape[0], batch_size, drop_last)
     hyperparameters = {name: np.array(value) for name, value in zip(optimizer.hyperparameter_names(),
@@ -380,10 +410,7 @@ def _make_epoch(vg, optimizer, batch_size, shuffle, drop_last, constants=False, 
         _written_here()
         n = data[0].shape[0]
         full = n // batch_size
-        if constants:  # float64 constants, as Numba computes with them
-            hyper = [np.float64(v) for v in values]
-        else:
-            hyper = [_Hyperparameter(v, hyperparameters[name]) for name, v in zip(names, values)]
+        hyper = _hyperparameters(values, [hyperparameters[name] for name in names], constants)
 
         def step(carry, batch):
             _written_here()
@@ -424,6 +451,105 @@ def _make_epoch(vg, optimizer, batch_size, shuffle, drop_last, constants=False, 
     name = getattr(vg.fun, "__name__", "loss")
     epoch.__name__ = epoch.__qualname__ = (name if name.isidentifier() else "loss") + "_fit_epoch"
     return epoch
+
+
+class Step:
+    """``value, params, state = step(params, state, *batch)``: one training step (the loss's value and
+    gradient, then the optimiser's update) as one compiled call. Made by ``optimizer.step(loss)``.
+
+    It is traced like ``fit``'s epoch, one step long: ``tg.value_and_grad(loss)`` and the optimiser's
+    ``update_function`` on whole arrays, compiled with ``tg.jit``. It returns new arrays (``params`` and
+    ``state`` are not changed) and the state with ``"step"`` counted on. The learning rate (its schedule at
+    ``state["step"]``) and the hyperparameters are read at every call and passed as arguments; which of
+    them are 0 is decided when tracing (one compiled function for each such pattern). Like
+    ``opt.update``, it applies what the gradient says, finite or not: the returned value shows it.
+    """
+
+    def __init__(self, loss, optimizer: Optimizer, compile=None):
+        _check_loss(loss, optimizer)
+        self.loss, self.optimizer = loss, optimizer
+        self.compile = None if compile is None else tiers.check_mode(compile)
+        self._by_values: dict = {}  # hyperparameter values -> the tg.jit function they use
+        self._functions: dict = {}  # which of them are 0 (or the values, see _NeedsConstants) -> tg.jit of a step
+
+    def __repr__(self):
+        return f"<tracegrad step of {getattr(self.loss, '__qualname__', self.loss)!r} with {self.optimizer!r}>"
+
+    def __call__(self, params, state, *batch):
+        optimizer = self.optimizer
+        t = state["step"]
+        values = optimizer.hyperparameters()
+        function = self._by_values.get((len(batch), values))
+        if function is None:
+            function = self._function(params, state, batch, values)
+        value, params, state = function(params, state, *batch, optimizer.learning_rate(t), *values)
+        state["step"] = t + 1
+        return value, params, state
+
+    def wait(self) -> None:
+        """Block until compiled code runs every step called so far (see ``tg.jit``'s ``wait``)."""
+        for function in self._functions.values():
+            if isinstance(function, Function):
+                function.wait()
+
+    def _function(self, params, state, batch, values):
+        """The tg.jit function for ``len(batch)`` and hyperparameters ``values``, made (and traced, to find
+        out whether the update needs their values as constants) at the first call with them."""
+        if len(self._by_values) >= 64:  # a schedule of momenta, say: forget the oldest
+            del self._by_values[next(iter(self._by_values))]
+        common = (len(batch),)
+        key = (*common, tuple(v == 0.0 for v in values))
+        if (*common, "constants") not in self._functions:
+            if key not in self._functions:
+                self._functions[key] = self._jit(len(batch), values, constants=False)
+            try:
+                self._functions[key].specialize(params, state, *batch, 0.0, *values)
+                self._by_values[(len(batch), values)] = self._functions[key]
+                return self._functions[key]
+            except _NeedsConstants:
+                self._functions[(*common, "constants")] = True
+        key = (*common, values)
+        if key not in self._functions:
+            self._functions[key] = self._jit(len(batch), values, constants=True)
+        self._by_values[(len(batch), values)] = self._functions[key]
+        return self._functions[key]
+
+    def _jit(self, n_batch, values, constants):
+        step = _make_step(_value_and_grad(self.loss), self.optimizer, n_batch, values, constants)
+        return jit(step, compile=self.compile)
+
+
+def _make_step(vg, optimizer, n_batch, values, constants=False):
+    """One step as a plain function for ``tg.jit``: the loss's value and gradient, then the optimiser's
+    update (``_update``, as in ``fit``'s epoch). Its parameters: ``params, state``, the loss's own names
+    for the ``n_batch`` arrays of a batch, ``lr`` and the hyperparameters (``values`` when tracing)."""
+    update, slots = optimizer.update_function, optimizer.slots
+
+    def step(params, state, *rest):
+        _written_here()
+        batch, lr, given = rest[:n_batch], rest[n_batch], rest[n_batch + 1:]
+        hyper = _hyperparameters(values, given, constants)
+        value, grads = vg(params, *batch)
+        _written_here()
+        params, new_state = _update(update, slots, hyper, params, grads, state, lr, state["step"] + 1)
+        return value, params, new_state
+
+    name = getattr(vg.fun, "__name__", "loss")
+    step.__name__ = step.__qualname__ = (name if name.isidentifier() else "loss") + "_step"
+    batch_names = [name for name in _parameter_names(vg.fun, 1 + n_batch)[1:]]
+    names = ["params", "state", *batch_names, "lr", *optimizer.hyperparameter_names()]
+    unique = [n if n.isidentifier() and names.index(n) == i else f"arg{i}" for i, n in enumerate(names)]
+    step.__signature__ = inspect.Signature([inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+                                            for n in unique])
+    return step
+
+
+def _hyperparameters(values, given, constants) -> list:
+    """The hyperparameters inside a traced update: float64 constants (as Numba computes with them), or the
+    traced arguments ``given``, whose comparisons with 0 are decided by ``values``."""
+    if constants:
+        return [np.float64(v) for v in values]
+    return [_Hyperparameter(v, traced) for v, traced in zip(values, given)]
 
 
 def _written_here() -> None:
@@ -537,17 +663,21 @@ def _value_and_grad(loss) -> Function:
 
 
 def _check_arguments(loss, data, optimizer, batch_size):
+    _check_loss(loss, optimizer)
+    data = _as_arrays(data, "data")
+    n = data[0].shape[0]
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or not 1 <= batch_size <= n:
+        raise DataError(f"batch_size must be an int from 1 to the number of samples ({n}), got {batch_size!r}")
+    return data, int(batch_size)
+
+
+def _check_loss(loss, optimizer) -> None:
     if isinstance(loss, Function):
         raise DataError(f"fit takes the plain loss function, not {loss!r}: it differentiates it itself")
     if not callable(loss):
         raise DataError(f"loss must be a function loss(params, *batch), got {loss!r}")
     if not isinstance(optimizer, Optimizer):
         raise DataError(f"optimizer must be a tracegrad optimiser such as tg.optim.SGD(lr=0.1), got {optimizer!r}")
-    data = _as_arrays(data, "data")
-    n = data[0].shape[0]
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or not 1 <= batch_size <= n:
-        raise DataError(f"batch_size must be an int from 1 to the number of samples ({n}), got {batch_size!r}")
-    return data, int(batch_size)
 
 
 def _as_arrays(data, what) -> tuple:
@@ -582,29 +712,62 @@ def _copy_state(optimizer, state, params) -> dict:
     return copied
 
 
-def _preflight(loss, params, data, what) -> float:
-    """The loss over all the data, eagerly in NumPy: checks labels and the like before anything compiles.
-    (An index the compiled code would find out of bounds fails here first: the same loss, the same data.)"""
+def _preflight(loss, params, data, what, batch_size) -> None:
+    """The loss on one batch, eagerly in NumPy, before anything compiles: a loss that does not return one
+    number, or raises on the data (labels out of range for a ``tg.nn`` loss, a shape that does not fit),
+    fails here with a ``DataError``. The batch is the first rows with, in place of the last of them, the
+    rows holding each data array's smallest and largest values (labels out of range are extremes, so a
+    label anywhere in the data is checked: not only those of the first rows), in ``batch_size`` rows."""
+    n = data[0].shape[0]
+    extremes = []
+    for d in data:
+        for position in (np.argmin(d), np.argmax(d)):  # (a NaN, where there is one, is both)
+            row = int(position) // max(1, d[0].size)
+            if row not in extremes:
+                extremes.append(row)
+    first = [row for row in range(min(n, batch_size)) if row not in extremes]
+    rows = np.array(sorted(first[:max(0, batch_size - len(extremes))] + extremes[:batch_size]))
+    _loss_on(loss, params, tuple(d[rows] for d in data), what, f"rows {_ranges(rows)}")
+
+
+def _ranges(rows) -> str:
+    """``0..28, 913, 1402`` for sorted row numbers."""
+    parts, start = [], rows[0]
+    for previous, row in zip(rows, list(rows[1:]) + [None]):
+        if row != previous + 1:
+            parts.append(f"{start}..{previous}" if previous > start else f"{start}")
+            start = row
+    return ", ".join(parts)
+
+
+def _mean_loss(loss, params, data, what) -> float:
+    """The loss over all the data (the mean of its values on chunks of ``_PREFLIGHT_ROWS`` rows, weighted by
+    their sizes), eagerly in NumPy: ``history.initial_loss``, computed when it is first read."""
     n, total = data[0].shape[0], 0.0
     for start in range(0, n, _PREFLIGHT_ROWS):
-        rows = slice(start, start + _PREFLIGHT_ROWS)
-        try:
-            value = loss(params, *(d[rows] for d in data))
-        except IndexError as exc:
-            raise DataError(f"the loss raised IndexError on rows {start}..{min(n, start + _PREFLIGHT_ROWS) - 1} "
-                            f"of the {what}: are the labels in range? ({exc})", raised_at(exc)) from None
-        except TracegradError:
-            raise
-        except Exception as exc:  # shapes that do not fit, a loss taking other arguments ...
-            raise DataError(f"the loss raised {type(exc).__name__} on the {what} before training: {exc}",
-                            raised_at(exc), hint=f"fit calls loss(params, *{what}) on batches of rows of each "
-                            f"array in the {what}") from None
-        if np.ndim(value) != 0 or not isinstance(value, (float, int, np.floating, np.integer, np.ndarray)):
-            shape = f"shape {np.shape(value)}" if hasattr(value, "shape") else f"a {type(value).__name__}"
-            raise DataError(f"the loss must return one number (the mean over the batch), got {shape}",
-                            hint="reduce it, e.g. return np.mean(...), or tg.nn.mse(pred, y)")
-        total += float(value) * (min(n, start + _PREFLIGHT_ROWS) - start)
+        stop = min(n, start + _PREFLIGHT_ROWS)
+        value = _loss_on(loss, params, tuple(d[start:stop] for d in data), what, f"rows {start}..{stop - 1}")
+        total += float(value) * (stop - start)
     return total / n
+
+
+def _loss_on(loss, params, batch, what, rows):
+    try:
+        value = loss(params, *batch)
+    except IndexError as exc:
+        raise DataError(f"the loss raised IndexError on {rows} of the {what}: are the labels in range? ({exc})",
+                        raised_at(exc)) from None
+    except TracegradError:
+        raise
+    except Exception as exc:  # shapes that do not fit, a loss taking other arguments ...
+        raise DataError(f"the loss raised {type(exc).__name__} on the {what} before training: {exc}",
+                        raised_at(exc), hint=f"fit calls loss(params, *{what}) on batches of rows of each "
+                        f"array in the {what}") from None
+    if np.ndim(value) != 0 or not isinstance(value, (float, int, np.floating, np.integer, np.ndarray)):
+        shape = f"shape {np.shape(value)}" if hasattr(value, "shape") else f"a {type(value).__name__}"
+        raise DataError(f"the loss must return one number (the mean over the batch), got {shape}",
+                        hint="reduce it, e.g. return np.mean(...), or tg.nn.mse(pred, y)")
+    return value
 
 
 def _stopped(error, why, saved, tree, optimizer, history, epoch, epochs) -> TrainingError:
