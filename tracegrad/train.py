@@ -221,7 +221,7 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
             (() if key is None else (key,))  # (the epoch takes a key only when the loss does)
 
     entry = _specialize(loss, optimizer, batch_size, bool(shuffle), bool(drop_last), mode, arguments(), key is not None)
-    if mode == "wait":
+    if mode == "wait" and entry.tier != "compiled":  # (fitting again: its calls run compiled already)
         with backend.quiet_compile():
             backend.compile_for(entry.dispatcher, tiers.describe(_kernel_args(entry, arguments())), entry.module)
     elif mode == "background":  # from the disk cache it loads before the first epoch, else it compiles meanwhile
