@@ -173,28 +173,6 @@ class Optimizer:
             return
         self._update_checked(params, grads, state)
 
-    def step(self, loss, compile=None):
-        """``loss``'s training step with this optimiser as one compiled function (a ``tracegrad.train.Step``):
-        ``value, params, state = step(params, state, *batch)`` computes ``loss(params, *batch)``, its
-        gradient and this optimiser's update in one call, returning new parameters and state (the ones
-        given are not changed). It costs about one ``value_and_grad`` call: the update runs inside the same
-        compiled code, as in ``tg.fit``'s epoch (the update must be elementwise). ``compile`` as for ``tg.jit``.
-
-        >>> import numpy as np, tracegrad as tg
-        >>> def loss(p, x):
-        ...     return np.sum((p["w"] - x) ** 2)
-        >>> opt = tg.optim.SGD(lr=0.25)
-        >>> step = opt.step(loss)
-        >>> params = {"w": np.array([1.0, 2.0])}
-        >>> state = opt.init(params)
-        >>> value, params, state = step(params, state, np.zeros(2))
-        >>> value, params["w"], state["step"]
-        (5.0, array([0.5, 1. ]), 1)
-
-        Raises ``DataError`` for a loss that is already transformed or not callable."""
-        from .train import Step  # (train imports this module)
-        return Step(loss, self, compile)
-
     def __getstate__(self):  # the generated fast path is rebuilt, not pickled
         return {k: v for k, v in self.__dict__.items() if k not in ("_fast", "_fast_paths")}
 

@@ -39,7 +39,6 @@ tests/test_fit.py::test_own_numba_loop_gives_what_fit_gives runs this and compar
 """
 from __future__ import annotations
 
-import inspect
 import linecache
 import math
 import sys
@@ -60,9 +59,8 @@ from .optim import Optimizer, _check_params
 from . import random
 from .primitives.shuffle import next_seed, permutation
 from .pytree import flatten, leaf_paths, unflatten
-from .tracer import _parameter_names
 
-__all__ = ["fit", "History", "epoch_source", "Step"]
+__all__ = ["fit", "History", "epoch_source"]
 
 _PREFLIGHT_ROWS = 4096  # history.initial_loss is evaluated eagerly over the data in chunks of this many rows
 
@@ -410,7 +408,10 @@ def _make_epoch(vg, optimizer, batch_size, shuffle, drop_last, constants=False, 
         _written_here()
         n = data[0].shape[0]
         full = n // batch_size
-        hyper = _hyperparameters(values, [hyperparameters[name] for name in names], constants)
+        if constants:  # float64 constants, as Numba computes with them
+            hyper = [np.float64(v) for v in values]
+        else:
+            hyper = [_Hyperparameter(v, hyperparameters[name]) for name, v in zip(names, values)]
 
         def step(carry, batch):
             _written_here()
@@ -451,105 +452,6 @@ def _make_epoch(vg, optimizer, batch_size, shuffle, drop_last, constants=False, 
     name = getattr(vg.fun, "__name__", "loss")
     epoch.__name__ = epoch.__qualname__ = (name if name.isidentifier() else "loss") + "_fit_epoch"
     return epoch
-
-
-class Step:
-    """``value, params, state = step(params, state, *batch)``: one training step (the loss's value and
-    gradient, then the optimiser's update) as one compiled call. Made by ``optimizer.step(loss)``.
-
-    It is traced like ``fit``'s epoch, one step long: ``tg.value_and_grad(loss)`` and the optimiser's
-    ``update_function`` on whole arrays, compiled with ``tg.jit``. It returns new arrays (``params`` and
-    ``state`` are not changed) and the state with ``"step"`` counted on. The learning rate (its schedule at
-    ``state["step"]``) and the hyperparameters are read at every call and passed as arguments; which of
-    them are 0 is decided when tracing (one compiled function for each such pattern). Like
-    ``opt.update``, it applies what the gradient says, finite or not: the returned value shows it.
-    """
-
-    def __init__(self, loss, optimizer: Optimizer, compile=None):
-        _check_loss(loss, optimizer)
-        self.loss, self.optimizer = loss, optimizer
-        self.compile = None if compile is None else tiers.check_mode(compile)
-        self._by_values: dict = {}  # hyperparameter values -> the tg.jit function they use
-        self._functions: dict = {}  # which of them are 0 (or the values, see _NeedsConstants) -> tg.jit of a step
-
-    def __repr__(self):
-        return f"<tracegrad step of {getattr(self.loss, '__qualname__', self.loss)!r} with {self.optimizer!r}>"
-
-    def __call__(self, params, state, *batch):
-        optimizer = self.optimizer
-        t = state["step"]
-        values = optimizer.hyperparameters()
-        function = self._by_values.get((len(batch), values))
-        if function is None:
-            function = self._function(params, state, batch, values)
-        value, params, state = function(params, state, *batch, optimizer.learning_rate(t), *values)
-        state["step"] = t + 1
-        return value, params, state
-
-    def wait(self) -> None:
-        """Block until compiled code runs every step called so far (see ``tg.jit``'s ``wait``)."""
-        for function in self._functions.values():
-            if isinstance(function, Function):
-                function.wait()
-
-    def _function(self, params, state, batch, values):
-        """The tg.jit function for ``len(batch)`` and hyperparameters ``values``, made (and traced, to find
-        out whether the update needs their values as constants) at the first call with them."""
-        if len(self._by_values) >= 64:  # a schedule of momenta, say: forget the oldest
-            del self._by_values[next(iter(self._by_values))]
-        common = (len(batch),)
-        key = (*common, tuple(v == 0.0 for v in values))
-        if (*common, "constants") not in self._functions:
-            if key not in self._functions:
-                self._functions[key] = self._jit(len(batch), values, constants=False)
-            try:
-                self._functions[key].specialize(params, state, *batch, 0.0, *values)
-                self._by_values[(len(batch), values)] = self._functions[key]
-                return self._functions[key]
-            except _NeedsConstants:
-                self._functions[(*common, "constants")] = True
-        key = (*common, values)
-        if key not in self._functions:
-            self._functions[key] = self._jit(len(batch), values, constants=True)
-        self._by_values[(len(batch), values)] = self._functions[key]
-        return self._functions[key]
-
-    def _jit(self, n_batch, values, constants):
-        step = _make_step(_value_and_grad(self.loss), self.optimizer, n_batch, values, constants)
-        return jit(step, compile=self.compile)
-
-
-def _make_step(vg, optimizer, n_batch, values, constants=False):
-    """One step as a plain function for ``tg.jit``: the loss's value and gradient, then the optimiser's
-    update (``_update``, as in ``fit``'s epoch). Its parameters: ``params, state``, the loss's own names
-    for the ``n_batch`` arrays of a batch, ``lr`` and the hyperparameters (``values`` when tracing)."""
-    update, slots = optimizer.update_function, optimizer.slots
-
-    def step(params, state, *rest):
-        _written_here()
-        batch, lr, given = rest[:n_batch], rest[n_batch], rest[n_batch + 1:]
-        hyper = _hyperparameters(values, given, constants)
-        value, grads = vg(params, *batch)
-        _written_here()
-        params, new_state = _update(update, slots, hyper, params, grads, state, lr, state["step"] + 1)
-        return value, params, new_state
-
-    name = getattr(vg.fun, "__name__", "loss")
-    step.__name__ = step.__qualname__ = (name if name.isidentifier() else "loss") + "_step"
-    batch_names = [name for name in _parameter_names(vg.fun, 1 + n_batch)[1:]]
-    names = ["params", "state", *batch_names, "lr", *optimizer.hyperparameter_names()]
-    unique = [n if n.isidentifier() and names.index(n) == i else f"arg{i}" for i, n in enumerate(names)]
-    step.__signature__ = inspect.Signature([inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-                                            for n in unique])
-    return step
-
-
-def _hyperparameters(values, given, constants) -> list:
-    """The hyperparameters inside a traced update: float64 constants (as Numba computes with them), or the
-    traced arguments ``given``, whose comparisons with 0 are decided by ``values``."""
-    if constants:
-        return [np.float64(v) for v in values]
-    return [_Hyperparameter(v, traced) for v, traced in zip(values, given)]
 
 
 def _written_here() -> None:
@@ -663,21 +565,17 @@ def _value_and_grad(loss) -> Function:
 
 
 def _check_arguments(loss, data, optimizer, batch_size):
-    _check_loss(loss, optimizer)
-    data = _as_arrays(data, "data")
-    n = data[0].shape[0]
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or not 1 <= batch_size <= n:
-        raise DataError(f"batch_size must be an int from 1 to the number of samples ({n}), got {batch_size!r}")
-    return data, int(batch_size)
-
-
-def _check_loss(loss, optimizer) -> None:
     if isinstance(loss, Function):
         raise DataError(f"fit takes the plain loss function, not {loss!r}: it differentiates it itself")
     if not callable(loss):
         raise DataError(f"loss must be a function loss(params, *batch), got {loss!r}")
     if not isinstance(optimizer, Optimizer):
         raise DataError(f"optimizer must be a tracegrad optimiser such as tg.optim.SGD(lr=0.1), got {optimizer!r}")
+    data = _as_arrays(data, "data")
+    n = data[0].shape[0]
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or not 1 <= batch_size <= n:
+        raise DataError(f"batch_size must be an int from 1 to the number of samples ({n}), got {batch_size!r}")
+    return data, int(batch_size)
 
 
 def _as_arrays(data, what) -> tuple:
