@@ -212,7 +212,10 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
 
     def arguments():
         first = state["step"]
-        rates = np.array([optimizer.learning_rate(first + i) for i in range(plan.steps)], dtype=np.float64)
+        if callable(optimizer.lr):  # a schedule: its rate at each step
+            rates = np.array([optimizer.learning_rate(first + i) for i in range(plan.steps)], dtype=np.float64)
+        else:
+            rates = np.full(plan.steps, optimizer.learning_rate(first), dtype=np.float64)
         order = np.array(seed, np.uint64) if shuffle else in_order  # (the epoch draws the order from the seed)
         return (params, {slot: state[slot] for slot in optimizer.slots}, data, order, rates,
                 np.arange(first + 1, first + 1 + plan.steps, dtype=np.int64), hyperparameters) + \
