@@ -633,8 +633,9 @@ def _preflight(loss, params, data, what, batch_size) -> None:
 
 def _ranges(rows) -> str:
     """``0..28, 913, 1402`` for sorted row numbers."""
+    rows = [int(row) for row in rows]
     parts, start = [], rows[0]
-    for previous, row in zip(rows, list(rows[1:]) + [None]):
+    for previous, row in zip(rows, rows[1:] + [None]):
         if row != previous + 1:
             parts.append(f"{start}..{previous}" if previous > start else f"{start}")
             start = row
