@@ -14,10 +14,13 @@ Three tables, each from interleaved rounds (medians, process CPU time, see harne
    tracegrad's workspace (as before it had one), to compare in the same run.
 4. **memory**: the resident set after compiling many shapes of one function, with and without the bound
    on live specialisations, and after ``del f``.
+5. **dispatcher**: a user ``@numba.njit`` loop calling the MLP step at batch 1024 (float32 and float64)
+   through ``.dispatcher`` (a new workspace at each call) and through ``workspace_dispatcher`` with
+   buffers of its own (``new_workspace()``), against the hand-written step in the same kind of loop.
 
     python benchmarks/bench_calls.py            # about a minute once compiled
     python benchmarks/bench_calls.py --quick
-    python benchmarks/bench_calls.py --only pytree,sgd,malloc,memory
+    python benchmarks/bench_calls.py --only pytree,sgd,malloc,memory,dispatcher
 """
 from __future__ import annotations
 
@@ -133,6 +136,51 @@ def sgd_table(report, rounds, target_ns, batch=32):
                  ("implementation", "per step", "vs hand-written"), rows,
                  [f"Medians of {rounds} interleaved rounds, process CPU time. Goal: ≤ 1.3× at batch 32."])
     return times["tracegrad: vg + opt.update"] / hand_t
+
+
+def dispatcher_table(report, rounds, calls=20):
+    rows = []
+    for dtype in (np.float32, np.float64):
+        args = cases.mlp_args(1024, dtype)
+        compiled = tg.value_and_grad(cases.mlp_loss, argnums=(0, 1, 2, 3)).specialize(*args)
+        assert not compiled.captured()
+        dispatcher, kernel, buffers = compiled.dispatcher, compiled.workspace_dispatcher, compiled.new_workspace()
+
+        @numba.njit
+        def through_dispatcher(n, W1, b1, W2, b2, X, y):
+            total = 0.0
+            for _ in range(n):
+                total += dispatcher(W1, b1, W2, b2, X, y)[0]
+            return total
+
+        @numba.njit
+        def with_buffers(n, W1, b1, W2, b2, X, y, buffers):
+            total = 0.0
+            for _ in range(n):
+                total += kernel(W1, b1, W2, b2, X, y, *buffers)[0]
+            return total
+
+        @numba.njit
+        def hand(n, W1, b1, W2, b2, X, y):
+            total = 0.0
+            for _ in range(n):
+                total += cases.mlp_hand_vg(W1, b1, W2, b2, X, y)[0]
+            return total
+
+        want = hand(2, *args)
+        assert np.isclose(through_dispatcher(2, *args), want, rtol=1e-4)
+        assert np.isclose(with_buffers(2, *args, buffers), want, rtol=1e-4)
+        timers = {"hand-written": lambda: harness.time_batch(hand, (calls, *args), 1) / calls,
+                  ".dispatcher": lambda: harness.time_batch(through_dispatcher, (calls, *args), 1) / calls,
+                  "workspace_dispatcher + new_workspace()":
+                      lambda: harness.time_batch(with_buffers, (calls, *args, buffers), 1) / calls}
+        times = harness.interleaved(timers, rounds)
+        base = times["hand-written"]
+        rows += [(f"{np.dtype(dtype).name}, {len(buffers)} buffers", name, harness.fmt_time(t), f"{t / base:.2f}×")
+                 for name, t in times.items()]
+    report.table("MLP step batch 1024 from a user @njit loop: .dispatcher or buffers of its own",
+                 ("case", "called through", "per call", "vs hand-written"), rows,
+                 [f"Medians of {rounds} interleaved rounds of {calls} calls, process CPU time."])
 
 
 MLP_CASES = [(32, np.float32), (32, np.float64), (1024, np.float32), (1024, np.float64)]
@@ -289,6 +337,8 @@ def main(argv=None):
         malloc_table(report, max(5, rounds // 4), target_ns, pairs=2 if opts.quick else 4)
     if "memory" in only:
         memory_table(report, opts.shapes or (100 if opts.quick else 300))
+    if "dispatcher" in only:
+        dispatcher_table(report, rounds)
 
 
 if __name__ == "__main__":

@@ -471,8 +471,25 @@ def test_labels_out_of_range_in_a_hand_written_loss():
     def loss(params, X, y):  # indexes like nn.softmax_cross_entropy, without its checks
         logp = nn.log_softmax(X @ params["W"] + params["b"])
         return -np.mean(logp[np.arange(y.shape[0]), y])
-    with pytest.raises(tg.DataError, match="IndexError on rows 0..49 of the data: are the labels in range"):
+    with pytest.raises(tg.DataError, match="IndexError on rows 0..13, 34..35 of the data: are the labels in range"):
         fit_with(loss=loss, data=(X, Y + 1))
+
+
+@pytest.mark.parametrize("row", [0, 31, 49])
+@pytest.mark.parametrize("label", [-1, CLASSES])
+def test_one_label_out_of_range_anywhere_is_found_before_training(row, label):
+    """fit checks the loss on one batch, not on all the data: the batch holds each array's extreme rows."""
+    labels = Y.copy()
+    labels[row] = label
+    with pytest.raises(tg.DataError, match=f"label {label} is out of range"):
+        fit_with(data=(X, labels), compile="never")
+
+
+def test_the_initial_loss_is_computed_when_read():
+    _, history = fit_with(epochs=2, compile="never")
+    assert "initial_loss" in history.__dict__ and not isinstance(history.__dict__["initial_loss"], float)
+    assert history.initial_loss == pytest.approx(float(LOSS(start(), X, Y)), rel=1e-12)
+    assert isinstance(history.__dict__["initial_loss"], float)  # computed once
 
 
 # ------------------------------------------------------------------------------ the examples run and check themselves

@@ -220,3 +220,29 @@ def test_fit_calls_the_loss_with_a_workspace(small_workspace):
             opt.update(expect, vg(expect, X[start:start + 8], y[start:start + 8])[1], state)
     for k in params:
         np.testing.assert_allclose(trained[k], expect[k], rtol=1e-12, atol=1e-14)
+
+
+def test_user_njit_code_can_pass_a_workspace_of_its_own(small_workspace, rng):
+    vg = tg.value_and_grad(mlp_loss, argnums=(0, 1, 2))
+    args = mlp_args(rng)
+    want = vg(*args)
+    entry = vg.specialize(*args)
+    kernel, buffers = entry.workspace_dispatcher, entry.new_workspace()
+    assert kernel is entry.workspace.inner and len(buffers) == len(entry.workspace.buffers) > 0
+    assert not any(np.shares_memory(a, b) for a in buffers for b in entry.workspace.buffers)
+    for b in buffers:
+        b.fill(np.nan)  # the function writes every buffer before it reads it
+
+    @numba.njit
+    def user_step(W1, b1, W2, X, y, buffers):
+        return kernel(W1, b1, W2, X, y, *buffers)
+
+    got = user_step(*args, buffers)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-12)
+    for a, b in zip(got[1:], want[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+        assert not any(np.shares_memory(a, w) for w in buffers)  # results never alias the workspace
+    assert all(np.isfinite(b).any() for b in buffers)  # the temporaries went there
+    # no workspace: the dispatcher, and no buffers
+    plain = tg.value_and_grad(lambda x: np.sum(x ** 2)).specialize(np.ones(3))
+    assert plain.workspace_dispatcher is plain.dispatcher and plain.new_workspace() == ()

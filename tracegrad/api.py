@@ -108,7 +108,9 @@ class Compiled:
     one output). Called from Python with the wrong arguments it raises Numba's own ``TypeError``.
     Large temporaries (``codegen.WORKSPACE_BYTES``, 32 KiB, and more) of calls from Python live in a
     ``workspace`` of buffers allocated once for the specialisation and reused (outputs never share memory
-    with it; a thread finding it in use gets new ones); ``dispatcher`` allocates them at each call.
+    with it; a thread finding it in use gets new ones); ``dispatcher`` allocates them at each call, and a
+    loop in your own ``@numba.njit`` code that should not can call ``workspace_dispatcher`` with buffers of its
+    own (``new_workspace()``).
 
     ``timings`` holds the seconds each stage of making it took: ``trace``, ``autodiff``, ``passes``,
     ``codegen``, ``load`` (writing and importing the module) and, after the first call, ``numba``
@@ -151,6 +153,35 @@ class Compiled:
         if self._workspace is None and self.module.inner:
             self._workspace = backend.Workspace(self.module, self.dispatcher)
         return self._workspace
+
+    @property
+    def workspace_dispatcher(self):
+        """For a loop in your own ``@numba.njit`` code: the compiled function that takes a workspace, called
+        with ``dispatcher``'s arguments followed by the buffers of ``new_workspace()``; ``dispatcher`` itself
+        when the specialisation has no workspace (then ``new_workspace()`` is ``()``)."""
+        return self.dispatcher if self.workspace is None else self.workspace.inner
+
+    def new_workspace(self) -> tuple:
+        """Buffers for ``workspace_dispatcher``: a tuple of new arrays (uninitialised) of your own, to pass
+        at every call of one loop; not the ones calls from Python use. The function writes its large
+        temporaries into them, so two calls running at the same time (threads) need two workspaces;
+        its results never share memory with them.
+
+        >>> import numba, numpy as np, tracegrad as tg
+        >>> vg = tg.value_and_grad(lambda W, X: np.sum(np.tanh(X @ W) ** 2))
+        >>> W, X = np.full((50, 100), 0.01), np.ones((200, 50))
+        >>> compiled = vg.specialize(W, X)
+        >>> kernel, buffers = compiled.workspace_dispatcher, compiled.new_workspace()
+        >>> @numba.njit
+        ... def descend(W, X, buffers):
+        ...     for _ in range(10):
+        ...         value, g = kernel(W, X, *buffers)   # X @ W and its tanh go into the buffers
+        ...         W = W - 1e-4 * g
+        ...     return value
+        >>> [b.shape for b in buffers], descend(W, X, buffers) < vg(W, X)[0]
+        ([(200, 100), (200, 100)], True)
+        """
+        return () if self.workspace is None else self.workspace.new_buffers()
 
     def _compiled(self):
         """What a compiled call calls: the dispatcher, or the function taking the workspace with it."""

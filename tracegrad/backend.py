@@ -490,8 +490,13 @@ class Workspace:
     def __init__(self, module: Module, dispatcher):
         self.dispatcher = dispatcher  # the function allocating its own workspace
         self.inner = dispatcher.py_func.__globals__[module.inner]  # jitted by import_file, as a part
-        self.buffers = tuple(np.empty(shape, dtype) for _, shape, dtype in module.workspace)
+        self.shapes = tuple((shape, dtype) for _, shape, dtype in module.workspace)
+        self.buffers = self.new_buffers()
         self.lock = threading.Lock()
+
+    def new_buffers(self) -> tuple:
+        """A set of buffers of its own for ``inner`` (uninitialised: the function writes before it reads)."""
+        return tuple(np.empty(shape, dtype) for shape, dtype in self.shapes)
 
     def __call__(self, *args):
         if self.lock.acquire(False):

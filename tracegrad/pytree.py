@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import numpy as np
+
 from .errors import GradTypeError
 
 
@@ -74,10 +76,16 @@ def flatten(tree: Any) -> tuple[list, TreeDef]:
     return leaves, _flatten(tree, leaves, 0)
 
 
+_PLAIN_LEAVES = frozenset([np.ndarray, float, int, bool])  # leaves for certain: no container checks
+
+
 def _flatten(tree, leaves, depth) -> TreeDef:
+    kind = type(tree)
+    if kind in _PLAIN_LEAVES:
+        leaves.append(tree)
+        return LEAF
     if tree is None:
         return _NONE
-    kind = type(tree)
     container = kind is tuple or kind is list or kind is dict
     if not container and (is_namedtuple(tree) or is_dataclass_instance(tree)):
         container = True

@@ -62,7 +62,7 @@ from .pytree import flatten, leaf_paths, unflatten
 
 __all__ = ["fit", "History", "epoch_source"]
 
-_PREFLIGHT_ROWS = 4096  # the first loss is evaluated eagerly over the data in chunks of this many rows
+_PREFLIGHT_ROWS = 4096  # history.initial_loss is evaluated eagerly over the data in chunks of this many rows
 
 
 @dataclass
@@ -73,7 +73,8 @@ class History:
     batch size); ``val_loss`` and ``metrics[name]``: on the validation data after the epoch (on the
     training data if there is none); ``time``: seconds in the compiled epoch function; ``wall_time``:
     seconds for the whole epoch, with validation, metrics and progress;
-    ``initial_loss``: the loss on the training data before training; ``compile_time``: seconds spent
+    ``initial_loss``: the loss on the training data before training (computed when first read, from the
+    data ``fit`` was given: change those arrays in place before and it is theirs); ``compile_time``: seconds spent
     tracing and compiling (with ``compile="background"``, only preparing: Numba compiles meanwhile);
     ``compiled``: for each epoch, whether it ran compiled (True) or on NumPy while Numba was compiling
     (False); ``steps``: updates made. To resume exactly where training stopped, pass the
@@ -91,6 +92,28 @@ class History:
     steps: int = 0
     state: dict | None = field(default=None, repr=False)
     seed: int = 0
+
+
+class _Lazy:
+    """A value computed when it is first read (``History.initial_loss``: the loss over all the data)."""
+
+    def __init__(self, function, *args):
+        self.function, self.args = function, args
+
+
+def _lazy_field(name: str) -> property:
+    def get(self):
+        value = self.__dict__[name]
+        if isinstance(value, _Lazy):
+            value = self.__dict__[name] = value.function(*value.args)
+        return value
+
+    def set(self, value):
+        self.__dict__[name] = value
+    return property(get, set, doc=f"History.{name}, computed when first read")
+
+
+History.initial_loss = _lazy_field("initial_loss")  # (after @dataclass: its default stays math.nan)
 
 
 def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epochs: int = 1,
@@ -172,9 +195,14 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
     state = optimizer.init(params) if state is None else _copy_state(optimizer, state, params)
 
     history = History(state=state, metrics={name: [] for name in metrics}, steps=state["step"], seed=seed)
-    history.initial_loss = _preflight(evaluate, params, data, "data")
+    _preflight(evaluate, params, data, "data", batch_size)
     if validation is not None:
-        _preflight(evaluate, params, validation, "validation")
+        _preflight(evaluate, params, validation, "validation", batch_size)
+    # computed when first read: fit never changes the arrays of `params` (each epoch returns new ones),
+    # but with epochs=0 it returns them, for the caller to change
+    history.initial_loss = _Lazy(_mean_loss, evaluate, unflatten(tree, flatten(params)[0]), data, "data")
+    if epochs == 0:
+        history.initial_loss
     t_compile = time.perf_counter()
     plan = _Plan(data[0].shape[0], batch_size, drop_last)
     hyperparameters = {name: np.array(value) for name, value in zip(optimizer.hyperparameter_names(),
@@ -184,14 +212,17 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
 
     def arguments():
         first = state["step"]
-        rates = np.array([optimizer.learning_rate(first + i) for i in range(plan.steps)], dtype=np.float64)
+        if callable(optimizer.lr):  # a schedule: its rate at each step
+            rates = np.array([optimizer.learning_rate(first + i) for i in range(plan.steps)], dtype=np.float64)
+        else:
+            rates = np.full(plan.steps, optimizer.learning_rate(first), dtype=np.float64)
         order = np.array(seed, np.uint64) if shuffle else in_order  # (the epoch draws the order from the seed)
         return (params, {slot: state[slot] for slot in optimizer.slots}, data, order, rates,
                 np.arange(first + 1, first + 1 + plan.steps, dtype=np.int64), hyperparameters) + \
             (() if key is None else (key,))  # (the epoch takes a key only when the loss does)
 
     entry = _specialize(loss, optimizer, batch_size, bool(shuffle), bool(drop_last), mode, arguments(), key is not None)
-    if mode == "wait":
+    if mode == "wait" and entry.tier != "compiled":  # (fitting again: its calls run compiled already)
         entry.announce_compile(entry.dispatcher)
         with backend.quiet_compile():
             backend.compile_for(entry.dispatcher, tiers.describe(_kernel_args(entry, arguments())), entry.module)
@@ -583,29 +614,63 @@ def _copy_state(optimizer, state, params) -> dict:
     return copied
 
 
-def _preflight(loss, params, data, what) -> float:
-    """The loss over all the data, eagerly in NumPy: checks labels and the like before anything compiles.
-    (An index the compiled code would find out of bounds fails here first: the same loss, the same data.)"""
+def _preflight(loss, params, data, what, batch_size) -> None:
+    """The loss on one batch, eagerly in NumPy, before anything compiles: a loss that does not return one
+    number, or raises on the data (labels out of range for a ``tg.nn`` loss, a shape that does not fit),
+    fails here with a ``DataError``. The batch is the first rows with, in place of the last of them, the
+    rows holding each data array's smallest and largest values (labels out of range are extremes, so a
+    label anywhere in the data is checked: not only those of the first rows), in ``batch_size`` rows."""
+    n = data[0].shape[0]
+    extremes = []
+    for d in data:
+        for position in (np.argmin(d), np.argmax(d)):  # (a NaN, where there is one, is both)
+            row = int(position) // max(1, d[0].size)
+            if row not in extremes:
+                extremes.append(row)
+    first = [row for row in range(min(n, batch_size)) if row not in extremes]
+    rows = np.array(sorted(first[:max(0, batch_size - len(extremes))] + extremes[:batch_size]))
+    _loss_on(loss, params, tuple(d[rows] for d in data), what, f"rows {_ranges(rows)}")
+
+
+def _ranges(rows) -> str:
+    """``0..28, 913, 1402`` for sorted row numbers."""
+    rows = [int(row) for row in rows]
+    parts, start = [], rows[0]
+    for previous, row in zip(rows, rows[1:] + [None]):
+        if row != previous + 1:
+            parts.append(f"{start}..{previous}" if previous > start else f"{start}")
+            start = row
+    return ", ".join(parts)
+
+
+def _mean_loss(loss, params, data, what) -> float:
+    """The loss over all the data (the mean of its values on chunks of ``_PREFLIGHT_ROWS`` rows, weighted by
+    their sizes), eagerly in NumPy: ``history.initial_loss``, computed when it is first read."""
     n, total = data[0].shape[0], 0.0
     for start in range(0, n, _PREFLIGHT_ROWS):
-        rows = slice(start, start + _PREFLIGHT_ROWS)
-        try:
-            value = loss(params, *(d[rows] for d in data))
-        except IndexError as exc:
-            raise DataError(f"the loss raised IndexError on rows {start}..{min(n, start + _PREFLIGHT_ROWS) - 1} "
-                            f"of the {what}: are the labels in range? ({exc})", raised_at(exc)) from None
-        except TracegradError:
-            raise
-        except Exception as exc:  # shapes that do not fit, a loss taking other arguments ...
-            raise DataError(f"the loss raised {type(exc).__name__} on the {what} before training: {exc}",
-                            raised_at(exc), hint=f"fit calls loss(params, *{what}) on batches of rows of each "
-                            f"array in the {what}") from None
-        if np.ndim(value) != 0 or not isinstance(value, (float, int, np.floating, np.integer, np.ndarray)):
-            shape = f"shape {np.shape(value)}" if hasattr(value, "shape") else f"a {type(value).__name__}"
-            raise DataError(f"the loss must return one number (the mean over the batch), got {shape}",
-                            hint="reduce it, e.g. return np.mean(...), or tg.nn.mse(pred, y)")
-        total += float(value) * (min(n, start + _PREFLIGHT_ROWS) - start)
+        stop = min(n, start + _PREFLIGHT_ROWS)
+        value = _loss_on(loss, params, tuple(d[start:stop] for d in data), what, f"rows {start}..{stop - 1}")
+        total += float(value) * (stop - start)
     return total / n
+
+
+def _loss_on(loss, params, batch, what, rows):
+    try:
+        value = loss(params, *batch)
+    except IndexError as exc:
+        raise DataError(f"the loss raised IndexError on {rows} of the {what}: are the labels in range? ({exc})",
+                        raised_at(exc)) from None
+    except TracegradError:
+        raise
+    except Exception as exc:  # shapes that do not fit, a loss taking other arguments ...
+        raise DataError(f"the loss raised {type(exc).__name__} on the {what} before training: {exc}",
+                        raised_at(exc), hint=f"fit calls loss(params, *{what}) on batches of rows of each "
+                        f"array in the {what}") from None
+    if np.ndim(value) != 0 or not isinstance(value, (float, int, np.floating, np.integer, np.ndarray)):
+        shape = f"shape {np.shape(value)}" if hasattr(value, "shape") else f"a {type(value).__name__}"
+        raise DataError(f"the loss must return one number (the mean over the batch), got {shape}",
+                        hint="reduce it, e.g. return np.mean(...), or tg.nn.mse(pred, y)")
+    return value
 
 
 def _stopped(error, why, saved, tree, optimizer, history, epoch, epochs) -> TrainingError:
