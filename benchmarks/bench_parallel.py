@@ -59,20 +59,23 @@ def main():
     for label, a, serial, parallel, rtol in rows:
         blocked = "prange" in parallel.source(*a)
         expected, got = serial(*a), parallel(*a)  # (compiles both)
-        flat = lambda r: [r[0], *r[1]] if isinstance(r[1], tuple) else list(r)
+        def flat(result):  # a value; (value, gradient); (value, (gradients))
+            if not isinstance(result, tuple):
+                return [result]
+            return [result[0], *result[1]] if isinstance(result[1], tuple) else list(result)
         assert all(np.allclose(s, p, rtol=rtol, atol=1e-6) for s, p in zip(flat(expected), flat(got))), label
 
-        def one_thread(*a, parallel=parallel):
+        def one_thread(parallel=parallel, a=a, ns=None):  # a batch of calls with one Numba thread
             numba.set_num_threads(1)
             try:
-                return parallel(*a)
+                return harness.time_batch(parallel, a, ns)
             finally:
                 numba.set_num_threads(threads)
 
         ns = harness.calibrate(serial, a, 2e7)  # ~20 ms per batch of calls
         medians = harness.interleaved({"serial": lambda: harness.time_batch(serial, a, ns),
                                        "parallel": lambda: harness.time_batch(parallel, a, ns),
-                                       "one": lambda: harness.time_batch(one_thread, a, ns)}, args.rounds)
+                                       "one": lambda: one_thread(ns=ns)}, args.rounds)
         table.append((label, "yes" if blocked else "no (serial code)", harness.fmt_time(medians["serial"]),
                       harness.fmt_time(medians["parallel"]), f"{medians['serial'] / medians['parallel']:.2f}x",
                       harness.fmt_time(medians["one"]), f"{medians['serial'] / medians['one']:.2f}x"))

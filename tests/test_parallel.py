@@ -238,3 +238,18 @@ def test_fit_runs_its_steps_loops_in_parallel(rng, small_loops):
     epochs = [f for kept in tg.train._EPOCHS.values() for f in kept.values() if isinstance(f, tg.Function)]
     assert any(f.parallel is True and any("prange" in e.source for e in f._cache.values()) for f in epochs)
     assert h_parallel.loss[-1] < h_parallel.loss[0]
+
+
+def test_the_background_compile_compiles_the_loops_in_parallel_too(rng, small_loops):
+    # the worker process imports the file and picks Numba's options by the same rule (backend.parallel_options)
+    args = layer_args(rng, 48, 8)
+    f = tg.value_and_grad(layer_loss, argnums=(0, 1), parallel=True, compile="background")
+    assert "prange" in f.source(*args)
+    first = f(*args)  # on NumPy, or compiled already if the disk cache has it
+    f.wait()
+    entry = f.specialize(*args)
+    assert entry.tier == "compiled"
+    again = f(*args)
+    np.testing.assert_allclose(again[0], first[0], rtol=1e-12)
+    loops = [g for name, g in entry.dispatcher.py_func.__globals__.items() if "_loop" in name]
+    assert loops and all(g.targetoptions.get("parallel") for g in loops)
