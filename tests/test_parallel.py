@@ -68,14 +68,25 @@ def test_small_loops_stay_serial(rng):
     assert not f.specialize(*args).module.parallel
 
 
-def test_loops_adding_at_shifted_indices_stay_serial():
-    # grad_x[i0 + 1] += ...: two rows of different blocks would add to one element
+def test_loops_adding_at_scaled_indices_stay_serial():
+    # grad_x[2 * i0] += ...: rows are not blocks of grad_x's elements
+    def f(x):
+        return np.sum(np.sin(x[::2]) * x[1::2])
+
+    x = np.linspace(-1, 1, 40000)
+    source = tg.value_and_grad(f, parallel=True).source(x)
+    assert "grad_x[2 * i0 + 1] += " in source and "prange" not in source
+    assert source == tg.value_and_grad(f).source(x)
+
+
+def test_loops_adding_at_shifted_indices_alternate_their_blocks():
+    # grad_x[i0 + 1] += ...: the last row of a block adds to the first element of the next one, so the
+    # even blocks run first, then the odd ones
     x = np.linspace(-1, 1, 20000)
-    f = tg.value_and_grad(rosenbrock, parallel=True)
-    assert "grad_x[i0 + 1] += " in f.source(x)
-    assert f.source(x) == tg.value_and_grad(rosenbrock).source(x)
-    # its forward pass alone is a plain sum: in parallel
-    assert "prange" in tg.jit(rosenbrock, parallel=True).source(x)
+    source = tg.value_and_grad(rosenbrock, parallel=True).source(x)
+    assert "grad_x[i0 + 1] += " in source
+    assert "for sweep in range(2):" in source and f"for half in prange({passes.BLOCKS // 2}):" in source
+    assert "blk = 2 * half + sweep" in source
 
 
 def test_parallel_is_in_the_cache_key(rng):
@@ -253,3 +264,24 @@ def test_the_background_compile_compiles_the_loops_in_parallel_too(rng, small_lo
     np.testing.assert_allclose(again[0], first[0], rtol=1e-12)
     loops = [g for name, g in entry.dispatcher.py_func.__globals__.items() if "_loop" in name]
     assert loops and all(g.targetoptions.get("parallel") for g in loops)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
+def test_alternating_blocks_give_the_serial_gradient(rng, small_loops):
+    x = rng.normal(size=301)  # 300 rows in 4 blocks of 75, each row adding to x[i] and x[i + 1]
+    f = tg.value_and_grad(rosenbrock, parallel=True)
+    assert "for sweep in range(2):" in f.source(x)
+    value, grad = f(x)
+    value_s, grad_s = tg.value_and_grad(rosenbrock)(x)
+    np.testing.assert_allclose(value, value_s, rtol=1e-13)
+    np.testing.assert_allclose(grad, grad_s, rtol=1e-13, atol=1e-12)
+    np.testing.assert_allclose(grad, numeric_grad(rosenbrock, x), rtol=1e-6, atol=1e-5)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = f(x)
+        numba.set_num_threads(2)
+        two = f(x)
+    finally:
+        numba.set_num_threads(threads)
+    assert one[0] == two[0] and np.array_equal(one[1], two[1])

@@ -400,7 +400,7 @@ def generate(graph: Graph, function: str | None = None, comments: bool = True, c
     # the names the module itself defines or imports: no value and not the function may take one
     module_names = set(all_kernels) | ({"NonFiniteError"} if check_finite else set())
     function = function_name(function or graph.name, module_names)
-    loop_names = _loop_indices(graph.nodes) | ({"blk", "prange"} if parallel_min is not None else set())
+    loop_names = _loop_indices(graph.nodes) | ({"blk", "half", "sweep", "prange"} if parallel_min is not None else set())
     names = assign_names(graph, reserved=frozenset(module_names) | {function} | loop_names)
     printer = Printer(names, comments, check_finite, _workspace_candidates(graph), parallel_min)
     printer.function = function
