@@ -51,6 +51,7 @@ def test_large_loops_become_blocks_of_rows(rng):
     assert f"for blk in prange({passes.BLOCKS}):" in source
     per = 1024 // passes.BLOCKS
     assert f"for i0 in range(blk * {per}, blk * {per} + {per}):" in source
+    assert f"# 1024 rows in {passes.BLOCKS} blocks of {per}, run on Numba's threads" in source
     assert "_blk += " in source  # the scalar sum: one partial per block ...
     assert f"grad_b_blocks[blk, i1] += " in source  # ... the sum over rows: a row of partials per block
     assert "# the blocks' partial sums, in block order" in source
