@@ -286,3 +286,19 @@ def test_alternating_blocks_give_the_serial_gradient(rng, small_loops):
     finally:
         numba.set_num_threads(threads)
     assert one[0] == two[0] and np.array_equal(one[1], two[1])
+
+
+def test_names_the_parallel_code_uses_are_not_taken_from_the_user(rng, small_loops):
+    def f(x):
+        blk = np.sin(x)
+        prange = blk * x
+        half = np.sum(prange ** 2)
+        return half
+
+    x = rng.normal(size=(40, 8))
+    g = tg.value_and_grad(f, parallel=True)
+    source = g.source(x)
+    assert "for blk in prange(4):" in source
+    value, grad = g(x)
+    np.testing.assert_allclose(value, f(x), rtol=1e-13)
+    np.testing.assert_allclose(grad, numeric_grad(f, x), rtol=1e-6, atol=1e-6)

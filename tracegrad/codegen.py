@@ -35,6 +35,7 @@ PART_LINES = 400
 # and faults them in again; benchmarks/RESULTS.md). Smaller ones stay new arrays: each extra argument
 # costs Numba's dispatch from Python ~0.1 µs, about what allocating a small array costs.
 WORKSPACE_BYTES = 32 * 1024
+PARALLEL_NAMES = frozenset({"blk", "half", "sweep", "prange"})  # what parallel loops name (passes._Blocks)
 
 
 @dataclass(frozen=True)
@@ -400,7 +401,7 @@ def generate(graph: Graph, function: str | None = None, comments: bool = True, c
     # the names the module itself defines or imports: no value and not the function may take one
     module_names = set(all_kernels) | ({"NonFiniteError"} if check_finite else set())
     function = function_name(function or graph.name, module_names)
-    loop_names = _loop_indices(graph.nodes) | ({"blk", "half", "sweep", "prange"} if parallel_min is not None else set())
+    loop_names = _loop_indices(graph.nodes) | (PARALLEL_NAMES if parallel_min is not None else set())
     names = assign_names(graph, reserved=frozenset(module_names) | {function} | loop_names)
     printer = Printer(names, comments, check_finite, _workspace_candidates(graph), parallel_min)
     printer.function = function

@@ -288,7 +288,7 @@ class _Blocks:
         for out, name in self.partial.items():
             lines.append(f"{name} = {self.printer.zeros(Aval((BLOCKS,) + out.aval.shape, out.aval.dtype))}")
         if self.sweeps:
-            lines.append("for sweep in range(2):  # the even blocks, then the odd: rows add to their neighbours' elements")
+            lines.append("for sweep in range(2):  # even blocks, then odd: rows add to their neighbours' elements")
             lines.append(f"    for half in prange({BLOCKS // 2}):")
             lines.append("        blk = 2 * half + sweep")
         else:
