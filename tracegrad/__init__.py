@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 from . import primitives as _primitives  # noqa: F401  (registers every primitive)
 from .api import Compiled, Function, grad, jit, make_graph, source, value_and_grad
 from .backend import cache_dir, set_cache_dir, tune_malloc
-from .tiers import set_compile
+from .tiers import set_compile, set_parallel
 from .errors import (CompileError, CompileWarning, GradTypeError, NonFiniteError, ShapeError, TracegradError,
                      TracingError,
                      UnsupportedError)
@@ -35,7 +35,7 @@ __all__ = [
     "grad", "value_and_grad", "jit", "make_graph", "source", "sigmoid", "stop_gradient",
     "scan", "fori_loop", "while_loop", "custom_vjp", "vmap", "jacrev", "jacfwd", "jacobian", "hessian", "hvp",
     "jvp", "linearize", "vjp", "custom_jvp",
-    "Function", "Compiled", "Graph", "Aval", "cache_dir", "set_cache_dir", "tune_malloc", "set_compile",
+    "Function", "Compiled", "Graph", "Aval", "cache_dir", "set_cache_dir", "tune_malloc", "set_compile", "set_parallel",
     "TracegradError", "TracingError", "UnsupportedError", "ShapeError", "GradTypeError", "CompileError",
     "CompileWarning", "NonFiniteError", "HeldArrayWarning", "CacheError", "CacheWarning",
     "draw", "Drawing", "MissingDependencyError",

@@ -21,6 +21,7 @@ import numpy as np
 from . import backend, tiers
 from .autodiff import value_and_grad_graph
 from .codegen import Module, generate
+from . import passes
 from .passes import optimize
 from .core import ENTERED as _ENTERED, TracedArray, current_builder, _state as _tracing
 from .errors import GradTypeError
@@ -443,7 +444,7 @@ class Function:
     max_specializations: int = _max_specializations()
 
     def __init__(self, fun: Callable, mode: str, argnums=0, has_aux: bool = False, debug_nans: bool | None = None,
-                 compile: str | None = None):
+                 compile: str | None = None, parallel: bool | str | None = None):
         if not callable(fun):
             raise GradTypeError(f"{mode} expects a function, got {type(fun).__name__}")
         if mode != "jit":
@@ -460,6 +461,7 @@ class Function:
         self._flat: dict = {}  # leaf signatures -> Compiled, for flat arguments: one look-up, no flattening
         self._installed: Compiled | None = None  # whose guard is the class's __call__
         self.compile = None if compile is None else tiers.check_mode(compile)  # None: tiers.compile_mode()
+        self.parallel = None if parallel is None else tiers.check_parallel(parallel)  # None: tiers.parallel_mode()
         functools.update_wrapper(self, fun, updated=())  # not __dict__: fun may be a Function itself
         # a class of its own, whose __call__ becomes the guard of the specialisation last called
         self.__class__ = type("Function", (Function,), {"__module__": __name__, "__qualname__": "Function"})
@@ -468,7 +470,8 @@ class Function:
         return f"<tracegrad.{self.mode} of {getattr(self.fun, '__qualname__', self.fun)!r}>"
 
     def __reduce__(self):  # its own class cannot be pickled; a copy compiles (or loads) again when called
-        return Function, (self.fun, self.mode, self.argnums, self.has_aux, self.debug_nans, self.compile)
+        return Function, (self.fun, self.mode, self.argnums, self.has_aux, self.debug_nans, self.compile,
+                          self.parallel)
 
     def __get__(self, obj, objtype=None):
         """A decorated method: ``self`` is bound, not traced, and argnums count the other arguments.
@@ -481,7 +484,7 @@ class Function:
         bound = obj.__dict__.get(key) if hasattr(obj, "__dict__") else None
         if bound is None:
             bound = Function(functools.partial(self.fun, obj), self.mode, self.argnums, self.has_aux, self.debug_nans,
-                             self.compile)
+                             self.compile, self.parallel)
             bound.__name__ = getattr(self.fun, "__name__", "method")
             if hasattr(obj, "__dict__"):
                 obj.__dict__[key] = bound
@@ -619,7 +622,7 @@ class Function:
         suffix = {"jit": "", "grad": "_grad", "value_and_grad": "_value_and_grad"}[self.mode]
         name = _identifier(traced.graph.name) + suffix + ("_debug_nans" if self.debug_nans else "")
         graph.name = name
-        module = generate(graph, name, check_finite=self.debug_nans)
+        module = generate(graph, name, check_finite=self.debug_nans, parallel_min=self._parallel_min())
         clock.lap("codegen")
         dispatcher = backend.load(module)
         clock.lap("load")
@@ -627,6 +630,13 @@ class Function:
         signature = tuple(_signature(leaf) for leaf in leaves)
         return Compiled(graph, module, dispatcher, traced, pack, direct, in_tree, signature, clock.laps,
                         compile_mode=self.compile or tiers.compile_mode())
+
+    def _parallel_min(self) -> int | None:
+        """The fewest elements a fused loop runs in parallel with, by ``parallel=`` (None: no loop does)."""
+        setting = tiers.parallel_mode() if self.parallel is None else self.parallel
+        if setting == "auto":  # (a fixed threshold for now: see docs/DESIGN.md, "parallel=")
+            return passes.AUTO_MIN if backend.threads() > 1 else None
+        return passes.PARALLEL_MIN if setting else None
 
     def _transform(self, traced: Traced, args, wrt):
         """The graph to compile, and how to turn its flat outputs back into this function's results."""
@@ -781,19 +791,20 @@ def _identifier(name: str) -> str:
 
 
 def _transform_decorator(mode):
-    def transform(fun=None, *, argnums=0, has_aux=False, debug_nans=None, compile=None, static_argnums=(),
-                  static_argnames=()):
+    def transform(fun=None, *, argnums=0, has_aux=False, debug_nans=None, compile=None, parallel=None,
+                  static_argnums=(), static_argnames=()):
         def make(f):
             if static_argnums or static_argnames:
-                return StaticArgs(f, lambda g, a: Function(g, mode, a, has_aux, debug_nans, compile), argnums,
-                                  static_argnums, static_argnames)
-            return Function(f, mode, argnums, has_aux, debug_nans, compile)
+                return StaticArgs(f, lambda g, a: Function(g, mode, a, has_aux, debug_nans, compile, parallel),
+                                  argnums, static_argnums, static_argnames)
+            return Function(f, mode, argnums, has_aux, debug_nans, compile, parallel)
         return make if fun is None else make(fun)
     return transform
 
 
 def grad(fun: Callable | None = None, *, argnums=0, has_aux: bool = False, debug_nans: bool | None = None,
-         compile: str | None = None, static_argnums=(), static_argnames=()) -> Function:
+         compile: str | None = None, parallel: bool | str | None = None, static_argnums=(),
+         static_argnames=()) -> Function:
     """The gradient of a scalar function, compiled.
 
     ``grad(f)(*args)`` returns the gradient of ``f`` with respect to argument ``argnums`` (an int, or a
@@ -816,17 +827,24 @@ def grad(fun: Callable | None = None, *, argnums=0, has_aux: bool = False, debug
     on the first call until Numba has compiled (or loaded from its cache); ``"never"`` only uses NumPy.
     ``f.wait()`` blocks until the compiled code is in use.
 
+    ``parallel``: ``False`` (the default, see ``tg.set_parallel``) runs the compiled code on one thread;
+    ``True`` runs each fused loop over at least 8,192 elements (and 128 rows) on all of Numba's threads,
+    as fixed blocks of rows whose sums are added in block order (the same result whatever the number
+    of threads); ``"auto"`` does so only for loops of 131,072 elements or more, when Numba has more
+    than one thread. Matrix products use BLAS's own threads either way. See docs/guide/scaling.md.
+
     Raises ``GradTypeError`` for a non-scalar output, an integer argument or ``argnums`` out of range,
     ``TracingError`` for Python control flow on traced values, ``UnsupportedError`` for NumPy functions
     tracegrad does not know, and ``ShapeError`` for shapes that do not fit.
     """
     return _transform_decorator("grad")(fun, argnums=argnums, has_aux=has_aux, debug_nans=debug_nans, compile=compile,
-                                        static_argnums=static_argnums, static_argnames=static_argnames)
+                                        parallel=parallel, static_argnums=static_argnums,
+                                        static_argnames=static_argnames)
 
 
 def value_and_grad(fun: Callable | None = None, *, argnums=0, has_aux: bool = False,
-                   debug_nans: bool | None = None, compile: str | None = None, static_argnums=(),
-                   static_argnames=()) -> Function:
+                   debug_nans: bool | None = None, compile: str | None = None,
+                   parallel: bool | str | None = None, static_argnums=(), static_argnames=()) -> Function:
     """Like ``grad``, but returns ``(value, gradient)`` from one compiled pass (``((value, aux), gradient)``
     with ``has_aux``).
 
@@ -835,23 +853,23 @@ def value_and_grad(fun: Callable | None = None, *, argnums=0, has_aux: bool = Fa
     (8.0, 2.0)
     """
     return _transform_decorator("value_and_grad")(fun, argnums=argnums, has_aux=has_aux, debug_nans=debug_nans,
-                                                  compile=compile, static_argnums=static_argnums,
-                                                  static_argnames=static_argnames)
+                                                  compile=compile, parallel=parallel,
+                                                  static_argnums=static_argnums, static_argnames=static_argnames)
 
 
-def jit(fun: Callable, *, debug_nans: bool | None = None, compile: str | None = None, static_argnums=(),
-        static_argnames=()) -> Function:
+def jit(fun: Callable, *, debug_nans: bool | None = None, compile: str | None = None,
+        parallel: bool | str | None = None, static_argnums=(), static_argnames=()) -> Function:
     """Compile ``fun`` (forward only). It may return any pytree of arrays and scalars. ``compile``,
-    ``static_argnums`` and ``static_argnames`` as for ``grad``.
+    ``parallel``, ``static_argnums`` and ``static_argnames`` as for ``grad``.
 
     >>> import numpy as np, tracegrad as tg
     >>> tg.jit(lambda x: np.tanh(x) * 2)(np.zeros(2))
     array([0., 0.])
     """
     if static_argnums or static_argnames:
-        return StaticArgs(fun, lambda g, a: Function(g, "jit", debug_nans=debug_nans, compile=compile), None,
-                          static_argnums, static_argnames)
-    return Function(fun, "jit", debug_nans=debug_nans, compile=compile)
+        return StaticArgs(fun, lambda g, a: Function(g, "jit", debug_nans=debug_nans, compile=compile,
+                                                     parallel=parallel), None, static_argnums, static_argnames)
+    return Function(fun, "jit", debug_nans=debug_nans, compile=compile, parallel=parallel)
 
 
 def name_outputs(graph: Graph) -> Graph:

@@ -313,6 +313,21 @@ def jit(function, **options):
         return numba.njit(**options)(function)
 
 
+def parallel_options(function) -> dict:
+    """Numba's options for a generated function: ``parallel=`` for one with ``prange`` loops
+    (``parallel=True`` in tracegrad), and then only for them: Numba's other automatic parallelisation
+    (array expressions, ``np.sum``, ...) would add up in an order that depends on the threads."""
+    if "prange" not in function.__code__.co_names:
+        return {}
+    return {"parallel": {"prange": True, "comprehension": False, "reduction": False, "inplace_binop": False,
+                         "setitem": False, "numpy": False, "stencil": False, "fusion": False}}
+
+
+def threads() -> int:
+    """The number of threads Numba's parallel loops may use in this process (``NUMBA_NUM_THREADS``)."""
+    return numba.config.NUMBA_NUM_THREADS
+
+
 def load(module: Module):
     """The Numba dispatcher for ``module``'s function; compiled lazily on the first call.
 
@@ -360,7 +375,8 @@ def _load(module: Module, directory: Path | None, name: str):
     py_module.__file__ = filename
     sys.modules[py_module.__name__] = py_module
     exec(compile(module.source, filename, "exec"), py_module.__dict__)
-    compile_ = numba.njit(error_model="numpy")
+    def compile_(function):
+        return numba.njit(error_model="numpy", **parallel_options(function))(function)
     for part in module.parts:  # globals the function calls: compiled when it is
         setattr(py_module, part, compile_(getattr(py_module, part)))
     dispatcher = compile_(getattr(py_module, module.function))
@@ -474,8 +490,10 @@ def import_file(path: Path, function: str, parts=(), source: str | None = None):
     exec(compile(text, str(path), "exec"), py_module.__dict__)
     # error_model="numpy": 1/0 gives inf and 0/0 nan, as in NumPy, instead of raising
     for part in parts:  # globals the function calls: compiled when it is
-        setattr(py_module, part, jit(getattr(py_module, part), error_model="numpy"))
-    dispatcher = jit(getattr(py_module, function), error_model="numpy")
+        part = getattr(py_module, part)
+        setattr(py_module, part.__name__, jit(part, error_model="numpy", **parallel_options(part)))
+    function = getattr(py_module, function)
+    dispatcher = jit(function, error_model="numpy", **parallel_options(function))
     weakref.finalize(dispatcher, _forget_module, py_module.__name__, py_module)
     return dispatcher
 

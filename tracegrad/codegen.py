@@ -35,6 +35,7 @@ PART_LINES = 400
 # and faults them in again; benchmarks/RESULTS.md). Smaller ones stay new arrays: each extra argument
 # costs Numba's dispatch from Python ~0.1 µs, about what allocating a small array costs.
 WORKSPACE_BYTES = 32 * 1024
+PARALLEL_NAMES = frozenset({"blk", "half", "sweep", "prange"})  # what parallel loops name (passes._Blocks)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Module:
     # same arguments followed by the workspace's buffers, one (name, shape, dtype name) each
     inner: str | None = None
     workspace: tuple = ()
+    parallel: bool = False  # some loop runs as prange: compiled with Numba's parallel=True
 
     @property
     def inner_parts(self) -> tuple:
@@ -217,8 +219,13 @@ class Printer:
     primitive (a loop) asks it for its nested graph's lines (``block``), its outer values' spellings
     (``alias``) and how to spell atoms and new arrays."""
 
-    def __init__(self, names: dict, comments: bool, check_finite: bool, workspace=frozenset()):
+    def __init__(self, names: dict, comments: bool, check_finite: bool, workspace=frozenset(), parallel_min=None):
         self.names = names
+        self.parallel_min = parallel_min  # fused loops of at least this many elements run in parallel (None: none)
+        self.uses_prange = False  # some loop does
+        self._fresh: set = set()  # names made by fresh_name
+        self.function = "f"  # the name of the function being generated
+        self.functions: list = []  # (name, parameters, lines) of functions it calls (parallel loops), in order
         self.comments = comments
         self.check_finite = check_finite
         self.workspace = workspace  # values that may be written into a buffer the caller passes
@@ -227,6 +234,15 @@ class Printer:
         self.defined_by: dict = {}
         self.last_source = None
         self.checks: list = []  # with check_finite: (value, message) per value checked, in order
+
+    def fresh_name(self, name: str) -> str:
+        """``name``, or it with ``_`` appended until no value and no other such name has it: a name of the
+        generated code's own (a loop's partial sums)."""
+        taken = set(self.names.values())
+        while name in taken or name in self._fresh or name in RESERVED:
+            name += "_"
+        self._fresh.add(name)
+        return name
 
     def alias(self, var: Var, text: str) -> None:
         """Spell ``var`` (a nested graph's input) as the outer value ``text``."""
@@ -327,8 +343,10 @@ class Printer:
                         note = notes[node.source] = comment_text(node.source.short())
                     self.last_source = node.source
             if spelled is None:  # a block: the lines of its body keep their own notes
+                made = len(self.functions)
                 lines = emit.render(self, node, args)
-                text = "\n".join(code for code, _ in lines)
+                text = "\n".join([code for code, _ in lines] + [code for _, _, body in self.functions[made:]
+                                                                for code in body])  # (its parallel loop's)
                 self.used_kernels.update(k for k in _kernel_names([node]) if k + "(" in text)
                 statement.extend((code, note if k == 0 else inner) for k, (code, inner) in enumerate(lines))
                 checked = [v for v in node.outs if v.aval.dtype.kind == "f"]
@@ -366,8 +384,13 @@ def function_name(name: str, taken=frozenset()) -> str:
     return function
 
 
-def generate(graph: Graph, function: str | None = None, comments: bool = True, check_finite: bool = False) -> Module:
+def generate(graph: Graph, function: str | None = None, comments: bool = True, check_finite: bool = False,
+             parallel_min: int | None = None) -> Module:
     """Generate the module that defines ``function(*graph.inputs)`` returning ``graph.outputs``.
+
+    With ``parallel_min`` (``parallel=``), each fused loop over at least that many elements whose rows add
+    only to elements of their own or to sums runs as ``for blk in prange(BLOCKS):`` over fixed blocks of
+    its rows (``passes._blocks``); the module then imports ``prange`` and is compiled with ``parallel=True``.
 
     With ``check_finite``, every floating-point value is checked as soon as it is computed and the
     first NaN or inf raises ``NonFiniteError`` naming the value, the pass and the user's line. Code longer
@@ -378,8 +401,10 @@ def generate(graph: Graph, function: str | None = None, comments: bool = True, c
     # the names the module itself defines or imports: no value and not the function may take one
     module_names = set(all_kernels) | ({"NonFiniteError"} if check_finite else set())
     function = function_name(function or graph.name, module_names)
-    names = assign_names(graph, reserved=frozenset(module_names) | {function} | _loop_indices(graph.nodes))
-    printer = Printer(names, comments, check_finite, _workspace_candidates(graph))
+    loop_names = _loop_indices(graph.nodes) | (PARALLEL_NAMES if parallel_min is not None else set())
+    names = assign_names(graph, reserved=frozenset(module_names) | {function} | loop_names)
+    printer = Printer(names, comments, check_finite, _workspace_candidates(graph), parallel_min)
+    printer.function = function
     body = printer.statements(graph.nodes, graph.outputs, top=True)
     defined_by, used_kernels, checks = printer.defined_by, printer.used_kernels, printer.checks
 
@@ -408,6 +433,7 @@ def generate(graph: Graph, function: str | None = None, comments: bool = True, c
                                               "one kept for this specialisation)", None)] +
                           [(f"{names[v]} = {_empty(v.aval.shape, v.aval.dtype)}", None) for v in printer.buffers] +
                           [(f"return {inner}({', '.join(params + buffers)})", None)]))
+    functions[:0] = [(name, args, [(code, None) for code in lines]) for name, args, lines in printer.functions]
     width = min(max((len(code) for _, _, lines in functions for code, note in lines if note), default=0), 56) + 2
     text = "\n\n".join(
         f"def {name}({', '.join(args)}):\n" + "".join(
@@ -418,6 +444,8 @@ def generate(graph: Graph, function: str | None = None, comments: bool = True, c
     header = [f"# Generated by tracegrad {__version__} from graph {comment_text(graph.name)}. Do not edit:",
               "# the file is named by the hash of this text.",
               "import numpy as np"]
+    if printer.uses_prange:
+        header.append("from numba import prange")
     if check_finite:
         header.append("from tracegrad.errors import NonFiniteError")
     if used_kernels:
@@ -425,7 +453,7 @@ def generate(graph: Graph, function: str | None = None, comments: bool = True, c
     source = "\n".join(header) + "\n\n\n" + text
     workspace = tuple((names[v], v.aval.shape, v.aval.dtype.name) for v in printer.buffers)
     return Module(source, function, tuple(sorted(used_kernels)), tuple(name for name, _, _ in functions[:-1]),
-                  tuple(checks), inner if buffers else None, workspace)
+                  tuple(checks), inner if buffers else None, workspace, printer.uses_prange)
 
 
 def _workspace_candidates(graph: Graph) -> frozenset:

@@ -6,6 +6,7 @@ rewrite here is exact in floating point, NaN and inf included.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 
@@ -205,16 +206,23 @@ def _fused_render(printer, node, args) -> list:
             leaves = accumulation_leaves(defs[out], defs, uses)
             sums.update((leaf, out) for leaf in leaves)
             joins |= accumulation_tree(defs[out], leaves, defs) - set(leaves)  # the adds, done by +=
-            lines.extend(printer.new_array(out, out.aval, zeros=True))
         else:
             stored.add(out)
-            lines.extend(printer.new_array(out, Aval(shape, out.aval.dtype)))
-    for d, n in enumerate(shape):
-        lines.append("    " * d + f"for {index[d]} in range({n}):")
-    indent = "    " * len(shape)
+    blocks = _blocks(printer, node, sums)  # parallel=: the loop as prange over blocks of rows, or None
+    arrays = []  # (with blocks: made by the caller, then filled by the loop's function)
+    for out in node.outs:
+        made = printer.new_array(out, out.aval, zeros=True) if out not in stored else \
+            printer.new_array(out, Aval(shape, out.aval.dtype))
+        (arrays if blocks is not None and out.aval.shape else lines).extend(made)
+    depth = len(shape) + (blocks.depth if blocks is not None else 0)
+    lines.extend(blocks.header(index) if blocks is not None else
+                 ["    " * d + f"for {index[d]} in range({n}):" for d, n in enumerate(shape)])
+    indent = "    " * depth
     for member in body.nodes:
         if member in sums:  # added into the output where the primitive says
             at, total = accumulate_write(member), names[sums[member]]
+            if blocks is not None:  # (or into its block's partial sum)
+                at, total = blocks.target(sums[member], at)
             target = f"{total}[{', '.join(at)}]" if at else total
             lines.append(f"{indent}{target} += {read(member.inputs[0])[0]}")
             continue
@@ -238,7 +246,121 @@ def _fused_render(printer, node, args) -> list:
             continue
         target = f"{names[out]}[{', '.join(index)}]" if out in stored else names[out]
         lines.append(f"{indent}{target} = {spelled[0]}")
+    if blocks is not None:
+        lines = arrays + blocks.function(lines + blocks.footer())
     return [(line, None) for line in lines]
+
+
+# parallel=: a fused loop over at least `parallel_min` elements (the printer's: PARALLEL_MIN with
+# parallel=True, AUTO_MIN with "auto") and BLOCKS * BLOCK_ROWS rows runs as `for blk in prange(BLOCKS):`
+# around its block's rows, in a function of its own (the only code Numba compiles with parallel=True:
+# its array analysis rejects broadcasting comparisons elsewhere in generated code). BLOCKS is a constant,
+# not the number of threads: each block adds up its own partial sums, and they are added in block order
+# after the loop, so the result is the same whatever the number of threads (and differs from the serial
+# loop's only in the order of the additions).
+BLOCKS = 16
+BLOCK_ROWS = 8
+PARALLEL_MIN = 8192  # elements: ~10 µs of work, a few times a fork-join (batch 32 x 128 hidden stays serial)
+AUTO_MIN = 131072  # elements, for parallel="auto" (with more than one thread): ~100 µs of work and more
+_ROW = re.compile(r"\bi0\b")
+_SHIFTED_ROW = re.compile(r"i0(?: ([+-]) (\d+))?")  # a slice's gradient: i0 + 1
+
+
+class _Blocks:
+    """How one fused loop is written as blocks of rows run in parallel. Each summed output is added to
+    as the serial loop does when every row adds to elements of its own (``s6[i0] += e``), else into
+    partial sums of each block (``out_blk += s8``, ``grad_b_blocks[blk, i1] += g``), added up after the
+    loop in block order. When rows add to their neighbours' elements too (``grad_x[i0 + 1] += g``, fewer
+    rows away than a block has), the even blocks run first and then the odd ones (``sweeps``): two blocks
+    running at once are never neighbours."""
+
+    def __init__(self, printer, node, partial: list, sweeps: bool = False):
+        self.printer, self.node, self.rows = printer, node, node.params["shape"][0]
+        self.per = -(-self.rows // BLOCKS)  # rows per block (the last may have fewer)
+        self.sweeps = sweeps
+        self.depth = 2 if sweeps else 1  # the loops around the rows' loop
+        names = printer.names
+        self.partial = {out: printer.fresh_name(f"{names[out]}_blocks") for out in partial}
+        self.local = {out: printer.fresh_name(f"{names[out]}_blk") for out in partial if not out.aval.shape}
+
+    def header(self, index: list) -> list:
+        shape, per, lines = self.node.params["shape"], self.per, []
+        for out, name in self.partial.items():
+            lines.append(f"{name} = {self.printer.zeros(Aval((BLOCKS,) + out.aval.shape, out.aval.dtype))}")
+        if self.sweeps:
+            lines.append("for sweep in range(2):  # even blocks, then odd: rows add to their neighbours' elements")
+            lines.append(f"    for half in prange({BLOCKS // 2}):")
+            lines.append("        blk = 2 * half + sweep")
+        else:
+            lines.append(f"for blk in prange({BLOCKS}):")
+        inside = "    " * self.depth
+        lines.extend(f"{inside}{name} = {self.printer.zeros(out.aval)}" for out, name in self.local.items())
+        end = f"blk * {per} + {per}" if self.rows % BLOCKS == 0 else f"min(blk * {per} + {per}, {self.rows})"
+        lines.append(f"{inside}for {index[0]} in range(blk * {per}, {end}):")
+        lines.extend(inside + "    " * d + f"for {index[d]} in range({n}):" for d, n in enumerate(shape) if d)
+        self.printer.uses_prange = True
+        return lines
+
+    def target(self, out, at: list) -> tuple:
+        """Where the loop adds to ``out`` what the serial loop adds at ``at``: (subscripts, name)."""
+        if out in self.local:
+            return [], self.local[out]
+        if out in self.partial:
+            return ["blk"] + at, self.partial[out]
+        return at, self.printer.names[out]
+
+    def footer(self) -> list:
+        names = self.printer.names
+        inside = "    " * self.depth
+        lines = [f"{inside}{self.partial[out]}[blk] = {name}" for out, name in self.local.items()]
+        if self.partial:
+            lines.append("for blk in range(%d):  # the blocks' partial sums, in block order" % BLOCKS)
+            lines.extend(f"    {names[out]} += {name}[blk]" for out, name in self.partial.items())
+        return lines
+
+    def function(self, lines: list) -> list:
+        """The loop's ``lines`` as a function of the module (``printer.functions``) taking the values the loop
+        reads and the arrays it fills, and returning its scalar sums (``lines`` start them at zero); the
+        line calling it."""
+        names, node = self.printer.names, self.node
+        sums = [out for out in node.outs if not out.aval.shape]
+        params = list(dict.fromkeys([names[a] for a in node.inputs if isinstance(a, Var)] +
+                                    [names[out] for out in node.outs if out.aval.shape]))
+        name = self.printer.fresh_name(f"{self.printer.function}_loop{len(self.printer.functions) + 1}")
+        returned = ", ".join(names[out] for out in sums)
+        about = f"# {self.rows} rows in {BLOCKS} blocks of {self.per}, run on Numba's threads"
+        self.printer.functions.append((name, params, [about] + lines + ([f"return {returned}"] if sums else [])))
+        call = f"{name}({', '.join(params)})"
+        return [f"{returned} = {call}" if sums else call]
+
+
+def _blocks(printer, node: Node, sums: dict):
+    """A fused loop as blocks of rows in parallel (``_Blocks``), or None: it stays serial when parallel=
+    is off, the loop is small, or rows of blocks that are not neighbours may add to one element
+    (``grad_x[2 * i0] += g``)."""
+    shape, minimum = node.params["shape"], getattr(printer, "parallel_min", None)
+    if minimum is None or int(np.prod(shape)) < minimum or shape[0] < BLOCKS * BLOCK_ROWS:
+        return None
+    if not all(printer.names[a].isidentifier() for a in node.inputs if isinstance(a, Var)):
+        return None  # (a loop's body may spell a value as an expression: not a parameter of a function)
+    partial, shifted = [], set()
+    for leaf, out in sums.items():
+        at = accumulate_write(leaf)
+        if "i0" in at:  # each row adds to elements of its own
+            continue
+        rows = [i for i in at if _ROW.search(i)]
+        if not rows:  # every row adds to the same elements: partial sums per block
+            if out not in partial:
+                partial.append(out)
+            continue
+        shift = _SHIFTED_ROW.fullmatch(rows[0]) if len(rows) == 1 else None
+        if shift is None or int(shift.group(2) or 0) >= -(-shape[0] // BLOCKS):
+            return None  # scaled (2 * i0), reversed (9 - i0), or shifted by a block or more: stays serial
+        shifted.add(out)  # rows near a block's edge add to its neighbour's
+    sweeps = bool(shifted - set(partial))  # (an output with partial sums per block is each block's own)
+    if sweeps and BLOCKS % 2:
+        return None  # (odd blocks cannot alternate)
+    return _Blocks(printer, node, partial, sweeps)
 
 
 

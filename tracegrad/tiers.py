@@ -73,6 +73,47 @@ def set_compile(mode: str | None) -> None:
     _mode = None if mode is None else check_mode(mode)
 
 
+_parallel: bool | str | None = None
+_ENV_PARALLEL = {"": False, "0": False, "false": False, "1": True, "true": True, "auto": "auto"}
+
+
+def check_parallel(value, what: str = "parallel") -> bool | str:
+    """``value`` if it is a setting of ``parallel=`` (``False``, ``True`` or ``"auto"``), else a clear error."""
+    if value is True or value is False or (isinstance(value, str) and value == "auto"):
+        return value
+    raise TracegradError(f"{what} must be False, True or 'auto', got {value!r}",
+                         hint="True runs large fused loops on all of Numba's threads; 'auto' only very large "
+                              "ones, when there is more than one thread; False (the default) none")
+
+
+def parallel_mode() -> bool | str:
+    """The process-wide default of ``parallel=``: ``set_parallel``'s, else ``TRACEGRAD_PARALLEL`` (``0``,
+    ``1`` or ``auto``), else ``False``."""
+    if _parallel is not None:
+        return _parallel
+    value = os.environ.get("TRACEGRAD_PARALLEL", "")
+    setting = _ENV_PARALLEL.get(value.strip().lower())
+    if setting is None:
+        raise TracegradError(f"TRACEGRAD_PARALLEL must be 0, 1 or auto, got {value!r}",
+                             hint="unset it, or set it to 0 (serial, the default), 1 (parallel) or auto")
+    return setting
+
+
+def set_parallel(mode: bool | str | None) -> None:
+    """Set the default ``parallel=`` of every transformed function (and ``fit``) that does not set its
+    own: ``False``, ``True`` or ``"auto"`` (``None``: back to ``TRACEGRAD_PARALLEL`` or ``False``). It is
+    read when a specialisation is made: functions already called keep the code they have.
+
+    >>> import tracegrad as tg
+    >>> tg.set_parallel(True)     # large fused loops run on all of Numba's threads
+    >>> tg.set_parallel(None)
+
+    Raises ``TracegradError`` for any other value.
+    """
+    global _parallel
+    _parallel = None if mode is None else check_parallel(mode)
+
+
 # ---------------------------------------------------------------------------------------- evaluating
 
 

@@ -118,7 +118,7 @@ History.initial_loss = _lazy_field("initial_loss")  # (after @dataclass: its def
 
 def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epochs: int = 1,
         shuffle: bool = True, seed: int = 0, drop_last: bool = False, validation=None, metrics=None,
-        progress=True, state=None, compile=None, key=None):
+        progress=True, state=None, compile=None, parallel=None, key=None):
     """Train ``params`` to minimise ``loss(params, *batch)`` over minibatches of ``data``.
 
     ``data`` is an array or a tuple of arrays with the same first dimension (samples); each step passes
@@ -141,6 +141,9 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
     compiled epochs between two epochs once it is ready (``history.compiled`` says which ran compiled);
     ``"wait"`` compiles first, and then gives the same results bit for bit on every run; ``"never"`` only
     uses NumPy. The NumPy epochs shuffle alike and agree with compiled ones to rounding.
+
+    ``parallel``: as for ``tg.grad`` (default ``tg.set_parallel``'s, else off): a step's large fused loops
+    run on all of Numba's threads; the steps themselves run one after another.
 
     Like a ``tg.value_and_grad`` function, ``fit`` traces ``loss`` once per argument shapes and reuses the
     compiled code on later calls (and, from the disk cache, in later processes): arrays the loss reads
@@ -186,6 +189,7 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
     if progress not in (True, False, "plain"):
         raise DataError(f"progress must be True, False or 'plain', got {progress!r}")
     mode = tiers.compile_mode() if compile is None else tiers.check_mode(compile)
+    parallel = tiers.parallel_mode() if parallel is None else tiers.check_parallel(parallel)
 
     leaves, tree = flatten(params)
     _check_params(leaves, params)
@@ -221,7 +225,8 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
                 np.arange(first + 1, first + 1 + plan.steps, dtype=np.int64), hyperparameters) + \
             (() if key is None else (key,))  # (the epoch takes a key only when the loss does)
 
-    entry = _specialize(loss, optimizer, batch_size, bool(shuffle), bool(drop_last), mode, arguments(), key is not None)
+    entry = _specialize(loss, optimizer, batch_size, bool(shuffle), bool(drop_last), mode, arguments(), key is not None,
+                        parallel)
     if mode == "wait" and entry.tier != "compiled":  # (fitting again: its calls run compiled already)
         entry.announce_compile(entry.dispatcher)
         with backend.quiet_compile():
@@ -335,7 +340,7 @@ class _Plan:
 _EPOCHS = weakref.WeakKeyDictionary()  # loss -> {(optimiser, its branches, batching, mode): tg.jit function}
 
 
-def _specialize(loss, optimizer, batch_size, shuffle, drop_last, mode, args, keyed=False):
+def _specialize(loss, optimizer, batch_size, shuffle, drop_last, mode, args, keyed=False, parallel=False):
     """The compiled epoch (``Compiled``) for ``args``, from a ``tg.jit`` of one epoch of training ``loss`` with
     ``optimizer``, kept per loss and settings so that fitting again reuses its specialisations.
 
@@ -348,12 +353,12 @@ def _specialize(loss, optimizer, batch_size, shuffle, drop_last, mode, args, key
     except TypeError:  # not weak-referenceable: no reuse
         kept = {}
     values = optimizer.hyperparameters()
-    common = (type(optimizer), batch_size, shuffle, drop_last, mode, keyed)
+    common = (type(optimizer), batch_size, shuffle, drop_last, mode, keyed, parallel)
     if (*common, "constants") not in kept:
         key = (*common, tuple(v == 0.0 for v in values))
         if key not in kept:
             kept[key] = jit(_make_epoch(_value_and_grad(loss), optimizer, batch_size, shuffle, drop_last, keyed=keyed),
-                            compile=mode)
+                            compile=mode, parallel=parallel)
         try:
             return kept[key].specialize(*args)
         except _NeedsConstants:
@@ -362,7 +367,7 @@ def _specialize(loss, optimizer, batch_size, shuffle, drop_last, mode, args, key
     if key not in kept:
         kept[key] = jit(_make_epoch(_value_and_grad(loss), optimizer, batch_size, shuffle, drop_last, constants=True,
                                     keyed=keyed),
-                        compile=mode)
+                        compile=mode, parallel=parallel)
     return kept[key].specialize(*args)
 
 
