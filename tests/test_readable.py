@@ -1,5 +1,7 @@
 """What the generated code and the compiled function look like to a reader and to a ``.dispatcher`` caller:
 no hidden parameters for arrays the library makes itself, and arguments that can be named."""
+import re
+
 import numba
 import numpy as np
 
@@ -91,3 +93,16 @@ def test_a_helper_local_whose_name_is_taken_is_prefixed_by_the_helper():
         return np.sum(g)
     graph = tg.make_graph(two_layers, np.ones((2, 3)), np.eye(3))
     assert {"h", "layer_h", "g"} <= set(graph.names().values())
+
+
+def test_the_mlp_gradient_reads_without_a_glossary():
+    """ReLU's backward is a choice written out (no nested where()), and the kernels say what they do."""
+    source = tg.source(tg.value_and_grad(mlp), *mlp_args())
+    kernels = next(line for line in source.splitlines() if line.startswith("from tracegrad.kernels import "))
+    assert "gather_pairs" in kernels and "scatter_add_pairs" in kernels  # logp[np.arange(n), y] and its gradient
+    assert not {"where", "take2", "put_add2"} & set(kernels.split("import ")[1].split(", "))
+    relu_grad = re.search(r"^ +(grad_\w+) = grad_hidden\[i0, i1\] if (\w+) > 0\.0 else "
+                          r"grad_hidden\[i0, i1\] \* 0\.5 if (\w+) == 0\.0 else 0\.0$", source, re.M)
+    assert relu_grad and relu_grad.group(2) == relu_grad.group(3), source
+    assert re.search(r" = gather_pairs\(\w+, \w+, y\)", source) and re.search(
+        r" = scatter_add_pairs\(grad_\w+, \w+, y, \(6, 3\)\)", source)

@@ -9,7 +9,7 @@ import dataclasses
 
 import numpy as np
 
-from .core import Block, Primitive, broadcast_subscripts
+from .core import Block, Conditional, Primitive, broadcast_subscripts
 from .interpret import evaluate
 from .ir import Aval, Graph, IRError, Literal, Node, Var, literal_source
 
@@ -283,8 +283,10 @@ def _statements(members: list) -> int:
 
 
 def _scalar_kernel(node: Node) -> bool:
-    """The node's kernel works on one element at a time: on arrays it must be called inside a loop."""
-    return node.primitive.elementwise and node.primitive.kernel is not None
+    """The node's kernel (or its ``x if c else y``) works on one element at a time: on arrays it must be
+    called inside a loop."""
+    prim = node.primitive
+    return prim.elementwise and (prim.kernel is not None or isinstance(prim.emit, Conditional))
 
 
 def loop_read(node: Node):

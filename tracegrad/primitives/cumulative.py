@@ -26,7 +26,8 @@ def _last_axis_shape(name, out_dtype=None):
 
 
 def _rows_emit(fn):
-    return lambda args, out: f"{fn}{args[0].aval.ndim}({args[0]})"
+    """``cumsum(x)`` on a 1-d array, ``cumsum_each_row(x)`` on a 2-d one (the kernels' names)."""
+    return lambda args, out: f"{fn}{'' if args[0].aval.ndim == 1 else '_each_row'}({args[0]})"
 
 
 def _cumsum1(x):
@@ -68,7 +69,7 @@ class cumsum:
     """running sums along the last axis of a 1-d or 2-d array"""
     shape = _last_axis_shape("cumsum")
     emit = _rows_emit("cumsum")
-    kernel = {"cumsum1": _cumsum1, "cumsum2": _cumsum2}
+    kernel = {"cumsum": _cumsum1, "cumsum_each_row": _cumsum2}
     cast_inputs = (0,)
 
     def ref(x):
@@ -113,7 +114,7 @@ class cumprod:
     """running products along the last axis of a 1-d or 2-d array; the gradient is exact at zeros"""
     shape = _last_axis_shape("cumprod")
     emit = _rows_emit("cumprod")
-    kernel = {"cumprod1": _cumprod1, "cumprod2": _cumprod2}
+    kernel = {"cumprod": _cumprod1, "cumprod_each_row": _cumprod2}
     cast_inputs = (0,)
 
     def ref(x):
@@ -153,7 +154,7 @@ class argsort:
     """the indices that sort the last axis of a 1-d or 2-d array (stable: ties keep their order)"""
     shape = _last_axis_shape("argsort", np.dtype(np.int64))
     emit = _rows_emit("argsort")
-    kernel = {"argsort1": _argsort1, "argsort2": _argsort2}
+    kernel = {"argsort": _argsort1, "argsort_each_row": _argsort2}
     nondiff = True
 
     def ref(x):
@@ -204,7 +205,7 @@ def _argmin2(x):
 
 def _arg_emit(fn):
     def emit(args, out):
-        return f"{fn}{args[0].aval.ndim}({args[0]})"
+        return f"{fn}{'' if args[0].aval.ndim == 1 else '_each_row'}({args[0]})"
     return emit
 
 
@@ -213,7 +214,7 @@ class argmax:
     """the index of the first maximum along the last axis of a 1-d or 2-d array (a NaN counts as largest)"""
     shape = _last_axis_shape("argmax", np.dtype(np.int64))
     emit = _arg_emit("argmax")
-    kernel = {"argmax1": _argmax1, "argmax2": _argmax2}
+    kernel = {"argmax": _argmax1, "argmax_each_row": _argmax2}
     nondiff = True
 
     def ref(x):
@@ -225,7 +226,7 @@ class argmin:
     """the index of the first minimum along the last axis of a 1-d or 2-d array (a NaN counts as smallest)"""
     shape = _last_axis_shape("argmin", np.dtype(np.int64))
     emit = _arg_emit("argmin")
-    kernel = {"argmin1": _argmin1, "argmin2": _argmin2}
+    kernel = {"argmin": _argmin1, "argmin_each_row": _argmin2}
     nondiff = True
 
     def ref(x):
