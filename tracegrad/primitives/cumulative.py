@@ -31,6 +31,7 @@ def _rows_emit(fn):
 
 
 def _cumsum1(x):
+    """running sums of a 1-d array (np.cumsum)."""
     out = np.empty(x.shape, x.dtype)
     for i in range(x.shape[0]):
         out[i] = x[i] if i == 0 else out[i - 1] + x[i]
@@ -38,6 +39,7 @@ def _cumsum1(x):
 
 
 def _cumsum2(x):
+    """running sums along each row of a 2-d array (np.cumsum(x, axis=1))."""
     out = np.empty(x.shape, x.dtype)
     for r in range(x.shape[0]):
         for i in range(x.shape[1]):
@@ -46,6 +48,7 @@ def _cumsum2(x):
 
 
 def _cumprod1(x):
+    """running products of a 1-d array (np.cumprod)."""
     out = np.empty(x.shape, x.dtype)
     for i in range(x.shape[0]):
         out[i] = x[i] if i == 0 else out[i - 1] * x[i]
@@ -53,6 +56,7 @@ def _cumprod1(x):
 
 
 def _cumprod2(x):
+    """running products along each row of a 2-d array (np.cumprod(x, axis=1))."""
     out = np.empty(x.shape, x.dtype)
     for r in range(x.shape[0]):
         for i in range(x.shape[1]):
@@ -139,10 +143,12 @@ class cumprod:
 
 
 def _argsort1(x):
+    """the indices that sort a 1-d array, stable (np.argsort(x, kind='stable'))."""
     return np.argsort(x, kind="mergesort")
 
 
 def _argsort2(x):
+    """the indices that sort each row of a 2-d array, stable."""
     out = np.empty(x.shape, np.int64)
     for r in range(x.shape[0]):
         out[r] = np.argsort(x[r], kind="mergesort")
@@ -162,6 +168,7 @@ class argsort:
 
 
 def _argmax1(x):
+    """the index of the first maximum of a 1-d array (a NaN counts as largest)."""
     best, at = x[0], 0
     for i in range(1, x.shape[0]):
         v = x[i]
@@ -171,6 +178,7 @@ def _argmax1(x):
 
 
 def _argmax2(x):
+    """the index of the first maximum of each row of a 2-d array (a NaN counts as largest)."""
     out = np.empty(x.shape[0], np.int64)
     for r in range(x.shape[0]):
         best, at = x[r, 0], 0
@@ -183,6 +191,7 @@ def _argmax2(x):
 
 
 def _argmin1(x):
+    """the index of the first minimum of a 1-d array (a NaN counts as smallest)."""
     best, at = x[0], 0
     for i in range(1, x.shape[0]):
         v = x[i]
@@ -192,6 +201,7 @@ def _argmin1(x):
 
 
 def _argmin2(x):
+    """the index of the first minimum of each row of a 2-d array (a NaN counts as smallest)."""
     out = np.empty(x.shape[0], np.int64)
     for r in range(x.shape[0]):
         best, at = x[r, 0], 0

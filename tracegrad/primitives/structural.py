@@ -34,6 +34,7 @@ def _reshape_emit(args, out, shape):
 
 
 def _reshape_kernel(x, shape):
+    """x reshaped to shape in C order, whatever its layout (np.ascontiguousarray(x).reshape(shape))."""
     return np.ascontiguousarray(x).reshape(shape)
 
 
