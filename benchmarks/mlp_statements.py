@@ -18,7 +18,7 @@ import harness  # noqa: E402
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tracegrad.kernels import max_axis, reshape, sum_axis, where  # noqa: E402
+from tracegrad.kernels import max_axis, reshape, sum_axis  # noqa: E402
 
 N, H, C = 1024, 128, 10
 f32 = np.float32
@@ -42,6 +42,21 @@ def bias_relu_loop(s1, b1):
 
 @numba.njit
 def relu_grad_generated(s2, grad_h):
+    grad_s2 = np.empty((N, H), np.float32)
+    for i0 in range(N):
+        for i1 in range(H):
+            grad_s2[i0, i1] = grad_h[i0, i1] if s2[i0, i1] > np.float32(0.0) else \
+                grad_h[i0, i1] * np.float32(0.5) if s2[i0, i1] == np.float32(0.0) else np.float32(0.0)
+    return grad_s2
+
+
+@numba.njit
+def where(c, x, y):  # the scalar kernel tracegrad's np.where called until it was written inline
+    return x if c else y
+
+
+@numba.njit
+def relu_grad_kernel_calls(s2, grad_h):
     grad_s2 = np.empty((N, H), np.float32)
     for i0 in range(N):
         for i1 in range(H):
@@ -111,8 +126,10 @@ def main():
     pairs = [
         ("s2 = s1 + b1; h = np.maximum(s2, 0)  [forward, 1024x128]",
          (bias_relu_generated, (s1, b1)), (bias_relu_loop, (s1.copy(), b1))),
-        ("grad_s2[i0, i1] = where(s2[i0, i1] == 0, grad_h[i0, i1] * 0.5, where(...))  [loop]",
+        ("grad_s2 = g if s2 > 0 else g * 0.5 if s2 == 0 else 0  [loop]",
          (relu_grad_generated, (s2, grad_h)), (relu_grad_loop, (s2, grad_h))),
+        ("(before: where(s2 == 0, g * 0.5, where(s2 > 0, g, 0)), kernel calls)",
+         (relu_grad_kernel_calls, (s2, grad_h)), (relu_grad_loop, (s2, grad_h))),
         ("grad_b1 = sum_axis(grad_s2, 0)  [1024x128]",
          (sum_axis0_generated, (grad_h,)), (sum_axis0_loop, (grad_h,))),
         ("gradient through the softmax's max (zero), 4 statements",

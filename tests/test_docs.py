@@ -3,7 +3,8 @@
 A page's blocks run in order in one namespace, as a reader would paste them. A ```text block right
 after a ```python block is that block's output, compared exactly (trailing spaces aside; ``...`` matches
 anything, as in doctest). Each block is compiled as a file named ``example.py``, so generated code and
-error messages point at ``example.py:<line in the block>``.
+error messages point at ``example.py:<line in the block>``. After a change to what blocks print (the
+generated code, say), ``python tools/update_doc_outputs.py`` rewrites the ```text blocks that no longer match.
 """
 import contextlib
 import doctest

@@ -178,11 +178,11 @@ def test_epoch_source_is_readable_and_deterministic():
                  "hyperparameters_momentum * carry_state_velocity_W[i0, i1]",  # the update, traced
                  "    return out0, out1, out2, out3, out4, out5\n"):  # parameters, state, losses, finite
         assert line in text, line
-    assert text.count("take(data_0, ") == 2  # a step in the loop, and the last batch of 2 after it
+    assert text.count("gather_rows(data_0, ") == 2  # a step in the loop, and the last batch of 2 after it
     assert text.count("\ndef ") == 1  # one function: nothing else generated, nothing patched in
     assert "# train.py:" in text  # fit's own lines point at fit's code, never at the line calling it
     no_last = tg.train.epoch_source(LOSS, start(), (X, Y), optimizer=opt, batch_size=BATCH, drop_last=True)
-    assert no_last.count("take(data_0, ") == 1 and "for t in range(3):" in no_last
+    assert no_last.count("gather_rows(data_0, ") == 1 and "for t in range(3):" in no_last
     in_order = tg.train.epoch_source(LOSS, start(), (X, Y), optimizer=opt, batch_size=10, shuffle=False)
     assert "permutation" not in in_order and "for t in range(5):" in in_order
     assert "def LOSS_fit_epoch(params_W, params_b, state_velocity_W, state_velocity_b, data_0, data_1, order," in in_order

@@ -1,5 +1,8 @@
 """What the generated code and the compiled function look like to a reader and to a ``.dispatcher`` caller:
 no hidden parameters for arrays the library makes itself, and arguments that can be named."""
+import linecache
+import re
+
 import numba
 import numpy as np
 
@@ -91,3 +94,47 @@ def test_a_helper_local_whose_name_is_taken_is_prefixed_by_the_helper():
         return np.sum(g)
     graph = tg.make_graph(two_layers, np.ones((2, 3)), np.eye(3))
     assert {"h", "layer_h", "g"} <= set(graph.names().values())
+
+
+def test_the_mlp_gradient_reads_without_a_glossary():
+    """ReLU's backward is a choice written out (no nested where()), and the kernels say what they do."""
+    source = tg.source(tg.value_and_grad(mlp), *mlp_args())
+    kernels = next(line for line in source.splitlines() if line.startswith("from tracegrad.kernels import "))
+    assert "gather_pairs" in kernels and "scatter_add_pairs" in kernels  # logp[np.arange(n), y] and its gradient
+    assert not {"where", "take2", "put_add2"} & set(kernels.split("import ")[1].split(", "))
+    relu_grad = re.search(r"^ +(grad_\w+) = grad_hidden\[i0, i1\] if (\w+) > 0\.0 else "
+                          r"grad_hidden\[i0, i1\] \* 0\.5 if (\w+) == 0\.0 else 0\.0$", source, re.M)
+    assert relu_grad and relu_grad.group(2) == relu_grad.group(3), source
+    assert re.search(r" = gather_pairs\(\w+, \w+, y\)", source) and re.search(
+        r" = scatter_add_pairs\(grad_\w+, \w+, y, \(6, 3\)\)", source)
+
+
+def test_each_fused_loop_has_a_comment_saying_what_it_computes():
+    source = tg.source(tg.value_and_grad(mlp), *mlp_args())
+    lines = source.splitlines()
+    loops = [k for k, line in enumerate(lines) if re.match(r" +for i0 in range", line)]
+    assert len(loops) == 5
+    for k in loops:  # the line above each loop nest is its comment, at the loop's indentation
+        assert lines[k - 1].strip().startswith("# ") and lines[k - 1].index("#") == lines[k].index("for"), lines[k - 1]
+    comments = [lines[k - 1].strip() for k in loops]
+    relu = 'hidden = np.maximum(X @ params["W1"] + params["b1"], 0.0)'
+    assert comments[0] == f"# hidden: {relu}"
+    assert comments[1] == "# s7, s8 (sum): return tg.nn.softmax_cross_entropy(logits, y)"
+    assert comments[-1] == f"# grad_params_b1 (sum), grad_s1: gradient of {relu}"
+    assert source == tg.source(tg.value_and_grad(mlp), *mlp_args())  # deterministic
+
+
+def test_a_loop_comment_is_one_ascii_line_whatever_the_users_line_holds():
+    code = "def f(x):\n    σ = np.exp(x)\n    return np.sum(σ * x)  # ∂ \u2028 x\n"
+    lines = [line + "\n" for line in code.split("\n")[:-1]]  # (splitlines would end a line at \u2028)
+    linecache.cache["typed.py"] = (len(code), None, lines, "typed.py")
+    namespace = {"np": np}
+    exec(compile(code, "typed.py", "exec"), namespace)
+    source = tg.source(tg.grad(namespace["f"]), np.ones(3))
+    assert source.isascii()
+    comment = next(line.strip() for line in source.splitlines() if line.strip().startswith("# out (sum)"))
+    quoted = "return np.sum(\\u03c3 * x)  # \\u2202 \\u2028 x"
+    assert comment == f"# out (sum), grad_x: {quoted}, and its gradient (and line 2)"
+    exec(compile(code.replace("σ", "s"), "<typed>", "exec"), namespace)  # no text to quote: where it is
+    source = tg.source(tg.grad(namespace["f"]), np.ones(3))
+    assert "# out (sum), grad_x: <typed>:3, and its gradient (and line 2)" in source

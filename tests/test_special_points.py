@@ -91,3 +91,34 @@ def test_a_constant_exponent_keeps_the_plain_rule_in_the_generated_code():
     source = tg.source(tg.grad(lambda x: np.sum(x ** 3.0)), np.ones(3))
     assert "where" not in source  # no select for y == 0 when y is a known constant
     assert "x[i0] ** 2.0" in source
+
+
+# maximum(x, y) and minimum(x, y) select: the input chosen gets the cotangent, the other exactly +0.0
+# whatever the cotangent is (an inf or NaN included: no 0 * inf), half to each at a tie (DESIGN.md)
+X_SEL = np.array([3.0, -1.0, 2.0, -2.0, 0.0, 1.0])
+Y_SEL = np.array([1.0, 1.0, 2.0, 0.0, 0.0, 5.0])
+C_SEL = np.array([-2.0, -np.inf, np.nan, np.inf, -4.0, np.nan])
+NAN = np.nan
+
+
+@pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.parametrize("name, to_x, to_y", [
+    ("maximum", [-2.0, 0.0, NAN, 0.0, -2.0, 0.0], [0.0, -np.inf, NAN, np.inf, -2.0, NAN]),
+    ("minimum", [0.0, -np.inf, NAN, np.inf, -2.0, NAN], [-2.0, 0.0, NAN, 0.0, -2.0, 0.0]),
+])
+def test_maximum_and_minimum_pass_the_cotangent_or_exactly_zero(tier, name, to_x, to_y):
+    op = getattr(np, name)
+    gx, gy = tg.grad(lambda x, y, c: np.sum(c * op(x, y)), argnums=(0, 1), compile=tier)(X_SEL, Y_SEL, C_SEL)
+    np.testing.assert_array_equal(gx, to_x)
+    np.testing.assert_array_equal(gy, to_y)
+    zeros = np.concatenate([gx[np.array(to_x) == 0], gy[np.array(to_y) == 0]])
+    assert zeros.size == 4 and not np.signbit(zeros).any()  # +0.0, never -0.0 from a negative cotangent
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_relu_passes_the_cotangent_where_positive_half_at_zero_and_plus_zero_elsewhere(tier):
+    x = np.array([-1.0, 0.0, 2.0, -3.0, -0.5])
+    c = np.array([-5.0, -5.0, -5.0, np.inf, np.nan])
+    gx = tg.grad(lambda x, c: np.sum(c * np.maximum(x, 0.0)), compile=tier)(x, c)
+    np.testing.assert_array_equal(gx, [0.0, -2.5, -5.0, 0.0, 0.0])
+    assert not np.signbit(gx[[0, 3, 4]]).any()

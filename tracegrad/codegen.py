@@ -18,11 +18,12 @@ import numpy as np
 from dataclasses import dataclass, field
 
 from . import __version__
-from .core import Block, Infix, Prefix
+from .core import Block, Conditional, Infix, Prefix
 from .ir import RESERVED, Aval, Graph, Literal, Var, ascii_name, assign_names, identifier, literal_source
 from .passes import inlinable as _inlinable
 
 ATOM = 16  # precedence of a name, literal or call
+CONDITIONAL = 1  # precedence of ``x if c else y``: its condition and first branch need at least ``or``'s (2)
 # Numba's compile time grows faster than linearly with a function's length: code longer than
 # SPLIT_LINES is written as parts of about PART_LINES lines, each compiled on its own (16,000 lines of
 # scalar code: 97 s in one function, 46 s in parts; benchmarks/compile_time.py). Shorter code is not split: passing many values
@@ -116,6 +117,9 @@ def spell(node, args: list, scalar: bool = False):
         left_need = emit.prec + (emit.assoc in ("right", "none"))
         right_need = emit.prec + (emit.assoc in ("left", "none"))
         return f"{_wrap(a, pa, left_need)} {emit.op} {_wrap(b, pb, right_need)}", emit.prec
+    if isinstance(emit, Conditional):  # (on scalars: passes.fuse puts array uses in loops)
+        (c, pc), (a, pa), (b, pb) = args
+        return f"{_wrap(a, pa, CONDITIONAL + 1)} if {_wrap(c, pc, CONDITIONAL + 1)} else {b}", CONDITIONAL
     if isinstance(emit, Prefix):
         (a, pa), = args
         inner = _wrap(a, pa, emit.prec)

@@ -1,5 +1,5 @@
-"""Code notation: how generated code spells an operation (``Infix``, ``Prefix``, ``Block``), the subscripts
-a loop reads a broadcast array at, and how labels write constants and indices. Primitives declare their
+"""Code notation: how generated code spells an operation (``Infix``, ``Prefix``, ``Conditional``, ``Block``),
+the subscripts a loop reads a broadcast array at, and how labels write constants and indices. Primitives declare their
 ``emit`` and ``label`` with these; codegen, the fusion pass and ``draw`` read them."""
 from __future__ import annotations
 
@@ -27,6 +27,13 @@ class Prefix:
 
     op: str
     prec: int
+
+
+@dataclass(frozen=True)
+class Conditional:
+    """Python's conditional expression ``{x} if {c} else {y}``, for a primitive of three scalar inputs
+    ``(c, x, y)``: a choice read as it is, with no kernel to look up. It works on scalars only, so on
+    arrays it is computed in a loop, one element at a time, like a scalar kernel."""
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 
-from .core import Block, Primitive, broadcast_subscripts
+from .core import Block, Conditional, Primitive, broadcast_subscripts
 from .interpret import evaluate
 from .ir import Aval, Graph, IRError, Literal, Node, Var, literal_source
 
@@ -214,6 +214,8 @@ def _fused_render(printer, node, args) -> list:
         made = printer.new_array(out, out.aval, zeros=True) if out not in stored else \
             printer.new_array(out, Aval(shape, out.aval.dtype))
         (arrays if blocks is not None and out.aval.shape else lines).extend(made)
+    if printer.comments:
+        lines.append(_loop_comment(node, defs, names))
     depth = len(shape) + (blocks.depth if blocks is not None else 0)
     lines.extend(blocks.header(index) if blocks is not None else
                  ["    " * d + f"for {index[d]} in range({n}):" for d, n in enumerate(shape)])
@@ -364,6 +366,32 @@ def _blocks(printer, node: Node, sums: dict):
 
 
 
+LOOP_COMMENT_SOURCE = 60  # characters of the user's line a loop's comment quotes at most
+
+
+def _loop_comment(node: Node, defs: dict, names: dict) -> str:
+    """What a fused loop computes, in one comment line above it: its outputs (``(sum)`` for one it adds up)
+    and the user's line they come from, quoted, or the gradient of it (other lines the loop takes part of
+    are named): ``# grad_b (sum), grad_s1: gradient of hidden = np.maximum(X @ W + b, 0.0)``."""
+    outs = ", ".join(names[v] + (" (sum)" if acc else "") for v, acc in zip(node.outs, node.params["accumulate"]))
+    sources = []  # the outputs' lines first: the line the loop is for
+    for member in [defs[v] for v in node.outs] + list(node.params["body"].nodes):
+        if member.source is not None and member.source not in sources:
+            sources.append(member.source)
+    text = ""
+    if sources:
+        line = sources[0].line.strip() or sources[0].short()  # (no text: code typed at a prompt, exec'd strings)
+        line = line if len(line) <= LOOP_COMMENT_SOURCE else line[:LOOP_COMMENT_SOURCE - 3].rstrip() + "..."
+        passes = frozenset(defs[v].backward for v in node.outs)
+        text = {frozenset({False}): f": {line}", frozenset({True}): f": gradient of {line}",
+                frozenset({False, True}): f": {line}, and its gradient"}[passes]
+        others = [f"line {s.lineno}" if s.filename == sources[0].filename else s.short() for s in sources[1:]]
+        if others:
+            text += f" (and {', '.join(others[:2])}{', ...' if len(others) > 2 else ''})"
+    # on one line and in ASCII whatever the user's line holds (as codegen.comment_text; the source stays ASCII)
+    return "".join(c if c.isascii() and c.isprintable() else ascii(c)[1:-1] for c in "# " + outs + text)
+
+
 # Not in the registry: fusion makes these nodes, users never write them.
 fused = Primitive(
     name="fused",
@@ -405,8 +433,10 @@ def _statements(members: list) -> int:
 
 
 def _scalar_kernel(node: Node) -> bool:
-    """The node's kernel works on one element at a time: on arrays it must be called inside a loop."""
-    return node.primitive.elementwise and node.primitive.kernel is not None
+    """The node's kernel (or its ``x if c else y``) works on one element at a time: on arrays it must be
+    called inside a loop."""
+    prim = node.primitive
+    return prim.elementwise and (prim.kernel is not None or isinstance(prim.emit, Conditional))
 
 
 def loop_read(node: Node):

@@ -26,10 +26,12 @@ def _last_axis_shape(name, out_dtype=None):
 
 
 def _rows_emit(fn):
-    return lambda args, out: f"{fn}{args[0].aval.ndim}({args[0]})"
+    """``cumsum(x)`` on a 1-d array, ``cumsum_each_row(x)`` on a 2-d one (the kernels' names)."""
+    return lambda args, out: f"{fn}{'' if args[0].aval.ndim == 1 else '_each_row'}({args[0]})"
 
 
 def _cumsum1(x):
+    """running sums of a 1-d array (np.cumsum)."""
     out = np.empty(x.shape, x.dtype)
     for i in range(x.shape[0]):
         out[i] = x[i] if i == 0 else out[i - 1] + x[i]
@@ -37,6 +39,7 @@ def _cumsum1(x):
 
 
 def _cumsum2(x):
+    """running sums along each row of a 2-d array (np.cumsum(x, axis=1))."""
     out = np.empty(x.shape, x.dtype)
     for r in range(x.shape[0]):
         for i in range(x.shape[1]):
@@ -45,6 +48,7 @@ def _cumsum2(x):
 
 
 def _cumprod1(x):
+    """running products of a 1-d array (np.cumprod)."""
     out = np.empty(x.shape, x.dtype)
     for i in range(x.shape[0]):
         out[i] = x[i] if i == 0 else out[i - 1] * x[i]
@@ -52,6 +56,7 @@ def _cumprod1(x):
 
 
 def _cumprod2(x):
+    """running products along each row of a 2-d array (np.cumprod(x, axis=1))."""
     out = np.empty(x.shape, x.dtype)
     for r in range(x.shape[0]):
         for i in range(x.shape[1]):
@@ -68,7 +73,7 @@ class cumsum:
     """running sums along the last axis of a 1-d or 2-d array"""
     shape = _last_axis_shape("cumsum")
     emit = _rows_emit("cumsum")
-    kernel = {"cumsum1": _cumsum1, "cumsum2": _cumsum2}
+    kernel = {"cumsum": _cumsum1, "cumsum_each_row": _cumsum2}
     cast_inputs = (0,)
 
     def ref(x):
@@ -113,7 +118,7 @@ class cumprod:
     """running products along the last axis of a 1-d or 2-d array; the gradient is exact at zeros"""
     shape = _last_axis_shape("cumprod")
     emit = _rows_emit("cumprod")
-    kernel = {"cumprod1": _cumprod1, "cumprod2": _cumprod2}
+    kernel = {"cumprod": _cumprod1, "cumprod_each_row": _cumprod2}
     cast_inputs = (0,)
 
     def ref(x):
@@ -138,10 +143,12 @@ class cumprod:
 
 
 def _argsort1(x):
+    """the indices that sort a 1-d array, stable (np.argsort(x, kind='stable'))."""
     return np.argsort(x, kind="mergesort")
 
 
 def _argsort2(x):
+    """the indices that sort each row of a 2-d array, stable."""
     out = np.empty(x.shape, np.int64)
     for r in range(x.shape[0]):
         out[r] = np.argsort(x[r], kind="mergesort")
@@ -153,7 +160,7 @@ class argsort:
     """the indices that sort the last axis of a 1-d or 2-d array (stable: ties keep their order)"""
     shape = _last_axis_shape("argsort", np.dtype(np.int64))
     emit = _rows_emit("argsort")
-    kernel = {"argsort1": _argsort1, "argsort2": _argsort2}
+    kernel = {"argsort": _argsort1, "argsort_each_row": _argsort2}
     nondiff = True
 
     def ref(x):
@@ -161,6 +168,7 @@ class argsort:
 
 
 def _argmax1(x):
+    """the index of the first maximum of a 1-d array (a NaN counts as largest)."""
     best, at = x[0], 0
     for i in range(1, x.shape[0]):
         v = x[i]
@@ -170,6 +178,7 @@ def _argmax1(x):
 
 
 def _argmax2(x):
+    """the index of the first maximum of each row of a 2-d array (a NaN counts as largest)."""
     out = np.empty(x.shape[0], np.int64)
     for r in range(x.shape[0]):
         best, at = x[r, 0], 0
@@ -182,6 +191,7 @@ def _argmax2(x):
 
 
 def _argmin1(x):
+    """the index of the first minimum of a 1-d array (a NaN counts as smallest)."""
     best, at = x[0], 0
     for i in range(1, x.shape[0]):
         v = x[i]
@@ -191,6 +201,7 @@ def _argmin1(x):
 
 
 def _argmin2(x):
+    """the index of the first minimum of each row of a 2-d array (a NaN counts as smallest)."""
     out = np.empty(x.shape[0], np.int64)
     for r in range(x.shape[0]):
         best, at = x[r, 0], 0
@@ -204,7 +215,7 @@ def _argmin2(x):
 
 def _arg_emit(fn):
     def emit(args, out):
-        return f"{fn}{args[0].aval.ndim}({args[0]})"
+        return f"{fn}{'' if args[0].aval.ndim == 1 else '_each_row'}({args[0]})"
     return emit
 
 
@@ -213,7 +224,7 @@ class argmax:
     """the index of the first maximum along the last axis of a 1-d or 2-d array (a NaN counts as largest)"""
     shape = _last_axis_shape("argmax", np.dtype(np.int64))
     emit = _arg_emit("argmax")
-    kernel = {"argmax1": _argmax1, "argmax2": _argmax2}
+    kernel = {"argmax": _argmax1, "argmax_each_row": _argmax2}
     nondiff = True
 
     def ref(x):
@@ -225,7 +236,7 @@ class argmin:
     """the index of the first minimum along the last axis of a 1-d or 2-d array (a NaN counts as smallest)"""
     shape = _last_axis_shape("argmin", np.dtype(np.int64))
     emit = _arg_emit("argmin")
-    kernel = {"argmin1": _argmin1, "argmin2": _argmin2}
+    kernel = {"argmin": _argmin1, "argmin_each_row": _argmin2}
     nondiff = True
 
     def ref(x):

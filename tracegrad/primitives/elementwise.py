@@ -2,13 +2,15 @@
 
 An elementwise primitive's JVP, unless it declares one, comes from its VJP (``diagonal``). Non-differentiable
 points follow one principle: the derivative used is the midpoint of the
-subdifferential. So ties of maximum/minimum split the gradient evenly, abs'(0) = 0, sign' = 0.
+subdifferential. So ties of maximum/minimum split the gradient evenly, abs'(0) = 0, sign' = 0. A choice
+(maximum, minimum, where) selects rather than multiplies: the input not chosen gets exactly +0.0, even from
+an inf or NaN cotangent (docs/DESIGN.md).
 """
 import math
 
 import numpy as np
 
-from ..core import Infix, Prefix, numpy_function, primitive
+from ..core import Conditional, Infix, Prefix, numpy_function, primitive
 from ..registry import KinkAt, sign_of
 from ..errors import UnsupportedError, user_source
 from ..ir import Aval
@@ -640,10 +642,10 @@ class maximum:
     emit = "np.maximum({x}, {y})"
     cheap = True
 
-    def vjp(g, out, x, y):
+    def vjp(g, out, x, y):  # grad_x = grad_out if x > y else grad_out * 0.5 if x == y else 0.0
         tie = x == y
         half = g * 0.5
-        return [where(tie, half, where(x > y, g, 0.0)), where(tie, half, where(x < y, g, 0.0))]
+        return [where(x > y, g, where(tie, half, 0.0)), where(x < y, g, where(tie, half, 0.0))]
 
 
 @elementwise
@@ -658,10 +660,10 @@ class minimum:
     emit = "np.minimum({x}, {y})"
     cheap = True
 
-    def vjp(g, out, x, y):
+    def vjp(g, out, x, y):  # grad_x = grad_out if x < y else grad_out * 0.5 if x == y else 0.0
         tie = x == y
         half = g * 0.5
-        return [where(tie, half, where(x < y, g, 0.0)), where(tie, half, where(x > y, g, 0.0))]
+        return [where(x < y, g, where(tie, half, 0.0)), where(x > y, g, where(tie, half, 0.0))]
 
 
 def _fmax_vjp(g, out, x, y):
@@ -747,10 +749,6 @@ class mod:
         return [g, -g * floor(x / y)]
 
 
-def _where_kernel(c, x, y):
-    return x if c else y
-
-
 def _where_shape(c, x, y):
     out = shapes.elementwise(x, y)
     return type(out)(shapes.broadcast(c, x, y), out.dtype)
@@ -763,9 +761,8 @@ class where:
     backward = "`where(c, g, 0)`, `where(c, 0, g)`; none to `c`"
     domain = ("mask", "real", "real")
     shape = _where_shape
-    emit = "where({c}, {x}, {y})"
+    emit = Conditional()  # x if c else y, in a loop over the elements
     cheap = True
-    kernel = _where_kernel
     cast_inputs = (1, 2)
 
     def ref(c, x, y):

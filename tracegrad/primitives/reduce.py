@@ -37,6 +37,7 @@ def _sum_emit(args, out, axes):
 
 
 def _sum_axis_kernel(x, axis):
+    """np.sum(x, axis=axis) of a 2-d array, as plain loops (Numba's axis sum is slower)."""
     if axis == 0:
         out = x[0].copy()
         for i in range(1, x.shape[0]):
@@ -131,6 +132,7 @@ def _chooser_jvp(tangents, out, x, axes):
 # Plain loops: Numba's np.max(x[i]) per row and np.maximum(out, x[i]) per column take 6x as long on the
 # short rows of a softmax. `v != v` keeps a NaN, as np.max does.
 def _max_axis_kernel(x, axis):
+    """np.max(x, axis=axis) of a 2-d array, as plain loops."""
     n, m = x.shape
     if axis == 0:
         out = x[0].copy()
@@ -152,6 +154,7 @@ def _max_axis_kernel(x, axis):
 
 
 def _min_axis_kernel(x, axis):
+    """np.min(x, axis=axis) of a 2-d array, as plain loops."""
     n, m = x.shape
     if axis == 0:
         out = x[0].copy()

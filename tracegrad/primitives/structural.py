@@ -34,6 +34,7 @@ def _reshape_emit(args, out, shape):
 
 
 def _reshape_kernel(x, shape):
+    """x reshaped to shape in C order, whatever its layout (np.ascontiguousarray(x).reshape(shape))."""
     return np.ascontiguousarray(x).reshape(shape)
 
 
@@ -262,7 +263,8 @@ def _gather_shape(x, *indices):
     return Aval(indices[0].shape + x.shape[k:], x.dtype)
 
 
-def _take_kernel(x, i):
+def _gather_rows_kernel(x, i):
+    """x[i] for a 1-d integer array i: out[k] = x[i[k]] (bounds-checked; negative from the end)."""
     n = x.shape[0]
     out = np.empty((i.shape[0],) + x.shape[1:], x.dtype)
     for k in range(i.shape[0]):
@@ -273,7 +275,8 @@ def _take_kernel(x, i):
     return out
 
 
-def _take2_kernel(x, i, j):
+def _gather_pairs_kernel(x, i, j):
+    """x[i, j] for 1-d integer arrays i, j: out[k] = x[i[k], j[k]] (bounds-checked; negative from the end)."""
     n, m = x.shape[0], x.shape[1]
     out = np.empty((i.shape[0],) + x.shape[2:], x.dtype)
     for k in range(i.shape[0]):
@@ -291,8 +294,8 @@ class gather:
     backward = "`scatter_add`: zeros with `g` added at the indices (repeats accumulate)"
     label = "[i]"
     shape = _gather_shape
-    emit = staticmethod(lambda args, out: f"take{'' if len(args) == 2 else '2'}({', '.join(args)})")
-    kernel = {"take": _take_kernel, "take2": _take2_kernel}
+    emit = staticmethod(lambda args, out: f"gather_{'rows' if len(args) == 2 else 'pairs'}({', '.join(args)})")
+    kernel = {"gather_rows": _gather_rows_kernel, "gather_pairs": _gather_pairs_kernel}
 
     def ref(x, *indices):
         return np.asarray(x)[tuple(indices)]
@@ -304,14 +307,16 @@ class gather:
         return gather(tangents[0], *indices)
 
 
-def _put_add_kernel(g, i, shape):
+def _scatter_add_rows_kernel(g, i, shape):
+    """Zeros of ``shape`` with g[k] added at row i[k] (repeats add up): the gradient of x[i]."""
     out = np.zeros(shape, g.dtype)
     for k in range(i.shape[0]):
         out[i[k]] += g[k]
     return out
 
 
-def _put_add2_kernel(g, i, j, shape):
+def _scatter_add_pairs_kernel(g, i, j, shape):
+    """Zeros of ``shape`` with g[k] added at [i[k], j[k]] (repeats add up): the gradient of x[i, j]."""
     out = np.zeros(shape, g.dtype)
     for k in range(i.shape[0]):
         out[i[k], j[k]] += g[k]
@@ -324,8 +329,9 @@ class scatter_add:
     usage = "(the backward of `gather`)"
     backward = "`gather` of `g`"
     shape = staticmethod(lambda g, *indices, shape: Aval(shape, g.dtype))
-    emit = staticmethod(lambda args, out, shape: f"put_add{'' if len(args) == 2 else '2'}({', '.join(args)}, {shape!r})")
-    kernel = {"put_add": _put_add_kernel, "put_add2": _put_add2_kernel}
+    emit = staticmethod(lambda args, out, shape:
+                        f"scatter_add_{'rows' if len(args) == 2 else 'pairs'}({', '.join(args)}, {shape!r})")
+    kernel = {"scatter_add_rows": _scatter_add_rows_kernel, "scatter_add_pairs": _scatter_add_pairs_kernel}
 
     def ref(g, *indices, shape):
         out = np.zeros(shape, np.asarray(g).dtype)
@@ -360,14 +366,16 @@ def _dynamic_index_shape(x, i):
     return Aval(x.shape[1:], x.dtype)
 
 
-def _at_kernel(x, i):
+def _row_at_kernel(x, i):
+    """x[i] for an integer i (bounds-checked; negative from the end)."""
     n = x.shape[0]
     if i < -n or i >= n:
         raise IndexError("tracegrad: index out of bounds in x[i]")
     return x[i]
 
 
-def _put_at_kernel(g, i, out):
+def _place_row_kernel(g, i, out):
+    """``out`` (zeros) with g as its row i: the gradient of x[i]."""
     n = out.shape[0]
     if i < -n or i >= n:
         raise IndexError("tracegrad: index out of bounds in x[i]")
@@ -380,11 +388,11 @@ class dynamic_index:
     """x[i] along the first axis, with a traced integer i (a loop's index): bounds-checked, negative i from
     the end"""
     usage = ("`x[i]`, `x[i + 1, 2:]` with `i` a loop's index (traced; bounds-checked: "
-             "`at(x, i)`)")
+             "`row_at(x, i)`)")
     backward = "`dynamic_place`"
     shape = _dynamic_index_shape
-    emit = "at({x}, {i})"
-    kernel = {"at": _at_kernel}
+    emit = "row_at({x}, {i})"
+    kernel = {"row_at": _row_at_kernel}
 
     def ref(x, i):
         return np.asarray(x)[int(i)]
@@ -402,8 +410,8 @@ class dynamic_place:
     usage = "(the backward of `dynamic_index`)"
     backward = "`dynamic_index` of `g`"
     shape = staticmethod(lambda g, i, shape: Aval(shape, g.dtype))
-    emit = staticmethod(lambda args, out, shape: f"put_at({args[0]}, {args[1]}, {_zeros(shape, out.dtype)})")
-    kernel = {"put_at": _put_at_kernel}
+    emit = staticmethod(lambda args, out, shape: f"place_row({args[0]}, {args[1]}, {_zeros(shape, out.dtype)})")
+    kernel = {"place_row": _place_row_kernel}
 
     def ref(g, i, shape):
         out = np.zeros(shape, np.asarray(g).dtype)
