@@ -79,22 +79,22 @@ def _fill_template(template: str, args: list, params: dict) -> str:
     if parsed is None:
         parsed = _PARSED[template] = list(string.Formatter().parse(template))
     fields = []
-    for _, field, _, _ in parsed:
-        if field is not None and field not in params and field not in fields:
-            fields.append(field)
+    for _, name, _, _ in parsed:
+        if name is not None and name not in params and name not in fields:
+            fields.append(name)
     out = []
-    for literal_text, field, _, _ in parsed:
+    for literal_text, name, _, _ in parsed:
         out.append(literal_text)
-        if field is None:
+        if name is None:
             continue
-        if field in params:
-            out.append(repr(params[field]))
+        if name in params:
+            out.append(repr(params[name]))
             continue
-        expr, prec = args[fields.index(field)]
+        expr, prec = args[fields.index(name)]
         before = "".join(out).rstrip()
-        after = template[template.index("{" + field + "}") + len(field) + 2:].lstrip()
+        after = template[template.index("{" + name + "}") + len(name) + 2:].lstrip()
         in_call = (before.endswith("(") or before.endswith(",")) and (after[:1] in (")", ","))
-        out.append(expr if in_call or prec == ATOM or template == "{" + field + "}" else f"({expr})")
+        out.append(expr if in_call or prec == ATOM or template == "{" + name + "}" else f"({expr})")
     return "".join(out)
 
 
