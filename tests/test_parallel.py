@@ -232,6 +232,23 @@ def test_plain_sum_and_stored_values(rng, small_loops):
     np.testing.assert_array_equal(stored, np.sin(x) * x)
 
 
+def test_fit_passes_the_setting_to_its_epoch(rng, small_loops):
+    # the plumbing alone, without Numba: the epoch's generated source has its loops as prange (the slow
+    # test below runs it compiled)
+    X = rng.normal(size=(256, 8))
+    y = X @ rng.normal(size=8)
+
+    def loss(p, X, y):
+        return tg.nn.mse(np.tanh(X * p["a"]) @ p["w"], y)
+
+    p0 = {"a": np.ones(8), "w": np.zeros(8)}
+    tg.fit(loss, p0, (X, y), optimizer=tg.optim.SGD(lr=0.1), batch_size=64, epochs=1, progress=False,
+           compile="never", parallel=True)
+    epochs = [f for f in tg.train._EPOCHS[loss].values() if isinstance(f, tg.Function)]
+    assert [f.parallel for f in epochs] == [True]
+    assert all("prange" in e.source for e in epochs[0]._cache.values())
+
+
 @pytest.mark.slow
 def test_fit_runs_its_steps_loops_in_parallel(rng, small_loops):
     X = rng.normal(size=(256, 8))
