@@ -91,6 +91,23 @@ def assign_from_argument(x, v):
     return x
 
 
+def assign_at_argmax(x):
+    y = x * 2.0
+    k = np.argmax(x)  # a traced integer
+    y[k] += 3 * x[0]
+    y[k - 1] = x[1] ** 2
+    return y
+
+
+def rows_at_a_loop_index(x):
+    def body(i, y):
+        y[i, 1:] = x[i, :3] * 2
+        y[i] += x[i]
+        y[-1 - i, 0] = np.sin(x[i, 0])
+        return y
+    return tg.fori_loop(0, 3, body, np.ones((3, 4)))
+
+
 def _sorted_copy(x):
     y = x.copy()
     y.sort()
@@ -167,6 +184,8 @@ CASES = {
     "view written through": (view_written_through, (V,), "real"),
     "in-place alias": (in_place_alias, (M,), "real"),
     "assign from argument": (assign_from_argument, (M, (3,)), "real"),
+    "assign at argmax": (assign_at_argmax, (V,), "real"),
+    "rows at a loop index": (rows_at_a_loop_index, (M,), "real"),
     # ---- cumulative operations, sorting, reductions over any axes, methods
     "prod": (lambda x: np.prod(x), (V,), "real"),
     "prod axis": (lambda x: np.prod(x, axis=1), (T3,), "real"),
@@ -374,7 +393,7 @@ def test_float32_in_float32_out(name):
 
 # Compiling takes seconds a case: a sample exercising each new kernel and spelling, compiled as one function
 COMPILED = ["pad edge", "diag of vector", "np.r_", "augmented slices", "cumprod axis", "sort 3-d", "argmax gather",
-            "matmul 3-d", "inv", "slogdet", "solve matrix", "cholesky", "polygamma", "erf erfc", "norm.pdf cdf"]
+            "matmul 3-d", "rows at a loop index", "inv", "slogdet", "solve matrix", "cholesky", "polygamma", "erf erfc", "norm.pdf cdf"]
 
 
 def _chain(cases):
@@ -416,11 +435,11 @@ def _reshaped_view(x):
     return y
 
 
-def _traced_index(x):
+def _traced_second_index(x):
     def body(i, y):
-        y[i] = 1.0
+        y[0, i] = 1.0
         return y
-    return tg.fori_loop(0, 3, body, x * 1.0)
+    return tg.fori_loop(0, 3, body, np.outer(x, x))
 
 
 def _mask_of_values(x):
@@ -432,9 +451,9 @@ def _mask_of_values(x):
 @pytest.mark.parametrize("fn,error,words", [
     (_stale_view, tg.TracingError, "assigned into"),
     (_reshaped_view, tg.UnsupportedError, "reshaped or transposed view"),
-    (_traced_index, tg.UnsupportedError, "traced index"),
+    (_traced_second_index, tg.UnsupportedError, "traced integer index only as the first index"),
     (_mask_of_values, tg.UnsupportedError, "boolean mask"),
-], ids=["stale view", "reshaped view", "traced index", "mask of values"])
+], ids=["stale view", "reshaped view", "traced second index", "mask of values"])
 def test_assignment_that_cannot_be_functional_is_refused(fn, error, words):
     with pytest.raises(error) as info:
         tg.jit(fn)(np.arange(1.0, 4.0))

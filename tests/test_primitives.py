@@ -197,6 +197,10 @@ CASES = {
     # y[index] = v in a traced function (primitives/assign.py)
     "setitem": [(lambda x, y: P["setitem"](x, y, index=(slice(1, None),)), (MATRIX, ROW), "real"),
                 (lambda x: P["setitem"](x * 2, x[0, 0], index=(0, 1)), (MATRIX,), "real")],
+    # y[i] = v at a traced integer i (a loop's index, an argmax)
+    "dynamic_setitem": [(lambda x: tg.fori_loop(0, 3, lambda i, y: P["dynamic_setitem"](y, x[i] * y[i + 1], i), x * 1.0),
+                         ((4,),), "real"),
+                        (lambda x: P["dynamic_setitem"](x * x, np.sin(x[0]), np.argmax(x[:, 0]) - 3), ((3, 2),), "real")],
     # primitives/cumulative.py: the last axis of 1-d and 2-d arrays
     "cumsum": [(np.cumsum, (VECTOR,), "real"), (lambda x: np.cumsum(x, axis=1), (MATRIX,), "real")],
     "cumprod": [(np.cumprod, (VECTOR,), "real"), (lambda x: np.cumprod(x, axis=0), (MATRIX,), "real")],
