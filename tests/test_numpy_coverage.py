@@ -279,6 +279,8 @@ CASES = {
     "svd": (lambda a: _sign_free_svd(a, full_matrices=False), (M,), "real"),
     "svd square full": (lambda a: _sign_free_svd(a), (SQ,), "real"),
     "svd values": (lambda a: np.linalg.svd(a, compute_uv=False) + np.linalg.svdvals(a * 2.0), (M,), "real"),
+    "pinv": (lambda a: np.linalg.pinv(a), (M,), "real"),
+    "pinv of a stack": (lambda a: np.linalg.pinv(a, rcond=1e-10), ((2, 4, 3),), "real"),
     "norm 2 nuc": (lambda x: np.linalg.norm(x, 2) + np.linalg.norm(x, "nuc") + np.linalg.norm(x, -2), (M,), "real"),
     "norm 2 axes keepdims": (lambda x: np.linalg.norm(x, 2, axis=(2, 0), keepdims=True), (T3,), "real"),
     # ---- np.linalg on stacks of matrices (the leading axes are a batch)

@@ -25,9 +25,10 @@ else its gradient describes that choice of sign, which is no derivative.
 """
 import numpy as np
 
-from ..core import numpy_function, primitive
+from ..core import current_builder, numpy_function, primitive
 from ..errors import ShapeError, UnsupportedError, user_source
 from ..ir import Aval
+from .constants import ConstantArray, constant
 from .linalg import dot
 from .shapes import float_dtype
 from .structural import broadcast_to, concatenate, reshape, transpose
@@ -86,9 +87,17 @@ def _sum_matrices(x):
     return reduce_sum(x, axes=(x.ndim - 2, x.ndim - 1))
 
 
+def _indices(n):
+    """The row and column indices of an n x n matrix, shapes (n, 1) and (n,), as graph nodes (``np.arange(n)``
+    in the code; a rule may not capture arrays): masks compare them."""
+    builder = current_builder()
+    k = builder.wrap(builder.add_node(constant, (), dict(value=ConstantArray(0, n, 1)), Aval((n,), np.dtype(np.int64))))
+    return reshape(k, shape=(n, 1)), k
+
+
 def _eye_mask(n):
-    from .cumulative import _eye
-    return _eye(n) > 0.5
+    i, k = _indices(n)
+    return i == k
 
 
 def _diagonal_of(m):
@@ -117,16 +126,9 @@ def _gaps_inverse(w):
 
 
 def _masks(n):
-    """(strictly lower, diagonal) boolean masks of an n x n matrix, as graph nodes (a rule may not capture
-    arrays)."""
-    from .cumulative import _upper
-    eye = _eye_mask(n)
-    lower = _t2(_upper(n))  # i >= k
-    return lower & ~eye, eye
-
-
-def _t2(x):
-    return transpose(x, perm=(1, 0))
+    """(strictly lower, diagonal) boolean masks of an n x n matrix."""
+    i, k = _indices(n)
+    return i > k, i == k
 
 
 def _phi(x, strict, diagonal):
@@ -512,11 +514,11 @@ def _right(x, m):
 def _qr_square_vjp(q, r, g_q, g_r):
     """The gradient of A = Q R (m >= n, R square) from those of Q and R: (g_Q + Q N) inv(R)^T, N the
     symmetric matrix of the upper triangle of M = R g_R^T - Q^T g_Q."""
-    from .cumulative import _upper
     from .elementwise import where
     parts = ([] if g_r is None else [g_r @ _mT(r)]) + ([] if g_q is None else [-(_mT(q) @ g_q)])
     m = parts[0] if len(parts) == 1 else parts[0] + parts[1]
-    x = q @ where(_upper(m.shape[-1]), m, _mT(m))
+    i, k = _indices(m.shape[-1])
+    x = q @ where(i <= k, m, _mT(m))
     if g_q is not None:
         x = g_q + x
     return _mT(solve(r, _mT(x)))
@@ -725,6 +727,25 @@ def np_svd(a, full_matrices=True, compute_uv=True, hermitian=False):
 
 if hasattr(np.linalg, "svdvals"):
     numpy_function(np.linalg.svdvals)(lambda x: np_svd(x, compute_uv=False))
+
+
+@numpy_function(np.linalg.pinv)
+def np_pinv(a, rcond=None, hermitian=False, **kwargs):
+    """The pseudo-inverse ``V diag(1 / s) U^T`` from ``svd``, singular values at most ``rcond`` (or ``rtol``)
+    times the largest taken as zero, as NumPy does. Its gradient holds while the rank does not change."""
+    from . import reduce as r
+    from .elementwise import where
+    a = _float(a)
+    _matrices("pinv", a, square=False)
+    if hermitian:
+        raise UnsupportedError("np.linalg.pinv with hermitian=True", user_source(), "use hermitian=False (the default)")
+    rtol = kwargs.pop("rtol", None)
+    if kwargs:
+        raise UnsupportedError(f"np.linalg.pinv with {', '.join(kwargs)}=", user_source())
+    cut = rcond if rcond is not None else rtol if rtol is not None else max(a.shape[-2:]) * np.finfo(a.dtype).eps
+    u, s, vt = svd(a)
+    kept = s > cut * r.max(s, axis=-1, keepdims=True)
+    return _mT(vt) @ (_cols(where(kept, 1.0 / where(kept, s, 1.0), 0.0)) * _mT(u))
 
 
 @numpy_function(np.linalg.multi_dot)
