@@ -120,6 +120,15 @@ def _sign_free_svd(a, full_matrices=True):
             + np.sum(vt ** 2 * s[..., :, None] ** 2, axis=-2, keepdims=True))
 
 
+def columns_at_a_loop_index(x):
+    def body(i, y):
+        y[:, i] = np.tanh(x[:, i] + y[:, i - 1])  # a traced index after full slices: that axis first
+        y[0, i] += x[1, i] ** 2  # after an integer: the row y[0]
+        y[i - 1, i] = y[i - 1, i - 1] * 2.0  # two traced indices
+        return y
+    return tg.fori_loop(1, 4, body, x * 1.0)
+
+
 def _sorted_copy(x):
     y = x.copy()
     y.sort()
@@ -198,6 +207,7 @@ CASES = {
     "assign from argument": (assign_from_argument, (M, (3,)), "real"),
     "assign at argmax": (assign_at_argmax, (V,), "real"),
     "rows at a loop index": (rows_at_a_loop_index, (M,), "real"),
+    "columns at a loop index": (columns_at_a_loop_index, (M,), "real"),
     # ---- cumulative operations, sorting, reductions over any axes, methods
     "prod": (lambda x: np.prod(x), (V,), "real"),
     "prod axis": (lambda x: np.prod(x, axis=1), (T3,), "real"),
@@ -476,7 +486,7 @@ def _reshaped_view(x):
 
 def _traced_second_index(x):
     def body(i, y):
-        y[0, i] = 1.0
+        y[1:, i] = 1.0
         return y
     return tg.fori_loop(0, 3, body, np.outer(x, x))
 
@@ -490,9 +500,9 @@ def _mask_of_values(x):
 @pytest.mark.parametrize("fn,error,words", [
     (_stale_view, tg.TracingError, "assigned into"),
     (_reshaped_view, tg.UnsupportedError, "reshaped or transposed view"),
-    (_traced_second_index, tg.UnsupportedError, "traced integer index only as the first index"),
+    (_traced_second_index, tg.UnsupportedError, "traced integer index after a partial slice"),
     (_mask_of_values, tg.UnsupportedError, "boolean mask"),
-], ids=["stale view", "reshaped view", "traced second index", "mask of values"])
+], ids=["stale view", "reshaped view", "traced index after a slice", "mask of values"])
 def test_assignment_that_cannot_be_functional_is_refused(fn, error, words):
     with pytest.raises(error) as info:
         tg.jit(fn)(np.arange(1.0, 4.0))

@@ -15,7 +15,7 @@ from ..errors import ShapeError, UnsupportedError, user_source
 from ..ir import Aval
 from .manipulation import filled, np_column_stack
 from .structural import (_format_index, _index_shape, _is_traced_int, dynamic_index, expand_ellipsis, getitem,
-                         np_broadcast_to, np_concatenate, np_stack, reshape, zeros)
+                         np_broadcast_to, np_concatenate, np_stack, reshape, transpose, zeros)
 
 
 def _setitem_shape(x, v, index):
@@ -75,7 +75,7 @@ def _set_at_kernel(x, v, i):
 class dynamic_setitem:
     """x with row i (along the first axis) set to v, for a traced integer i (a loop's index, an ``argmax``):
     ``y[i] = v``; bounds-checked, negative i from the end"""
-    usage = "`y[i] = v`, `y[i] += v`, `y[i, 1:] = v` with `i` traced (bounds-checked: `set_at(y, v, i)`)"
+    usage = "`y[i] = v`, `y[i] += v`, `y[i, 1:] = v`, `y[:, i] = v` with `i` traced (bounds-checked: `set_at(y, v, i)`)"
     backward = "`set_at(g, 0.0, i)` for `y`, `g[i]` for `v`"
     shape = _dynamic_setitem_shape
     emit = "set_at({x}, {v}, {i})"
@@ -96,16 +96,26 @@ class dynamic_setitem:
 
 
 def _assign_at_traced(x, index, value):
-    """``x[i, rest] = value`` with a traced integer ``i``: the row ``x[i]`` with ``value`` at ``rest``, put back."""
+    """``x[index] = value`` with a traced integer in ``index``: first (``x[i, 1:]``), the row ``x[i]`` with
+    ``value`` at the rest, put back by ``dynamic_setitem``; after full slices (``x[:, i]``), the same on ``x`` with
+    that axis first, turned back; after an integer (``x[0, i]``), the same on the row ``x[0]``, put back."""
     i, rest = index[0], index[1:]
-    if any(_is_traced_int(e) for e in rest):
-        raise UnsupportedError("assignment at a traced integer index only as the first index (y[i] = v, "
-                               "y[i, 1:] = v)", user_source(), "transpose so the axis indexed by the loop comes first")
+    if not _is_traced_int(i):
+        p = next(k for k, e in enumerate(index) if _is_traced_int(e))
+        if all(isinstance(e, slice) and e == slice(None) for e in index[:p]):
+            order = (p,) + tuple(range(p)) + tuple(range(p + 1, x.ndim))
+            moved = _assign_at_traced(transpose(x, perm=order), (index[p],) + index[:p] + index[p + 1:], value)
+            return transpose(moved, perm=tuple(np.argsort(order)))
+        if isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_)):
+            row = _assign_at_traced(getitem(x, index=(int(i),)), rest, value)
+            return setitem(x, row, index=(int(i),))
+        raise UnsupportedError("assignment at a traced integer index after a partial slice or a new axis "
+                               "(y[1:, i] = v)", user_source(), "assign at y[:, i], or into a slice's copy")
     if i.dtype.kind not in "iu":
         raise UnsupportedError(f"an index must be an integer scalar, not {i.dtype}", user_source())
-    if rest:
+    if rest:  # the row x[i] with value at the rest (a traced integer there too: y[i, j] = v)
         value = np_setitem(dynamic_index(x, i), rest, value)
-    elif isinstance(value, TracedArray) and value.shape not in ((), x.shape[1:]):
+    if isinstance(value, TracedArray) and value.shape not in ((), x.shape[1:]):
         value = np_broadcast_to(value, x.shape[1:])
     elif not isinstance(value, (TracedArray, bool, int, float)):
         value = as_array(value)
@@ -157,7 +167,7 @@ def np_setitem(x, index, value):
                                    user_source(), "assign a scalar, or use np.where(mask, values, x)")
         return where(index, value, x).astype(x.dtype)
     full = expand_ellipsis(x, index)
-    if full and _is_traced_int(full[0]):
+    if any(_is_traced_int(e) for e in full):
         return _assign_at_traced(x, full, value)
     value = value if isinstance(value, (TracedArray, bool, int, float)) else as_array(value)
     return setitem(x, value, index=_normalized(x, index))
