@@ -575,6 +575,16 @@ def test_linalg_of_a_matrix_holding_nan_gives_nan_in_every_tier():
         assert np.isnan(got[1]).all()
 
 
+def test_assignment_at_a_traced_index_out_of_bounds_raises_in_every_tier():
+    def shifted(x):
+        y = x * 1.0
+        y[np.argmax(x) + 2] = 0.0  # the largest entry is the last: 2 past the end
+        return y
+    for mode in ("never", "wait"):
+        with pytest.raises(IndexError, match="index out of bounds in y"):
+            tg.jit(shifted, compile=mode)(np.arange(1.0, 4.0))
+
+
 def test_assignment_leaves_the_callers_array_and_numpy_code_alone():
     x = np.arange(1.0, 4.0)
     f = tg.jit(assign_from_argument)
