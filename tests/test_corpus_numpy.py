@@ -134,6 +134,15 @@ CORPUS = {
     "norm axis": (lambda x: np.linalg.norm(x, axis=0), (R.normal(size=(3, 4)),)),
     "norm fro": (lambda x: np.linalg.norm(x, "fro"), (R.normal(size=(3, 4)),)),
     "norm ord inf": (lambda x: np.linalg.norm(x, np.inf), (np.array([0.5, -2.0, 1.0]),)),
+    "eigh of a symmetric matrix": (lambda a: _eigh_sign_free(a + a.T), (R.normal(size=(4, 4)),)),
+    "eigvalsh": (lambda a: np.linalg.eigvalsh(a), (SPD,)),
+    "svd singular values": (lambda a: np.linalg.svd(a)[1], (SPD,)),
+    "svd reduced": (lambda a: _svd_sign_free(a), (R.normal(size=(5, 3)),)),
+    "qr": (lambda a: np.linalg.qr(a)[1], (R.normal(size=(5, 3)),)),
+    "matrix 2-norm": (lambda a: np.linalg.norm(a, 2), (SPD,)),
+    "a stack of inverses": (lambda a: np.linalg.inv(a + 3 * np.eye(3)), (R.normal(size=(2, 3, 3)),)),
+    "a stack of determinants": (lambda a: np.linalg.det(a), (R.normal(size=(3, 2, 2)),)),
+    "solve stacks": (lambda a, b: np.linalg.solve(a + 3 * np.eye(3), b), (R.normal(size=(2, 3, 3)), R.normal(size=(2, 3, 4)))),
     # scipy
     "norm.pdf": (lambda x, m, s: scipy.stats.norm.pdf(x, m, s), (R.normal(size=4), R.normal(size=4), positive(4))),
     "norm.cdf": (lambda x, m, s: scipy.stats.norm.cdf(x, loc=m, scale=s), (R.normal(size=4), R.normal(size=4), positive(4))),
@@ -160,6 +169,16 @@ CORPUS = {
     "softmax": (lambda x: scipy.special.softmax(x, axis=1), (R.normal(size=(3, 4)),)),
     "log_softmax": (lambda x: scipy.special.log_softmax(x), (R.normal(size=5),)),
 }
+
+
+def _eigh_sign_free(a):
+    w, v = np.linalg.eigh(a)
+    return v @ np.diag(np.tanh(w)) @ v.T  # a matrix function: the same for either sign of each eigenvector
+
+
+def _svd_sign_free(a):
+    u, s, vt = np.linalg.svd(a, full_matrices=False)
+    return (u * np.sqrt(s)) @ vt
 
 
 def _interpret(fun, args):
@@ -194,16 +213,16 @@ REFUSED = {
     "nan_to_num": (lambda x: np.sum(np.sin(np.nan_to_num(x))), R.normal(size=4), tg.UnsupportedError,
                    "np.nan_to_num is not supported"),
     "a traced value as an integer": (_int_of_traced, R.normal(size=(5, 10)), tg.TracingError, "conversion to a NumPy array"),
-    "eigh": (lambda a: np.sum(np.linalg.eigh(a)[0]), SPD, tg.UnsupportedError, "np.linalg.eigh is not supported"),
-    "svd": (lambda a: np.sum(np.linalg.svd(a)[1]), SPD, tg.UnsupportedError, "np.linalg.svd is not supported"),
-    "matrix 2-norm": (lambda a: np.linalg.norm(a, 2), SPD, tg.UnsupportedError, "np.linalg.norm with ord=2"),
+    "eig": (lambda a: np.sum(np.linalg.eig(a)[0]), SPD, tg.UnsupportedError, "np.linalg.eig is not supported"),
+    "full svd of a non-square matrix": (lambda a: np.sum(np.linalg.svd(a[:3])[0]), SPD, tg.UnsupportedError,
+                                        "np.linalg.svd with full_matrices=True of a non-square matrix"),
     "scipy.linalg.sqrtm": (lambda a: np.sum(__import__("scipy.linalg").linalg.sqrtm(a)), SPD, tg.UnsupportedError,
                            "scipy.linalg.sqrtm is not supported"),
     "scipy.special.gamma": (lambda x: np.sum(scipy.special.gamma(x)), positive(3), tg.UnsupportedError,
                             "scipy.special.gamma is not supported"),
     "fft": (lambda x: np.sum(np.fft.fft(x).real), R.normal(size=4), tg.UnsupportedError, "np.fft.fft is not supported"),
-    "a stack of inverses": (lambda a: np.sum(np.linalg.inv(a)), R.normal(size=(2, 3, 3)), tg.UnsupportedError,
-                            "np.linalg.inv of an array of shape (2, 3, 3)"),
+    "inverse of a vector": (lambda a: np.sum(np.linalg.inv(a)), R.normal(size=3), tg.ShapeError,
+                            "np.linalg.inv of an array of shape (3,)"),
 }
 
 

@@ -51,7 +51,7 @@ def test_static_python_loops_unroll():
 
 @pytest.mark.parametrize("call,name", [
     (lambda x: np.fft.fft(x).real, "np.fft.fft"),
-    (lambda x: np.linalg.svd(x), "svd"),
+    (lambda x: np.linalg.eig(x)[0], "np.linalg.eig"),
     (lambda x: np.polyval(x, 2.0), "np.polyval"),
     (lambda x: np.add.accumulate(x), "np.add.accumulate"),
     (lambda x: np.sum(x, dtype=np.float32), "dtype"),

@@ -91,6 +91,44 @@ def assign_from_argument(x, v):
     return x
 
 
+def assign_at_argmax(x):
+    y = x * 2.0
+    k = np.argmax(x)  # a traced integer
+    y[k] += 3 * x[0]
+    y[k - 1] = x[1] ** 2
+    return y
+
+
+def rows_at_a_loop_index(x):
+    def body(i, y):
+        y[i, 1:] = x[i, :3] * 2
+        y[i] += x[i]
+        y[-1 - i, 0] = np.sin(x[i, 0])
+        return y
+    return tg.fori_loop(0, 3, body, np.ones((3, 4)))
+
+
+def _sign_free_eigh(a):
+    """What eigh gives that does not depend on the signs LAPACK picks for the eigenvectors."""
+    w, v = np.linalg.eigh(a)
+    return v * v * w[..., None, :] + v[..., :, :1] * v[..., :1, :]
+
+
+def _sign_free_svd(a, full_matrices=True):
+    u, s, vt = np.linalg.svd(a, full_matrices=full_matrices)
+    return (u[..., :, :1] * vt[..., :1, :] * s[..., :1, None] + np.sum(u ** 2 * s[..., None, :], axis=-1, keepdims=True)
+            + np.sum(vt ** 2 * s[..., :, None] ** 2, axis=-2, keepdims=True))
+
+
+def columns_at_a_loop_index(x):
+    def body(i, y):
+        y[:, i] = np.tanh(x[:, i] + y[:, i - 1])  # a traced index after full slices: that axis first
+        y[0, i] += x[1, i] ** 2  # after an integer: the row y[0]
+        y[i - 1, i] = y[i - 1, i - 1] * 2.0  # two traced indices
+        return y
+    return tg.fori_loop(1, 4, body, x * 1.0)
+
+
 def _sorted_copy(x):
     y = x.copy()
     y.sort()
@@ -167,6 +205,9 @@ CASES = {
     "view written through": (view_written_through, (V,), "real"),
     "in-place alias": (in_place_alias, (M,), "real"),
     "assign from argument": (assign_from_argument, (M, (3,)), "real"),
+    "assign at argmax": (assign_at_argmax, (V,), "real"),
+    "rows at a loop index": (rows_at_a_loop_index, (M,), "real"),
+    "columns at a loop index": (columns_at_a_loop_index, (M,), "real"),
     # ---- cumulative operations, sorting, reductions over any axes, methods
     "prod": (lambda x: np.prod(x), (V,), "real"),
     "prod axis": (lambda x: np.prod(x, axis=1), (T3,), "real"),
@@ -239,6 +280,31 @@ CASES = {
     "solve matrix": (lambda a, b: np.linalg.solve(a, b), (SQ, (3, 2)), "spd"),
     "cholesky": (lambda a: np.linalg.cholesky(a), (SQ,), "spd"),
     "cholesky symmetric": (lambda a: np.linalg.cholesky(a @ a.T + 3 * np.eye(3)), (SQ,), "real"),
+    "eigh": (lambda a: _sign_free_eigh(a + a.T + np.diag([0.0, 2.0, 4.0])), (SQ,), "real"),
+    "eigvalsh upper": (lambda a: np.linalg.eigvalsh(a + np.diag([0.0, 2.0, 4.0]), UPLO="U"), (SQ,), "real"),
+    "eigh result fields": (lambda a: np.linalg.eigh(_spd(a)).eigenvalues, (SQ,), "real"),
+    "qr": (lambda a: np.linalg.qr(a).Q @ np.diag(np.diag(np.linalg.qr(a).R)), (M[::-1],), "real"),
+    "qr r wide": (lambda a: np.linalg.qr(a, mode="r"), (M,), "real"),
+    "qr complete wide": (lambda a: np.linalg.qr(a, mode="complete")[0], (M,), "real"),
+    "svd": (lambda a: _sign_free_svd(a, full_matrices=False), (M,), "real"),
+    "svd square full": (lambda a: _sign_free_svd(a), (SQ,), "real"),
+    "svd values": (lambda a: np.linalg.svd(a, compute_uv=False) + np.linalg.svdvals(a * 2.0), (M,), "real"),
+    "pinv": (lambda a: np.linalg.pinv(a), (M,), "real"),
+    "pinv of a stack": (lambda a: np.linalg.pinv(a, rcond=1e-10), ((2, 4, 3),), "real"),
+    "norm 2 nuc": (lambda x: np.linalg.norm(x, 2) + np.linalg.norm(x, "nuc") + np.linalg.norm(x, -2), (M,), "real"),
+    "norm 2 axes keepdims": (lambda x: np.linalg.norm(x, 2, axis=(2, 0), keepdims=True), (T3,), "real"),
+    # ---- np.linalg on stacks of matrices (the leading axes are a batch)
+    "inv stack": (lambda a: np.linalg.inv(a + 3 * np.eye(3)), ((2, 3, 3),), "real"),
+    "det stack": (lambda a: np.linalg.det(a + 3 * np.eye(3)), ((2, 2, 3, 3),), "real"),
+    "slogdet stack": (lambda a: np.linalg.slogdet(a - 3 * np.eye(3))[1] * np.linalg.slogdet(a - 3 * np.eye(3))[0],
+                      ((2, 3, 3),), "real"),
+    "solve stack vector": (lambda a, b: np.linalg.solve(a + 3 * np.eye(3), b), ((2, 3, 3), (3,)), "real"),
+    "solve stacks broadcast": (lambda a, b: np.linalg.solve(a + 3 * np.eye(3), b), ((3, 3), (2, 3, 2)), "real"),
+    "cholesky stack": (lambda a: np.linalg.cholesky(a @ np.swapaxes(a, -1, -2) + 3 * np.eye(3)), ((2, 3, 3),), "real"),
+    "eigh stack": (lambda a: _sign_free_eigh(a + np.diag([0.0, 2.0, 4.0])), ((2, 3, 3),), "real"),
+    "qr stack": (lambda a: np.linalg.qr(a)[0] * np.linalg.qr(a)[1][..., :1, :], ((2, 3, 3),), "real"),
+    "svd stack": (lambda a: _sign_free_svd(a, full_matrices=False), ((2, 4, 3),), "real"),
+    "matrix_power stack": (lambda a: np.linalg.matrix_power(a, 2) + np.linalg.matrix_power(a, 0), ((2, 3, 3),), "real"),
     "norm": (lambda x: np.linalg.norm(x), (M,), "real"),
     "norm vector ords": (lambda x: np.linalg.norm(x, 1) + np.linalg.norm(x, np.inf) + np.linalg.norm(x, 3), (V,), "away"),
     "norm axis": (lambda x: np.linalg.norm(x, axis=1, keepdims=True), (M,), "real"),
@@ -373,8 +439,10 @@ def test_float32_in_float32_out(name):
 
 
 # Compiling takes seconds a case: a sample exercising each new kernel and spelling, compiled as one function
+# (eigh, qr, svd and dynamic_setitem are compiled by tests/test_primitives.py, their stacks by the NaN test below)
 COMPILED = ["pad edge", "diag of vector", "np.r_", "augmented slices", "cumprod axis", "sort 3-d", "argmax gather",
-            "matmul 3-d", "inv", "slogdet", "solve matrix", "cholesky", "polygamma", "erf erfc", "norm.pdf cdf"]
+            "matmul 3-d", "inv", "slogdet", "solve matrix", "cholesky",
+            "slogdet stack", "solve stack vector", "polygamma", "erf erfc", "norm.pdf cdf"]
 
 
 def _chain(cases):
@@ -416,11 +484,11 @@ def _reshaped_view(x):
     return y
 
 
-def _traced_index(x):
+def _traced_second_index(x):
     def body(i, y):
-        y[i] = 1.0
+        y[1:, i] = 1.0
         return y
-    return tg.fori_loop(0, 3, body, x * 1.0)
+    return tg.fori_loop(0, 3, body, np.outer(x, x))
 
 
 def _mask_of_values(x):
@@ -432,9 +500,9 @@ def _mask_of_values(x):
 @pytest.mark.parametrize("fn,error,words", [
     (_stale_view, tg.TracingError, "assigned into"),
     (_reshaped_view, tg.UnsupportedError, "reshaped or transposed view"),
-    (_traced_index, tg.UnsupportedError, "traced index"),
+    (_traced_second_index, tg.UnsupportedError, "traced integer index after a partial slice"),
     (_mask_of_values, tg.UnsupportedError, "boolean mask"),
-], ids=["stale view", "reshaped view", "traced index", "mask of values"])
+], ids=["stale view", "reshaped view", "traced index after a slice", "mask of values"])
 def test_assignment_that_cannot_be_functional_is_refused(fn, error, words):
     with pytest.raises(error) as info:
         tg.jit(fn)(np.arange(1.0, 4.0))
@@ -454,6 +522,67 @@ def test_unsupported_functions_are_named_at_the_users_line(name, fn):
         tg.grad(lambda x: np.sum(fn(x)))(np.arange(1.0, 4.0))
     assert info.value.message.startswith(f"{name} is not supported")
     assert info.value.source.filename == __file__
+
+
+@pytest.mark.parametrize("words,fn,error", [
+    ("np.linalg.svd with full_matrices=True of a non-square matrix", lambda x: np.linalg.svd(np.outer(x, x)[:2])[0],
+     tg.UnsupportedError),
+    ("np.linalg.qr with mode='raw'", lambda x: np.linalg.qr(np.outer(x, x), mode="raw")[0], tg.UnsupportedError),
+    ("np.linalg.inv of an array of shape (3,)", lambda x: np.linalg.inv(x), tg.ShapeError),
+    ("the last two axes must be square", lambda x: np.linalg.det(np.outer(x, x)[None, :2]), tg.ShapeError),
+    ("do not broadcast", lambda x: np.linalg.solve(np.ones((2, 3, 3)) + x, np.ones((3, 3, 1))), tg.ShapeError),
+], ids=["svd full", "qr raw", "inv of a vector", "det not square", "solve stacks"])
+def test_linalg_arguments_it_cannot_take_are_named_at_the_users_line(words, fn, error):
+    with pytest.raises(error) as info:
+        tg.grad(lambda x: np.sum(fn(x)))(np.arange(1.0, 4.0))
+    assert words in info.value.message
+    assert info.value.source.filename == __file__
+
+
+def test_eigh_gradient_at_a_repeated_eigenvalue():
+    """At a repeated eigenvalue the terms that would divide by zero are left out: the gradient is finite, and
+    right for a symmetric function of the eigenvalues and for the projector onto a whole eigenspace (both
+    smooth there, so central differences check them)."""
+    a = np.diag([1.0, 1.0, 3.0])
+    c = np.arange(9.0).reshape(3, 3)
+
+    def spectral_sum(a):  # trace(expm(a)), smooth
+        return np.sum(np.exp(np.linalg.eigvalsh(a)))
+
+    def projector(a):  # onto the eigenspace of the eigenvalue 1 (twice), smooth while it stays apart from 3
+        v = np.linalg.eigh(a)[1][:, :2]
+        return np.sum(v @ v.T * c)
+
+    for loss in (spectral_sum, projector):
+        g = tg.grad(loss)(a)
+        np.testing.assert_allclose(g, numeric_grad(loss, a), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(tg.grad(spectral_sum)(a), np.diag(np.exp([1.0, 1.0, 3.0])), rtol=1e-12)
+
+
+def test_linalg_of_a_matrix_holding_nan_gives_nan_in_every_tier():
+    """A NaN or an inf in one matrix of a stack gives NaNs for that matrix, the others their values: as NumPy's
+    inv and det do, where Numba's LAPACK calls raise and NumPy's svd fails to converge."""
+    def decompositions(a):
+        w, v = np.linalg.eigh(a)
+        return (np.linalg.det(a)[:, None] + w + np.linalg.svd(a, compute_uv=False) + np.sum(np.linalg.qr(a)[1], 1)
+                + np.sum(np.linalg.inv(a) + v * v, 1))
+    a = np.stack([_spd(np.arange(9.0).reshape(3, 3) / 9), np.eye(3)])
+    a[1, 0, 0] = np.nan
+    expected = decompositions(a[:1])
+    for mode in ("never", "wait"):
+        got = tg.jit(decompositions, compile=mode)(a)
+        np.testing.assert_allclose(got[0], expected[0], rtol=1e-12)
+        assert np.isnan(got[1]).all()
+
+
+def test_assignment_at_a_traced_index_out_of_bounds_raises_in_every_tier():
+    def shifted(x):
+        y = x * 1.0
+        y[np.argmax(x) + 2] = 0.0  # the largest entry is the last: 2 past the end
+        return y
+    for mode in ("never", "wait"):
+        with pytest.raises(IndexError, match="index out of bounds in y"):
+            tg.jit(shifted, compile=mode)(np.arange(1.0, 4.0))
 
 
 def test_assignment_leaves_the_callers_array_and_numpy_code_alone():

@@ -98,6 +98,17 @@ def _count_to_five(s):
     return tg.while_loop(lambda c: c < 5.0, lambda c: c + 1.0 + 0.0 * s, 0.0)
 
 
+def _eigh_squares(a, uplo="L"):
+    w, v = np.linalg.eigh(a, UPLO=uplo)
+    return v * v * w[..., None, :]
+
+
+def _svd_products(a):
+    """u[:, k] vt[k] s[k] summed, and u[:, k] vt[k] for the first k: both the same for either sign of u_k and v_k."""
+    u, s, vt = np.linalg.svd(a, full_matrices=False)
+    return (u * s[..., None, :]) @ vt + u[..., :, :1] * vt[..., :1, :] * 3.0
+
+
 def _seed(i):
     """A loop's index as a permutation's seed (a Python int when the loop runs eagerly)."""
     return np.uint64(i) if isinstance(i, int) else i.astype(np.uint64)
@@ -197,6 +208,10 @@ CASES = {
     # y[index] = v in a traced function (primitives/assign.py)
     "setitem": [(lambda x, y: P["setitem"](x, y, index=(slice(1, None),)), (MATRIX, ROW), "real"),
                 (lambda x: P["setitem"](x * 2, x[0, 0], index=(0, 1)), (MATRIX,), "real")],
+    # y[i] = v at a traced integer i (a loop's index, an argmax)
+    "dynamic_setitem": [(lambda x: tg.fori_loop(0, 3, lambda i, y: P["dynamic_setitem"](y, x[i] * y[i + 1], i), x * 1.0),
+                         ((4,),), "real"),
+                        (lambda x: P["dynamic_setitem"](x * x, np.sin(x[0]), np.argmax(x[:, 0]) - 3), ((3, 2),), "real")],
     # primitives/cumulative.py: the last axis of 1-d and 2-d arrays
     "cumsum": [(np.cumsum, (VECTOR,), "real"), (lambda x: np.cumsum(x, axis=1), (MATRIX,), "real")],
     "cumprod": [(np.cumprod, (VECTOR,), "real"), (lambda x: np.cumprod(x, axis=0), (MATRIX,), "real")],
@@ -205,13 +220,33 @@ CASES = {
     "argmin": [(lambda x: x[np.arange(2), np.argmin(x, axis=1)], (MATRIX,), "real")],
     "batched_dot": [(lambda a, b: a @ b, ((2, 3, 4), (2, 4, 2)), "real")],
     # primitives/decompositions.py: the matrices are made well conditioned (and positive definite)
-    "inv": [(lambda a: np.linalg.inv(a @ a.T + 3 * np.eye(3)), ((3, 3),), "real")],
-    "det": [(lambda a: np.linalg.det(a + 3 * np.eye(3)), ((3, 3),), "real")],
-    "logabsdet": [(lambda a: np.linalg.slogdet(a @ a.T + 3 * np.eye(3))[1], ((3, 3),), "real")],
-    "sign_of_det": [(lambda a: np.linalg.slogdet(3 * np.eye(3) - a @ a.T * 0.1)[0] * a, ((3, 3),), "real")],
+    # (and on stacks of matrices, (2, 3, 3): the leading axes are a batch, as in NumPy)
+    "inv": [(lambda a: np.linalg.inv(a @ a.T + 3 * np.eye(3)), ((3, 3),), "real"),
+            (lambda a: np.linalg.inv(a + 3 * np.eye(3)), ((2, 3, 3),), "real")],
+    "det": [(lambda a: np.linalg.det(a + 3 * np.eye(3)), ((3, 3),), "real"),
+            (lambda a: np.linalg.det(a + 3 * np.eye(3)), ((2, 3, 3),), "real")],
+    "logabsdet": [(lambda a: np.linalg.slogdet(a @ a.T + 3 * np.eye(3))[1], ((3, 3),), "real"),
+                  (lambda a: np.linalg.slogdet(a - 3 * np.eye(3))[1], ((2, 3, 3),), "real")],
+    "sign_of_det": [(lambda a: np.linalg.slogdet(3 * np.eye(3) - a @ a.T * 0.1)[0] * a, ((3, 3),), "real"),
+                    (lambda a: np.linalg.slogdet(a * 0.1 + np.diag([-3.0, 3.0, 3.0]))[0][:, None, None] * a,
+                     ((2, 3, 3),), "real")],
     "solve": [(lambda a, b: np.linalg.solve(a @ a.T + 3 * np.eye(3), b), ((3, 3), (3, 2)), "real"),
-              (lambda a, b: np.linalg.solve(a + 4 * np.eye(3), b), ((3, 3), (3,)), "real")],
-    "cholesky": [(lambda a: np.linalg.cholesky(a @ a.T + 3 * np.eye(3)), ((3, 3),), "real")],
+              (lambda a, b: np.linalg.solve(a + 4 * np.eye(3), b), ((3, 3), (3,)), "real"),
+              (lambda a, b: np.linalg.solve(a + 4 * np.eye(3), b), ((2, 3, 3), (3,)), "real"),
+              (lambda a, b: np.linalg.solve(a + 4 * np.eye(3), b), ((2, 3, 3), (2, 3, 2)), "real")],
+    "cholesky": [(lambda a: np.linalg.cholesky(a @ a.T + 3 * np.eye(3)), ((3, 3),), "real"),
+                 (lambda a: np.linalg.cholesky(a @ np.swapaxes(a, 1, 2) + 3 * np.eye(3)), ((2, 3, 3),), "real")],
+    # eigenvectors and singular vectors only through values that do not depend on their signs (v * v, u_k vt_k);
+    # spectra kept apart (no repeated eigenvalue or singular value)
+    "eigh": [(lambda a: _eigh_squares(a + a.T + np.diag([0.0, 3.0, 6.0])), ((3, 3),), "real"),
+             (lambda a: np.linalg.eigh(a + np.diag([0.0, 3.0, 6.0]))[0], ((3, 3),), "real"),  # its lower triangle
+             (lambda a: _eigh_squares(a + np.diag([0.0, 3.0, 6.0]), "U"), ((2, 3, 3),), "real")],
+    "qr": [(lambda a: np.vstack(np.linalg.qr(a)), ((4, 3),), "real"),
+           (lambda a: np.hstack(np.linalg.qr(a)), ((3, 5),), "real"),
+           (lambda a: np.linalg.qr(a)[0] + np.linalg.qr(a, mode="r"), ((2, 3, 3),), "real")],
+    "svd": [(lambda a: _svd_products(a), ((4, 3),), "real"),
+            (lambda a: _svd_products(a), ((3, 5),), "real"),
+            (lambda a: _svd_products(a) + np.linalg.svd(a, compute_uv=False)[..., None, :1], ((2, 4, 3),), "real")],
     # primitives/special.py: SciPy's ufuncs, matched by name
     "gammaln": unary(scipy.special.gammaln, "positive"),
     "polygamma": [(scipy.special.digamma, (VECTOR,), "positive"), (lambda x: scipy.special.polygamma(2, x), (MATRIX,), "positive")],

@@ -359,10 +359,10 @@ class Printer:
                 lines = [_fill_template(node.primitive.into, args + [(names[out], ATOM)], node.params)]
                 statement.extend((line, note if k == 0 else None) for k, line in enumerate(lines))
                 checked = [out] if out.aval.dtype.kind == "f" else []
-            elif isinstance(spelled, list):
-                lines = [line.format(out=names[out]) for line in spelled]
+            elif isinstance(spelled, list):  # ({out} is every result of a primitive of several: w, v = eigh(a))
+                lines = [line.format(out=", ".join(names[v] for v in node.outs)) for line in spelled]
                 statement.extend((line, note if k == 0 else None) for k, line in enumerate(lines))
-                checked = [out] if out.aval.dtype.kind == "f" else []
+                checked = [v for v in node.outs if v.aval.dtype.kind == "f"]
             else:
                 statement.append((f"{names[out]} = {spelled[0]}", note))
                 checked = [out] if check_finite and out.aval.dtype.kind == "f" else []

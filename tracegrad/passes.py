@@ -71,9 +71,9 @@ def cse(graph: Graph) -> Graph:
         if node.inputs and not node.primitive.alias:
             key = _key(node)
             if key in seen:
-                replace[node.out] = seen[key]
+                replace.update(zip(node.outs, seen[key]))  # (every result of a node of several: w, v = eigh(a))
                 continue
-            seen[key] = node.out
+            seen[key] = node.outs
         nodes.append(node)
     return _rebuild(graph, nodes, replace)
 

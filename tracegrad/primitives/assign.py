@@ -2,7 +2,8 @@
 
 ``y[i] = v`` inside a traced function is functional: ``setitem`` computes a new value (``y`` with ``v`` at
 ``i``) and the name ``y`` is rebound to it (``TracedArray.__setitem__``); what was computed from the old ``y``
-keeps the old value, as the arrays a NumPy program copied would. ``np.zeros``, ``np.ones``, ``np.full`` and
+keeps the old value, as the arrays a NumPy program copied would. At a traced integer ``i`` (a loop's index, an
+``argmax``), ``dynamic_setitem`` writes row ``i``; ``y[i, 1:] = v`` writes the row ``y[i]`` with ``v`` at ``1:``. ``np.zeros``, ``np.ones``, ``np.full`` and
 ``np.empty`` (zeros) inside a traced function make traced constants, so they can be assigned into;
 ``np.array``/``np.asarray`` of lists holding traced values stack them; ``np.r_`` and ``np.c_`` join them.
 NumPy does not dispatch these to traced values: the tracer swaps them in (``core.MODULE_FUNCTIONS``).
@@ -13,7 +14,8 @@ from ..core import TracedArray, current_builder, module_function, numpy_function
 from ..errors import ShapeError, UnsupportedError, user_source
 from ..ir import Aval
 from .manipulation import filled, np_column_stack
-from .structural import _format_index, _index_shape, expand_ellipsis, getitem, np_concatenate, np_stack, reshape, zeros
+from .structural import (_format_index, _index_shape, _is_traced_int, dynamic_index, expand_ellipsis, getitem,
+                         np_broadcast_to, np_concatenate, np_stack, reshape, transpose, zeros)
 
 
 def _setitem_shape(x, v, index):
@@ -50,14 +52,92 @@ class setitem:
         return setitem(zeros(x.aval) if tan_x is None else tan_x, 0.0 if tan_v is None else tan_v, index=index)
 
 
+def _dynamic_setitem_shape(x, v, i):
+    if i.shape or i.dtype.kind not in "iu":
+        raise UnsupportedError(f"an index must be an integer scalar, not {i}", user_source())
+    if not x.shape:
+        raise UnsupportedError("assignment into a traced scalar (x[()] = v)", user_source(), "use v itself")
+    if v.shape not in ((), x.shape[1:]):
+        raise ShapeError(f"cannot assign a value of shape {v.shape} to a row of shape {x.shape[1:]}", user_source())
+    return x
+
+
+def _set_at_kernel(x, v, i):
+    n = x.shape[0]
+    if i < -n or i >= n:
+        raise IndexError("tracegrad: index out of bounds in y[i] = v")
+    out = x.copy()
+    out[i] = v
+    return out
+
+
+@primitive
+class dynamic_setitem:
+    """x with row i (along the first axis) set to v, for a traced integer i (a loop's index, an ``argmax``):
+    ``y[i] = v``; bounds-checked, negative i from the end"""
+    usage = "`y[i] = v`, `y[i] += v`, `y[i, 1:] = v`, `y[:, i] = v` with `i` traced (bounds-checked: `set_at(y, v, i)`)"
+    backward = "`set_at(g, 0.0, i)` for `y`, `g[i]` for `v`"
+    shape = _dynamic_setitem_shape
+    emit = "set_at({x}, {v}, {i})"
+    kernel = {"set_at": _set_at_kernel}
+    cast_inputs = (1,)  # the value takes the array's dtype, as NumPy's assignment casts it
+
+    def ref(x, v, i):
+        n = np.shape(x)[0]
+        if not -n <= int(i) < n:  # (the kernel's message: the same error in every tier)
+            raise IndexError("tracegrad: index out of bounds in y[i] = v")
+        out = np.array(x, copy=True)
+        out[int(i)] = v
+        return out
+
+    def vjp(g, out, x, v, i):
+        return [dynamic_setitem(g, 0.0, i), dynamic_index(g, i), None]
+
+    def jvp(tangents, out, x, v, i):
+        tan_x, tan_v = tangents[:2]
+        return dynamic_setitem(zeros(x.aval) if tan_x is None else tan_x, 0.0 if tan_v is None else tan_v, i)
+
+
+def _assign_at_traced(x, index, value):
+    """``x[index] = value`` with a traced integer in ``index``: first (``x[i, 1:]``), the row ``x[i]`` with
+    ``value`` at the rest, put back by ``dynamic_setitem``; after full slices (``x[:, i]``), the same on ``x`` with
+    that axis first, turned back; after an integer (``x[0, i]``), the same on the row ``x[0]``, put back."""
+    i, rest = index[0], index[1:]
+    if not _is_traced_int(i):
+        p = next(k for k, e in enumerate(index) if _is_traced_int(e))
+        if all(isinstance(e, slice) and e == slice(None) for e in index[:p]):
+            order = (p,) + tuple(range(p)) + tuple(range(p + 1, x.ndim))
+            moved = _assign_at_traced(transpose(x, perm=order), (index[p],) + index[:p] + index[p + 1:], value)
+            return transpose(moved, perm=tuple(np.argsort(order)))
+        if isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_)):
+            row = _assign_at_traced(getitem(x, index=(int(i),)), rest, value)
+            return setitem(x, row, index=(int(i),))
+        raise UnsupportedError("assignment at a traced integer index after a partial slice or a new axis "
+                               "(y[1:, i] = v)", user_source(), "assign at y[:, i], or into a slice's copy")
+    if i.dtype.kind not in "iu":
+        raise UnsupportedError(f"an index must be an integer scalar, not {i.dtype}", user_source())
+    if rest:  # the row x[i] with value at the rest (a traced integer there too: y[i, j] = v)
+        value = np_setitem(dynamic_index(x, i), rest, value)
+    if isinstance(value, TracedArray) and value.shape not in ((), x.shape[1:]):
+        value = np_broadcast_to(value, x.shape[1:])
+    elif not isinstance(value, (TracedArray, bool, int, float)):
+        value = as_array(value)
+        if value.shape not in ((), x.shape[1:]):
+            value = np.ascontiguousarray(np.broadcast_to(value, x.shape[1:]))
+    return dynamic_setitem(x, value, i)
+
+
 def _normalized(x, index):
     """A basic index with its Ellipsis expanded and its integers made Python ints, or raise."""
     index = expand_ellipsis(x, index)
     norm = []
     for entry in index:
+        if isinstance(entry, TracedArray) and entry.ndim == 0:
+            raise UnsupportedError("assignment at a traced integer index only as the first index (y[i] = v, "
+                                   "y[i, 1:] = v)", user_source(), "transpose so the axis indexed by the loop comes first")
         if isinstance(entry, TracedArray):
-            raise UnsupportedError("assignment at a traced index (y[i] = v with i a loop's index)", user_source(),
-                                   "build the rows with tg.scan, which stacks them")
+            raise UnsupportedError("assignment at a traced index array (y[idx] = v)", user_source(),
+                                   "assign each index, or use np.where")
         if isinstance(entry, (bool, np.bool_)) or isinstance(entry, (list, np.ndarray)):
             raise UnsupportedError("assignment at an integer-array index (y[[0, 2]] = v)", user_source(),
                                    "assign each index, or use np.where")
@@ -89,6 +169,9 @@ def np_setitem(x, index, value):
             raise UnsupportedError("assignment at a boolean mask of an array value (its size depends on the data)",
                                    user_source(), "assign a scalar, or use np.where(mask, values, x)")
         return where(index, value, x).astype(x.dtype)
+    full = expand_ellipsis(x, index)
+    if any(_is_traced_int(e) for e in full):
+        return _assign_at_traced(x, full, value)
     value = value if isinstance(value, (TracedArray, bool, int, float)) else as_array(value)
     return setitem(x, value, index=_normalized(x, index))
 

@@ -387,8 +387,8 @@ def _place_row_kernel(g, i, out):
 class dynamic_index:
     """x[i] along the first axis, with a traced integer i (a loop's index): bounds-checked, negative i from
     the end"""
-    usage = ("`x[i]`, `x[i + 1, 2:]` with `i` a loop's index (traced; bounds-checked: "
-             "`row_at(x, i)`)")
+    usage = ("`x[i]`, `x[i + 1, 2:]`, `x[:, i]` (that axis first) with `i` a loop's index (traced; "
+             "bounds-checked: `row_at(x, i)`)")
     backward = "`dynamic_place`"
     shape = _dynamic_index_shape
     emit = "row_at({x}, {i})"
@@ -444,8 +444,14 @@ def index(x, index):
         row = dynamic_index(x, index[0])
         return row if len(index) == 1 else NUMPY_FUNCTIONS["getitem"](row, index[1:])
     if any(_is_traced_int(e) for e in index):
-        raise UnsupportedError("a traced integer index only as the first index (x[i], x[i, 1:])", user_source(),
-                               "transpose so the axis indexed by the loop comes first")
+        p = next(k for k, e in enumerate(index) if _is_traced_int(e))
+        if all(isinstance(e, slice) and e == slice(None) for e in index[:p]):  # x[:, i]: that axis first, then x[i]
+            moved = transpose(x, perm=(p,) + tuple(range(p)) + tuple(range(p + 1, x.ndim)))
+            return NUMPY_FUNCTIONS["getitem"](moved, (index[p],) + index[:p] + index[p + 1:])
+        if isinstance(index[0], (int, np.integer)) and not isinstance(index[0], (bool, np.bool_)):  # x[0, i]
+            return NUMPY_FUNCTIONS["getitem"](NUMPY_FUNCTIONS["getitem"](x, index[:1]), index[1:])
+        raise UnsupportedError("a traced integer index after a partial slice or a new axis (x[1:, i], "
+                               "x[None, i])", user_source(), "index with x[:, i] and slice the result")
     arrays = [e for e in index if _is_index_array(e)]
     if arrays:
         arrays = [np.asarray(a) if isinstance(a, list) else a for a in arrays]
