@@ -56,6 +56,9 @@ class reshape:
     def jvp(tangents, out, x, shape):
         return reshape(tangents[0], shape=shape)
 
+    def batch(batched, x, shape):
+        return reshape(x, shape=(x.shape[0],) + tuple(shape))
+
     def simplify(x, shape):
         return x if x.aval.shape == tuple(shape) else None
 
@@ -93,6 +96,9 @@ class transpose:
 
     def jvp(tangents, out, x, perm):
         return transpose(tangents[0], perm=perm)
+
+    def batch(batched, x, perm):
+        return transpose(x, perm=(0,) + tuple(p + 1 for p in perm))
 
     def simplify(x, perm):
         return x if perm == tuple(range(len(perm))) else None
@@ -134,6 +140,11 @@ class broadcast_to:
 
     def jvp(tangents, out, x, shape):
         return broadcast_to(tangents[0], shape=shape)
+
+    def batch(batched, x, shape):  # (the example's dimensions aligned with the end of shape, as NumPy does)
+        n = x.shape[0]
+        x = reshape(x, shape=(n,) + (1,) * (len(shape) - x.ndim + 1) + tuple(x.shape[1:]))
+        return broadcast_to(x, shape=(n,) + tuple(shape))
 
     def simplify(x, shape):
         return x if x.aval.shape == tuple(shape) else None
@@ -185,6 +196,9 @@ class getitem:
 
     def jvp(tangents, out, x, index):
         return getitem(tangents[0], index=index)
+
+    def batch(batched, x, index):
+        return getitem(x, index=(slice(None),) + tuple(index))
 
 
 def _place_loop_index(loop, out_shape, in_shape, /, shape, index):
