@@ -236,9 +236,9 @@ def _optimize_bodies(graph: Graph, fusion: bool) -> Graph:
             params = {}
             for k, v in node.params.items():
                 if isinstance(v, Graph):  # its other inputs are the node's, in order: constants known outside
-                    known = {var: np.dtype(var.aval.dtype).type(constants[atom] if isinstance(atom, Var) else atom.value)
-                             for var, atom in zip([x for x in v.inputs if x not in scoped], node.inputs)
-                             if isinstance(atom, Literal) or atom in constants}
+                    outer = zip([x for x in v.inputs if x not in scoped], node.inputs)
+                    known = {var: var.aval.dtype.type(atom.value if isinstance(atom, Literal) else constants[atom])
+                             for var, atom in outer if isinstance(atom, Literal) or atom in constants}
                     v = optimize(v, fusion, known)
                 params[k] = v
             node = dataclasses.replace(node, params=params)
