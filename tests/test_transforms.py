@@ -263,6 +263,8 @@ BAD = [  # (the call, the error class, words of its message, the text of the lin
     (lambda: tg.jvp(_uses_wrong_tangent, (X,), (X,)), tg.ShapeError, r"a tangent of shape \(\)", "_wrong_tangent(x)"),
     (lambda: tg.hessian(two_args)(X, Y), tg.GradTypeError, r"hessian needs a function with a scalar output, but "
      r"two_args returns shape \(2, 3\)", "tg.hessian(two_args)(X, Y)"),
+    (lambda: tg.grad(two_args)(X, Y), tg.GradTypeError, r"grad needs a scalar output, but two_args returns "
+     r"shape \(2, 3\)", "tg.grad(two_args)(X, Y)"),
     (lambda: tg.vmap(np.sin, out_axes=2)(Y), tg.ShapeError, r"out_axes=2 is out of range for an output of "
      r"shape \(\)", "tg.vmap(np.sin, out_axes=2)(Y)"),
     (lambda: tg.vmap(two_args, in_axes=({"a": 0}, 0))(X, Y), tg.ShapeError, r"in_axes \{'a': 0\} does not fit",
