@@ -261,6 +261,9 @@ class place:
     def jvp(tangents, out, x, shape, index):
         return place(tangents[0], shape=shape, index=index)
 
+    def batch(batched, x, shape, index):
+        return place(x, shape=(x.shape[0],) + tuple(shape), index=(slice(None),) + tuple(index))
+
 
 # ---------------------------------------------------------------- integer-array indexing
 
@@ -526,6 +529,11 @@ class concatenate:
 
     def jvp(tangents, out, *xs, axis):
         return concatenate(*(zeros(x.aval) if t is None else t for t, x in zip(tangents, xs)), axis=axis)
+
+    def batch(batched, *xs, axis):  # (an array the examples share, repeated for each)
+        n = next(x.shape[0] for x, b in zip(xs, batched) if b)
+        return concatenate(*(x if b else broadcast_to(x, shape=(n,) + tuple(x.shape)) for x, b in zip(xs, batched)),
+                           axis=axis % (len(xs[0].shape) - batched[0]) + 1)
 
 
 # ---------------------------------------------------------------- the NumPy functions
