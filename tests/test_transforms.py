@@ -309,6 +309,21 @@ def test_the_transformations_agree_with_jax_in_float64(jax64):
     expected = jax.vmap(jax.grad(j_loss), in_axes=(None, 0, 0))(params, Xs, Ys)
     for k in params:
         np.testing.assert_allclose(got[k], expected[k], rtol=1e-10)
+    # pytrees and several arguments: JAX's layout, entry by entry
+    j_g = lambda a, b: jnp.sum(jnp.sin(a) * b[0] ** 2) + b[1] * a[0]
+    g = lambda a, b: np.sum(np.sin(a) * b[0] ** 2) + b[1] * a[0]
+    H, JH = tg.hessian(g, argnums=(0, 1))(x, u), jax.hessian(j_g, argnums=(0, 1))(x, u)
+    for i in range(2):
+        for j in range(2):
+            np.testing.assert_allclose(H[i][j], JH[i][j], rtol=1e-10, atol=1e-14)
+    f = lambda p: {"s": np.sin(p["a"]) * p["b"][0], "t": np.sum(p["a"] * p["b"][1])}
+    j_f = lambda p: {"s": jnp.sin(p["a"]) * p["b"][0], "t": jnp.sum(p["a"] * p["b"][1])}
+    p = {"a": x, "b": u}
+    for tg_jac, jax_jac in ((tg.jacfwd, jax.jacfwd), (tg.jacrev, jax.jacrev)):
+        got, expected = tg_jac(f)(p), jax_jac(j_f)(p)
+        for out in ("s", "t"):
+            for arg in ("a", "b"):
+                np.testing.assert_allclose(got[out][arg], expected[out][arg], rtol=1e-10, atol=1e-14)
 
 
 def label_loss(params, x, label):

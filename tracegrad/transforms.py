@@ -349,24 +349,38 @@ def jacrev(fun, argnums=0, has_aux: bool = False):
 
     For an output of shape ``out`` and an argument of shape ``a`` the Jacobian has shape ``out + a``
     (JAX's layout: ``J[i, j] = d out[i] / d x[j]``); with a tuple of ``argnums``, a tuple of Jacobians.
-    Arguments and outputs are floats or arrays. The result is a compiled function (as ``tg.jit``); called
+    Arguments and outputs are floats, arrays or pytrees of them (the result: the output's structure holding,
+    for each of its arrays, the argument's structure of Jacobians). The result is a compiled function (as ``tg.jit``); called
     on traced values it traces into the enclosing function. ``has_aux``: ``fun`` returns ``(out, aux)``
     and the result is ``(jacobian, aux)``.
     """
     def jacobian_of(*args):
         out, aux = _split(fun(*args), has_aux)
-        shape = tuple(np.shape(out))
-        if not shape:  # a scalar: the gradient
+        leaves, out_tree = flatten(out)
+        shapes = [tuple(np.shape(leaf)) for leaf in leaves]
+        if len(leaves) == 1 and not shapes[0]:  # a scalar: the gradient
             jac = grad(lambda *xs: _split(fun(*xs), has_aux)[0], argnums=argnums)(*args)
             return (jac, aux) if has_aux else jac
-        size = int(np.prod(shape, dtype=np.int64))
+        sizes = [int(np.prod(shape, dtype=np.int64)) for shape in shapes]
+        size = sum(sizes)
+
+        def entries(*xs):  # the output's entries as one vector (its arrays one after the other)
+            outs = flatten(_split(fun(*xs), has_aux)[0])[0]
+            if len(outs) == 1:
+                return np.reshape(outs[0], (size,))
+            return np.concatenate([np.reshape(o, (n,)) for o, n in zip(outs, sizes)])
 
         def row(k):  # the gradient of the output's k-th entry (k traced: the loop's row of arange(size))
-            return grad(lambda *xs: np.reshape(_split(fun(*xs), has_aux)[0], (size,))[k], argnums=argnums)(*args)
+            return grad(lambda *xs: entries(*xs)[k], argnums=argnums)(*args)
 
         _, rows = scan(lambda carry, k: (carry, row(k)), (), np.arange(size))
         # (each leaf of the gradients, stacked over the output's entries, laid out as out + leaf)
-        jac = _map(lambda r: np.reshape(r, shape + tuple(np.shape(r))[1:]), rows)
+        jacs, start = [], 0
+        for shape, n in zip(shapes, sizes):
+            part = rows if len(leaves) == 1 else _map(lambda r: r[start:start + n], rows)
+            jacs.append(_map(lambda r: np.reshape(r, shape + tuple(np.shape(r))[1:]), part))
+            start += n
+        jac = unflatten(out_tree, jacs)
         return (jac, aux) if has_aux else jac
 
     jacobian_of.__name__ = f"jacobian_{getattr(fun, '__name__', 'f')}".replace("<lambda>", "lambda")
