@@ -2,11 +2,11 @@
 depends on a mapped input carrying the batch as a new leading axis.
 
 Each node is recorded once for the whole batch by its primitive's ``batch`` rule (``dot``: the vectors
-of a batch times an unmapped matrix are one matrix product, ``h @ W``); an elementwise primitive needs
+of a batch times an unmapped matrix are one matrix product, ``x @ W.T``); an elementwise primitive needs
 none (its batched inputs get size-1 axes where the example had fewer dimensions, and broadcasting does
 the rest). A node none of whose inputs is batched is recorded as it is, once; a node whose primitive has
-no rule for its case (``dynamic_index`` with a batched index, a ``loop``) is recorded inside a loop over
-the batch (``scan``), on its own: correct for every primitive, fast for those with a rule.
+no rule for its case (``dynamic_index`` with a batched index, a ``loop``) is recorded inside a ``loop``
+node over the batch, on its own: correct for every primitive, fast for those with a rule.
 """
 from __future__ import annotations
 
