@@ -165,6 +165,37 @@ def test_custom_jvp_with_float32_keeps_float32():
     assert g.dtype == np.float32 and np.all(g == 3.0)
 
 
+@tg.custom_vjp
+def scale(x, c):
+    return x * c
+
+
+def scale_fwd(x, c):
+    return x * c, (x, c)  # a Python number among the residuals reaches the backward function as it is
+
+
+def scale_bwd(res, g):
+    x, c = res
+    return g * c, np.sum(g * x)  # (the Python number's gradient is dropped)
+
+
+scale.defvjp(scale_fwd, scale_bwd)
+
+
+def test_custom_vjp_with_float32_and_a_python_float_keeps_float32():
+    x = np.array([0.5, -2.0, 1.0], np.float32)
+    loss = lambda x: np.sum(scale(x, 3.0) ** 2)
+    y = tg.jit(lambda x: scale(x, 3.0))(x)
+    assert y.dtype == np.float32 and np.all(y == x * 3)
+    value, g = tg.value_and_grad(loss)(x)
+    assert np.asarray(value).dtype == np.float32 and g.dtype == np.float32
+    np.testing.assert_array_equal(g, 18.0 * x)  # d/dx sum((3x)^2) = 18 x, exact in float32 here
+    code = tg.source(tg.grad(loss), x)
+    assert "float64" not in code and "3.0" in code
+    gx, gc = tg.grad(lambda x, c: np.sum(scale(x, c) ** 2), argnums=(0, 1))(x, np.float32(3.0))
+    assert gc.dtype == np.float32 and gc == pytest.approx(2 * 3.0 * np.sum(x * x), rel=1e-6)
+
+
 def test_custom_jvp_agrees_with_jaxs_custom_jvp_in_float64():
     jax = pytest.importorskip("jax", reason="JAX is an optional comparison (pip install jax)")
     jax.config.update("jax_enable_x64", True)

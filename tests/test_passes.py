@@ -403,3 +403,43 @@ def test_long_unrolled_chains_need_no_recursion():
     value, grad = evaluate(optimized, x, *captured)
     assert value == pytest.approx(np.sum(x[:-1] * x[1:]), rel=1e-12)
     np.testing.assert_allclose(grad, np.r_[x[1:], 0.0] + np.r_[0.0, x[:-1]], rtol=1e-12)
+
+
+def test_simplify_folds_unnamed_constants_and_keeps_named_ones():
+    def f(x):
+        return x * (np.ones(3) * 2.0 + 1.0) + np.zeros(3)  # arrays of one value, computed with
+
+    graph = trace(f, (np.ones(3),)).graph
+    simpler = dce(simplify(graph))
+    assert names_of(simpler) == ["mul", "add"]  # x * 3.0 + 0.0: the constants are literals
+    assert [a.value for a in simpler.nodes[0].inputs[1:]] == [3.0]
+    x = np.array([1.5, -np.inf, np.nan])
+    np.testing.assert_array_equal(evaluate(simpler, x)[0], evaluate(graph, x)[0])
+
+    def g(x):
+        w = np.ones(3) * 2.0  # a name of yours stays a statement
+        return x * w
+
+    assert names_of(dce(simplify(trace(g, (np.ones(3),)).graph))) == ["full", "mul", "mul"]
+    assert "w = " in tg.source(tg.jit(g), np.ones(3))
+
+
+def test_cse_merges_unnamed_constants_but_not_results():
+    def f(x):
+        return x[np.arange(3)] * x[np.arange(3)]
+
+    graph = trace(f, (np.ones(4),)).graph
+    assert names_of(graph).count("constant") == 2
+    merged = dce(cse(graph))
+    assert names_of(merged).count("constant") == 1 and names_of(merged).count("gather") == 1
+    x = np.array([1.0, 2.0, 3.0, 4.0])
+    np.testing.assert_array_equal(evaluate(merged, x)[0], [1.0, 4.0, 9.0])
+    zeros = tg.jit(lambda x: (np.zeros(2), np.zeros(2)))(1.0)  # two results stay two arrays
+    assert not np.shares_memory(*zeros)
+
+
+def test_an_outer_product_is_a_loop_nest_not_a_broadcast_expression():
+    a, b = np.arange(3.0), np.arange(4.0)
+    code = tg.source(tg.jit(lambda a, b: np.reshape(a, (3, 1)) * b), a, b)
+    assert "for i1 in range(4):" in code and "[i0, 0] * b[i1]" in code
+    np.testing.assert_array_equal(tg.jit(lambda a, b: np.reshape(a, (3, 1)) * b)(a, b), np.outer(a, b))

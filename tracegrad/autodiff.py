@@ -12,7 +12,7 @@ import itertools
 import numpy as np
 
 from .core import PRIMITIVES, Builder, TracedArray, current_builder
-from .errors import GradTypeError
+from .errors import GradTypeError, user_source
 from .ir import Aval, Graph, IRError, Var
 from .passes import dce
 from .primitives.structural import broadcast_to, sum_to
@@ -24,9 +24,11 @@ def value_and_grad_graph(graph: Graph, wrt: list[int], name: str | None = None) 
     out = graph.outputs[0]
     if out.aval.shape != ():
         raise GradTypeError(f"grad needs a scalar output, but {graph.name} returns shape {out.aval.shape}",
-                            hint="reduce it to a scalar (np.sum, np.mean), or use jit for the value alone")
+                            user_source(), hint="reduce it to a scalar (np.sum, np.mean), use jit for the value "
+                            "alone, or tg.jacrev for the Jacobian")
     if out.aval.dtype.kind != "f":
-        raise GradTypeError(f"grad needs a floating-point output, but {graph.name} returns {out.aval.dtype}")
+        raise GradTypeError(f"grad needs a floating-point output, but {graph.name} returns {out.aval.dtype}",
+                            user_source())
     builder = Builder(name or f"{graph.name}_value_and_grad")
     builder.inputs = list(graph.inputs)
     builder.nodes = list(graph.nodes)

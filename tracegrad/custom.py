@@ -121,10 +121,16 @@ def _bind(f, args):
             raise TracegradError(f"custom_vjp: {name} must return a pair (outputs, residuals)", source)
         out_leaves, out_tree = flatten(result[0])
         res_leaves, res_tree = flatten(result[1])
-        return out_leaves + res_leaves, (len(out_leaves), out_tree, res_tree)
+        res_numbers = tuple((k, leaf) for k, leaf in enumerate(res_leaves) if _python_scalar(leaf))
+        res_leaves = [leaf for leaf in res_leaves if not _python_scalar(leaf)]
+        return out_leaves + res_leaves, (len(out_leaves), out_tree, res_tree, res_numbers)
 
-    fwd, consts, leaves, (n_out, out_tree, res_tree) = _trace_in_place(f, f.fwd, args, source, "custom_vjp", pair)
-    trees = (out_tree, res_tree, tuple(flatten(a)[1] for a in args))
+    # Python numbers among the arguments stay constants of the forward function (NEP 50: x32 * 2.0 stays
+    # float32), and those among the residuals reach the backward function as they are
+    fwd, consts, leaves, (n_out, out_tree, res_tree, res_numbers) = _trace_in_place(
+        f, f.fwd, args, source, "custom_vjp", pair, python_scalars_inside=True)
+    numbers = tuple(k for k, leaf in enumerate(flatten(args)[0]) if _python_scalar(leaf))
+    trees = (out_tree, res_tree, tuple(flatten(a)[1] for a in args), numbers, res_numbers)
     outs = _bind_call("custom_vjp_call", consts, leaves, source, fwd=fwd, n_out=n_out, bwd=f.bwd, trees=trees)
     return unflatten(out_tree, outs[:n_out])
 

@@ -10,9 +10,12 @@ import re
 
 import numpy as np
 
-from .core import Block, Conditional, Primitive, broadcast_subscripts
+from .core import PRIMITIVES, Block, Conditional, Primitive, broadcast_subscripts
 from .interpret import evaluate
 from .ir import Aval, Graph, IRError, Literal, Node, Var, literal_source
+
+
+_FULL = PRIMITIVES["full"]  # (an array of one value, folded from constants, is written as np.full)
 
 
 def _rebuild(graph: Graph, nodes: list, replace: dict) -> Graph:
@@ -61,14 +64,16 @@ def _key(node: Node):
 
 def cse(graph: Graph) -> Graph:
     """Common subexpressions: a node equal to an earlier one (same primitive, inputs and params) is dropped
-    and its uses read the earlier value. Constants (``full``) and aliases (``copy``) are kept: they name
-    distinct gradients."""
+    and its uses read the earlier value. Named constants (``full``: ``grad_out = 1.0``) and aliases
+    (``copy``) are kept: they name distinct gradients."""
     seen: dict = {}
     replace: dict = {}
     nodes = []
+    outputs, defined = {v for v in graph.outputs if isinstance(v, Var)}, _defined(graph)
     for node in graph.nodes:
         node = _with_inputs(node, replace)
-        if node.inputs and not node.primitive.alias:
+        # (an unnamed constant, np.arange(5) made twice, is one; not a result: two results are two arrays)
+        if (node.inputs or not _named(node.out, defined) and node.out not in outputs) and not node.primitive.alias:
             key = _key(node)
             if key in seen:
                 replace.update(zip(node.outs, seen[key]))  # (every result of a node of several: w, v = eigh(a))
@@ -78,7 +83,7 @@ def cse(graph: Graph) -> Graph:
     return _rebuild(graph, nodes, replace)
 
 
-def simplify(graph: Graph) -> Graph:
+def simplify(graph: Graph, constants: dict | None = None) -> Graph:
     """Algebraic simplification, by the rules primitives declare (``rewrite``):
 
     - an explicit broadcast (a primitive that ``broadcasts``) feeding an elementwise node that broadcasts
@@ -89,10 +94,18 @@ def simplify(graph: Graph) -> Graph:
 
     A rule sees the nodes defining a node's inputs through ``producer``, which looks through aliases
     (``copy``) to an alias or a broadcast.
+
+    First, unnamed constants are folded: ``s5 = s4 * 2.0`` with ``s4 = 1.0`` (a seed whose value is not
+    computed, multiplied through; its aliases) is the literal ``2.0`` where it is read, computed as the
+    reference computes it, and an alias naming nothing is the value it aliases. Named values (``grad_out =
+    1.0``, ``grad_s9 = -grad_out``) and what is computed from them stay: they are the lines of the chain
+    rule a reader follows.
     """
     defs: dict = {}
     replace: dict = {}
     nodes = []
+    uniform: dict = dict(constants or {})  # values whose every element is one known scalar (a seed): Var -> it
+    outputs, defined = {v for v in graph.outputs if isinstance(v, Var)}, _defined(graph)
 
     def producer(atom):
         return defs.get(atom) if isinstance(atom, Var) else None
@@ -100,8 +113,22 @@ def simplify(graph: Graph) -> Graph:
     for node in graph.nodes:
         node = _with_inputs(node, replace)
         prim = node.primitive
+        unnamed = not _named(node.out, defined) and node.out not in outputs
+        value = _constant_value(node, uniform) if unnamed else None
+        if value is not None:
+            uniform[node.out] = value
+            if not node.out.aval.shape:
+                replace[node.out] = Literal(value, node.out.aval.dtype)
+                continue
+            if node.inputs:  # an array of one value
+                node = Node(_FULL, (), dict(shape=node.out.aval.shape, value=value.item(), dtype=node.out.aval.dtype),
+                            node.out, node.source, node.group, node.backward)
+                prim = node.primitive
+        if prim.alias and unnamed and isinstance(node.inputs[0], Var):
+            replace[node.out] = node.inputs[0]  # an alias naming nothing
+            continue
         if prim.elementwise:
-            node = _skip_broadcasts(node, defs)
+            node = _read_constants(_skip_broadcasts(node, defs), uniform, defined)
         if prim.rewrite is not None:
             simpler = prim.rewrite(node, producer)
             if isinstance(simpler, Node):
@@ -115,6 +142,53 @@ def simplify(graph: Graph) -> Graph:
             else node
         nodes.append(node)
     return _rebuild(graph, nodes, replace)
+
+
+def _defined(graph: Graph) -> set:
+    return set(graph.inputs) | {v for node in graph.nodes for v in node.outs}
+
+
+def _named(var: Var, defined: set) -> bool:
+    """The value has a name in the generated code: its own, or ``grad_x`` / ``tan_x`` of a value computed."""
+    return var.hint is not None or var.grad_of in defined or var.tangent_of in defined
+
+
+def _constant_value(node: Node, uniform: dict):
+    """The one value every element of ``node``'s output has, when its inputs are literals or unnamed
+    constants (``uniform``): a scalar node with no inputs (a seed), an array of one value, a broadcast of a
+    constant, or an operator (``cheap``) on constants; else None."""
+    prim, out = node.primitive, node.out
+    if node.also or prim.multiple_results or out.aval.dtype.kind not in "biuf":
+        return None
+    if not node.inputs:
+        if prim is _FULL:
+            return out.aval.dtype.type(node.params["value"])
+        return out.aval.dtype.type(prim.ref(**node.params)) if not out.aval.shape else None
+    if not (prim.broadcasts or prim.elementwise and prim.cheap):
+        return None
+    values = []
+    for atom in node.inputs:
+        value = atom.aval.dtype.type(atom.value) if isinstance(atom, Literal) else uniform.get(atom)
+        if value is None:
+            return None
+        values.append(value)
+    if prim.broadcasts:
+        return values[0]
+    with np.errstate(all="ignore"):  # (the compiled code computes the same inf or NaN)
+        return out.aval.dtype.type(prim.ref(*values, **node.params))
+
+
+def _read_constants(node: Node, uniform: dict, defined: set) -> Node:
+    """An elementwise node reads an unnamed array of one value as that value (a literal), where the other
+    inputs still give it its shape."""
+    inputs = list(node.inputs)
+    for i, atom in enumerate(inputs):
+        if isinstance(atom, Var) and atom.aval.shape and atom in uniform and not _named(atom, defined):
+            candidate = inputs[:i] + [Literal(uniform[atom], atom.aval.dtype)] + inputs[i + 1:]
+            if np.broadcast_shapes(*(a.aval.shape for a in candidate)) == node.out.aval.shape:
+                inputs = candidate
+    inputs = tuple(inputs)
+    return node if inputs == node.inputs else _replace_inputs(node, inputs)
 
 
 def _skip_broadcasts(node: Node, defs: dict) -> Node:
@@ -154,13 +228,25 @@ def _without_orphan_aliases(graph: Graph) -> Graph:
 
 
 def _optimize_bodies(graph: Graph, fusion: bool) -> Graph:
-    nodes = []
+    nodes, changed, defined = [], False, _defined(graph)
+    constants = {node.out: node.params["value"] for node in graph.nodes  # (unnamed arrays of one value)
+                 if node.primitive is _FULL and not _named(node.out, defined)}
     for node in graph.nodes:
         if node.primitive.scoped is not None:  # a loop: its body is a graph of its own
-            params = {k: optimize(v, fusion) if isinstance(v, Graph) else v for k, v in node.params.items()}
+            scoped = set(node.primitive.scoped(node))
+            params = {}
+            for k, v in node.params.items():
+                if isinstance(v, Graph):  # its other inputs are the node's, in order: constants known outside
+                    outer = zip([x for x in v.inputs if x not in scoped], node.inputs)
+                    known = {var: var.aval.dtype.type(atom.value if isinstance(atom, Literal) else constants[atom])
+                             for var, atom in outer if isinstance(atom, Literal) or atom in constants}
+                    v = optimize(v, fusion, known)
+                params[k] = v
             node = dataclasses.replace(node, params=params)
+            changed = True
         nodes.append(node)
-    return Graph(graph.name, graph.inputs, nodes, graph.outputs, graph.n_args, dict(graph.meta))
+    graph = Graph(graph.name, graph.inputs, nodes, graph.outputs, graph.n_args, dict(graph.meta))
+    return dce(graph, prune=True) if changed else graph  # (constants a body no longer reads)
 
 
 def _fused_vjp(g, out, *inputs, body, shape, accumulate):
@@ -432,6 +518,14 @@ def _statements(members: list) -> int:
     return 1 + sum(1 for m in members[:-1] if not inlinable(m, uses, consumer_group))
 
 
+def _outer(node: Node) -> bool:
+    """An elementwise node none of whose array inputs has its shape (``reshape(a, (n, 1)) * b``, an outer
+    product): Numba broadcasts such an expression several times slower than a loop nest computes it."""
+    shape = node.out.aval.shape
+    arrays = [a.aval.shape for a in node.inputs if a.aval.shape]
+    return node.primitive.elementwise and len(shape) > 1 and bool(arrays) and shape not in arrays
+
+
 def _scalar_kernel(node: Node) -> bool:
     """The node's kernel (or its ``x if c else y``) works on one element at a time: on arrays it must be
     called inside a loop."""
@@ -569,7 +663,7 @@ def fuse(graph: Graph, group: bool = True) -> Graph:
             members.add(producer)
             todo.extend(producer.inputs)
         ordered = sorted(members, key=position.__getitem__)
-        if _statements(ordered) > 1 or any(_scalar_kernel(n) for n in ordered):
+        if _statements(ordered) > 1 or any(_scalar_kernel(n) or _outer(n) for n in ordered):
             for member in members - copies:
                 assigned[member] = root
             groups[root] = (ordered, domain, leaves is not None)
@@ -735,11 +829,12 @@ def _merged(first: Node, second: Node) -> Node:
     return Node(fused, tuple(inputs), params, outs[0], first.source, None, second.backward, also=outs[1:])
 
 
-def optimize(graph: Graph, fusion: bool = True) -> Graph:
+def optimize(graph: Graph, fusion: bool = True, constants: dict | None = None) -> Graph:
     """The standard pipeline: common subexpressions, simplification, dead code, then elementwise fusion
     (``fusion=False``: only the loops that scalar kernels need). The bodies of loops are optimised the same
-    way, after the loops have dropped the outputs nothing reads."""
-    graph = _without_orphan_aliases(dce(simplify(cse(graph)), prune=True))
+    way, after the loops have dropped the outputs nothing reads, knowing which of their inputs are arrays
+    of one value (``constants``: {input: value}, for ``simplify``)."""
+    graph = _without_orphan_aliases(dce(simplify(dce(cse(graph)), constants), prune=True))
     graph = _optimize_bodies(graph, fusion)
     graph = fuse(graph, group=fusion)
     return merge_loops(graph) if fusion else graph

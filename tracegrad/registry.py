@@ -95,6 +95,10 @@ class Primitive:
     scoped: Callable | None = None
     # (node, live outputs) -> the node without the outputs nothing reads, or None when all are needed
     prune: Callable | None = None
+    # For ``vmap`` (batching.py): (batched, *inputs, **params) -> the result for a batch of examples, each
+    # input with ``batched[k]`` True holding the batch on a new leading axis (the result too), or None when
+    # it has no rule for that case (the node then runs in a loop over the batch). Elementwise: not needed
+    batch: Callable | None = None
     doc: str = ""
 
     def __post_init__(self):

@@ -1,5 +1,5 @@
-"""Transformations built from ``grad``, forward mode and loops: ``vjp``, ``jvp``, ``linearize``, ``jacrev``
-(= ``jacobian``), ``jacfwd``, ``hessian`` and ``hvp``.
+"""Transformations built from ``grad``, forward mode, batching and loops: ``vjp``, ``jvp``, ``linearize``,
+``jacrev`` (= ``jacobian``), ``jacfwd``, ``hessian``, ``hvp`` and ``vmap``.
 
 The Jacobian of ``f`` is one loop over the entries of ``f``'s output, each step the gradient of one entry
 (a reverse pass): ``J[k] = grad(lambda x: f(x).ravel()[k])(x)``. The loop is a ``scan``, so the whole
@@ -16,6 +16,7 @@ import inspect
 import numpy as np
 
 from .api import captured_by_enclosing, grad, jit
+from .batching import batch_inline
 from .core import current_builder
 from .errors import GradTypeError, ShapeError, user_source
 from .forward import jvp_graph, linearize_graph
@@ -177,32 +178,48 @@ def jacfwd(fun, argnums=0, has_aux: bool = False):
     """The Jacobian column by column in forward mode: one tangent per entry of the argument, in one
     compiled loop; what does not depend on the tangent (the value, the derivatives' factors) is computed
     once, before the loop (``forward.linearize_graph``). Same layout as ``jacrev`` (``out + arg``); cheaper
-    than ``jacrev`` when the argument is smaller than the output. ``has_aux``: ``fun`` returns
-    ``(out, aux)`` and the result is ``(jacobian, aux)``."""
-    if not isinstance(argnums, int):
-        raise GradTypeError("jacfwd takes one argument position (argnums=int)")
-
+    than ``jacrev`` when the argument is smaller than the output. The argument and the output may be
+    pytrees, and ``argnums`` a tuple (the arguments as one tuple): the result is then the output's
+    structure holding, for each of its arrays, the argument's structure of Jacobians (JAX's layout).
+    ``has_aux``: ``fun`` returns ``(out, aux)`` and the result is ``(jacobian, aux)``."""
     def columns(*args):
-        x = args[argnums]
-        shape, size = tuple(np.shape(x)), int(np.prod(np.shape(x), dtype=np.int64))
+        several = not isinstance(argnums, int)
+        wrt = tuple(args[i] for i in argnums) if several else args[argnums]
+        leaves, tree = flatten(wrt)
+        shapes = [tuple(np.shape(leaf)) for leaf in leaves]
+        sizes = [int(np.prod(shape, dtype=np.int64)) for shape in shapes]
+        size = sum(sizes)
 
         def along(xk):
-            return _split(fun(*args[:argnums], xk, *args[argnums + 1:]), has_aux)[0]
-        traced, push = _linearized(along, (x,))
-        if len(traced.graph.outputs) != 1:
-            raise GradTypeError("jacfwd needs a function returning one array or float")
-        out_shape = traced.graph.outputs[0].aval.shape
-        one, zero = _dtype(x).type(1), _dtype(x).type(0)
+            call = list(args)
+            for i, value in (zip(argnums, xk) if several else [(argnums, xk)]):
+                call[i] = value
+            return _split(fun(*call), has_aux)[0]
+        traced, push = _linearized(along, (wrt,))
 
         def column(k):  # d out / d x_k: the tangent along the k-th basis vector (k traced: a row of arange)
-            return push(np.reshape(np.where(np.arange(size) == k, one, zero), shape))
+            e, start, tangents = np.arange(size) == k, 0, []
+            for leaf, shape, n in zip(leaves, shapes, sizes):
+                part = e if len(leaves) == 1 else e[start:start + n]
+                tangents.append(np.reshape(np.where(part, _dtype(leaf).type(1), _dtype(leaf).type(0)), shape))
+                start += n
+            return push(*tangents)
 
-        if not shape:
-            jac = column(0)
+        if len(leaves) == 1 and not shapes[0]:
+            jacs = [unflatten(tree, [out]) for out in flatten(column(0))[0]]
         else:
             _, cols = scan(lambda carry, k: (carry, column(k)), (), np.arange(size))
-            cols = np.reshape(cols, (size,) + out_shape)
-            jac = np.reshape(np.transpose(cols, tuple(range(1, len(out_shape) + 1)) + (0,)), out_shape + shape)
+            jacs = []
+            for jac in flatten(cols)[0]:  # (size,) + the output's shape -> the output's shape + (size,)
+                out_shape = tuple(np.shape(jac))[1:]
+                jac = np.transpose(jac, tuple(range(1, len(out_shape) + 1)) + (0,))
+                parts, start = [], 0
+                for shape, n in zip(shapes, sizes):
+                    part = jac if len(leaves) == 1 else jac[..., start:start + n]
+                    parts.append(np.reshape(part, out_shape + shape))
+                    start += n
+                jacs.append(unflatten(tree, parts))
+        jac = unflatten(traced.out_tree, jacs)
         return (jac, _split(fun(*args), True)[1]) if has_aux else jac
 
     columns.__name__ = f"jacfwd_{getattr(fun, '__name__', 'f')}".replace("<lambda>", "lambda")
@@ -215,44 +232,88 @@ def vmap(fun, in_axes=0, out_axes=0):
 
     ``in_axes`` is an int (every argument), ``None`` (not mapped) or a tuple with one entry per argument
     (an argument that is a pytree is mapped along that axis in every leaf); ``out_axes`` is where the mapped
-    axis goes in every output. The map is a loop (``scan``) around ``fun``'s body in one compiled function,
-    so ``vmap(grad(loss), in_axes=(None, 0, 0))(params, X, y)`` gives per-example gradients.
+    axis goes in every output. ``fun`` is traced on one example and its operations are recorded once for the
+    whole batch by each primitive's batching rule (``W @ x`` per example is one matrix product), an operation
+    without one in a loop over the examples (``batching.py``): one compiled function, so
+    ``vmap(grad(loss), in_axes=(None, 0, 0))(params, X, y)`` gives per-example gradients. Raises
+    ``ShapeError`` for mapped axes of different sizes or an ``in_axes`` entry out of range. Example::
+
+        >>> import numpy as np, tracegrad as tg
+        >>> tg.vmap(lambda v, M: M @ v, in_axes=(0, None))(np.eye(2), np.array([[1.0, 2.0], [3.0, 4.0]]))
+        array([[1., 3.],
+               [2., 4.]])
     """
     def mapped(*args):
-        axes = in_axes if isinstance(in_axes, (tuple, list)) else (in_axes,) * len(args)
-        if len(axes) != len(args):
-            raise ShapeError(f"vmap: in_axes has {len(axes)} entries for {len(args)} arguments", user_source())
-        sizes, moved = set(), []
-        for k, (arg, axis) in enumerate(zip(args, axes)):
+        if isinstance(in_axes, (tuple, list)) and len(in_axes) != len(args):
+            raise ShapeError(f"vmap: in_axes has {len(in_axes)} entries for {len(args)} arguments", user_source())
+        specs = in_axes if isinstance(in_axes, (tuple, list)) else (in_axes,) * len(args)
+        leaves, tree = flatten(tuple(args))
+        axes = [a for arg, spec in zip(args, specs) for a in _axes_of(arg, spec, "in_axes")]
+        sizes, rows = set(), []
+        for k, (leaf, axis) in enumerate(zip(leaves, axes)):
             if axis is None:
-                moved.append(None)
                 continue
-            leaves, structure = flatten(arg)
-            fronts = []
-            for leaf in leaves:
-                ndim = len(np.shape(leaf))
-                if not isinstance(axis, (int, np.integer)) or not -ndim <= axis < ndim:
-                    raise ShapeError(f"vmap: in_axes={axis} is out of range for argument {k} of shape "
-                                     f"{np.shape(leaf)}", user_source())
-                fronts.append(_move_axis(leaf, int(axis) % ndim, 0))
-                sizes.add(np.shape(leaf)[axis])
-            moved.append(unflatten(structure, fronts))
+            ndim = len(np.shape(leaf))
+            if not -ndim <= axis < ndim:
+                raise ShapeError(f"vmap: in_axes={axis} is out of range for argument {_argument_of(args, k)} of "
+                                 f"shape {np.shape(leaf)}", user_source())
+            rows.append(_move_axis(leaf, axis % ndim, 0))
+            sizes.add(np.shape(leaf)[axis])
         if len(sizes) != 1:
             raise ShapeError(f"vmap: the mapped axes have different sizes {sorted(sizes)}" if sizes else
                              "vmap: no argument is mapped (in_axes are all None)", user_source())
-        rows = tuple(m for m in moved if m is not None)
 
-        def body(carry, row):
-            it = iter(row)
-            call = [next(it) if m is not None else arg for arg, m in zip(args, moved)]
-            return carry, fun(*call)
+        def example(*mapped_leaves):  # fun on one example (the unmapped arguments as they are)
+            it = iter(mapped_leaves)
+            return fun(*unflatten(tree, [leaf if axis is None else next(it) for leaf, axis in zip(leaves, axes)]))
 
-        _, ys = scan(body, (), rows)
-        return _map(lambda y: _move_axis(y, 0, out_axes % np.ndim(y)), ys)
+        example.__name__ = getattr(fun, "__name__", "f")
+        # traced on the first example, then replayed for the batch (batching.py); its captures and the
+        # enclosing trace's values it reads are the same for every example
+        traced = trace(example, tuple(row[0] for row in rows), name=example.__name__)
+        captured = captured_by_enclosing(traced)
+        outs = batch_inline(traced.graph, rows + captured, [True] * len(rows) + [False] * len(captured),
+                            sizes.pop())
+        ys = unflatten(traced.out_tree, outs)
+        axes_out = _axes_of(ys, out_axes, "out_axes")
+        return unflatten(traced.out_tree, [_place(y, axis) for y, axis in zip(outs, axes_out)])
 
     mapped.__name__ = f"vmap_{getattr(fun, '__name__', 'f')}".replace("<lambda>", "lambda")
     _parameters_of(fun, mapped)
     return jit(mapped)
+
+
+def _axes_of(tree, spec, what: str) -> list:
+    """One axis (or None) per leaf of ``tree``: ``spec`` is an int or None for all of them, or a tuple, list
+    or dict giving one for each entry (JAX's prefix of the tree)."""
+    if spec is None or isinstance(spec, (int, np.integer)):
+        return [None if spec is None else int(spec)] * len(flatten(tree)[0])
+    if isinstance(spec, dict) and isinstance(tree, dict) and sorted(spec) == sorted(tree):
+        return [a for key in sorted(tree) for a in _axes_of(tree[key], spec[key], what)]
+    if isinstance(spec, (tuple, list)) and isinstance(tree, (tuple, list)) and len(spec) == len(tree):
+        return [a for entry, s in zip(tree, spec) for a in _axes_of(entry, s, what)]
+    raise ShapeError(f"vmap: {what} {spec!r} does not fit a value of structure {flatten(tree)[1]}: give an int, "
+                     "None, or a tuple, list or dict with one entry for each of its entries", user_source())
+
+
+def _place(y, axis):
+    """A mapped output with its batch axis (first) moved to ``axis``."""
+    if axis is None:
+        raise ShapeError("vmap: out_axes=None (an output not mapped) is not supported: every output has the "
+                         "mapped axis", user_source())
+    if not -np.ndim(y) <= axis < np.ndim(y):
+        raise ShapeError(f"vmap: out_axes={axis} is out of range for an output of shape {np.shape(y)[1:]}",
+                         user_source())
+    return _move_axis(y, 0, axis % np.ndim(y))
+
+
+def _argument_of(args, leaf: int) -> int:
+    """The position of the argument holding the ``leaf``-th leaf of ``args``."""
+    for k, arg in enumerate(args):
+        leaf -= len(flatten(arg)[0])
+        if leaf < 0:
+            return k
+    return len(args) - 1
 
 
 def _parameters_of(fun, wrapper) -> None:
@@ -288,26 +349,38 @@ def jacrev(fun, argnums=0, has_aux: bool = False):
 
     For an output of shape ``out`` and an argument of shape ``a`` the Jacobian has shape ``out + a``
     (JAX's layout: ``J[i, j] = d out[i] / d x[j]``); with a tuple of ``argnums``, a tuple of Jacobians.
-    Arguments and outputs are floats or arrays. The result is a compiled function (as ``tg.jit``); called
+    Arguments and outputs are floats, arrays or pytrees of them (the result: the output's structure holding,
+    for each of its arrays, the argument's structure of Jacobians). The result is a compiled function (as ``tg.jit``); called
     on traced values it traces into the enclosing function. ``has_aux``: ``fun`` returns ``(out, aux)``
     and the result is ``(jacobian, aux)``.
     """
     def jacobian_of(*args):
         out, aux = _split(fun(*args), has_aux)
-        shape = tuple(np.shape(out))
-        if not shape:  # a scalar: the gradient
+        leaves, out_tree = flatten(out)
+        shapes = [tuple(np.shape(leaf)) for leaf in leaves]
+        if len(leaves) == 1 and not shapes[0]:  # a scalar: the gradient
             jac = grad(lambda *xs: _split(fun(*xs), has_aux)[0], argnums=argnums)(*args)
             return (jac, aux) if has_aux else jac
-        size = int(np.prod(shape, dtype=np.int64))
+        sizes = [int(np.prod(shape, dtype=np.int64)) for shape in shapes]
+        size = sum(sizes)
+
+        def entries(*xs):  # the output's entries as one vector (its arrays one after the other)
+            outs = flatten(_split(fun(*xs), has_aux)[0])[0]
+            if len(outs) == 1:
+                return np.reshape(outs[0], (size,))
+            return np.concatenate([np.reshape(o, (n,)) for o, n in zip(outs, sizes)])
 
         def row(k):  # the gradient of the output's k-th entry (k traced: the loop's row of arange(size))
-            return grad(lambda *xs: np.reshape(_split(fun(*xs), has_aux)[0], (size,))[k], argnums=argnums)(*args)
+            return grad(lambda *xs: entries(*xs)[k], argnums=argnums)(*args)
 
         _, rows = scan(lambda carry, k: (carry, row(k)), (), np.arange(size))
-        if isinstance(argnums, int):
-            jac = np.reshape(rows, shape + tuple(np.shape(args[argnums])))
-        else:
-            jac = tuple(np.reshape(r, shape + tuple(np.shape(args[i]))) for r, i in zip(rows, argnums))
+        # (each leaf of the gradients, stacked over the output's entries, laid out as out + leaf)
+        jacs, start = [], 0
+        for shape, n in zip(shapes, sizes):
+            part = rows if len(leaves) == 1 else _map(lambda r: r[start:start + n], rows)
+            jacs.append(_map(lambda r: np.reshape(r, shape + tuple(np.shape(r))[1:]), part))
+            start += n
+        jac = unflatten(out_tree, jacs)
         return (jac, aux) if has_aux else jac
 
     jacobian_of.__name__ = f"jacobian_{getattr(fun, '__name__', 'f')}".replace("<lambda>", "lambda")
@@ -322,10 +395,8 @@ def hessian(fun, argnums=0, has_aux: bool = False):
     """The Hessian of a scalar ``fun``: ``jacfwd(grad(fun))``, forward over reverse, one Hessian-vector
     product per column in one compiled loop (the gradient's own factors computed once, before it; 1.3x as
     fast as ``jacrev(grad(fun))`` on a 100-dimensional Rosenbrock, benchmarks/bench_hessian.py). For an
-    argument of shape ``a`` it has shape ``a + a``."""
-    if not isinstance(argnums, int):
-        raise GradTypeError("hessian takes one argument position (argnums=int)",
-                            hint="stack the arguments into one array, or use jacfwd(grad(f, argnums=...))")
+    argument of shape ``a`` it has shape ``a + a``; with ``argnums=(i, j)``, ``H[i][j]`` has shape
+    ``a_i + a_j`` (JAX's layout). Raises ``GradTypeError`` when ``fun``'s output is not a scalar."""
     name = getattr(fun, "__name__", "f")
 
     def scalar(*args):

@@ -458,9 +458,12 @@ def _custom_vjp(gs, outs, *inputs, fwd, n_consts, n_out, bwd, trees):
     from ..errors import TracegradError
     from ..pytree import flatten, unflatten
 
-    out_tree, res_tree, arg_trees = trees
+    out_tree, res_tree, arg_trees, numbers, res_numbers = trees  # (numbers: the arguments' Python numbers)
     g = unflatten(out_tree, [g if g is not None else _zeros(o.aval) for g, o in zip(gs[:n_out], fwd.outputs)])
-    res = unflatten(res_tree, outs[n_out:])
+    res = list(outs[n_out:])
+    for k, number in res_numbers:  # (the residuals' Python numbers are not outputs of the forward function)
+        res.insert(k, number)
+    res = unflatten(res_tree, res)
     cts = bwd(res, g)
     name = getattr(bwd, "__name__", "bwd")
     if not isinstance(cts, tuple) or len(cts) != len(arg_trees):
@@ -476,6 +479,7 @@ def _custom_vjp(gs, outs, *inputs, fwd, n_consts, n_out, bwd, trees):
             raise TracegradError(f"custom_vjp: {name} returns a gradient of structure {ct_tree} for argument {k}, "
                                  f"which has structure {tree}", current_builder().source)
         leaves.extend(ct_leaves)
+    leaves = [leaf for k, leaf in enumerate(leaves) if k not in numbers]  # (Python numbers are not inputs)
     for leaf, var in zip(leaves, fwd.inputs[n_consts:]):
         if leaf is not None and tuple(np.shape(leaf)) != var.aval.shape:
             raise ShapeError(f"custom_vjp: {name} returns a gradient of shape {tuple(np.shape(leaf))} for an "

@@ -48,6 +48,22 @@ class dot:
             return tan_a @ b
         return a @ tan_b if tan_a is None else tan_a @ b + a @ tan_b
 
+    def batch(batched, a, b):
+        """One product for the batch: batched vectors times a matrix (either side) are a matrix product."""
+        if not batched[1]:  # a's examples times b
+            if a.ndim == 2:
+                return a @ b
+            n, k, m = a.shape
+            return reshape(reshape(a, shape=(n * k, m)) @ b, shape=(n, k) + tuple(b.shape[1:]))
+        if not batched[0]:  # a times b's examples
+            return b @ a.T if b.ndim == 2 else None  # (a matrix times a batch of matrices: a loop)
+        from .contract import batched_dot
+
+        n = a.shape[0]
+        a3 = a if a.ndim == 3 else reshape(a, shape=(n, 1, a.shape[1]))
+        b3 = b if b.ndim == 3 else reshape(b, shape=(n, b.shape[1], 1))
+        return reshape(batched_dot(a3, b3), shape=(n,) + tuple(a.shape[1:-1]) + tuple(b.shape[2:]))
+
 
 @numpy_function(np.dot)
 def np_dot(a, b, out=None):

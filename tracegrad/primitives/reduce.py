@@ -91,6 +91,9 @@ class reduce_sum:
     def jvp(tangents, out, x, axes):
         return reduce_sum(tangents[0], axes=axes)
 
+    def batch(batched, x, axes):
+        return reduce_sum(x, axes=tuple(a + 1 for a in axes))
+
     def simplify(x, axes):
         return x if not axes else None
 
@@ -181,6 +184,13 @@ def _extrema(x, extreme, axes):
     return x == extreme.reshape(kept)
 
 
+def _chooser_batch(prim, x, axes):
+    """Over the example's axes: each example's whole array (flattened), or an axis of 1-d/2-d examples."""
+    if len(axes) == x.ndim - 1:
+        return prim(reshape(x, shape=(x.shape[0], x.size // x.shape[0])), axes=(1,))
+    return prim(x, axes=tuple(a + 1 for a in axes)) if x.ndim <= 2 else None
+
+
 @primitive
 class reduce_max:
     """max over ``axes``; tied maxima share the gradient evenly"""
@@ -196,6 +206,9 @@ class reduce_max:
 
     def ref(x, axes):
         return np.max(x, axis=axes)
+
+    def batch(batched, x, axes):
+        return _chooser_batch(reduce_max, x, axes)
 
 
 @primitive
@@ -213,6 +226,9 @@ class reduce_min:
 
     def ref(x, axes):
         return np.min(x, axis=axes)
+
+    def batch(batched, x, axes):
+        return _chooser_batch(reduce_min, x, axes)
 
 
 # ---------------------------------------------------------------- the NumPy functions

@@ -57,6 +57,9 @@ class reshape:
     def jvp(tangents, out, x, shape):
         return reshape(tangents[0], shape=shape)
 
+    def batch(batched, x, shape):
+        return reshape(x, shape=(x.shape[0],) + tuple(shape))
+
     def simplify(x, shape):
         return x if x.aval.shape == tuple(shape) else None
 
@@ -94,6 +97,9 @@ class transpose:
 
     def jvp(tangents, out, x, perm):
         return transpose(tangents[0], perm=perm)
+
+    def batch(batched, x, perm):
+        return transpose(x, perm=(0,) + tuple(p + 1 for p in perm))
 
     def simplify(x, perm):
         return x if perm == tuple(range(len(perm))) else None
@@ -135,6 +141,11 @@ class broadcast_to:
 
     def jvp(tangents, out, x, shape):
         return broadcast_to(tangents[0], shape=shape)
+
+    def batch(batched, x, shape):  # (the example's dimensions aligned with the end of shape, as NumPy does)
+        n = x.shape[0]
+        x = reshape(x, shape=(n,) + (1,) * (len(shape) - x.ndim + 1) + tuple(x.shape[1:]))
+        return broadcast_to(x, shape=(n,) + tuple(shape))
 
     def simplify(x, shape):
         return x if x.aval.shape == tuple(shape) else None
@@ -186,6 +197,9 @@ class getitem:
 
     def jvp(tangents, out, x, index):
         return getitem(tangents[0], index=index)
+
+    def batch(batched, x, index):
+        return getitem(x, index=(slice(None),) + tuple(index))
 
 
 def _place_loop_index(loop, out_shape, in_shape, /, shape, index):
@@ -247,6 +261,9 @@ class place:
 
     def jvp(tangents, out, x, shape, index):
         return place(tangents[0], shape=shape, index=index)
+
+    def batch(batched, x, shape, index):
+        return place(x, shape=(x.shape[0],) + tuple(shape), index=(slice(None),) + tuple(index))
 
 
 # ---------------------------------------------------------------- integer-array indexing
@@ -526,6 +543,11 @@ class concatenate:
 
     def jvp(tangents, out, *xs, axis):
         return concatenate(*(zeros(x.aval) if t is None else t for t, x in zip(tangents, xs)), axis=axis)
+
+    def batch(batched, *xs, axis):  # (an array the examples share, repeated for each)
+        n = next(x.shape[0] for x, b in zip(xs, batched) if b)
+        return concatenate(*(x if b else broadcast_to(x, shape=(n,) + tuple(x.shape)) for x, b in zip(xs, batched)),
+                           axis=axis % (len(xs[0].shape) - batched[0]) + 1)
 
 
 # ---------------------------------------------------------------- the NumPy functions
