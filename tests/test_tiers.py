@@ -413,6 +413,29 @@ def test_the_compile_estimate_grows_with_the_code():
     assert matmul > backend.compile_estimate(tg.make_graph(tg.value_and_grad(lambda a, b: a * b), 1.0, 2.0))
 
 
+def test_the_worker_outlives_the_directory_it_was_started_from(tmp_path):
+    # a program that starts the worker from a temporary directory and removes it: later compiles still work
+    script = textwrap.dedent("""
+        import os, shutil, tempfile, numpy as np, tracegrad as tg
+        here, tmp = os.getcwd(), tempfile.mkdtemp()
+        os.chdir(tmp)
+        f = tg.grad(lambda x: np.sum(np.sin(x)), compile="background")
+        f(np.ones(3))
+        f.wait()
+        os.chdir(here)
+        shutil.rmtree(tmp)
+        g = tg.grad(lambda x: np.sum(np.cos(x) * x), compile="background")
+        g(np.ones(3))
+        g.wait()
+        print(f.specialize(np.ones(3)).tier, g.specialize(np.ones(3)).tier)
+    """)
+    env = dict(os.environ, TRACEGRAD_CACHE_DIR=str(tmp_path / "cache"), NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600,
+                         cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["compiled", "compiled"], out.stdout + out.stderr
+
+
 def test_the_setting_survives_pickling():
     import pickle
 

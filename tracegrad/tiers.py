@@ -332,7 +332,7 @@ def _start_process() -> subprocess.Popen:
         [sys.executable, "-c", "import sys; from tracegrad.tiers import serve; serve(int(sys.argv[1]))",
          str(os.getpid())],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
-        close_fds=True)
+        close_fds=True, cwd=package_root)  # (not the caller's directory: it may be a temporary one, removed later)
 
 
 def _log_still_compiling(job: Job) -> None:
