@@ -409,9 +409,14 @@ def test_a_real_ctrl_c_is_a_training_interrupted_carrying_the_last_complete_epoc
             signal.raise_signal(signal.SIGINT)  # Python's own handler raises KeyboardInterrupt from here
         return 0.0
 
-    with pytest.raises(KeyboardInterrupt) as info:
-        tg.fit(LOSS, start(), (X, Y), optimizer=optim.SGD(lr=0.1), batch_size=BATCH, epochs=5,
-               metrics={"ctrl_c": press_ctrl_c_in_epoch_3}, progress=False)
+    # Python's own handler, whatever the test runner installed (pytest-xdist's workers ignore SIGINT)
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt) as info:
+            tg.fit(LOSS, start(), (X, Y), optimizer=optim.SGD(lr=0.1), batch_size=BATCH, epochs=5,
+                   metrics={"ctrl_c": press_ctrl_c_in_epoch_3}, progress=False)
+    finally:
+        signal.signal(signal.SIGINT, handler)
     err = info.value
     assert isinstance(err, tg.TrainingInterrupted) and err.epoch == 3 and len(err.history.loss) == 2
     assert err.state["step"] == 2 * 4 and "interrupted" in str(err)
