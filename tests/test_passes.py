@@ -443,3 +443,19 @@ def test_an_outer_product_is_a_loop_nest_not_a_broadcast_expression():
     code = tg.source(tg.jit(lambda a, b: np.reshape(a, (3, 1)) * b), a, b)
     assert "for i1 in range(4):" in code and "[i0, 0] * b[i1]" in code
     np.testing.assert_array_equal(tg.jit(lambda a, b: np.reshape(a, (3, 1)) * b)(a, b), np.outer(a, b))
+
+
+def test_a_conversion_read_by_several_loops_is_converted_in_each_not_stored(rng):
+    def momentum_step(p, v, g):  # float32 state updated in float64: new_v is read by both outputs' loops
+        new_v = 0.9 * v.astype(np.float64) + g.astype(np.float64)
+        new_p = p.astype(np.float64) - 0.1 * new_v
+        return new_p.astype(np.float32), new_v.astype(np.float32)
+
+    p, v, g = (rng.normal(size=(3, 4)).astype(np.float32) for _ in range(3))
+    fun = tg.jit(momentum_step)
+    src = tg.source(fun, p, v, g)
+    code = [line.split("#")[0] for line in src.splitlines()]
+    assert not any(".astype(" in line for line in code), src  # every conversion is a cast inside a loop
+    assert src.count("np.float64(v[i0, i1])") >= 1 and src.count("np.float64(g[i0, i1])") >= 1, src
+    for got, expected in zip(fun(p, v, g), momentum_step(p, v, g)):
+        assert got.dtype == np.float32 and np.array_equal(got, expected)

@@ -828,6 +828,7 @@ class convert:
     cast_inputs = ()
     shape = staticmethod(lambda x, dtype: type(x)(x.shape, dtype))
     emit = _convert_emit
+    cheap = True  # one instruction per element: fused loops convert as they read, never storing a copy
 
     def ref(x, dtype):
         return np.asarray(x).astype(dtype)
