@@ -1,7 +1,7 @@
 """One suite over the primitive registry: every primitive is checked for its shape rule against its
 NumPy reference, its VJP and its JVP against central differences (first and second order: reverse over
-reverse, forward over reverse, reverse over forward) and against each other, float32 against float64,
-and the compiled Numba code against the reference interpreter.
+reverse, forward over reverse, reverse over forward) and against each other, float32 against float64;
+tests/test_primitives_compiled.py checks the compiled Numba code against the reference interpreter.
 
 A differentiable elementwise primitive needs no entry here: its cases are built from its declaration (its
 NumPy function, or ``math`` function on scalars, at every shape combination, on inputs drawn from its
@@ -383,23 +383,6 @@ def test_float32_in_float32_out(name, i):
         np.testing.assert_allclose(g32, g64, rtol=2e-3, atol=2e-4)
 
 
-FIRST_CASES = [pytest.param(name, dtype, id=f"{name}-{np.dtype(dtype).name}")
-               for name in ALL_CASES for dtype in (np.float64, np.float32)]
-
-
-@pytest.mark.parametrize("name,dtype", FIRST_CASES)
-def test_compiled_matches_interpreter(name, dtype):
-    loss, args, _ = make_case(name, 0, dtype)
-    fun = tg.value_and_grad(loss, argnums=tuple(range(len(args))))
-    value, grads = fun(*args)
-    ref_value, ref_grads = interpret_value_and_grad(loss, args)
-    tol = dict(rtol=1e-12, atol=1e-14) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(value, ref_value, **tol)
-    for g, r, a in zip(grads, ref_grads, args):
-        assert type(g) is type(a) or np.asarray(g).dtype == np.asarray(a).dtype
-        np.testing.assert_allclose(g, r, **tol)
-
-
 # ---------------------------------------------------------------- forward mode: every primitive's JVP rule
 
 
@@ -499,24 +482,6 @@ def test_jvp_float32_in_float32_out(name, i):
     (_,), (t64,) = interpret_jvp(*traced(fn, args64), args64, directions(args64))
     assert np.asarray(t32).dtype == np.asarray(value32).dtype  # a tangent has its value's dtype
     np.testing.assert_allclose(t32, t64, rtol=2e-3, atol=2e-4)
-
-
-# Compiled float32 code of every primitive is checked by test_compiled_matches_interpreter, float32 tangents
-# by test_jvp_float32_in_float32_out: their combination compiles again for little (slow: -m slow runs it).
-JVP_FIRST_CASES = [pytest.param(name, dtype, id=f"{name}-{np.dtype(dtype).name}",
-                                marks=[pytest.mark.slow] if dtype == np.float32 else [])
-                   for name in ALL_CASES for dtype in (np.float64, np.float32)]
-
-
-@pytest.mark.parametrize("name,dtype", JVP_FIRST_CASES)
-def test_compiled_jvp_matches_interpreter(name, dtype):
-    _, args, fn = make_case(name, 0, dtype)
-    v = directions(args)
-    value, tangent = tg.jvp(fn, tuple(args), tuple(v))
-    (ref_value,), (ref_tangent,) = interpret_jvp(*traced(fn, args), args, v)
-    tol = dict(rtol=1e-12, atol=1e-14) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(value, ref_value, **tol)
-    np.testing.assert_allclose(tangent, ref_tangent, **tol)
 
 
 # ---------------------------------------------------------------- numerically stable forms
