@@ -17,7 +17,6 @@ import atexit
 import collections
 import errno
 import hashlib
-import importlib.util
 import linecache
 import os
 import re
