@@ -37,6 +37,8 @@ import numpy as np
 from . import __version__
 from .codegen import Module
 from .errors import CacheError, CacheWarning, CompileError, _is_internal
+from .ir import Graph
+from .passes import fused
 
 
 class quiet_compile(warnings.catch_warnings):
@@ -596,9 +598,10 @@ def code_size(graph) -> tuple:
     while stack:
         g, in_fused = stack.pop()
         for node in g.nodes:
-            nested = [v for v in node.params.values() if hasattr(v, "nodes") and hasattr(v, "outputs")]
+            nested = [v for v in node.params.values() if isinstance(v, Graph)]
             if nested:
-                stack.extend((body, in_fused or node.primitive.name == "fused") for body in nested)
+                # (a fused loop's body runs on scalars, whatever its values' shapes)
+                stack.extend((body, in_fused or node.primitive is fused) for body in nested)
                 continue
             avals = [a.aval for a in node.inputs if hasattr(a, "aval")] + [o.aval for o in node.outs]
             if in_fused or all(not a.shape for a in avals):
