@@ -141,6 +141,36 @@ def test_gather_index_out_of_bounds_raises():
         tg.grad(lambda x, i: np.sum(x[i]))(np.ones(3), np.array([0, 5]))
 
 
+def _read_at(x, i):
+    return np.sum(x[i] * 2.0)  # the line an index out of bounds names
+
+
+def _read_in_a_loop(x):
+    return tg.fori_loop(0, 3, lambda t, s: s + x[t + 1], 0.0)  # x[3] in the last step
+
+
+@pytest.mark.parametrize("mode", ["never", "wait"])
+@pytest.mark.parametrize("case", ["scalar index", "index array", "gradient", "loop"])
+def test_an_index_out_of_bounds_names_the_users_line_in_every_tier(mode, case):
+    # The compiled kernels raise without a line (they know none): the call runs again on NumPy to find it.
+    # The second call goes through the specialisation's fast path, the first through the general one.
+    x = np.arange(3.0)
+    fn, args, good = {
+        "scalar index": (tg.jit(_read_at, compile=mode), (x, 5), (x, 2)),
+        "index array": (tg.jit(_read_at, compile=mode), (x, np.array([0, -4])), (x, np.array([0, -3]))),
+        "gradient": (tg.grad(_read_at, compile=mode), (x, np.array([1, 3])), (x, np.array([1, 2]))),
+        "loop": (tg.jit(_read_in_a_loop, compile=mode), (x,), (np.arange(4.0),)),
+    }[case]
+    fn(*good)  # compiled (or evaluated) for these shapes
+    line = "x[t + 1]" if case == "loop" else "np.sum(x[i] * 2.0)"
+    for _ in range(2):
+        with pytest.raises(tg.IndexOutOfBoundsError, match="out of bounds") as info:
+            fn(*args)
+        assert isinstance(info.value, IndexError)
+        assert info.value.source is not None and line in info.value.source.line
+        assert info.value.__context__ is None or info.value.__suppress_context__  # no Numba traceback above it
+
+
 def test_errors_are_one_family():
     for cls in (tg.TracingError, tg.UnsupportedError, tg.ShapeError, tg.GradTypeError, tg.CompileError):
         assert issubclass(cls, tg.TracegradError)

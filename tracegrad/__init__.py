@@ -26,7 +26,7 @@ from .nn import sigmoid, stop_gradient
 from .errors import DataError, NonFiniteTrainingError, TrainingError, TrainingInterrupted
 from .train import History, fit
 from .draw import Drawing, MissingDependencyError, draw
-from .errors import CacheError, CacheWarning, GradCheckError, SeparabilityError
+from .errors import CacheError, CacheWarning, GradCheckError, IndexOutOfBoundsError, SeparabilityError
 from . import distributed  # imports Dask only when called on Dask arrays
 from .testing import KinkWarning, check_grad, numeric_grad
 
@@ -37,7 +37,7 @@ __all__ = [
     "jvp", "linearize", "vjp", "custom_jvp",
     "Function", "Compiled", "Graph", "Aval", "cache_dir", "set_cache_dir", "tune_malloc", "set_compile", "set_parallel",
     "TracegradError", "TracingError", "UnsupportedError", "ShapeError", "GradTypeError", "CompileError",
-    "CompileWarning", "NonFiniteError", "HeldArrayWarning", "CacheError", "CacheWarning",
+    "CompileWarning", "NonFiniteError", "IndexOutOfBoundsError", "HeldArrayWarning", "CacheError", "CacheWarning",
     "draw", "Drawing", "MissingDependencyError",
     "check_grad", "numeric_grad", "GradCheckError", "KinkWarning",
     "distributed", "SeparabilityError",

@@ -13,6 +13,7 @@ from collections import OrderedDict
 import os
 import logging
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -24,7 +25,7 @@ from .codegen import Module, generate
 from . import passes
 from .passes import optimize
 from .core import ENTERED as _ENTERED, TracedArray, current_builder, _state as _tracing
-from .errors import GradTypeError
+from .errors import GradTypeError, IndexOutOfBoundsError
 from .guards import GuardWriter
 from .static import StaticArgs
 from .interpret import inline
@@ -196,7 +197,8 @@ class Compiled:
         held = all(c.held and c.var.aval.shape for c in captures)
         if held and self.direct is not None and self.in_tree is not None:
             self.guard = _make_guard(self.in_tree, self.signature, self.direct, len(self.graph.outputs),
-                                     self.dispatcher, [c.current() for c in captures], self.module, self.workspace)
+                                     self.dispatcher, [c.current() for c in captures], self.module, self.workspace,
+                                     weakref.WeakMethod(self.locate))
 
     @property
     def source(self) -> str:
@@ -223,8 +225,20 @@ class Compiled:
         except Exception as exc:  # a Numba error (CompileError), or its disk cache's (recovered from)
             if self.tier == "evaluating":  # NumPy's error, as it is
                 raise
+            if isinstance(exc, IndexError):
+                self.locate(args)
+                raise
             outs = backend.call_failed(exc, self.module, self.dispatcher, args)
         return self.pack(outs if isinstance(outs, tuple) else (outs,), leaves)
+
+    def locate(self, args) -> None:
+        """After the compiled code raised an index out of bounds (its kernels know no source lines), run the
+        call again on NumPy, which raises ``IndexOutOfBoundsError`` naming the indexing and the user's line.
+        Returns if NumPy does not fail (the caller then raises the compiled code's error)."""
+        try:
+            self.evaluator(*args)
+        except IndexOutOfBoundsError as located:
+            raise located from None
 
     # ------------------------------------------------------------------ tiers
 
@@ -355,7 +369,7 @@ def _output_expression(i: int, var, constants: dict) -> str:
 
 
 def _make_guard(in_tree: TreeDef, signature: tuple, result: _Result, n_out: int, dispatcher, held: list,
-                module: Module, workspace: backend.Workspace | None = None) -> Callable | None:
+                module: Module, workspace: backend.Workspace | None = None, locate=None) -> Callable | None:
     """A ``__call__`` written for one specialisation: it checks that the arguments match it exactly
     (containers' classes and lengths, dict keys; leaves' classes, dtypes and shapes), then calls the
     compiled function with the leaves and builds the result; otherwise it hands the arguments to
@@ -365,7 +379,8 @@ def _make_guard(in_tree: TreeDef, signature: tuple, result: _Result, n_out: int,
     (0-d arrays); a NumPy scalar is checked by its class and passed as it is (a gradient with respect to
     one needs converting: ``_direct_pack`` leaves those to the general path). With a ``workspace``, it calls
     the function taking the workspace's buffers (``w0, w1, ...``) while it holds the workspace's lock, and the
-    dispatcher when another thread has it."""
+    dispatcher when another thread has it. ``locate`` (a weak reference to ``Compiled.locate``) names the user's
+    line of an index out of bounds."""
     writer = GuardWriter()
     params = [f"_a{i}" for i in range(len(in_tree.children))]  # names no caller passes as keywords
     # (inside a trace: traced into it; ENTERED is empty when no thread traces, a faster test than the
@@ -383,7 +398,8 @@ def _make_guard(in_tree: TreeDef, signature: tuple, result: _Result, n_out: int,
             return None  # 0-d arrays: the general path converts them
     env = writer.env
     env.update({"MISS": _MISS, "TRACING": _ENTERED, "kernel": dispatcher, "NUMBA_ERRORS": backend.NUMBA_ERRORS,
-                "compile_error": backend.compile_error, "module": module, "dispatch": Function._dispatch})
+                "compile_error": backend.compile_error, "module": module, "dispatch": Function._dispatch,
+                "locate": locate or (lambda: None)})
     env.update(result.constants)
     env.update((f"h{i}", value) for i, value in enumerate(held))
     call = ", ".join(leaves + [f"h{i}" for i in range(len(held))])
@@ -410,6 +426,10 @@ def _make_guard(in_tree: TreeDef, signature: tuple, result: _Result, n_out: int,
               f"{run}"
               f"    except NUMBA_ERRORS as exc:\n"
               f"        raise compile_error(exc, module) from None\n"
+              f"    except IndexError:  # x[i] out of bounds: NumPy's run names the user's line\n"
+              f"        if locate() is not None:\n"
+              f"            locate()(({call}{',' if len(leaves) + len(held) == 1 else ''}))\n"
+              f"        raise\n"
               f"    return {writer.tree_expression(result.tree, iter(result.leaves))}\n")
     exec(compile(source, f"<tracegrad guard for {module.function}>", "exec"), env)
     guard = env["__call__"]

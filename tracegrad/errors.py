@@ -224,6 +224,18 @@ class NonFiniteError(TracegradError, FloatingPointError):
     """A NaN or inf appeared while ``debug_nans`` was on; the message names the value and the user's line."""
 
 
+class IndexOutOfBoundsError(TracegradError, IndexError):
+    """An index computed when the function ran (``x[i]`` with a traced ``i``, ``y[i] = v``, ``x[t + 1]`` in a
+    loop) fell outside its array. The message names the indexing and the user's line, in either tier: a
+    failure in the compiled code is located by running the call again on NumPy."""
+
+
+def out_of_bounds(exc: IndexError, source: SourceInfo | None) -> IndexOutOfBoundsError:
+    """``exc``, raised by a node's reference or kernel, as an ``IndexOutOfBoundsError`` at the node's line."""
+    text = str(exc)
+    return IndexOutOfBoundsError(text[len("tracegrad: "):] if text.startswith("tracegrad: ") else text, source)
+
+
 class GradCheckError(TracegradError, AssertionError):
     """``check_grad`` found a gradient that disagrees with finite differences; ``report`` holds the
     comparison (the worst entries or directions, the tolerances used)."""

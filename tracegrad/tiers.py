@@ -31,7 +31,7 @@ import weakref
 
 import numpy as np
 
-from .errors import CompileWarning, NonFiniteError, TracegradError
+from .errors import CompileWarning, IndexOutOfBoundsError, NonFiniteError, TracegradError, out_of_bounds
 from .ir import Graph, Literal
 from .passes import fused as fused_loop
 
@@ -124,7 +124,7 @@ class Evaluator:
     ``checks`` are the generated code's ``debug_nans`` checks ((value, message) pairs, from
     ``Module.checks``): the same values are checked, in the same order, raising the same
     ``NonFiniteError``. Like the compiled code (``error_model="numpy"``), division by zero gives inf
-    without a warning.
+    without a warning. An index out of bounds raises ``IndexOutOfBoundsError`` at the user's line.
     """
 
     def __init__(self, graph: Graph, checks=(), fresh: bool = True):
@@ -148,7 +148,7 @@ class Evaluator:
                 ref = _CountedLoop(**node.params)
             params = {} if fused or counted else node.params
             self._steps.append((ref, reads, params, tuple(writes),
-                                len(node.outs) > 1 or node.primitive.multiple_results))
+                                len(node.outs) > 1 or node.primitive.multiple_results, node.source))
         self._n_slots = len(slot)
         self._outputs = tuple((False, _scalar(a.aval.dtype.type(a.value))) if isinstance(a, Literal)
                               else (True, slot[a]) for a in graph.outputs)
@@ -178,8 +178,13 @@ class Evaluator:
 
 
     def _run(self, env: list) -> None:
-        for ref, reads, params, writes, several in self._steps:
-            result = ref(*[env[x] if is_var else x for is_var, x in reads], **params)
+        for ref, reads, params, writes, several, source in self._steps:
+            try:
+                result = ref(*[env[x] if is_var else x for is_var, x in reads], **params)
+            except IndexOutOfBoundsError:  # (located already, in a loop's body)
+                raise
+            except IndexError as exc:  # x[i] at a traced i: named at the user's line
+                raise out_of_bounds(exc, source) from None
             for (i, dtype, message), value in zip(writes, result if several else (result,)):
                 value = _as_value(value, dtype)
                 env[i] = value
