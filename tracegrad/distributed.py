@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from collections import OrderedDict
 from typing import Callable
 
@@ -35,7 +36,7 @@ import numpy as np
 from .errors import DataError, NonFiniteError, NonFiniteTrainingError, SeparabilityError, TracegradError, user_source
 from .pytree import TreeDef, flatten, unflatten
 
-__all__ = ["value_and_grad", "fit", "DistributedFunction"]
+__all__ = ["value_and_grad", "fit", "chunk_seed", "DistributedFunction"]
 
 REDUCTIONS = ("mean", "sum")
 SPLIT_EVERY = 8  # the tree reduction adds at most this many partial results in one task
@@ -473,7 +474,7 @@ def fit(loss: Callable, params, X, y, *, optimizer, epochs: int = 1, batch_size:
     params = unflatten(tree, [np.array(leaf, order="C", copy=True) for leaf in leaves])
     state = optimizer.init(params)
     trainer = _Trainer(loss, optimizer, int(batch_size), bool(drop_last), sync_every, compile, parallel,
-                       uuid.uuid4().hex)
+                       _token(loss))
     weights = [r / total for r in rows]
     seeds = [chunk_seed(int(seed), c) for c in range(len(rows))]
     blocks = list(zip(X.to_delayed().ravel(), y.to_delayed().ravel()))
@@ -491,7 +492,7 @@ def fit(loss: Callable, params, X, y, *, optimizer, epochs: int = 1, batch_size:
                                 for c in first.values()]), rows)
         history.compile_time = time.perf_counter() - t0
 
-    reporter = _Progress(progress, rounds)
+    reporter = _Progress(progress, rounds, unit="round")
     try:
         for round_ in range(1, rounds + 1):
             t0 = time.perf_counter()
@@ -517,9 +518,26 @@ def fit(loss: Callable, params, X, y, *, optimizer, epochs: int = 1, batch_size:
     return params, history
 
 
+_TOKENS = weakref.WeakKeyDictionary()  # in the client: loss -> its token, so fitting it again reuses the traces
+
+
+def _token(loss) -> str:
+    """The loss's token: the workers keep the loss under it, and ``tg.fit``'s epoch functions with it."""
+    try:
+        return _TOKENS.setdefault(loss, uuid.uuid4().hex)
+    except TypeError:  # not weak-referenceable: a token per call
+        return uuid.uuid4().hex
+
+
 def chunk_seed(seed: int, chunk: int) -> int:
     """The shuffle seed of ``chunk``'s first round: ``seed`` itself for chunk 0 (so one chunk shuffles as
-    ``tg.fit`` does), for the others a splitmix64 mix of ``seed`` and the chunk's index."""
+    ``tg.fit`` does), for the others a splitmix64 mix of ``seed`` and the chunk's index. Round ``r`` of the
+    chunk shuffles with this seed advanced ``r`` times, as ``tg.fit``'s epoch ``r + 1`` would.
+
+    >>> from tracegrad import distributed
+    >>> distributed.chunk_seed(7, 0), distributed.chunk_seed(7, 1) != distributed.chunk_seed(7, 2)
+    (7, True)
+    """
     if chunk == 0:
         return int(seed) % 2 ** 64
     from .primitives.shuffle import GOLDEN, MIX1, MIX2
