@@ -330,3 +330,16 @@ def test_fit_non_finite_gives_the_parameters_before_the_round(client, data):
                                                           batch_size=FIT_BATCH, epochs=1, seed=5, progress=False)[0])
     close(e.value.params, expected)
     assert e.value.state["step"] == 10
+
+
+def test_fit_a_worker_dying_mid_round_is_retried(client, data, tmp_path):
+    X, y, _, _ = data
+    dX, dy = fit_data(X, y, 500)
+    marker = str(tmp_path / "died")
+    dying = dX.map_blocks(_die_once, marker, meta=np.empty((0, 0)))  # the first chunk read ends its worker
+    w, history = distributed.fit(logistic, np.zeros(FEATURES), dying, dy, optimizer=adam(), batch_size=FIT_BATCH,
+                                 epochs=2, seed=5, progress=False)
+    assert os.path.exists(marker)  # a worker did die
+    expected, _, losses = local_sgd(X, y, 500, epochs=2, seed=5)
+    close(w, expected)
+    close(history.loss, losses)

@@ -438,8 +438,6 @@ def fit(loss: Callable, params, X, y, *, optimizer, epochs: int = 1, batch_size:
     raises ``NonFiniteTrainingError`` naming the round and the chunk, with ``err.params`` and ``err.state``
     as before that round (the last average) and ``err.history`` of the rounds before it.
     """
-    import dask
-
     from .optim import Optimizer
     from .train import History, _Progress
 
@@ -465,6 +463,8 @@ def fit(loss: Callable, params, X, y, *, optimizer, epochs: int = 1, batch_size:
         raise DataError(f"progress must be True, False or 'plain', got {progress!r}", user_source())
     rows = _check_fit_data(X, y, int(batch_size) * (1 if sync_every == SYNC_EPOCH else int(sync_every)), sync_every)
     total = sum(rows)
+    import dask  # (X and y are Dask arrays: it is installed)
+
     if sync_every == SYNC_EPOCH:
         rounds = int(epochs)
     else:
