@@ -159,6 +159,34 @@ def test_fit_one_chunk_is_tg_fit_bit_for_bit(data):
     assert np.array_equal(w, expected) and history.loss == h.loss and history.compiled == [True] * 3
     assert history.steps == h.steps == 60
     assert all(np.array_equal(history.state[slot], h.state[slot]) for slot in ("m", "v"))
+    # continued from its state and the seed advanced past its 3 rounds: tg.fit's fourth epoch
+    from tracegrad.primitives.shuffle import next_seed
+
+    w4, h4 = distributed.fit(logistic, w, *fit_data(X, y, ROWS), optimizer=adam(), batch_size=FIT_BATCH, epochs=1,
+                             seed=next_seed(next_seed(next_seed(11, ROWS), ROWS), ROWS), state=history.state,
+                             progress=False)
+    expected4, _ = tg.fit(logistic, np.zeros(FEATURES), (X, y), optimizer=adam(), batch_size=FIT_BATCH, epochs=4,
+                          seed=11, progress=False, compile="wait")
+    assert np.array_equal(w4, expected4) and h4.steps == 80
+
+
+def test_fit_a_failing_metric_keeps_the_last_round(data):
+    X, y, _, _ = data
+    calls = []
+
+    def fails_second(w, X, y):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ValueError("no")
+        return float(w[0])
+
+    args = dict(optimizer=adam(), batch_size=FIT_BATCH, seed=2, progress=False, compile="never")
+    with pytest.raises(tg.TrainingError, match=r"round 2 of 3: metric 'w0' raised ValueError: no") as e:
+        distributed.fit(logistic, np.zeros(FEATURES), *fit_data(X, y, 500), epochs=3, validation=(X[:100], y[:100]),
+                        metrics={"w0": fails_second}, **args)
+    w1, h1 = distributed.fit(logistic, np.zeros(FEATURES), *fit_data(X, y, 500), epochs=1, **args)
+    assert np.array_equal(e.value.params, w1) and e.value.history.loss == h1.loss
+    assert e.value.history.metrics["w0"] == [w1[0]] and e.value.state["step"] == 10
 
 
 def test_fit_bad_input_is_a_clear_error(data):
@@ -189,6 +217,8 @@ def test_fit_bad_input_is_a_clear_error(data):
             fit(sync_every=bad)
     with pytest.raises(tg.DataError, match="compile must be 'wait' or 'never'"):
         fit(compile="background")
+    with pytest.raises(tg.DataError, match=r"metrics need validation=\(X_val, y_val\)"):
+        fit(metrics={"w0": lambda w, X, y: w[0]})
 
 
 # ---------------------------------------------------------------------------------------------- workers
@@ -282,7 +312,8 @@ def test_fit_two_chunks_is_local_sgd_and_deterministic(client, data):
     X, y, _, _ = data
     expected, expected_state, losses = local_sgd(X, y, 500, epochs=3, seed=5)  # compiles here; the workers load it
     runs = [distributed.fit(logistic, np.zeros(FEATURES), *fit_data(X, y, 500), optimizer=adam(),
-                            batch_size=FIT_BATCH, epochs=3, seed=5, progress=False) for _ in range(2)]
+                            batch_size=FIT_BATCH, epochs=3, seed=5, progress=False, validation=(X[:100], y[:100]),
+                            metrics={"w0": lambda w, X, y: w[0]}) for _ in range(2)]
     (w, history), (w2, history2) = runs
     close(w, expected)
     close(history.state["m"], expected_state["m"])
@@ -290,6 +321,8 @@ def test_fit_two_chunks_is_local_sgd_and_deterministic(client, data):
     assert history.steps == expected_state["step"] == 30 and history.compiled == [True] * 3
     assert np.array_equal(w, w2) and history.loss == history2.loss  # the same, whichever worker ran what
     close(history.loss, losses)
+    assert history.val_loss[-1] == logistic(w, X[:100], y[:100]) and len(history.val_loss) == 3
+    assert history.metrics["w0"][-1] == w[0] and len(history.metrics["w0"]) == 3
 
 
 def test_fit_sync_every_k_steps(client, data):

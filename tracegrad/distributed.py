@@ -33,7 +33,8 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import DataError, NonFiniteError, NonFiniteTrainingError, SeparabilityError, TracegradError, user_source
+from .errors import (DataError, NonFiniteError, NonFiniteTrainingError, SeparabilityError, TracegradError,
+                     TrainingError, TrainingInterrupted, user_source)
 from .pytree import TreeDef, flatten, unflatten
 
 __all__ = ["value_and_grad", "fit", "chunk_seed", "DistributedFunction"]
@@ -386,7 +387,8 @@ COMPILE_MODES = ("wait", "never")  # not "background": a round on NumPy beside o
 
 
 def fit(loss: Callable, params, X, y, *, optimizer, epochs: int = 1, batch_size: int = 32, sync_every="epoch",
-        seed: int = 0, drop_last: bool = False, progress=True, compile: str = "wait", parallel=None):
+        seed: int = 0, drop_last: bool = False, validation=None, metrics=None, state=None, progress=True,
+        compile: str = "wait", parallel=None):
     """``tg.fit`` on Dask arrays: each chunk of rows trains on its worker, and the parameters are averaged.
 
     Local SGD. Training goes in rounds. In a round every chunk of ``X`` and ``y`` (Dask arrays chunked by
@@ -409,6 +411,11 @@ def fit(loss: Callable, params, X, y, *, optimizer, epochs: int = 1, batch_size:
     A chunk whose rows ``batch_size`` does not divide ends its epoch with a smaller batch, as ``tg.fit``
     does (``drop_last=True`` skips it); every chunk must have at least ``batch_size`` rows (``k *
     batch_size`` with ``sync_every=k``).
+
+    ``validation``: a tuple ``(X_val, y_val)`` of NumPy arrays, and ``metrics``: ``{name: fn(params,
+    *validation)}``, evaluated in this process after every round (``history.val_loss``,
+    ``history.metrics``). ``state``: an optimiser state to start from (``history.state`` of an earlier
+    run); the shuffles then start from ``seed`` again: pass another seed for new ones.
 
     ``compile``: ``"wait"`` (each worker process compiles the epoch function once, or loads it from the
     disk cache; before the first round one worker compiles each chunk shape so that the others load it)
@@ -436,10 +443,12 @@ def fit(loss: Callable, params, X, y, *, optimizer, epochs: int = 1, batch_size:
     batch_size``), ``sync_every`` that is neither ``"epoch"`` nor a positive int, ``compile="background"``;
     any error ``tg.fit`` raises on a chunk, naming the chunk. A non-finite loss or gradient in a round
     raises ``NonFiniteTrainingError`` naming the round and the chunk, with ``err.params`` and ``err.state``
-    as before that round (the last average) and ``err.history`` of the rounds before it.
+    as before that round (the last average) and ``err.history`` of the rounds before it; Ctrl-C raises
+    ``TrainingInterrupted`` and an error in a metric ``TrainingError``, both with the parameters, state and
+    history of the last complete round.
     """
     from .optim import Optimizer
-    from .train import History, _Progress
+    from .train import History, _as_arrays, _copy_state, _Progress
 
     if not callable(loss):
         raise DataError(f"loss must be a function loss(params, X, y), got {loss!r}", user_source())
@@ -461,6 +470,14 @@ def fit(loss: Callable, params, X, y, *, optimizer, epochs: int = 1, batch_size:
                              "round, and the average would depend on which")
     if progress not in (True, False, "plain"):
         raise DataError(f"progress must be True, False or 'plain', got {progress!r}", user_source())
+    if validation is not None:
+        validation = _as_arrays(validation, "validation")
+    if metrics is not None and (not isinstance(metrics, dict) or not all(map(callable, metrics.values()))):
+        raise DataError(f"metrics must be a dict of name: fn(params, *validation), got {metrics!r}", user_source())
+    if metrics and validation is None:
+        raise DataError("metrics need validation=(X_val, y_val): distributed.fit's training data stay on the "
+                        "workers, and the metrics run in this process", user_source())
+    metrics = dict(metrics or {})
     rows = _check_fit_data(X, y, int(batch_size) * (1 if sync_every == SYNC_EPOCH else int(sync_every)), sync_every)
     total = sum(rows)
     import dask  # (X and y are Dask arrays: it is installed)
@@ -472,7 +489,7 @@ def fit(loss: Callable, params, X, y, *, optimizer, epochs: int = 1, batch_size:
 
     leaves, tree = flatten(params)
     params = unflatten(tree, [np.array(leaf, order="C", copy=True) for leaf in leaves])
-    state = optimizer.init(params)
+    state = optimizer.init(params) if state is None else _copy_state(optimizer, state, params)
     trainer = _Trainer(loss, optimizer, int(batch_size), bool(drop_last), sync_every, compile, parallel,
                        _token(loss))
     weights = [r / total for r in rows]
@@ -481,7 +498,7 @@ def fit(loss: Callable, params, X, y, *, optimizer, epochs: int = 1, batch_size:
     client = _client()
     scheduler = {} if client is not None else {"scheduler": "sync"}  # no Client: here, a chunk at a time
 
-    history = History(state=state, seed=int(seed))
+    history = History(state=state, seed=int(seed), steps=state["step"], metrics={name: [] for name in metrics})
     if client is not None and rounds:  # one worker compiles each chunk shape; the others then load it
         t0 = time.perf_counter()
         start = dask.delayed(_Start(params, state, seeds), pure=False)
@@ -493,8 +510,10 @@ def fit(loss: Callable, params, X, y, *, optimizer, epochs: int = 1, batch_size:
         history.compile_time = time.perf_counter() - t0
 
     reporter = _Progress(progress, rounds, unit="round")
+    saved, doing, round_ = (params, state, 0), "training", 0  # the last complete round: replaced at once
     try:
         for round_ in range(1, rounds + 1):
+            doing = "training"
             t0 = time.perf_counter()
             start = dask.delayed(_Start(params, state, seeds), pure=False)  # sent once per round
             results = _collect(dask.compute(*[dask.delayed(_train_chunk, pure=False)(trainer, start, c, *block)
@@ -509,13 +528,45 @@ def fit(loss: Callable, params, X, y, *, optimizer, epochs: int = 1, batch_size:
             elapsed = time.perf_counter() - t0
             history.loss.append(loss_value)
             history.time.append(elapsed)
-            history.wall_time.append(elapsed)
             history.compiled.append(all(r.compiled for r in results))
             history.steps, history.state = state["step"], state
+            if validation is not None:
+                doing = "the validation loss"
+                history.val_loss.append(float(loss(params, *validation)))
+            for name, metric in metrics.items():
+                doing = f"metric {name!r}"
+                history.metrics[name].append(float(metric(params, *validation)))
+            doing = "the progress report"
             reporter.epoch(round_, history)
+            history.wall_time.append(time.perf_counter() - t0)
+            saved = (params, state, round_)
+    except (TrainingError, DataError):
+        raise
+    except KeyboardInterrupt:
+        raise _interrupted(TrainingInterrupted, "interrupted", saved, history, round_, rounds) from None
+    except Exception as exc:
+        raise _interrupted(TrainingError, f"{doing} raised {type(exc).__name__}: {exc}", saved, history, round_,
+                           rounds) from exc
     finally:
         reporter.close()
     return params, history
+
+
+def _interrupted(error, why, saved, history, round_, rounds):
+    """The error for training stopped in ``round_``, carrying the parameters, state and history of the last
+    complete round."""
+    from .train import History
+
+    params, state, done = saved
+    kept = History(loss=history.loss[:done], val_loss=history.val_loss[:done],
+                   metrics={name: values[:done] for name, values in history.metrics.items()},
+                   time=history.time[:done], wall_time=history.wall_time[:done], compiled=history.compiled[:done],
+                   compile_time=history.compile_time, steps=state["step"], state=state, seed=history.seed)
+    return error(f"training stopped in round {round_} of {rounds}: {why}"
+                 f"\n  err.params, err.state, err.history: as after round {done}; round {round_} is discarded",
+                 epoch=round_, step=None, params=params, state=state, history=kept,
+                 hint="continue with distributed.fit(loss, err.params, X, y, ..., state=err.state) for the rounds "
+                      "left (and another seed for new shuffles)")
 
 
 _TOKENS = weakref.WeakKeyDictionary()  # in the client: loss -> its token, so fitting it again reuses the traces
