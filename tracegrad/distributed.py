@@ -420,7 +420,8 @@ def fit(loss: Callable, params, X, y, *, optimizer, epochs: int = 1, batch_size:
     ``compile``: ``"wait"`` (each worker process compiles the epoch function once, or loads it from the
     disk cache; before the first round one worker compiles each chunk shape so that the others load it)
     or ``"never"`` (NumPy). ``parallel`` as for ``tg.fit``. ``progress``: as for ``tg.fit``, one line per
-    round. Without a ``dask.distributed.Client`` the rounds run in this process, one chunk after another.
+    round. With a ``dask.distributed.Client``, ``X`` and ``y`` are persisted on the workers for the call
+    (every round reads every chunk); without one the rounds run in this process, one chunk after another.
 
     Returns ``(params, history)``: a ``tg.train.History`` with one entry per round: ``loss`` (the chunks'
     mean training losses averaged by rows), ``time`` (seconds for the round, Dask included),
@@ -494,8 +495,10 @@ def fit(loss: Callable, params, X, y, *, optimizer, epochs: int = 1, batch_size:
                        _token(loss))
     weights = [r / total for r in rows]
     seeds = [chunk_seed(int(seed), c) for c in range(len(rows))]
-    blocks = list(zip(X.to_delayed().ravel(), y.to_delayed().ravel()))
     client = _client()
+    if client is not None:  # every round reads every chunk: computed (or sent) once, then kept on the workers
+        X, y = client.persist([X, y])
+    blocks = list(zip(X.to_delayed().ravel(), y.to_delayed().ravel()))
     scheduler = {} if client is not None else {"scheduler": "sync"}  # no Client: here, a chunk at a time
 
     history = History(state=state, seed=int(seed), steps=state["step"], metrics={name: [] for name in metrics})
