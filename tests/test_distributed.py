@@ -219,6 +219,10 @@ def test_fit_bad_input_is_a_clear_error(data):
         fit(compile="background")
     with pytest.raises(tg.DataError, match=r"metrics need validation=\(X_val, y_val\)"):
         fit(metrics={"w0": lambda w, X, y: w[0]})
+    with pytest.raises(tg.GradTypeError):
+        distributed.fit(logistic, np.zeros(FEATURES, dtype=np.int64), dX, dy, optimizer=opt, progress=False)
+    with pytest.raises(tg.DataError, match="takes the plain loss function"):
+        distributed.fit(tg.value_and_grad(logistic), w, dX, dy, optimizer=opt, progress=False)
 
 
 # ---------------------------------------------------------------------------------------------- workers

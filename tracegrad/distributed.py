@@ -426,7 +426,7 @@ def fit(loss: Callable, params, X, y, *, optimizer, epochs: int = 1, batch_size:
     Returns ``(params, history)``: a ``tg.train.History`` with one entry per round: ``loss`` (the chunks'
     mean training losses averaged by rows), ``time`` (seconds for the round, Dask included),
     ``compiled`` (whether every chunk ran compiled), ``steps``, ``state`` (the averaged optimiser state),
-    and ``compile_time`` (the warm-up before the first round).
+    and ``compile_time`` (the warm-up before the first round); ``initial_loss`` is not computed (NaN).
 
     >>> import numpy as np, dask.array as da, tracegrad as tg
     >>> from tracegrad import distributed
@@ -439,7 +439,8 @@ def fit(loss: Callable, params, X, y, *, optimizer, epochs: int = 1, batch_size:
     >>> print(p["w"].round(3), p["b"].round(3), len(h.loss))
     [3.] 1.0 30
 
-    Raises ``DataError`` for ``X`` or ``y`` that are not Dask arrays, chunked along columns, chunked
+    Raises ``GradTypeError`` for parameters that are not float arrays; ``DataError`` for a
+    ``tg.value_and_grad`` function in place of the plain loss, ``X`` or ``y`` that are not Dask arrays, chunked along columns, chunked
     differently from each other or of unknown chunk sizes, a chunk smaller than ``batch_size`` (or ``k *
     batch_size``), ``sync_every`` that is neither ``"epoch"`` nor a positive int, ``compile="background"``;
     any error ``tg.fit`` raises on a chunk, naming the chunk. A non-finite loss or gradient in a round
@@ -448,9 +449,13 @@ def fit(loss: Callable, params, X, y, *, optimizer, epochs: int = 1, batch_size:
     ``TrainingInterrupted`` and an error in a metric ``TrainingError``, both with the parameters, state and
     history of the last complete round.
     """
-    from .optim import Optimizer
+    from .api import Function
+    from .optim import Optimizer, _check_params
     from .train import History, _as_arrays, _copy_state, _Progress
 
+    if isinstance(loss, Function):
+        raise DataError(f"distributed.fit takes the plain loss function, not {loss!r}: it differentiates it itself",
+                        user_source())
     if not callable(loss):
         raise DataError(f"loss must be a function loss(params, X, y), got {loss!r}", user_source())
     if not isinstance(optimizer, Optimizer):
@@ -489,6 +494,9 @@ def fit(loss: Callable, params, X, y, *, optimizer, epochs: int = 1, batch_size:
         rounds = -(-int(epochs) * total // (len(rows) * int(sync_every) * int(batch_size)))
 
     leaves, tree = flatten(params)
+    _check_params(leaves, params)
+    if not leaves:
+        raise DataError("params has no arrays to train", user_source())
     params = unflatten(tree, [np.array(leaf, order="C", copy=True) for leaf in leaves])
     state = optimizer.init(params) if state is None else _copy_state(optimizer, state, params)
     trainer = _Trainer(loss, optimizer, int(batch_size), bool(drop_last), sync_every, compile, parallel,
