@@ -730,13 +730,13 @@ class _Progress:
     """One tqdm bar over the epochs when tqdm is installed (progress=True), else printed lines: every
     epoch up to 20 epochs, beyond that the first, every (epochs // 20)-th and the last."""
 
-    def __init__(self, progress, epochs):
-        self.epochs, self.bar, self.plain = epochs, None, False
+    def __init__(self, progress, epochs, unit="epoch"):  # (distributed.fit counts rounds)
+        self.epochs, self.bar, self.plain, self.unit = epochs, None, False, unit
         self.every = max(1, epochs // 20)
         if progress is True:
             try:
                 from tqdm.auto import tqdm
-                self.bar = tqdm(total=epochs, unit="epoch", desc="fit")
+                self.bar = tqdm(total=epochs, unit=unit, desc="fit")
             except ImportError:
                 self.plain = True
         elif progress == "plain":
@@ -753,7 +753,7 @@ class _Progress:
             self.bar.update(1)
         elif self.plain and (epoch % self.every == 0 or epoch in (1, self.epochs)):
             width = len(str(self.epochs))
-            print(f"epoch {epoch:>{width}}/{self.epochs}  " + "  ".join(parts)
+            print(f"{self.unit} {epoch:>{width}}/{self.epochs}  " + "  ".join(parts)
                   + f"  ({history.time[-1] * 1e3:.1f} ms, {tier})", flush=True)
 
     def close(self):
