@@ -690,7 +690,8 @@ def _loop_nest(loop: Node) -> Node:
     accumulate = loop.params["accumulate"]
     stored = [scalars[out] for out, summed in zip(loop.outs, accumulate) if not summed]
     inputs = [i.atom for i in index] + list(loop.inputs)
-    body = Graph(group.name.replace("fused_", "nest_", 1), inputs, nodes, stored + [w for _, w in writes])
+    # (dce: index values a declaration built and did not return)
+    body = dce(Graph(group.name.replace("fused_", "nest_", 1), inputs, nodes, stored + [w for _, w in writes]))
     params = dict(shape=shape, body=body, accumulate=accumulate, writes=tuple(k for k, _ in writes),
                   avals_out=tuple(out.aval for out in loop.outs), origin=Origin(tuple(members)))
     return Node(_LOOP_NEST, loop.inputs, params, loop.out, loop.source, loop.group, loop.backward, loop.also)

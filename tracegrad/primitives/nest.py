@@ -187,10 +187,15 @@ def _ref(*inputs, body, shape, accumulate, writes, avals_out, origin):
            for k, (v, d) in enumerate(zip(body.inputs[:n], shape))}
     env.update(zip(body.inputs[n:], inputs))
     read = lambda a: a.aval.dtype.type(a.value) if isinstance(a, Literal) else env[a]
+    indices = list(body.inputs[:n])
     for node in body.nodes:
+        view = _aligned_read(node, indices, shape)
+        if view is not None:  # (x read at the loop's own indices: a view of x, broadcasting as it is)
+            env[node.out] = np.asarray(env[node.inputs[0]])[view]
+            continue
         env[node.out] = np.asarray(node.primitive.ref(*[read(a) for a in node.inputs], **node.params),
                                    node.out.aval.dtype)
-    indices, results = list(body.inputs[:n]), []
+    results = []
     outputs = iter(body.outputs)
     sums = {}
     for k, (aval, summed) in enumerate(zip(avals_out, accumulate)):
@@ -212,6 +217,25 @@ def _ref(*inputs, body, shape, accumulate, writes, avals_out, origin):
         else:
             np.add.at(out, tuple(np.broadcast_to(read(a), shape) for a in at), value)
     return results if len(results) > 1 else results[0]
+
+
+def _aligned_read(node: Node, indices: list, shape: tuple):
+    """For an unguarded ``element`` read whose subscripts are the last index values in order (or constants:
+    a size-1 axis), the basic index giving the same values as a view that broadcasts against the index
+    space; else None."""
+    if node.primitive is not element or node.params["guards"]:
+        return None
+    at = node.inputs[1:]
+    lead = len(indices) - len(at)
+    view = []
+    for k, a in enumerate(at):
+        if isinstance(a, Literal):
+            view.append(slice(a.value, a.value + 1))
+        elif lead >= 0 and a is indices[lead + k]:
+            view.append(slice(0, shape[lead + k]))
+        else:
+            return None
+    return tuple(view)
 
 
 def _vjp(g, out, *inputs, **params):

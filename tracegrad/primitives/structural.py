@@ -214,7 +214,7 @@ def _place_loop_index(loop, out_shape, in_shape, /, shape, index):
             start, stop, step = entry.indices(n)
             if step != 1 or start >= stop:
                 return None
-            conditions += [i >= start] * (start > 0) + [i < stop] * (stop < n)
+            conditions += ([i >= start] if start > 0 else []) + ([i < stop] if stop < n else [])
             at.append(i - start)
         else:
             conditions.append(i == entry % n)
