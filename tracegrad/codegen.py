@@ -155,7 +155,7 @@ def _finite_check(name: str, node) -> str:
     return f"if not {test}: raise NonFiniteError({ascii(_finite_message(name, node))})"  # an escaped literal
 
 
-def _fused(node) -> bool:
+def _is_loop_nest(node) -> bool:
     """A loop nest: the values of its body are elements of this graph's (``array_level``)."""
     return node.primitive.array_level is not None
 
@@ -163,14 +163,14 @@ def _fused(node) -> bool:
 def _passes_of(node) -> set:
     """Which passes a node's outputs belong to: {False} forward, {True} backward, both for a loop nest
     that computes a forward value and gradients."""
-    if _fused(node):
+    if _is_loop_nest(node):
         return {m.backward for m in node.primitive.array_level(node) if m.out in node.outs}
     return {node.backward}
 
 
 def _computes_forward(node) -> bool:
     """Some output of the node is a forward value (``_passes_of(node) != {True}``)."""
-    return _passes_of(node) != {True} if _fused(node) else not node.backward
+    return _passes_of(node) != {True} if _is_loop_nest(node) else not node.backward
 
 
 def _kernels_of(node) -> list:
@@ -210,7 +210,7 @@ def _loop_indices(nodes) -> set:
     """The index names of every loop nest, nested bodies included (``i0, i1, ...``)."""
     names = set()
     for node in nodes:
-        if _fused(node):
+        if _is_loop_nest(node):
             names.update(f"i{d}" for d in range(len(node.params["shape"])))
         for value in node.params.values():
             if isinstance(value, Graph):
@@ -338,7 +338,7 @@ class Printer:
                 if node.backward and not in_backward and i > forward_ends:
                     statement.append(("# backward pass", None))
                     in_backward, self.last_source = True, None
-                if _fused(node) and len(_passes_of(node)) == 2:  # a forward value and gradients from one loop
+                if _is_loop_nest(node) and len(_passes_of(node)) == 2:  # a forward value and gradients from one loop
                     statement.append(("# forward and backward pass in one loop", None))  # (merge_loops)
                 if node.source is not None and node.source is not self.last_source \
                         and node.source != self.last_source:

@@ -306,10 +306,13 @@ def _scalar_kernel(node: Node) -> bool:
     return prim.elementwise and (prim.kernel is not None or isinstance(prim.emit, Conditional))
 
 
+_INDEX_AVAL = Aval((), np.dtype(np.int64))
+
+
 def _index_values(n: int, nodes: list | None = None) -> list:
     """Index values ``i0, i1, ...`` (int64 scalars) whose arithmetic adds nodes to ``nodes``."""
     nodes = [] if nodes is None else nodes
-    return [Index(Var(Aval((), np.dtype(np.int64)), hint=f"i{d}"), nodes) for d in range(n)]
+    return [Index(Var(_INDEX_AVAL, hint=f"i{d}"), nodes) for d in range(n)]
 
 
 def loop_read(node: Node, loop: list | None = None):
