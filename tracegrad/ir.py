@@ -281,15 +281,18 @@ def assign_names(graph: Graph, reserved=frozenset()) -> dict:
                 counter += 1
             name(var, f"s{counter}")
     # a loop nest's scalars: an element of a value has its name; index values and reads are written
-    # where they are used, and named last (for print(graph) only)
+    # where they are used, and named last (for print(graph) only; each loop's index values are its own:
+    # i0 in every loop, unless a value has that name)
+    values = set(used)
     for var in _nested_values(graph.nodes):
         if var in names:
             continue
         if var.element_of is not None and var.element_of in names:
             names[var] = names[var.element_of]
             continue
-        if hinted.get(var) or _hint_name(var.hint):  # (an index value: i0)
-            name(var, unique(_hint_name(var.hint)))
+        index = _hint_name(var.hint)
+        if index:  # (an index value)
+            names[var] = index if index not in values else unique(index)
             continue
         while f"s{counter}" in taken or f"s{counter}" in used:
             counter += 1
