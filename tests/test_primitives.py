@@ -185,9 +185,11 @@ CASES = {
                   (fused(lambda x: np.sum(np.exp(x) * x, axis=1) + np.sum(np.sin(x) * x, axis=0)[:2]), (MATRIX,),
                    "real"),
                   (fused(lambda x, y: np.sum(np.cos(x * y) * x, axis=(0, 2))), ((2, 3, 4), (3, 1)), "real")],
-    "element": [(fused(lambda x, y: np.tanh(x) * y + x), (MATRIX, ROW), "real"),
+    # (the first case of each is the one compiled: shifted sums, guarded reads, sums over an axis)
+    "element": [(fused(lambda x: x[1:] * x[:-1] + np.sum(x ** 2)), ((6,),), "real"),
                 (fused(lambda x, y: P["place"](x, shape=(4, 3), index=(slice(1, 3), 0)) * y + y), ((2,), (4, 3)),
-                 "real")],
+                 "real"),
+                (fused(lambda x, y: np.tanh(x) * y + x), (MATRIX, ROW), "real")],
     "add_at": [(fused(lambda x: np.sum(np.exp(x) * x, axis=0)), (MATRIX,), "real"),
                (fused(lambda x: np.sum(x[1:] * x[:-1] + x[:-1] ** 2)), ((5,),), "real")],
     "copy": [(lambda x: P["copy"](x) * x, (VECTOR,), "real")],  # (and its generated cases)
