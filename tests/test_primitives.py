@@ -179,13 +179,13 @@ CASES = {
     # made by fusion (primitives/nest.py), so their cases are compiled functions (``fused``: tg.jit, whose graph
     # is optimised): a loop nest whose gradient adds at shifted index values (grad_x[i0 + 1] += g) and reads
     # guarded ((g[i0 - 1] if i0 >= 1 else 0.0)); stored values read broadcast (y[0, i1]); sums over rows,
-    # columns and everything; a 3-d index space
+    # columns and everything; a 3-d index space. The first case of each is the one compiled: shifted sums,
+    # guarded reads, sums over an axis
     "loop_nest": [(fused(lambda x: x[1:] * x[:-1] + np.tanh(x[1:]) + x[:-1] ** 2 * x[1:]), ((6,),), "real"),
                   (fused(lambda x, y: np.tanh(x) * y + x), (MATRIX, ROW), "real"),
                   (fused(lambda x: np.sum(np.exp(x) * x, axis=1) + np.sum(np.sin(x) * x, axis=0)[:2]), (MATRIX,),
                    "real"),
                   (fused(lambda x, y: np.sum(np.cos(x * y) * x, axis=(0, 2))), ((2, 3, 4), (3, 1)), "real")],
-    # (the first case of each is the one compiled: shifted sums, guarded reads, sums over an axis)
     "element": [(fused(lambda x: x[1:] * x[:-1] + np.sum(x ** 2)), ((6,),), "real"),
                 (fused(lambda x, y: P["place"](x, shape=(4, 3), index=(slice(1, 3), 0)) * y + y), ((2,), (4, 3)),
                  "real"),
