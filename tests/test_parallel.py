@@ -1,4 +1,4 @@
-"""parallel=: large fused loops as prange over fixed blocks of rows (passes._blocks), the same result
+"""parallel=: large loop nests as prange over fixed blocks of rows (primitives.nest._blocks), the same result
 whatever the number of threads, and the setting's plumbing. Compiling with Numba's parallel=True is
 slow, so the compiled checks share a few small functions (the thresholds lowered by a fixture)."""
 import numba
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import tracegrad as tg
-from tracegrad import backend, passes, tiers
+from tracegrad import backend, tiers
+from tracegrad.primitives import nest
 from tracegrad.errors import TracegradError
 from tracegrad.testing import numeric_grad
 
@@ -30,8 +31,8 @@ def layer_args(rng, rows, cols, dtype=np.float64):
 @pytest.fixture
 def small_loops(monkeypatch):
     """Loops of 256 elements and 32 rows run in parallel (4 blocks of at least 8 rows)."""
-    monkeypatch.setattr(passes, "PARALLEL_MIN", 256)
-    monkeypatch.setattr(passes, "BLOCKS", 4)
+    monkeypatch.setattr(nest, "PARALLEL_MIN", 256)
+    monkeypatch.setattr(nest, "BLOCKS", 4)
 
 
 @pytest.fixture
@@ -48,10 +49,10 @@ def test_large_loops_become_blocks_of_rows(rng):
     args = layer_args(rng, 1024, 16)  # 16,384 elements, 1,024 rows: over PARALLEL_MIN
     source = tg.value_and_grad(layer_loss, argnums=(0, 1), parallel=True).source(*args)
     assert "from numba import prange" in source
-    assert f"for blk in prange({passes.BLOCKS}):" in source
-    per = 1024 // passes.BLOCKS
+    assert f"for blk in prange({nest.BLOCKS}):" in source
+    per = 1024 // nest.BLOCKS
     assert f"for i0 in range(blk * {per}, blk * {per} + {per}):" in source
-    assert f"# 1024 rows in {passes.BLOCKS} blocks of {per}, run on Numba's threads" in source
+    assert f"# 1024 rows in {nest.BLOCKS} blocks of {per}, run on Numba's threads" in source
     assert "_blk += " in source  # the scalar sum: one partial per block ...
     assert f"grad_b_blocks[blk, i1] += " in source  # ... the sum over rows: a row of partials per block
     assert "# the blocks' partial sums, in block order" in source
@@ -86,7 +87,7 @@ def test_loops_adding_at_shifted_indices_alternate_their_blocks():
     x = np.linspace(-1, 1, 20000)
     source = tg.value_and_grad(rosenbrock, parallel=True).source(x)
     assert "grad_x[i0 + 1] += " in source
-    assert "for sweep in range(2):" in source and f"for half in prange({passes.BLOCKS // 2}):" in source
+    assert "for sweep in range(2):" in source and f"for half in prange({nest.BLOCKS // 2}):" in source
     assert "blk = 2 * half + sweep" in source
 
 

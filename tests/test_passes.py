@@ -86,8 +86,8 @@ def assert_each_value_has_one_name(graph):
     """A value stored as an array is never also a loop's scalar (they would share one name)."""
     stored = {v for node in graph.nodes for v in node.outs}
     for node in graph.nodes:
-        if node.primitive.name == "fused":
-            again = {m.out for m in node.params["body"].nodes} & stored - set(node.outs)
+        if node.primitive.name == "loop_nest":
+            again = {m.out for m in node.params["origin"].nodes} & stored - set(node.outs)
             assert not again, f"a loop computes stored values again: {again}"
 
 
@@ -124,13 +124,13 @@ def test_fusion_turns_elementwise_chains_into_loops_with_the_same_names(rng):
     x = rng.normal(size=50)
     fun = tg.value_and_grad(rosenbrock)
     graph = tg.make_graph(fun, x)
-    assert "fused" in names_of(graph)
+    assert "loop_nest" in names_of(graph)
     src = tg.source(fun, x)
     # one loop computes the sum and adds the gradient into grad_x, as a hand-written Rosenbrock does
     assert src.count("for i0 in range(49):") == 1 and "        grad_s3 = " in src
     assert "out += s8" in src and "grad_x[i0 + 1] += grad_s0" in src
     assert src.count("np.empty(") + src.count("np.zeros(") == 1  # grad_x: no array is stored for the backward
-    assert [n.primitive.name for n in graph.nodes].count("fused") == 1
+    assert [n.primitive.name for n in graph.nodes].count("loop_nest") == 1
     value, g = fun(x)
     raw, captured = raw_value_and_grad_graph(rosenbrock, x)
     expected = evaluate(raw, x)
@@ -175,7 +175,7 @@ def test_scalar_kernels_on_arrays_are_called_in_loops(rng, dtype, fusion):
     fun = tg.jit(lambda x: np.where(x > 0, tg.sigmoid(x), x))
     raw = trace(fun.fun, (x,)).graph
     graph = optimize(raw, fusion=fusion)
-    assert names_of(graph) == (["fused"] if fusion else ["gt", "fused", "fused"])
+    assert names_of(graph) == (["loop_nest"] if fusion else ["gt", "loop_nest", "loop_nest"])
     out = tg.jit(fun.fun, debug_nans=not fusion)(x)
     assert out.dtype == dtype
     np.testing.assert_allclose(out, evaluate(raw, x)[0], rtol=1e-6 if dtype == np.float32 else 1e-15)
@@ -186,7 +186,7 @@ def test_scalar_kernels_on_arrays_are_called_in_loops(rng, dtype, fusion):
 def test_without_fusion_only_scalar_kernels_get_loops(rng):
     x = rng.normal(size=5)
     graph = optimize(trace(lambda x: np.exp(x) * 2.0 + x, (x,)).graph, fusion=False)
-    assert "fused" not in names_of(graph)
+    assert "loop_nest" not in names_of(graph)
 
 
 SLICED = {
@@ -214,8 +214,8 @@ def test_slice_gradients_are_added_in_loops_not_padded(rng, name):
     np.testing.assert_allclose(g, expected[1], rtol=1e-13, atol=1e-15)
     np.testing.assert_allclose(g, numeric_grad_of(f, x), rtol=1e-6, atol=1e-8)
     graph = tg.make_graph(fun, x)
-    fused_places = [m for n in graph.nodes if n.primitive.name == "fused"
-                    for m in n.params["body"].nodes if m.primitive.name == "place"]
+    fused_places = [m for n in graph.nodes if n.primitive.name == "loop_nest"
+                    for m in n.params["origin"].nodes if m.primitive.name == "place"]
     assert fused_places, "no slice gradient was fused"
     src = tg.source(fun, x)
     assert ("] += " in src or " if i" in src) and not SLICE_ASSIGNMENT.search(src)
@@ -257,10 +257,10 @@ def test_loops_over_the_same_values_become_one_loop_with_several_outputs(rng):
     W, b, X = rng.normal(size=(3, 2)), rng.normal(size=2), rng.normal(size=(4, 3))
     fun = tg.value_and_grad(affine, argnums=(0, 1))
     graph = tg.make_graph(fun, W, b, X).verify()
-    loops = [n for n in graph.nodes if n.primitive.name == "fused"]
+    loops = [n for n in graph.nodes if n.primitive.name == "loop_nest"]
     assert len(loops) == 1 and len(loops[0].outs) == 3
-    assert "out: f64[], grad_b: f64[2], grad_s0: f64[4,2] = fused[shape=(4, 2), accumulate=(True, True, False)]" \
-        in str(graph)
+    assert "out: f64[], grad_b: f64[2], grad_s0: f64[4,2] = loop_nest[shape=(4, 2), " \
+        "accumulate=(True, True, False), " in str(graph)
     src = tg.source(fun, W, b, X)
     assert src.count("for i0 in range(4):") == 1 and "grad_b[i1] += grad_Y" in src
     assert "# forward and backward pass in one loop" in src
@@ -281,7 +281,7 @@ def test_a_loop_needing_another_loops_output_stays_apart(rng):
     W, x = rng.normal(size=(3, 3)), rng.normal(size=(4, 3))
     fun = tg.grad(f)
     graph = tg.make_graph(fun, W, x).verify()
-    loops = [n for n in graph.nodes if n.primitive.name == "fused"]
+    loops = [n for n in graph.nodes if n.primitive.name == "loop_nest"]
     assert len(loops) >= 2
     for k, loop in enumerate(loops):  # no loop reads what a loop after it computes
         later = {v for other in loops[k + 1:] for v in other.outs}
@@ -335,9 +335,9 @@ def test_a_loop_reading_a_sum_waits_for_the_loop_that_sums(rng):
     fun = tg.value_and_grad(log_softmax_loss)
     graph = tg.make_graph(fun, z, w).verify()
     for node in graph.nodes:
-        if node.primitive.name == "fused":
+        if node.primitive.name == "loop_nest":
             summed = {v for v, s in zip(node.outs, node.params["accumulate"]) if s}
-            assert not summed & {a for m in node.params["body"].nodes for a in m.inputs}
+            assert not summed & set(node.inputs)
     raw, captured = raw_value_and_grad_graph(log_softmax_loss, z, w)
     expected = evaluate(raw, z, w, *captured)
     value, g = fun(z, w)

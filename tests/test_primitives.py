@@ -77,6 +77,11 @@ def math_call(f):
     return eval(f"lambda *xs: math.{f.__name__}(*xs)", {"math": math})
 
 
+def fused(fn):
+    """``fn`` compiled: its graph (``tg.make_graph``) is the optimised one, where fusion makes loop nests."""
+    return tg.jit(fn)
+
+
 I3 = np.array([0, 2, 0])  # a repeated index: scatter_add must accumulate
 J3 = np.array([1, 0, 2])
 
@@ -171,6 +176,22 @@ CASES = {
     "dot": [(lambda a, b: a @ b, (MATRIX, (3, 4)), "real"), (lambda a, b: a @ b, (MATRIX, VECTOR), "real"),
             (lambda a, b: np.dot(a, b), (VECTOR, (3, 2)), "real"), (lambda a, b: np.matmul(a, b), (VECTOR, VECTOR), "real")],
     "full": [(lambda x: x * 3.0, (VECTOR,), "real")],  # the seed of every backward pass
+    # made by fusion (primitives/nest.py), so their cases are compiled functions (``fused``: tg.jit, whose graph
+    # is optimised): a loop nest whose gradient adds at shifted index values (grad_x[i0 + 1] += g) and reads
+    # guarded ((g[i0 - 1] if i0 >= 1 else 0.0)); stored values read broadcast (y[0, i1]); sums over rows,
+    # columns and everything; a 3-d index space. The first case of each is the one compiled: shifted sums,
+    # guarded reads, sums over an axis
+    "loop_nest": [(fused(lambda x: x[1:] * x[:-1] + np.tanh(x[1:]) + x[:-1] ** 2 * x[1:]), ((6,),), "real"),
+                  (fused(lambda x, y: np.tanh(x) * y + x), (MATRIX, ROW), "real"),
+                  (fused(lambda x: np.sum(np.exp(x) * x, axis=1) + np.sum(np.sin(x) * x, axis=0)[:2]), (MATRIX,),
+                   "real"),
+                  (fused(lambda x, y: np.sum(np.cos(x * y) * x, axis=(0, 2))), ((2, 3, 4), (3, 1)), "real")],
+    "element": [(fused(lambda x: x[1:] * x[:-1] + np.sum(x ** 2)), ((6,),), "real"),
+                (fused(lambda x, y: P["place"](x, shape=(4, 3), index=(slice(1, 3), 0)) * y + y), ((2,), (4, 3)),
+                 "real"),
+                (fused(lambda x, y: np.tanh(x) * y + x), (MATRIX, ROW), "real")],
+    "add_at": [(fused(lambda x: np.sum(np.exp(x) * x, axis=0)), (MATRIX,), "real"),
+               (fused(lambda x: np.sum(x[1:] * x[:-1] + x[:-1] ** 2)), ((5,),), "real")],
     "copy": [(lambda x: P["copy"](x) * x, (VECTOR,), "real")],  # (and its generated cases)
     # finite differences cannot see a stopped gradient: only a use that does not change the derivative
     # a scan with an array carry and stacked outputs, a fori_loop over a pytree of two carries, a reversed

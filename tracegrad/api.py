@@ -22,7 +22,7 @@ import numpy as np
 from . import backend, tiers
 from .autodiff import value_and_grad_graph
 from .codegen import Module, generate
-from . import passes
+from .primitives import nest
 from .passes import optimize
 from .core import ENTERED as _ENTERED, TracedArray, current_builder, _state as _tracing
 from .errors import GradTypeError, IndexOutOfBoundsError
@@ -655,8 +655,8 @@ class Function:
         """The fewest elements a fused loop runs in parallel with, by ``parallel=`` (None: no loop does)."""
         setting = tiers.parallel_mode() if self.parallel is None else self.parallel
         if setting == "auto":  # (a fixed threshold for now: see docs/DESIGN.md, "parallel=")
-            return passes.AUTO_MIN if backend.threads() > 1 else None
-        return passes.PARALLEL_MIN if setting else None
+            return nest.AUTO_MIN if backend.threads() > 1 else None
+        return nest.PARALLEL_MIN if setting else None
 
     def _transform(self, traced: Traced, args, wrt):
         """The graph to compile, and how to turn its flat outputs back into this function's results."""

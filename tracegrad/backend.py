@@ -38,7 +38,6 @@ from . import __version__
 from .codegen import Module
 from .errors import CacheError, CacheWarning, CompileError, _is_internal
 from .ir import Graph
-from .passes import fused
 
 
 class quiet_compile(warnings.catch_warnings):
@@ -590,21 +589,23 @@ LONG_COMPILE = 2.0  # seconds: a compile expected to take longer is announced on
 
 
 def code_size(graph) -> tuple:
-    """What ``compile_estimate`` counts in an optimised graph: scalar operations (those of fused loops
-    and loop bodies on scalars included), operations on whole arrays, and kinds of these (primitive,
-    dtypes and ranks)."""
+    """What ``compile_estimate`` counts in an optimised graph: scalar operations (those of loop nests,
+    one per array-level node they compute, and of loop bodies on scalars included), operations on whole
+    arrays, and kinds of these (primitive, dtypes and ranks)."""
     scalars, arrays, kinds = 0, 0, set()
-    stack = [(graph, False)]
+    stack = [graph]
     while stack:
-        g, in_fused = stack.pop()
+        g = stack.pop()
         for node in g.nodes:
+            if node.primitive.array_level is not None:  # (its reads and index arithmetic cost next to nothing)
+                scalars += len(node.primitive.array_level(node))
+                continue
             nested = [v for v in node.params.values() if isinstance(v, Graph)]
             if nested:
-                # (a fused loop's body runs on scalars, whatever its values' shapes)
-                stack.extend((body, in_fused or node.primitive is fused) for body in nested)
+                stack.extend(nested)
                 continue
             avals = [a.aval for a in node.inputs if hasattr(a, "aval")] + [o.aval for o in node.outs]
-            if in_fused or all(not a.shape for a in avals):
+            if all(not a.shape for a in avals):
                 scalars += 1
             else:
                 arrays += 1

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from . import __version__
 from .core import Block, Conditional, Infix, Prefix
 from .ir import RESERVED, Aval, Graph, Literal, Var, ascii_name, assign_names, identifier, literal_source
-from .passes import inlinable as _inlinable
+from .notation import inlinable as _inlinable
 
 ATOM = 16  # precedence of a name, literal or call
 CONDITIONAL = 1  # precedence of ``x if c else y``: its condition and first branch need at least ``or``'s (2)
@@ -36,7 +36,7 @@ PART_LINES = 400
 # and faults them in again; benchmarks/RESULTS.md). Smaller ones stay new arrays: each extra argument
 # costs Numba's dispatch from Python ~0.1 µs, about what allocating a small array costs.
 WORKSPACE_BYTES = 32 * 1024
-PARALLEL_NAMES = frozenset({"blk", "half", "sweep", "prange"})  # what parallel loops name (passes._Blocks)
+PARALLEL_NAMES = frozenset({"blk", "half", "sweep", "prange"})  # what parallel loops name (nest._Blocks)
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ class Arg(str):
 def spell(node, args: list, scalar: bool = False):
     """The expression (text, precedence) or statement lines for one node, given its arguments' spellings.
 
-    ``scalar``: the node is computed one element at a time (inside a fused loop)."""
+    ``scalar``: the node is computed one element at a time (inside a loop nest)."""
     emit = node.primitive.emit
     if isinstance(emit, Infix):
         (a, pa), (b, pb) = args
@@ -155,22 +155,22 @@ def _finite_check(name: str, node) -> str:
     return f"if not {test}: raise NonFiniteError({ascii(_finite_message(name, node))})"  # an escaped literal
 
 
-def _fused(node) -> bool:
-    """A fused loop: a body of this graph's own values (no values of its own, unlike a ``scoped`` block)."""
-    return bool(node.params) and node.primitive.scoped is None and isinstance(node.params.get("body"), Graph)
+def _is_loop_nest(node) -> bool:
+    """A loop nest: the values of its body are elements of this graph's (``array_level``)."""
+    return node.primitive.array_level is not None
 
 
 def _passes_of(node) -> set:
-    """Which passes a node's outputs belong to: {False} forward, {True} backward, both for a fused loop
+    """Which passes a node's outputs belong to: {False} forward, {True} backward, both for a loop nest
     that computes a forward value and gradients."""
-    if _fused(node):
-        return {m.backward for m in node.params["body"].nodes if m.out in node.outs}
+    if _is_loop_nest(node):
+        return {m.backward for m in node.primitive.array_level(node) if m.out in node.outs}
     return {node.backward}
 
 
 def _computes_forward(node) -> bool:
     """Some output of the node is a forward value (``_passes_of(node) != {True}``)."""
-    return _passes_of(node) != {True} if _fused(node) else not node.backward
+    return _passes_of(node) != {True} if _is_loop_nest(node) else not node.backward
 
 
 def _kernels_of(node) -> list:
@@ -207,10 +207,10 @@ def _empty(shape, dtype) -> str:
 
 
 def _loop_indices(nodes) -> set:
-    """The index names of every fused loop, nested bodies included (``i0, i1, ...``)."""
+    """The index names of every loop nest, nested bodies included (``i0, i1, ...``)."""
     names = set()
     for node in nodes:
-        if _fused(node):
+        if _is_loop_nest(node):
             names.update(f"i{d}" for d in range(len(node.params["shape"])))
         for value in node.params.values():
             if isinstance(value, Graph):
@@ -225,7 +225,7 @@ class Printer:
 
     def __init__(self, names: dict, comments: bool, check_finite: bool, workspace=frozenset(), parallel_min=None):
         self.names = names
-        self.parallel_min = parallel_min  # fused loops of at least this many elements run in parallel (None: none)
+        self.parallel_min = parallel_min  # loop nests of at least this many elements run in parallel (None: none)
         self.uses_prange = False  # some loop does
         self._fresh: set = set()  # names made by fresh_name
         self.function = "f"  # the name of the function being generated
@@ -338,7 +338,7 @@ class Printer:
                 if node.backward and not in_backward and i > forward_ends:
                     statement.append(("# backward pass", None))
                     in_backward, self.last_source = True, None
-                if _fused(node) and len(_passes_of(node)) == 2:  # a forward value and gradients from one loop
+                if _is_loop_nest(node) and len(_passes_of(node)) == 2:  # a forward value and gradients from one loop
                     statement.append(("# forward and backward pass in one loop", None))  # (merge_loops)
                 if node.source is not None and node.source is not self.last_source \
                         and node.source != self.last_source:
@@ -392,9 +392,10 @@ def generate(graph: Graph, function: str | None = None, comments: bool = True, c
              parallel_min: int | None = None) -> Module:
     """Generate the module that defines ``function(*graph.inputs)`` returning ``graph.outputs``.
 
-    With ``parallel_min`` (``parallel=``), each fused loop over at least that many elements whose rows add
+    With ``parallel_min`` (``parallel=``), each loop nest over at least that many elements whose rows add
     only to elements of their own or to sums runs as ``for blk in prange(BLOCKS):`` over fixed blocks of
-    its rows (``passes._blocks``); the module then imports ``prange`` and is compiled with ``parallel=True``.
+    its rows (``primitives.nest._blocks``); the module then imports ``prange`` and is compiled with
+    ``parallel=True``.
 
     With ``check_finite``, every floating-point value is checked as soon as it is computed and the
     first NaN or inf raises ``NonFiniteError`` naming the value, the pass and the user's line. Code longer

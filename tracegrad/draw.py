@@ -249,15 +249,13 @@ def _grad_function(fun, args) -> Function:
 
 
 def _expand(nodes, seen=None) -> list:
-    """The nodes with every nested body (a fused loop) replaced by the nodes it holds, each once (a value
+    """The nodes with every loop nest replaced by the array-level nodes it computes, each once (a value
     several loops compute again is drawn where it is first computed)."""
     out, seen = [], set() if seen is None else seen
     for node in nodes:
         # (a loop's body has values of its own, one per iteration: the loop is drawn as one node)
-        bodies = [v for v in node.params.values() if isinstance(v, Graph)] if node.primitive.scoped is None else []
-        if bodies:
-            for body in bodies:
-                out.extend(_expand(body.nodes, seen))
+        if node.primitive.array_level is not None:  # (a loop nest's iterations are the array-level nodes)
+            out.extend(_expand(node.primitive.array_level(node), seen))
         elif node not in seen:
             seen.add(node)
             out.append(node)

@@ -62,17 +62,19 @@ class Var:
 
     ``hint`` is the preferred display name (a parameter name or the user's own variable name);
     ``grad_of`` marks the complete cotangent of another value, displayed as ``grad_<its name>``;
-    ``tangent_of`` its tangent in forward mode, displayed as ``tan_<its name>``.
+    ``tangent_of`` its tangent in forward mode, displayed as ``tan_<its name>``; ``element_of``, in a loop
+    nest's body, the array-level value it is one element of, whose name it takes.
     The printer and code generator make names unique.
     """
 
-    __slots__ = ("aval", "hint", "grad_of", "tangent_of")
+    __slots__ = ("aval", "hint", "grad_of", "tangent_of", "element_of")
 
     def __init__(self, aval: Aval, hint: str | None = None, grad_of: "Var | None" = None):
         self.aval = aval
         self.hint = hint
         self.grad_of = grad_of
         self.tangent_of = None
+        self.element_of = None
 
     def __repr__(self):
         return f"Var({self.hint or '?'}: {self.aval})"
@@ -208,10 +210,16 @@ def _hint_name(hint) -> str | None:
 
 
 def defined_vars(nodes) -> list:
-    """The values the nodes define, in order, including those inside nested graphs (fused loops, a loop's
-    index and carries)."""
+    """The values the nodes define, in order, including those inside nested graphs (a loop's index and
+    carries; a loop nest's values as the array-level nodes it was lowered from define them)."""
     out = []
     for node in nodes:
+        array_level = getattr(node.primitive, "array_level", None)
+        if array_level is not None:
+            inner = defined_vars(array_level(node))
+            out.extend(inner)
+            out.extend(v for v in node.outs if v not in inner)
+            continue
         scoped_by = getattr(node.primitive, "scoped", None)
         if scoped_by is None and not (node.params and any(isinstance(v, Graph) for v in node.params.values())):
             out.append(node.out)  # (most nodes: their outputs alone)
@@ -272,7 +280,37 @@ def assign_names(graph: Graph, reserved=frozenset()) -> dict:
             while f"s{counter}" in taken or f"s{counter}" in used:
                 counter += 1
             name(var, f"s{counter}")
+    # a loop nest's scalars: an element of a value has its name; index values and reads are written
+    # where they are used, and named last (for print(graph) only; each loop's index values are its own:
+    # i0 in every loop, unless a value has that name)
+    values = set(used)
+    for var in _nested_values(graph.nodes):
+        if var in names:
+            continue
+        if var.element_of is not None and var.element_of in names:
+            names[var] = names[var.element_of]
+            continue
+        index = _hint_name(var.hint)
+        if index:  # (an index value)
+            names[var] = index if index not in values else unique(index)
+            continue
+        while f"s{counter}" in taken or f"s{counter}" in used:
+            counter += 1
+        name(var, f"s{counter}")
     return names
+
+
+def _nested_values(nodes) -> list:
+    """Every value of every nested graph, inputs included (a walk with a stack: bodies nest)."""
+    out, todo = [], [list(nodes)]
+    while todo:
+        for node in todo.pop():
+            for value in node.params.values():
+                if isinstance(value, Graph):
+                    out.extend(value.inputs)
+                    out.extend(v for n in value.nodes for v in n.outs)
+                    todo.append(value.nodes)
+    return out
 
 
 def literal_source(value, dtype) -> str:
@@ -307,6 +345,8 @@ def format_params(params: dict) -> str:
 def _format_param(value) -> str:
     if isinstance(value, np.dtype):
         return dtype_name(value)
+    if isinstance(value, tuple) and value and all(isinstance(v, Aval) for v in value):
+        return "(" + ", ".join(map(str, value)) + ")"  # (a loop nest's outputs: f64[], f64[10])
     return repr(value)
 
 

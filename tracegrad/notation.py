@@ -1,5 +1,5 @@
 """Code notation: how generated code spells an operation (``Infix``, ``Prefix``, ``Conditional``, ``Block``),
-the subscripts a loop reads a broadcast array at, and how labels write constants and indices. Primitives declare their
+the subscripts a loop reads a broadcast array at, which temporaries are written inline, and how labels write constants and indices. Primitives declare their
 ``emit`` and ``label`` with these; codegen, the fusion pass and ``draw`` read them."""
 from __future__ import annotations
 
@@ -46,10 +46,18 @@ class Block:
 
 
 def broadcast_subscripts(loop: list, out_shape: tuple, in_shape: tuple) -> list:
-    """Subscripts reading an array of ``in_shape``, broadcast to ``out_shape``, at the loop indices
-    ``loop``: size-1 axes read element 0, missing leading axes are dropped."""
+    """Subscripts reading an array of ``in_shape``, broadcast to ``out_shape``, at the loop's index values
+    ``loop``: size-1 axes read element 0 (the int), missing leading axes are dropped."""
     lead = len(out_shape) - len(in_shape)
-    return ["0" if d == 1 and out_shape[lead + k] != 1 else loop[lead + k] for k, d in enumerate(in_shape)]
+    return [0 if d == 1 and out_shape[lead + k] != 1 else loop[lead + k] for k, d in enumerate(in_shape)]
+
+
+def inlinable(node, uses: dict, consumer_group: dict) -> bool:
+    """A temporary of a VJP (or JVP) rule, used once, by the same rule: codegen writes it inside its user's
+    expression (``grad_s3 = grad_L * (1 - L) * L``) instead of as a statement of its own."""
+    out = node.out
+    return (node.group is not None and uses.get(out) == 1 and out.hint is None and out.grad_of is None
+            and out.tangent_of is None and consumer_group.get(out) == node.group)
 
 
 def number_text(value, precision=6) -> str:

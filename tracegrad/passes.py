@@ -6,13 +6,14 @@ rewrite here is exact in floating point, NaN and inf included.
 from __future__ import annotations
 
 import dataclasses
-import re
 
 import numpy as np
 
-from .core import PRIMITIVES, Block, Conditional, Primitive, broadcast_subscripts
+from .core import PRIMITIVES, Conditional, Primitive, broadcast_subscripts
 from .interpret import evaluate
-from .ir import Aval, Graph, IRError, Literal, Node, Var, literal_source
+from .ir import Aval, Graph, IRError, Literal, Node, Var
+from .notation import inlinable
+from .primitives.nest import Index, Origin, index_atom
 
 
 _FULL = PRIMITIVES["full"]  # (an array of one value, folded from constants, is written as np.full)
@@ -258,239 +259,19 @@ def _fused_ref(*inputs, body, shape, accumulate):
     return results if len(results) > 1 else results[0]
 
 
-def _fused_render(printer, node, args) -> list:
-    """A fused node as a loop nest, the only place that writes one: the body's statements run once per
-    element, on scalars, under the names ``printer`` knows."""
-    names, ATOM = printer.names, printer.ATOM
-    body, shape = node.params["body"], node.params["shape"]
-    index = [f"i{d}" for d in range(len(shape))]
-    inside = {member.out for member in body.nodes}
-
-    uses, consumer_group = {}, {}
-    for member in body.nodes:
-        for a in member.inputs:
-            uses[a] = uses.get(a, 0) + 1
-            consumer_group[a] = member.group
-    exprs = {}  # single-use temporaries of one VJP rule, written inline as outside loops
-
-    def read(atom):
-        if isinstance(atom, Literal):
-            return printer.literal(atom)
-        if atom in exprs:
-            return exprs.pop(atom)
-        if atom in inside and atom not in stored:
-            return names[atom], ATOM
-        ashape = atom.aval.shape  # (a stored output read by a later statement reads back its element)
-        if not ashape:
-            return names[atom], ATOM
-        return f"{names[atom]}[{', '.join(broadcast_subscripts(index, shape, ashape))}]", ATOM
-
-    lines, stored, sums, joins = [], set(), {}, set()  # sums: each accumulating node -> the output it adds to
-    defs = {member.out: member for member in body.nodes}
-    for out, accumulate in zip(node.outs, node.params["accumulate"]):
-        if accumulate:  # a sum of the loop's values: it starts at zero
-            leaves = accumulation_leaves(defs[out], defs, uses)
-            sums.update((leaf, out) for leaf in leaves)
-            joins |= accumulation_tree(defs[out], leaves, defs) - set(leaves)  # the adds, done by +=
-        else:
-            stored.add(out)
-    blocks = _blocks(printer, node, sums)  # parallel=: the loop as prange over blocks of rows, or None
-    arrays = []  # (with blocks: made by the caller, then filled by the loop's function)
-    for out in node.outs:
-        made = printer.new_array(out, out.aval, zeros=True) if out not in stored else \
-            printer.new_array(out, Aval(shape, out.aval.dtype))
-        (arrays if blocks is not None and out.aval.shape else lines).extend(made)
-    if printer.comments:
-        lines.append(_loop_comment(node, defs, names))
-    depth = len(shape) + (blocks.depth if blocks is not None else 0)
-    lines.extend(blocks.header(index) if blocks is not None else
-                 ["    " * d + f"for {index[d]} in range({n}):" for d, n in enumerate(shape)])
-    indent = "    " * depth
-    for member in body.nodes:
-        if member in sums:  # added into the output where the primitive says
-            at, total = accumulate_write(member), names[sums[member]]
-            if blocks is not None:  # (or into its block's partial sum)
-                at, total = blocks.target(sums[member], at)
-            target = f"{total}[{', '.join(at)}]" if at else total
-            lines.append(f"{indent}{target} += {read(member.inputs[0])[0]}")
-            continue
-        if member in joins:
-            continue
-        structural = loop_read(member)
-        if structural is not None:  # its input, read at the subscripts the primitive gives
-            at, conditions = structural
-            x = member.inputs[0]
-            # a literal, a scalar or a value this loop computes (the op then covers it whole) reads as it is
-            spelled = (f"{names[x]}[{', '.join(at)}]", ATOM) if isinstance(x, Var) and x not in inside and at \
-                else read(x)
-            if conditions:  # where it has no value, zero
-                zero = literal_source(0.0, member.out.aval.dtype)
-                spelled = f"({spelled[0]} if {' and '.join(conditions)} else {zero})", ATOM
-        else:
-            spelled = printer.spell(member, [read(a) for a in member.inputs], scalar=True)
-        out = member.out
-        if out not in stored and inlinable(member, uses, consumer_group):
-            exprs[out] = spelled
-            continue
-        target = f"{names[out]}[{', '.join(index)}]" if out in stored else names[out]
-        lines.append(f"{indent}{target} = {spelled[0]}")
-    if blocks is not None:
-        lines = arrays + blocks.function(lines + blocks.footer())
-    return [(line, None) for line in lines]
-
-
-# parallel=: a fused loop over at least `parallel_min` elements (the printer's: PARALLEL_MIN with
-# parallel=True, AUTO_MIN with "auto") and BLOCKS * BLOCK_ROWS rows runs as `for blk in prange(BLOCKS):`
-# around its block's rows, in a function of its own (the only code Numba compiles with parallel=True:
-# its array analysis rejects broadcasting comparisons elsewhere in generated code). BLOCKS is a constant,
-# not the number of threads: each block adds up its own partial sums, and they are added in block order
-# after the loop, so the result is the same whatever the number of threads (and differs from the serial
-# loop's only in the order of the additions).
-BLOCKS = 16
-BLOCK_ROWS = 8
-PARALLEL_MIN = 8192  # elements: ~10 µs of work, a few times a fork-join (batch 32 x 128 hidden stays serial)
-AUTO_MIN = 131072  # elements, for parallel="auto" (with more than one thread): ~100 µs of work and more
-_ROW = re.compile(r"\bi0\b")
-_SHIFTED_ROW = re.compile(r"i0(?: ([+-]) (\d+))?")  # a slice's gradient: i0 + 1
-
-
-class _Blocks:
-    """How one fused loop is written as blocks of rows run in parallel. Each summed output is added to
-    as the serial loop does when every row adds to elements of its own (``s6[i0] += e``), else into
-    partial sums of each block (``out_blk += s8``, ``grad_b_blocks[blk, i1] += g``), added up after the
-    loop in block order. When rows add to their neighbours' elements too (``grad_x[i0 + 1] += g``, fewer
-    rows away than a block has), the even blocks run first and then the odd ones (``sweeps``): two blocks
-    running at once are never neighbours."""
-
-    def __init__(self, printer, node, partial: list, sweeps: bool = False):
-        self.printer, self.node, self.rows = printer, node, node.params["shape"][0]
-        self.per = -(-self.rows // BLOCKS)  # rows per block (the last may have fewer)
-        self.sweeps = sweeps
-        self.depth = 2 if sweeps else 1  # the loops around the rows' loop
-        names = printer.names
-        self.partial = {out: printer.fresh_name(f"{names[out]}_blocks") for out in partial}
-        self.local = {out: printer.fresh_name(f"{names[out]}_blk") for out in partial if not out.aval.shape}
-
-    def header(self, index: list) -> list:
-        shape, per, lines = self.node.params["shape"], self.per, []
-        for out, name in self.partial.items():
-            lines.append(f"{name} = {self.printer.zeros(Aval((BLOCKS,) + out.aval.shape, out.aval.dtype))}")
-        if self.sweeps:
-            lines.append("for sweep in range(2):  # even blocks, then odd: rows add to their neighbours' elements")
-            lines.append(f"    for half in prange({BLOCKS // 2}):")
-            lines.append("        blk = 2 * half + sweep")
-        else:
-            lines.append(f"for blk in prange({BLOCKS}):")
-        inside = "    " * self.depth
-        lines.extend(f"{inside}{name} = {self.printer.zeros(out.aval)}" for out, name in self.local.items())
-        end = f"blk * {per} + {per}" if self.rows % BLOCKS == 0 else f"min(blk * {per} + {per}, {self.rows})"
-        lines.append(f"{inside}for {index[0]} in range(blk * {per}, {end}):")
-        lines.extend(inside + "    " * d + f"for {index[d]} in range({n}):" for d, n in enumerate(shape) if d)
-        self.printer.uses_prange = True
-        return lines
-
-    def target(self, out, at: list) -> tuple:
-        """Where the loop adds to ``out`` what the serial loop adds at ``at``: (subscripts, name)."""
-        if out in self.local:
-            return [], self.local[out]
-        if out in self.partial:
-            return ["blk"] + at, self.partial[out]
-        return at, self.printer.names[out]
-
-    def footer(self) -> list:
-        names = self.printer.names
-        inside = "    " * self.depth
-        lines = [f"{inside}{self.partial[out]}[blk] = {name}" for out, name in self.local.items()]
-        if self.partial:
-            lines.append("for blk in range(%d):  # the blocks' partial sums, in block order" % BLOCKS)
-            lines.extend(f"    {names[out]} += {name}[blk]" for out, name in self.partial.items())
-        return lines
-
-    def function(self, lines: list) -> list:
-        """The loop's ``lines`` as a function of the module (``printer.functions``) taking the values the loop
-        reads and the arrays it fills, and returning its scalar sums (``lines`` start them at zero); the
-        line calling it."""
-        names, node = self.printer.names, self.node
-        sums = [out for out in node.outs if not out.aval.shape]
-        params = list(dict.fromkeys([names[a] for a in node.inputs if isinstance(a, Var)] +
-                                    [names[out] for out in node.outs if out.aval.shape]))
-        name = self.printer.fresh_name(f"{self.printer.function}_loop{len(self.printer.functions) + 1}")
-        returned = ", ".join(names[out] for out in sums)
-        about = f"# {self.rows} rows in {BLOCKS} blocks of {self.per}, run on Numba's threads"
-        self.printer.functions.append((name, params, [about] + lines + ([f"return {returned}"] if sums else [])))
-        call = f"{name}({', '.join(params)})"
-        return [f"{returned} = {call}" if sums else call]
-
-
-def _blocks(printer, node: Node, sums: dict):
-    """A fused loop as blocks of rows in parallel (``_Blocks``), or None: it stays serial when parallel=
-    is off, the loop is small, or rows of blocks that are not neighbours may add to one element
-    (``grad_x[2 * i0] += g``)."""
-    shape, minimum = node.params["shape"], getattr(printer, "parallel_min", None)
-    if minimum is None or int(np.prod(shape)) < minimum or shape[0] < BLOCKS * BLOCK_ROWS:
-        return None
-    if not all(printer.names[a].isidentifier() for a in node.inputs if isinstance(a, Var)):
-        return None  # (a loop's body may spell a value as an expression: not a parameter of a function)
-    partial, shifted = [], set()
-    for leaf, out in sums.items():
-        at = accumulate_write(leaf)
-        if "i0" in at:  # each row adds to elements of its own
-            continue
-        rows = [i for i in at if _ROW.search(i)]
-        if not rows:  # every row adds to the same elements: partial sums per block
-            if out not in partial:
-                partial.append(out)
-            continue
-        shift = _SHIFTED_ROW.fullmatch(rows[0]) if len(rows) == 1 else None
-        if shift is None or int(shift.group(2) or 0) >= -(-shape[0] // BLOCKS):
-            return None  # scaled (2 * i0), reversed (9 - i0), or shifted by a block or more: stays serial
-        shifted.add(out)  # rows near a block's edge add to its neighbour's
-    sweeps = bool(shifted - set(partial))  # (an output with partial sums per block is each block's own)
-    if sweeps and BLOCKS % 2:
-        return None  # (odd blocks cannot alternate)
-    return _Blocks(printer, node, partial, sweeps)
-
-
-
-LOOP_COMMENT_SOURCE = 60  # characters of the user's line a loop's comment quotes at most
-
-
-def _loop_comment(node: Node, defs: dict, names: dict) -> str:
-    """What a fused loop computes, in one comment line above it: its outputs (``(sum)`` for one it adds up)
-    and the user's line they come from, quoted, or the gradient of it (other lines the loop takes part of
-    are named): ``# grad_b (sum), grad_s1: gradient of hidden = np.maximum(X @ W + b, 0.0)``."""
-    outs = ", ".join(names[v] + (" (sum)" if acc else "") for v, acc in zip(node.outs, node.params["accumulate"]))
-    sources = []  # the outputs' lines first: the line the loop is for
-    for member in [defs[v] for v in node.outs] + list(node.params["body"].nodes):
-        if member.source is not None and member.source not in sources:
-            sources.append(member.source)
-    text = ""
-    if sources:
-        line = sources[0].line.strip() or sources[0].short()  # (no text: code typed at a prompt, exec'd strings)
-        line = line if len(line) <= LOOP_COMMENT_SOURCE else line[:LOOP_COMMENT_SOURCE - 3].rstrip() + "..."
-        passes = frozenset(defs[v].backward for v in node.outs)
-        text = {frozenset({False}): f": {line}", frozenset({True}): f": gradient of {line}",
-                frozenset({False, True}): f": {line}, and its gradient"}[passes]
-        others = [f"line {s.lineno}" if s.filename == sources[0].filename else s.short() for s in sources[1:]]
-        if others:
-            text += f" (and {', '.join(others[:2])}{', ...' if len(others) > 2 else ''})"
-    # on one line and in ASCII whatever the user's line holds (as codegen.comment_text; the source stays ASCII)
-    return "".join(c if c.isascii() and c.isprintable() else ascii(c)[1:-1] for c in "# " + outs + text)
-
-
-# Not in the registry: fusion makes these nodes, users never write them.
+# Not in the registry: the grouping passes make these nodes, and ``lower`` turns each into a ``loop_nest``.
 fused = Primitive(
     name="fused",
-    doc="""A group of elementwise nodes computed in one loop nest over ``shape``: no temporary arrays.
+    doc="""A group of elementwise nodes to be computed in one loop nest over ``shape``: no temporary arrays.
 
-    ``body`` is a graph over the same values (its inputs are this node's inputs, its outputs this
-    node's outputs); codegen writes it as ``for i0 in range(n): ...`` with the body's statements inside.
-    An output of shape ``shape`` is stored element by element; one whose ``accumulate`` entry is True is
-    a sum of reductions or slice gradients of values of ``shape`` (``accumulation_leaves``), added up
-    inside the loop: ``out += s8``, ``grad_x[i0 + 1] += grad_s3``.""",
+    ``body`` is a graph over the same array-level values (its inputs are this node's inputs, its outputs
+    this node's outputs): what ``fuse``, ``_read_what_is_stored`` and ``merge_loops`` group and merge. An
+    output of shape ``shape`` is stored element by element; one whose ``accumulate`` entry is True is a
+    sum of reductions or slice gradients of values of ``shape`` (``accumulation_leaves``). It never reaches
+    code generation, and has no render: ``lower`` makes it a ``loop_nest`` on scalars.""",
     shape=lambda *avals, body, shape, accumulate: body.outputs[0].aval,
     ref=_fused_ref,
-    emit=Block(_fused_render),
+    emit=None,
     vjp=_fused_vjp,
 )
 
@@ -498,14 +279,6 @@ fused = Primitive(
 # this many cheap nodes since the last stored value (x[1:] - x[:-1] ** 2 is two): a long chain keeps
 # every ninth value as an array, so recomputing costs at most this much per value.
 RECOMPUTE_NODES = 8
-
-
-def inlinable(node: Node, uses: dict, consumer_group: dict) -> bool:
-    """A temporary of a VJP (or JVP) rule, used once, by the same rule: codegen writes it inside its user's
-    expression (``grad_s3 = grad_L * (1 - L) * L``) instead of as a statement of its own."""
-    out = node.out
-    return (node.group is not None and uses.get(out) == 1 and out.hint is None and out.grad_of is None
-            and out.tangent_of is None and consumer_group.get(out) == node.group)
 
 
 def _statements(members: list) -> int:
@@ -533,27 +306,37 @@ def _scalar_kernel(node: Node) -> bool:
     return prim.elementwise and (prim.kernel is not None or isinstance(prim.emit, Conditional))
 
 
-def loop_read(node: Node):
-    """How a fused loop reads a structural node (``broadcast_to``, a slice's gradient ``place``) element by
-    element, from its primitive's ``loop_index``: (subscripts of its input, conditions), or None."""
+_INDEX_AVAL = Aval((), np.dtype(np.int64))
+
+
+def _index_values(n: int, nodes: list | None = None) -> list:
+    """Index values ``i0, i1, ...`` (int64 scalars) whose arithmetic adds nodes to ``nodes``."""
+    nodes = [] if nodes is None else nodes
+    return [Index(Var(_INDEX_AVAL, hint=f"i{d}"), nodes) for d in range(n)]
+
+
+def loop_read(node: Node, loop: list | None = None):
+    """How a loop nest reads a structural node (``broadcast_to``, a slice's gradient ``place``) element by
+    element, from its primitive's ``loop_index`` at the index values ``loop`` (``Index``; throwaway ones
+    when only asking whether it can): (subscripts of its input, conditions), or None."""
     prim = node.primitive
     if prim.loop_index is None:
         return None
-    loop = [f"i{d}" for d in range(node.out.aval.ndim)]
+    loop = _index_values(node.out.aval.ndim) if loop is None else loop
     return prim.loop_index(loop, node.out.aval.shape, node.inputs[0].aval.shape, **node.params)
 
 
-def accumulate_write(node: Node):
-    """How a loop over a node's input computes it by adding each element into the output (``reduce_sum``,
-    a slice's gradient ``place``), from its primitive's ``accumulate_index``: the output's subscripts at
-    the loop indices, or None."""
+def accumulate_write(node: Node, loop: list | None = None):
+    """How a loop nest over a node's input computes it by adding each element into the output
+    (``reduce_sum``, a slice's gradient ``place``), from its primitive's ``accumulate_index`` at the index
+    values ``loop``: the output's subscripts, or None."""
     prim = node.primitive
     if prim.accumulate_index is None:
         return None
     x = node.inputs[0] if node.inputs else None
     if not isinstance(x, Var) or not x.aval.ndim or node.out.aval.dtype.kind != "f":
         return None
-    loop = [f"i{d}" for d in range(x.aval.ndim)]
+    loop = _index_values(x.aval.ndim) if loop is None else loop
     return prim.accumulate_index(loop, x.aval.shape, node.out.aval.shape, **node.params)
 
 
@@ -607,7 +390,7 @@ def _recomputable(graph: Graph, uses: dict, outputs: set) -> set:
 
 def fuse(graph: Graph, group: bool = True) -> Graph:
     """Elementwise fusion: each maximal group of elementwise nodes of one shape becomes one ``fused``
-    node (one loop nest, no temporaries). A group ends in an elementwise node, or in reductions and slice
+    node (one loop nest, no temporaries, once ``lower`` has made it a ``loop_nest``). A group ends in an elementwise node, or in reductions and slice
     gradients of its values, summed inside the loop (``accumulation_leaves``). Its other values are used
     only inside the group, or are cheap enough to compute again in every loop that needs them
     (``x[:-1] ** 2``: recomputed rather than stored for the backward pass).
@@ -829,12 +612,101 @@ def _merged(first: Node, second: Node) -> Node:
     return Node(fused, tuple(inputs), params, outs[0], first.source, None, second.backward, also=outs[1:])
 
 
+# ---------------------------------------------------------------- lowering to loop nests
+
+_LOOP_NEST, _ELEMENT, _ADD_AT = PRIMITIVES["loop_nest"], PRIMITIVES["element"], PRIMITIVES["add_at"]
+
+
+def lower(graph: Graph) -> Graph:
+    """Each ``fused`` group becomes a ``loop_nest`` (``primitives/nest.py``): its members on scalars,
+    reads of outside arrays as ``element`` nodes at the index values (broadcast: element 0 of a size-1
+    axis), structural members read through their primitive's ``loop_index``, and sums written by
+    ``add_at`` nodes at its ``accumulate_index``: graph to graph, so code generation only prints."""
+    if not any(node.primitive is fused for node in graph.nodes):
+        return graph
+    nodes = [_loop_nest(node) if node.primitive is fused else node for node in graph.nodes]
+    return Graph(graph.name, graph.inputs, nodes, graph.outputs, graph.n_args, dict(graph.meta))
+
+
+def _scalar(var: Var) -> Var:
+    """The scalar a loop nest computes for each element of ``var``: named as it (``element_of``)."""
+    scalar = Var(Aval((), var.aval.dtype), var.hint, var.grad_of)
+    scalar.tangent_of, scalar.element_of = var.tangent_of, var
+    return scalar
+
+
+def _loop_nest(loop: Node) -> Node:
+    group, shape = loop.params["body"], loop.params["shape"]
+    members = group.nodes
+    nodes: list = []  # the body's, in order (index arithmetic where it is first needed)
+    index = _index_values(len(shape), nodes)
+    defs = {m.out: m for m in members}
+    uses: dict = {}
+    for m in members:
+        for a in m.inputs:
+            uses[a] = uses.get(a, 0) + 1
+    sums, joins = {}, set()  # accumulating node -> the output it adds to; the adds joining them
+    for out, summed in zip(loop.outs, loop.params["accumulate"]):
+        if summed:
+            leaves = accumulation_leaves(defs[out], defs, uses)
+            sums.update((leaf, out) for leaf in leaves)
+            joins |= accumulation_tree(defs[out], leaves, defs) - set(leaves)
+    scalars: dict = {}  # array-level value -> its scalar in the body
+    reads: dict = {}  # outside array -> its element at the index values
+
+    def value(atom):
+        if isinstance(atom, Literal) or not atom.aval.shape:
+            return atom  # (a scalar from outside is read as it is)
+        if atom in scalars:
+            return scalars[atom]
+        if atom not in reads:
+            at = [index_atom(i) for i in broadcast_subscripts(index, shape, atom.aval.shape)]
+            read = Var(Aval((), atom.aval.dtype))
+            nodes.append(Node(_ELEMENT, (atom, *at), dict(guards=0), read))
+            reads[atom] = read
+        return reads[atom]
+
+    position = {out: k for k, out in enumerate(loop.outs)}
+    writes = []
+    for member in members:
+        if member in joins:
+            continue
+        if member in sums:
+            at = [index_atom(i) for i in accumulate_write(member, index)]
+            added = _scalar(member.out)
+            nodes.append(Node(_ADD_AT, (value(member.inputs[0]), *at), {}, added, member.source, member.group,
+                              member.backward))
+            writes.append((position[sums[member]], added))
+            continue
+        scalar = scalars[member.out] = _scalar(member.out)
+        structural = loop_read(member, index)
+        if structural is not None:  # its input at the subscripts the primitive gives, 0 where it has none
+            at, conditions = structural
+            x = member.inputs[0]
+            inputs = (x, *map(index_atom, at)) if isinstance(x, Var) and x.aval.shape and x not in defs \
+                else (value(x),)  # (a scalar, or a value this loop computes: the op covers it whole)
+            nodes.append(Node(_ELEMENT, (*inputs, *map(index_atom, conditions)), dict(guards=len(conditions)),
+                              scalar, member.source, member.group, member.backward))
+        else:
+            nodes.append(Node(member.primitive, tuple(value(a) for a in member.inputs), member.params, scalar,
+                              member.source, member.group, member.backward))
+    accumulate = loop.params["accumulate"]
+    stored = [scalars[out] for out, summed in zip(loop.outs, accumulate) if not summed]
+    inputs = [i.atom for i in index] + list(loop.inputs)
+    # (dce: index values a declaration built and did not return)
+    body = dce(Graph(group.name.replace("fused_", "nest_", 1), inputs, nodes, stored + [w for _, w in writes]))
+    params = dict(shape=shape, body=body, accumulate=accumulate, writes=tuple(k for k, _ in writes),
+                  avals_out=tuple(out.aval for out in loop.outs), origin=Origin(tuple(members)))
+    return Node(_LOOP_NEST, loop.inputs, params, loop.out, loop.source, loop.group, loop.backward, loop.also)
+
+
 def optimize(graph: Graph, fusion: bool = True, constants: dict | None = None) -> Graph:
     """The standard pipeline: common subexpressions, simplification, dead code, then elementwise fusion
-    (``fusion=False``: only the loops that scalar kernels need). The bodies of loops are optimised the same
-    way, after the loops have dropped the outputs nothing reads, knowing which of their inputs are arrays
-    of one value (``constants``: {input: value}, for ``simplify``)."""
+    (``fusion=False``: only the loops that scalar kernels need) and the lowering of each fused group to a
+    loop nest. The bodies of loops are optimised the same way, after the loops have dropped the outputs
+    nothing reads, knowing which of their inputs are arrays of one value (``constants``: {input: value},
+    for ``simplify``)."""
     graph = _without_orphan_aliases(dce(simplify(dce(cse(graph)), constants), prune=True))
     graph = _optimize_bodies(graph, fusion)
     graph = fuse(graph, group=fusion)
-    return merge_loops(graph) if fusion else graph
+    return lower(merge_loops(graph) if fusion else graph)

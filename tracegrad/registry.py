@@ -48,12 +48,14 @@ class Primitive:
     kernel: Any = None  # a Python function in Numba's subset, or {name: function}, exposed by tracegrad.kernels;
     # an elementwise primitive's kernel takes scalars (codegen calls it inside a loop over arrays)
     simplify: Callable | None = None  # (*atoms, **params) -> an atom equal to the result, or None
-    # A structural op a fused loop can read element by element: (loop indices, out shape, input shape, /,
-    # **params) -> (the input's subscripts, conditions under which it is read, else 0), or None if it cannot
+    # A structural op a loop nest can read element by element: (index values, out shape, input shape, /,
+    # **params) -> (the input's subscripts, conditions under which it is read, else 0), or None if it cannot.
+    # Index values are ``primitives.nest.Index``: ``i - 1``, ``i >= 1`` add nodes to the loop's body (IR, not
+    # text); a subscript may also be an int
     loop_index: Callable | None = None
-    # An op a fused loop over its input can compute by accumulation (``reduce_sum``, a slice's gradient
-    # ``place``): (loop indices over the input, input shape, out shape, /, **params) -> the output's
-    # subscripts each input element is added to, or None if it cannot
+    # An op a loop nest over its input can compute by accumulation (``reduce_sum``, a slice's gradient
+    # ``place``): (index values over the input, input shape, out shape, /, **params) -> the output's
+    # subscripts (``Index`` values or ints, as for ``loop_index``) each input element is added to, or None
     accumulate_index: Callable | None = None
     # Cheap enough to compute again in every fused loop that reads it rather than store as an array
     # (None: the operators, ``+ - * / ** -x`` and comparisons, and aliases)
@@ -93,6 +95,9 @@ class Primitive:
     # (node) -> those Vars, named like any other value; the rest of the nested graph's inputs are the
     # node's inputs under other names
     scoped: Callable | None = None
+    # A loop nest, whose body holds scalars: (node) -> the array-level nodes it was lowered from, in the
+    # program's order, which name its values (``ir.assign_names``) and are drawn for it
+    array_level: Callable | None = None
     # (node, live outputs) -> the node without the outputs nothing reads, or None when all are needed
     prune: Callable | None = None
     # For ``vmap`` (batching.py): (batched, *inputs, **params) -> the result for a batch of examples, each

@@ -33,7 +33,6 @@ import numpy as np
 
 from .errors import CompileWarning, IndexOutOfBoundsError, NonFiniteError, TracegradError, out_of_bounds
 from .ir import Graph, Literal
-from .passes import fused as fused_loop
 
 MODES = ("background", "wait", "never")
 LOG_AFTER = 1.0  # seconds a background compile runs before the "tracegrad" logger says so
@@ -140,13 +139,10 @@ class Evaluator:
                 slot[out] = len(slot)
                 writes.append((slot[out], out.aval.dtype, messages.get(out)))
             ref = node.primitive.ref
-            fused = node.primitive is fused_loop  # a fused loop: its body, evaluated on whole arrays
             counted = node.primitive.name == "loop"  # a loop node: its body, evaluated once per iteration
-            if fused:
-                ref = _FusedLoop(node.params["body"])
-            elif counted:
+            if counted:
                 ref = _CountedLoop(**node.params)
-            params = {} if fused or counted else node.params
+            params = {} if counted else node.params
             self._steps.append((ref, reads, params, tuple(writes),
                                 len(node.outs) > 1 or node.primitive.multiple_results, node.source))
         self._n_slots = len(slot)
@@ -157,7 +153,7 @@ class Evaluator:
         env = [None] * self._n_slots
         for i, (var, value) in enumerate(zip(self.graph.inputs, args)):
             env[i] = _as_value(value, var.aval.dtype)
-        if not self.fresh:  # a fused loop's body, inside the evaluation of its graph
+        if not self.fresh:  # a loop's body, inside the evaluation of its graph
             self._run(env)
             return tuple(env[x] if is_var else x for is_var, x in self._outputs)
         with np.errstate(all="ignore"):
@@ -190,19 +186,6 @@ class Evaluator:
                 env[i] = value
                 if message is not None and not np.all(np.isfinite(value)):
                     raise NonFiniteError(message)
-
-
-class _FusedLoop:
-    """A fused node's body graph as one NumPy function of the node's inputs."""
-
-    def __init__(self, body: Graph):
-        self.evaluate = Evaluator(body, fresh=False)
-        self.shapes = [out.aval.shape for out in body.outputs]
-
-    def __call__(self, *inputs):
-        results = [np.broadcast_to(v, shape) if np.shape(v) != shape else v
-                   for v, shape in zip(self.evaluate(*inputs), self.shapes)]
-        return results if len(results) > 1 else results[0]
 
 
 class _CountedLoop:

@@ -5,4 +5,4 @@ add one. ``shapes`` holds the shape and dtype rules they share.
 """
 from . import elementwise, reduce, structural, linalg, composite, control, constants, random  # noqa: F401  (registration)
 from . import manipulation, assign, cumulative, contract, decompositions, special  # noqa: F401
-from . import shuffle  # noqa: F401
+from . import shuffle, nest  # noqa: F401

@@ -203,26 +203,26 @@ class getitem:
 
 
 def _place_loop_index(loop, out_shape, in_shape, /, shape, index):
-    """Read inside a loop as ``(x[i0 - 1] if i0 >= 1 else 0.0)``: unit-step slices, ints and None only."""
+    """Read inside a loop nest as ``(x[i0 - 1] if i0 >= 1 else 0.0)``: unit-step slices, ints and None only."""
     at, conditions, dims = [], [], iter(zip(loop, out_shape))
     for entry in index:
         if entry is None:  # an axis of size 1 that x has and the result does not
-            at.append("0")
+            at.append(0)
             continue
         i, n = next(dims)
         if isinstance(entry, slice):
             start, stop, step = entry.indices(n)
             if step != 1 or start >= stop:
                 return None
-            conditions += [f"{i} >= {start}"] * (start > 0) + [f"{i} < {stop}"] * (stop < n)
-            at.append(f"{i} - {start}" if start else i)
+            conditions += ([i >= start] if start > 0 else []) + ([i < stop] if stop < n else [])
+            at.append(i - start)
         else:
-            conditions.append(f"{i} == {entry % n}")
+            conditions.append(i == entry % n)
     return at + [i for i, _ in dims], conditions
 
 
 def _place_accumulate_index(loop, in_shape, out_shape, /, shape, index):
-    """Computed in a loop over x as ``out[i0 + 1] += x[i0]``: slices, ints and None."""
+    """Computed in a loop nest over x as ``out[i0 + 1] += x[i0]``: slices, ints and None."""
     at, loop, dims = [], iter(loop), iter(shape)
     for entry in index:
         if entry is None:  # an axis of size 1 that x has and the result does not
@@ -232,10 +232,9 @@ def _place_accumulate_index(loop, in_shape, out_shape, /, shape, index):
         if isinstance(entry, slice):
             start, _, step = entry.indices(n)
             i = next(loop)
-            scaled = i if step == 1 else f"{start} - {i}" if step == -1 else f"{step} * {i}"
-            at.append(f"{scaled} + {start}" if start and step != -1 else scaled)
+            at.append(start - i if step == -1 else step * i + start)
         else:
-            at.append(str(entry % n))
+            at.append(entry % n)
     return at + list(loop)
 
 
