@@ -503,10 +503,20 @@ def test_one_label_out_of_range_anywhere_is_found_before_training(row, label):
 
 
 def test_the_initial_loss_is_computed_when_read():
-    _, history = fit_with(epochs=2, compile="never")
-    assert "initial_loss" in history.__dict__ and not isinstance(history.__dict__["initial_loss"], float)
+    calls = []
+
+    def counted(params, X, y):
+        calls.append(len(X))
+        return LOSS(params, X, y)
+    _, history = tg.fit(counted, start(), (X, Y), optimizer=optim.SGD(lr=0.1), batch_size=BATCH, epochs=2,
+                        progress=False, compile="never")
+    before = len(calls)  # the trace and the check of one batch
     assert history.initial_loss == pytest.approx(float(LOSS(start(), X, Y)), rel=1e-12)
-    assert isinstance(history.__dict__["initial_loss"], float)  # computed once
+    assert calls[before:] == [len(X)]  # one pass over all the data, when read
+    assert history.initial_loss == history.initial_loss and calls[before:] == [len(X)]  # computed once
+    assert "initial_loss" not in repr(history) and calls[before:] == [len(X)]
+    history.initial_loss = 1.5
+    assert history.initial_loss == 1.5
 
 
 # ------------------------------------------------------------------------------ the examples run and check themselves
