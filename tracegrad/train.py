@@ -214,22 +214,20 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
             return np.array([optimizer.learning_rate(first + i) for i in range(plan.steps)], dtype=np.float64)
         return np.full(plan.steps, optimizer.learning_rate(first), dtype=np.float64)
 
-    def arguments():
-        first = state["step"]
-        order = np.array(seed, np.uint64) if shuffle else in_order  # (the epoch draws the order from the seed)
-        return (params, {slot: state[slot] for slot in optimizer.slots}, data, order, rates_at(first),
-                np.arange(first + 1, first + 1 + plan.steps, dtype=np.int64), hyperparameters) + \
-            (() if key is None else (key,))  # (the epoch takes a key only when the loss does)
-
-    entry = _specialize(loss, optimizer, batch_size, bool(shuffle), bool(drop_last), mode, arguments(), key is not None,
-                        parallel)
+    first = state["step"]
+    order = np.array(seed, np.uint64) if shuffle else in_order  # (the epoch draws the order from the seed)
+    first_arguments = (params, {slot: state[slot] for slot in optimizer.slots}, data, order, rates_at(first),
+                       np.arange(first + 1, first + 1 + plan.steps, dtype=np.int64), hyperparameters) + \
+        (() if key is None else (key,))  # (the epoch takes a key only when the loss does)
+    entry = _specialize(loss, optimizer, batch_size, bool(shuffle), bool(drop_last), mode, first_arguments,
+                        key is not None, parallel)
     if mode == "wait" and entry.tier != "compiled":  # (fitting again: its calls run compiled already)
         entry.announce_compile(entry.dispatcher)
         with backend.quiet_compile():
-            backend.compile_for(entry.dispatcher, tiers.describe(_kernel_args(entry, arguments())), entry.module)
+            backend.compile_for(entry.dispatcher, tiers.describe(_kernel_args(entry, first_arguments)), entry.module)
     elif mode == "background":  # from the disk cache it loads before the first epoch, else it compiles meanwhile
         try:
-            tiers.background(entry.dispatcher, _kernel_args(entry, arguments()), entry.module.parts,
+            tiers.background(entry.dispatcher, _kernel_args(entry, first_arguments), entry.module.parts,
                              label=entry.module.function, load_now=True)
         except Exception:  # noqa: BLE001 (an unreadable cache: the first epoch's call recovers, on NumPy)
             pass
@@ -238,7 +236,7 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
     # The epochs run on the epoch function's flat arguments: its first leaves, the parameters' and the
     # optimiser state's (``trainable``), are replaced by the results of each epoch, which come first among
     # its outputs in the same order; the trees are built when something needs them.
-    leaves = flatten(arguments())[0]
+    leaves = flatten(first_arguments)[0]
     pair_tree = flatten((params, {slot: state[slot] for slot in optimizer.slots}))[1]
     trainable = leaves[:pair_tree.num_leaves]
     at_order = pair_tree.num_leaves + len(data)  # then the rates and the step numbers
