@@ -502,6 +502,17 @@ def test_one_label_out_of_range_anywhere_is_found_before_training(row, label):
         fit_with(data=(X, labels), compile="never")
 
 
+def test_large_finite_gradients_whose_sum_overflows_are_finite():
+    # the step's check counts the gradient elements that are not finite: their sum (inf here, 40 x 5e306)
+    # would stop training although every value is finite
+    def loss(params, X, y):
+        return 5e306 * np.sum(np.sin(params["w"])) + 0.0 * np.sum(X)
+    params, history = tg.fit(loss, {"w": np.zeros(40)}, (X, Y), optimizer=optim.SGD(lr=1e-320), batch_size=BATCH,
+                             epochs=1, progress=False, compile="never")
+    assert history.steps == -(-N // BATCH) and np.all(np.isfinite(history.loss))
+    assert np.all(params["w"] < 0)
+
+
 def test_the_initial_loss_is_computed_when_read():
     calls = []
 

@@ -444,7 +444,9 @@ def _make_epoch(vg, optimizer, batch_size, shuffle, drop_last, constants=False, 
             step_key = (random.fold_in(key, batch["t"]),) if keyed else ()  # a key per update t
             loss, grads = vg(carry["params"], *(x[batch["rows"]] for x in data), *step_key)
             _written_here()
-            finite = np.isfinite(loss) & np.isfinite(sum(np.sum(g) for g in flatten(grads)[0]))
+            finite = np.isfinite(loss)
+            for g in flatten(grads)[0]:  # (counting the elements that are not: a sum of ints vectorises)
+                finite = finite & np.all(np.isfinite(g))
             ok = carry["ok"] & finite
             params, state = _update(update, slots, hyper, carry["params"], grads, carry["state"],
                                     batch["lr"], batch["t"])
