@@ -503,11 +503,13 @@ def test_one_label_out_of_range_anywhere_is_found_before_training(row, label):
 
 
 def test_large_finite_gradients_whose_sum_overflows_are_finite():
-    # the step's check counts the gradient elements that are not finite: their sum (inf here, 40 x 5e306)
-    # would stop training although every value is finite
+    # the step's check counts a large array's gradient elements that are not finite: their sum (inf here,
+    # 2048 x 1e306) would stop training although every value is finite
+    n = 2 * tg.train.COUNTED_CHECK
+
     def loss(params, X, y):
-        return 5e306 * np.sum(np.sin(params["w"])) + 0.0 * np.sum(X)
-    params, history = tg.fit(loss, {"w": np.zeros(40)}, (X, Y), optimizer=optim.SGD(lr=1e-320), batch_size=BATCH,
+        return 1e306 * np.sum(np.sin(params["w"])) + 0.0 * np.sum(X)
+    params, history = tg.fit(loss, {"w": np.zeros(n)}, (X, Y), optimizer=optim.SGD(lr=1e-320), batch_size=BATCH,
                              epochs=1, progress=False, compile="never")
     assert history.steps == -(-N // BATCH) and np.all(np.isfinite(history.loss))
     assert np.all(params["w"] < 0)

@@ -42,6 +42,7 @@ from __future__ import annotations
 import functools
 import linecache
 import math
+import operator
 import sys
 import time
 import weakref
@@ -63,6 +64,7 @@ from .pytree import flatten, leaf_paths, unflatten
 
 __all__ = ["fit", "History", "epoch_source"]
 
+COUNTED_CHECK = 1024  # a step's gradients of this many elements or more are checked by counting (_all_finite)
 _PREFLIGHT_ROWS = 4096  # history.initial_loss is evaluated eagerly over the data in chunks of this many rows
 
 
@@ -444,9 +446,7 @@ def _make_epoch(vg, optimizer, batch_size, shuffle, drop_last, constants=False, 
             step_key = (random.fold_in(key, batch["t"]),) if keyed else ()  # a key per update t
             loss, grads = vg(carry["params"], *(x[batch["rows"]] for x in data), *step_key)
             _written_here()
-            finite = np.isfinite(loss)
-            for g in flatten(grads)[0]:  # (counting the elements that are not: a sum of ints vectorises)
-                finite = finite & np.all(np.isfinite(g))
+            finite = _all_finite(loss, grads)
             ok = carry["ok"] & finite
             params, state = _update(update, slots, hyper, carry["params"], grads, carry["state"],
                                     batch["lr"], batch["t"])
@@ -480,6 +480,19 @@ def _make_epoch(vg, optimizer, batch_size, shuffle, drop_last, constants=False, 
     name = getattr(vg.fun, "__name__", "loss")
     epoch.__name__ = epoch.__qualname__ = (name if name.isidentifier() else "loss") + "_fit_epoch"
     return epoch
+
+
+def _all_finite(loss, grads):
+    """Whether the loss and every gradient are finite, traced into the step: an array of ``COUNTED_CHECK``
+    elements or more by counting those that are not (``np.all(np.isfinite(g))``: a sum of integers, which
+    LLVM vectorises), the others by one sum of them all (fewer operations, which matters on small arrays
+    for the NumPy tier; a sum of floats is a chain of dependent additions in the compiled code)."""
+    leaves = flatten(grads)[0]
+    checks = [np.isfinite(loss)] + [np.all(np.isfinite(g)) for g in leaves if g.size >= COUNTED_CHECK]
+    small = [g for g in leaves if g.size < COUNTED_CHECK]
+    if small:
+        checks.append(np.isfinite(sum(np.sum(g) for g in small)))
+    return functools.reduce(operator.and_, checks)
 
 
 def _written_here() -> None:
