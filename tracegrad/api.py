@@ -214,6 +214,11 @@ class Compiled:
         return list(inspect.signature(self.dispatcher.py_func).parameters)
 
     def run(self, leaves):
+        return self.pack(self.call(leaves), leaves)
+
+    def call(self, leaves) -> tuple:
+        """The function's outputs, flat, for the flattened arguments ``leaves`` (the graph's outputs in
+        order, as the compiled code returns them: ``fit`` keeps its epochs' parameters flat with this)."""
         args = [_to_kernel_arg(leaf) for leaf in leaves]
         for capture in self.traced.captures:
             value = capture.current()
@@ -229,7 +234,7 @@ class Compiled:
                 self.locate(args)
                 raise
             outs = backend.call_failed(exc, self.module, self.dispatcher, args)
-        return self.pack(outs if isinstance(outs, tuple) else (outs,), leaves)
+        return outs if isinstance(outs, tuple) else (outs,)
 
     def locate(self, args) -> None:
         """After the compiled code raised an index out of bounds (its kernels know no source lines), run the

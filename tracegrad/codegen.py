@@ -345,6 +345,8 @@ class Printer:
                     note = notes.get(node.source)
                     if note is None:
                         note = notes[node.source] = comment_text(node.source.short())
+                    if note == notes.get(self.last_source):  # another line of tracegrad's (no numbers): said
+                        note = None
                     self.last_source = node.source
             if spelled is None:  # a block: the lines of its body keep their own notes
                 made = len(self.functions)

@@ -20,9 +20,19 @@ class SourceInfo:
     line: str
 
     def short(self) -> str:
-        """``file.py:12``, or ``In [3], line 2`` for a line of a notebook cell."""
+        """``file.py:12``, ``In [3], line 2`` for a line of a notebook cell, or ``tracegrad/train.py`` for a
+        line of tracegrad's own code (``fit``'s epoch), named without its number: generated code names
+        lines in its comments and is cached by its text, so an edit elsewhere in tracegrad must not change
+        it (and recompile every user's cached function). The line's text says which line it is."""
+        if self.internal:
+            return "/".join(["tracegrad", *os.path.relpath(self.filename, _PACKAGE_DIR).split(os.sep)])
         cell = notebook_cell(self.filename)
         return f"{cell}, line {self.lineno}" if cell else f"{os.path.basename(self.filename)}:{self.lineno}"
+
+    @property
+    def internal(self) -> bool:
+        """Whether the line is in tracegrad's own code."""
+        return os.path.abspath(self.filename).startswith(_PACKAGE_DIR + os.sep)
 
     def __str__(self) -> str:
         cell = notebook_cell(self.filename)

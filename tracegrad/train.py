@@ -39,8 +39,10 @@ tests/test_fit.py::test_own_numba_loop_gives_what_fit_gives runs this and compar
 """
 from __future__ import annotations
 
+import functools
 import linecache
 import math
+import operator
 import sys
 import time
 import weakref
@@ -62,6 +64,7 @@ from .pytree import flatten, leaf_paths, unflatten
 
 __all__ = ["fit", "History", "epoch_source"]
 
+COUNTED_CHECK = 1024  # a step's gradients of this many elements or more are checked by counting (_all_finite)
 _PREFLIGHT_ROWS = 4096  # history.initial_loss is evaluated eagerly over the data in chunks of this many rows
 
 
@@ -73,12 +76,17 @@ class History:
     batch size); ``val_loss`` and ``metrics[name]``: on the validation data after the epoch (on the
     training data if there is none); ``time``: seconds in the compiled epoch function; ``wall_time``:
     seconds for the whole epoch, with validation, metrics and progress;
-    ``initial_loss``: the loss on the training data before training (computed when first read, from the
-    data ``fit`` was given: change those arrays in place before and it is theirs); ``compile_time``: seconds spent
+    ``initial_loss``: the loss on the training data before training (see below); ``compile_time``: seconds spent
     tracing and compiling (with ``compile="background"``, only preparing: Numba compiles meanwhile);
     ``compiled``: for each epoch, whether it ran compiled (True) or on NumPy while Numba was compiling
     (False); ``steps``: updates made. To resume exactly where training stopped, pass the
     optimiser state and the shuffle stream back: ``fit(..., state=history.state, seed=history.seed)``.
+
+    ``initial_loss`` is a pass of the loss over all the data, eagerly in NumPy, which training itself does
+    not need: ``fit`` leaves it to be computed when it is first read (then kept), from the parameters it
+    started from and the data it was given (change those arrays in place before reading it and it is
+    theirs). It is a property over the field ``_initial_loss``: a number, or a function of no arguments
+    that computes it (``fit`` sets that).
     """
 
     loss: list = field(default_factory=list)
@@ -86,34 +94,23 @@ class History:
     metrics: dict = field(default_factory=dict)
     time: list = field(default_factory=list)
     wall_time: list = field(default_factory=list)
-    initial_loss: float = math.nan
     compile_time: float = 0.0
     compiled: list = field(default_factory=list)
     steps: int = 0
     state: dict | None = field(default=None, repr=False)
     seed: int = 0
+    _initial_loss: object = field(default=math.nan, repr=False)  # a float, or a function computing it
 
+    @property
+    def initial_loss(self) -> float:
+        """The loss on the training data before training, computed when first read."""
+        if callable(self._initial_loss):
+            self._initial_loss = float(self._initial_loss())
+        return self._initial_loss
 
-class _Lazy:
-    """A value computed when it is first read (``History.initial_loss``: the loss over all the data)."""
-
-    def __init__(self, function, *args):
-        self.function, self.args = function, args
-
-
-def _lazy_field(name: str) -> property:
-    def get(self):
-        value = self.__dict__[name]
-        if isinstance(value, _Lazy):
-            value = self.__dict__[name] = value.function(*value.args)
-        return value
-
-    def set(self, value):
-        self.__dict__[name] = value
-    return property(get, set, doc=f"History.{name}, computed when first read")
-
-
-History.initial_loss = _lazy_field("initial_loss")  # (after @dataclass: its default stays math.nan)
+    @initial_loss.setter
+    def initial_loss(self, value) -> None:
+        self._initial_loss = value
 
 
 def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epochs: int = 1,
@@ -204,7 +201,7 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
         _preflight(evaluate, params, validation, "validation", batch_size)
     # computed when first read: fit never changes the arrays of `params` (each epoch returns new ones),
     # but with epochs=0 it returns them, for the caller to change
-    history.initial_loss = _Lazy(_mean_loss, evaluate, unflatten(tree, flatten(params)[0]), data, "data")
+    history.initial_loss = functools.partial(_mean_loss, evaluate, unflatten(tree, flatten(params)[0]), data, "data")
     if epochs == 0:
         history.initial_loss
     t_compile = time.perf_counter()
@@ -214,67 +211,87 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
     seed = int(seed) % 2 ** 64
     in_order = np.arange(plan.n)
 
-    def arguments():
-        first = state["step"]
+    def rates_at(first):  # the learning rates of an epoch starting after update `first`
         if callable(optimizer.lr):  # a schedule: its rate at each step
-            rates = np.array([optimizer.learning_rate(first + i) for i in range(plan.steps)], dtype=np.float64)
-        else:
-            rates = np.full(plan.steps, optimizer.learning_rate(first), dtype=np.float64)
-        order = np.array(seed, np.uint64) if shuffle else in_order  # (the epoch draws the order from the seed)
-        return (params, {slot: state[slot] for slot in optimizer.slots}, data, order, rates,
-                np.arange(first + 1, first + 1 + plan.steps, dtype=np.int64), hyperparameters) + \
-            (() if key is None else (key,))  # (the epoch takes a key only when the loss does)
+            return np.array([optimizer.learning_rate(first + i) for i in range(plan.steps)], dtype=np.float64)
+        return np.full(plan.steps, optimizer.learning_rate(first), dtype=np.float64)
 
-    entry = _specialize(loss, optimizer, batch_size, bool(shuffle), bool(drop_last), mode, arguments(), key is not None,
-                        parallel)
+    first = state["step"]
+    order = np.array(seed, np.uint64) if shuffle else in_order  # (the epoch draws the order from the seed)
+    first_arguments = (params, {slot: state[slot] for slot in optimizer.slots}, data, order, rates_at(first),
+                       np.arange(first + 1, first + 1 + plan.steps, dtype=np.int64), hyperparameters) + \
+        (() if key is None else (key,))  # (the epoch takes a key only when the loss does)
+    entry = _specialize(loss, optimizer, batch_size, bool(shuffle), bool(drop_last), mode, first_arguments,
+                        key is not None, parallel)
     if mode == "wait" and entry.tier != "compiled":  # (fitting again: its calls run compiled already)
         entry.announce_compile(entry.dispatcher)
         with backend.quiet_compile():
-            backend.compile_for(entry.dispatcher, tiers.describe(_kernel_args(entry, arguments())), entry.module)
+            backend.compile_for(entry.dispatcher, tiers.describe(_kernel_args(entry, first_arguments)), entry.module)
     elif mode == "background":  # from the disk cache it loads before the first epoch, else it compiles meanwhile
         try:
-            tiers.background(entry.dispatcher, _kernel_args(entry, arguments()), entry.module.parts,
+            tiers.background(entry.dispatcher, _kernel_args(entry, first_arguments), entry.module.parts,
                              label=entry.module.function, load_now=True)
         except Exception:  # noqa: BLE001 (an unreadable cache: the first epoch's call recovers, on NumPy)
             pass
     history.compile_time = time.perf_counter() - t_compile
 
-    def checkpoint():  # the arrays are never changed in place: each epoch returns new ones
-        return (flatten(params)[0], [flatten(state[slot])[0] for slot in optimizer.slots], state["step"], seed,
-                len(history.loss))
+    # The epochs run on the epoch function's flat arguments: its first leaves, the parameters' and the
+    # optimiser state's (``trainable``), are replaced by the results of each epoch, which come first among
+    # its outputs in the same order; the trees are built when something needs them.
+    leaves = flatten(first_arguments)[0]
+    pair_tree = flatten((params, {slot: state[slot] for slot in optimizer.slots}))[1]
+    trainable = leaves[:pair_tree.num_leaves]
+    at_order = pair_tree.num_leaves + len(data)  # then the rates and the step numbers
+
+    def trees(trainable):
+        new_params, slots = unflatten(pair_tree, trainable)
+        return new_params, {"step": state["step"], **slots}
 
     # What an interrupt or a failing metric hands back: the last epoch completed in full. It is replaced
-    # by one assignment, so a Ctrl-C at any point leaves it whole.
-    saved = checkpoint()
+    # by one assignment, so a Ctrl-C at any point leaves it whole (the arrays are never changed in place:
+    # each epoch returns new ones).
+    saved = (trainable, state["step"], seed, 0)
     reporter = _Progress(progress, epochs)
     doing, epoch = "training", 1
+    steps_total, full = plan.steps, plan.full
     try:
         for epoch in range(1, epochs + 1):
             doing = "training"
-            args = arguments()
+            first = state["step"]
+            leaves[at_order:at_order + 3] = (np.array(seed, np.uint64) if shuffle else in_order,  # (drawn from the seed)
+                                             rates_at(first), np.arange(first + 1, first + 1 + steps_total, dtype=np.int64))
+            leaves[:len(trainable)] = trainable
             _check_captures(entry)
             t0 = time.perf_counter()
             # the tier changes between epochs only: one call is one epoch
-            new_params, new_state, losses, finite = entry.run(flatten(args)[0])
+            outs = entry.call(leaves)
             elapsed = time.perf_counter() - t0
-            done = plan.steps if finite.all() else int(np.argmin(finite))
-            params = _like(new_params, params)  # as after step `done`: a step that failed changed nothing
-            for slot in optimizer.slots:
-                state[slot] = _like(new_state[slot], state[slot])
+            losses, finite = outs[len(trainable)], outs[len(trainable) + 1]
+            done = steps_total if finite.all() else int(np.argmin(finite))
+            # as after step `done` (a step that failed changed nothing); a 0-d array comes back a number
+            trainable = [new if type(new) is np.ndarray else np.asarray(new, old.dtype).reshape(old.shape)
+                         for new, old in zip(outs, trainable)]
+            epoch_seed = seed
             if shuffle:
                 seed = next_seed(seed, plan.n)
             state["step"] += done
             history.steps, history.seed = state["step"], seed
-            if done < plan.steps:
+            if done < steps_total:
+                params, state = trees(trainable)
+                history.state = state
                 code = 1 if not np.isfinite(losses[done]) else 2
-                raise _failure(loss, plan, data, params, state, history, args[3] if shuffle else None, epoch, done,
-                               code, float(losses[done]), key)
-            total = 0.0
-            for step, value in enumerate(losses.tolist()):  # in order, as a running sum
-                total += value * plan.size(step)
+                raise _failure(loss, plan, data, params, state, history, np.array(epoch_seed, np.uint64)
+                               if shuffle else None, epoch, done, code, float(losses[done]), key)
+            total, values = 0.0, losses.tolist()
+            for value in values[:full]:  # in order, as a running sum
+                total += value * batch_size
+            if steps_total > full:
+                total += values[full] * plan.last
             history.loss.append(total / plan.samples)
             history.time.append(elapsed)
             history.compiled.append(entry.tier == "compiled")
+            if validation is not None or metrics:
+                params = trees(trainable)[0]
             evaluate_on = validation if validation is not None else data
             if validation is not None:
                 doing = "the validation loss"
@@ -285,16 +302,18 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
             doing = "the progress report"
             reporter.epoch(epoch, history)
             history.wall_time.append(time.perf_counter() - t0)
-            saved = checkpoint()
+            saved = (trainable, state["step"], seed, len(history.loss))
     except (TrainingError, DataError):  # a captured array changed shape: the user's to fix, before resuming
         raise
     except KeyboardInterrupt:
-        raise _stopped(TrainingInterrupted, "interrupted", saved, tree, optimizer, history, epoch, epochs) from None
+        raise _stopped(TrainingInterrupted, "interrupted", saved, pair_tree, history, epoch, epochs) from None
     except Exception as exc:
-        raise _stopped(TrainingError, f"{doing} raised {type(exc).__name__}: {exc}", saved, tree, optimizer,
+        raise _stopped(TrainingError, f"{doing} raised {type(exc).__name__}: {exc}", saved, pair_tree,
                        history, epoch, epochs) from exc
     finally:
         reporter.close()
+    params, state = trees(trainable)
+    history.state = state
     return params, history
 
 
@@ -427,7 +446,7 @@ def _make_epoch(vg, optimizer, batch_size, shuffle, drop_last, constants=False, 
             step_key = (random.fold_in(key, batch["t"]),) if keyed else ()  # a key per update t
             loss, grads = vg(carry["params"], *(x[batch["rows"]] for x in data), *step_key)
             _written_here()
-            finite = np.isfinite(loss) & np.isfinite(sum(np.sum(g) for g in flatten(grads)[0]))
+            finite = _all_finite(loss, grads)
             ok = carry["ok"] & finite
             params, state = _update(update, slots, hyper, carry["params"], grads, carry["state"],
                                     batch["lr"], batch["t"])
@@ -463,21 +482,27 @@ def _make_epoch(vg, optimizer, batch_size, shuffle, drop_last, constants=False, 
     return epoch
 
 
+def _all_finite(loss, grads):
+    """Whether the loss and every gradient are finite, traced into the step: an array of ``COUNTED_CHECK``
+    elements or more by counting those that are not (``np.all(np.isfinite(g))``: a sum of integers, which
+    LLVM vectorises), the others by one sum of them all (fewer operations, which matters on small arrays
+    for the NumPy tier; a sum of floats is a chain of dependent additions in the compiled code)."""
+    leaves = flatten(grads)[0]
+    checks = [np.isfinite(loss)] + [np.all(np.isfinite(g)) for g in leaves if g.size >= COUNTED_CHECK]
+    small = [g for g in leaves if g.size < COUNTED_CHECK]
+    if small:
+        checks.append(np.isfinite(sum(np.sum(g) for g in small)))
+    return functools.reduce(operator.and_, checks)
+
+
 def _written_here() -> None:
     """The nodes fit's own code records next point at the line of train.py calling this, as the loss's
     point at the user's lines: not at the user's call of fit, which would make the epoch's source (and so
-    its cache entry) depend on where fit is called from."""
+    its cache entry) depend on where fit is called from. The generated code names them ``tracegrad/train.py``
+    without line numbers (``SourceInfo.short``), so that editing train.py elsewhere does not change it."""
     frame = sys._getframe(1)
     current_builder().source = SourceInfo(frame.f_code.co_filename, frame.f_lineno + 1,
                                           linecache.getline(frame.f_code.co_filename, frame.f_lineno + 1).strip())
-
-
-def _like(new, old):
-    """``new`` with the structure, and each leaf with the shape and dtype, of ``old`` (a 0-d parameter stays
-    a 0-d array, not the Python float the compiled epoch returns for it)."""
-    leaves, tree = flatten(old)
-    return unflatten(tree, [np.asarray(n, dtype=o.dtype).reshape(o.shape) if type(n) is not np.ndarray else n
-                            for n, o in zip(flatten(new)[0], leaves)])
 
 
 def _map2(fn, a, b):
@@ -678,18 +703,18 @@ def _loss_on(loss, params, batch, what, rows):
     return value
 
 
-def _stopped(error, why, saved, tree, optimizer, history, epoch, epochs) -> TrainingError:
+def _stopped(error, why, saved, pair_tree, history, epoch, epochs) -> TrainingError:
     """The error for training stopped in ``epoch`` by an interrupt or an exception, carrying the parameters,
-    optimiser state and history of the last complete epoch (``saved``) as ``fit`` would have returned them."""
-    leaves, slots, step, seed, done = saved
-    params = unflatten(tree, leaves)
-    state = {"step": step}
-    for slot, values in zip(optimizer.slots, slots):
-        state[slot] = unflatten(tree, values)
+    optimiser state and history of the last complete epoch (``saved``: the parameters' and state's leaves,
+    of ``pair_tree``, the step, the seed, the epochs done) as ``fit`` would have returned them."""
+    trainable, step, seed, done = saved
+    params, slots = unflatten(pair_tree, trainable)
+    state = {"step": step, **slots}
     kept = History(loss=history.loss[:done], val_loss=history.val_loss[:done],
                    metrics={name: values[:done] for name, values in history.metrics.items()},
-                   time=history.time[:done], wall_time=history.wall_time[:done], initial_loss=history.initial_loss,
-                   compile_time=history.compile_time, steps=step, state=state, seed=seed)
+                   time=history.time[:done], wall_time=history.wall_time[:done],
+                   compile_time=history.compile_time, compiled=history.compiled[:done], steps=step, state=state,
+                   seed=seed, _initial_loss=history._initial_loss)
     return error(
         f"training stopped in epoch {epoch} of {epochs}: {why}"
         f"\n  err.params, err.state, err.history: as after epoch {done} ({step} updates); epoch {epoch} is discarded",

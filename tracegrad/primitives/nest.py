@@ -489,7 +489,8 @@ def _loop_comment(node: Node, names: dict) -> str:
         passes = frozenset(defs[v].backward for v in node.outs)
         text = {frozenset({False}): f": {line}", frozenset({True}): f": gradient of {line}",
                 frozenset({False, True}): f": {line}, and its gradient"}[passes]
-        others = [f"line {s.lineno}" if s.filename == sources[0].filename else s.short() for s in sources[1:]]
+        others = [s.short() if s.filename != sources[0].filename else f"line {s.lineno}" for s in sources[1:]
+                  if s.filename != sources[0].filename or not s.internal]  # (tracegrad's lines: no numbers)
         if others:
             text += f" (and {', '.join(others[:2])}{', ...' if len(others) > 2 else ''})"
     # on one line and in ASCII whatever the user's line holds (as codegen.comment_text; the source stays ASCII)
