@@ -50,8 +50,8 @@ def test_large_loops_become_blocks_of_rows(rng):
     assert "from numba import prange" in source
     assert f"for blk in prange({passes.BLOCKS}):" in source
     per = 1024 // passes.BLOCKS
-    assert f"for i0 in range(blk * {per}, blk * {per} + {per}):" in source
-    assert f"# 1024 rows in {passes.BLOCKS} blocks of {per}, run on Numba's threads" in source
+    assert f"for i0 in range(np.uintp(blk * {per}), np.uintp(blk * {per} + {per})):" in source
+    assert f"# 1024 rows in {passes.BLOCKS} blocks of {per} on Numba's threads (rows np.uintp" in source
     assert "_blk += " in source  # the scalar sum: one partial per block ...
     assert f"grad_b_blocks[blk, i1] += " in source  # ... the sum over rows: a row of partials per block
     assert "# the blocks' partial sums, in block order" in source
@@ -303,6 +303,28 @@ def test_alternating_blocks_give_the_serial_gradient(rng, small_loops):
     finally:
         numba.set_num_threads(threads)
     assert one[0] == two[0] and np.array_equal(one[1], two[1])
+
+
+def test_unsigned_rows_read_the_row_before(rng, small_loops):
+    # the rows are np.uintp (no negative-subscript checks); a slice's gradient read one row back,
+    # (grad_s0[i0 - 1] if i0 >= 1 else 0.0), must still read row 0's neighbour correctly
+    def f(x):
+        t = np.tanh(x)
+        return np.sum(t[1:] ** 2 * x[:-1])
+
+    x = rng.normal(size=300)
+    g = tg.value_and_grad(f, parallel=True)
+    source = g.source(x)
+    assert "in range(np.uintp(blk * 75), np.uintp(blk * 75 + 75)):" in source
+    assert "[i0 - 1] if i0 >= 1 else 0.0)" in source
+    value, grad = g(x)
+    t = np.tanh(x)
+    np.testing.assert_allclose(value, np.sum(t[1:] ** 2 * x[:-1]), rtol=1e-13)
+    exact = np.zeros_like(x)  # d/dx_i: t_i^2 from x_i's own term, 2 t_i (1 - t_i^2) x_{i-1} from the one before
+    exact[:-1] += t[1:] ** 2
+    exact[1:] += 2 * t[1:] * (1 - t[1:] ** 2) * x[:-1]
+    np.testing.assert_allclose(grad, exact, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(grad, numeric_grad(f, x), rtol=1e-6, atol=1e-6)
 
 
 def test_names_the_parallel_code_uses_are_not_taken_from_the_user(rng, small_loops):

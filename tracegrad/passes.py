@@ -384,7 +384,9 @@ class _Blocks:
         inside = "    " * self.depth
         lines.extend(f"{inside}{name} = {self.printer.zeros(out.aval)}" for out, name in self.local.items())
         end = f"blk * {per} + {per}" if self.rows % BLOCKS == 0 else f"min(blk * {per} + {per}, {self.rows})"
-        lines.append(f"{inside}for {index[0]} in range(blk * {per}, {end}):")
+        # unsigned rows: Numba checks every signed subscript for a negative value (x[-1]), which LLVM can
+        # drop only where it proves the index >= 0, as it does in range(n) but not from a block's start
+        lines.append(f"{inside}for {index[0]} in range(np.uintp(blk * {per}), np.uintp({end})):")
         lines.extend(inside + "    " * d + f"for {index[d]} in range({n}):" for d, n in enumerate(shape) if d)
         self.printer.uses_prange = True
         return lines
@@ -416,7 +418,7 @@ class _Blocks:
                                     [names[out] for out in node.outs if out.aval.shape]))
         name = self.printer.fresh_name(f"{self.printer.function}_loop{len(self.printer.functions) + 1}")
         returned = ", ".join(names[out] for out in sums)
-        about = f"# {self.rows} rows in {BLOCKS} blocks of {self.per}, run on Numba's threads"
+        about = f"# {self.rows} rows in {BLOCKS} blocks of {self.per} on Numba's threads (rows np.uintp: no x[-1] checks)"
         self.printer.functions.append((name, params, [about] + lines + ([f"return {returned}"] if sums else [])))
         call = f"{name}({', '.join(params)})"
         return [f"{returned} = {call}" if sums else call]
