@@ -74,6 +74,16 @@ def one_thread(fn, a, ns):
         numba.set_num_threads(threads)
 
 
+def cpu_time(batch):
+    """``batch()`` timed in process CPU time (which other processes' load affects less than wall time)."""
+    wall = harness.clock
+    harness.use_cpu_clock()
+    try:
+        return batch()
+    finally:
+        harness.clock = wall
+
+
 def with_blas_threads(fn, a, ns):
     """A batch of calls with as many BLAS threads as Numba threads."""
     with threadpool_limits(limits=numba.get_num_threads(), user_api="blas"):
@@ -107,26 +117,31 @@ def cases_table(report, rounds):
         ns = harness.calibrate(serial, a, 2e7)  # ~20 ms per batch of calls
         timings = {"serial": lambda: harness.time_batch(serial, a, ns),
                    "parallel": lambda: harness.time_batch(parallel, a, ns),
-                   "one": lambda: one_thread(parallel, a, ns)}
+                   "one": lambda: one_thread(parallel, a, ns),
+                   "serial, CPU": lambda: cpu_time(lambda: harness.time_batch(serial, a, ns)),
+                   "one, CPU": lambda: cpu_time(lambda: one_thread(parallel, a, ns))}
         if threadpool_limits is not None:
             timings["blas serial"] = lambda: with_blas_threads(serial, a, ns)
             timings["blas"] = lambda: with_blas_threads(parallel, a, ns)
         medians = harness.interleaved(timings, rounds)
         row = (label, "yes" if blocked else "no (serial code)", harness.fmt_time(medians["serial"]),
                harness.fmt_time(medians["parallel"]), f"{medians['serial'] / medians['parallel']:.2f}x",
-               harness.fmt_time(medians["one"]), f"{medians['serial'] / medians['one']:.2f}x")
+               harness.fmt_time(medians["one"]), f"{medians['serial'] / medians['one']:.2f}x",
+               f"{medians['serial, CPU'] / medians['one, CPU']:.2f}x")
         if "blas" in medians:
             row += tuple(x for key in ("blas serial", "blas") for x in (
                 harness.fmt_time(medians[key]), f"{medians['serial'] / medians[key]:.2f}x"))
         table.append(row)
     print(f"load average after: {load()}")
-    header = ["case", "prange loops", "serial", "parallel", "speed-up", "parallel, 1 thread", "speed-up"]
+    header = ["case", "prange loops", "serial", "parallel", "speed-up", "parallel, 1 thread", "speed-up",
+              "1 thread, CPU time"]
     if threadpool_limits is not None:
         header += [f"serial, {threads} BLAS threads", "speed-up", f"parallel, {threads} BLAS threads", "speed-up"]
     report.table(f"tracegrad parallel=True against parallel=False ({threads} threads, {numba.threading_layer()} "
                  "threading layer)", header,
-                 table, notes=[f"wall-clock medians of {rounds} interleaved rounds; one BLAS thread unless "
-                               f"said; load average {load()} (1, 5, 15 min) at the end"])
+                 table, notes=[f"wall-clock medians of {rounds} interleaved rounds (the CPU-time column: the "
+                               "serial code's process CPU time over the parallel code's on one thread); one BLAS "
+                               f"thread unless said; load average {load()} (1, 5, 15 min) at the end"])
 
 
 def tanh_sum(x):
