@@ -348,8 +348,11 @@ def _fused_render(printer, node, args) -> list:
 # loop's only in the order of the additions).
 BLOCKS = 16
 BLOCK_ROWS = 8
-PARALLEL_MIN = 8192  # elements: ~10 µs of work, a few times a fork-join (batch 32 x 128 hidden stays serial)
-AUTO_MIN = 131072  # elements, for parallel="auto" (with more than one thread): ~100 µs of work and more
+# The thresholds, from bench_parallel.py on this 2-core machine when quiet: a parallel loop cost ~25 µs more
+# on two threads than on one (waking the second thread), so a loop of cheap work (1-2 ns an element) pays
+# from a few 10^4 elements, and pays well (Rosenbrock 10^6) from a few 10^5.
+PARALLEL_MIN = 32768  # elements: the MLP step's 1024 x 10 loops (~3 µs each) stay serial, its 1024 x 128 do not
+AUTO_MIN = 524288  # elements, for parallel="auto" (with more than one thread): ~0.5 ms of work and more
 _ROW = re.compile(r"\bi0\b")
 _SHIFTED_ROW = re.compile(r"i0(?: ([+-]) (\d+))?")  # a slice's gradient: i0 + 1
 
