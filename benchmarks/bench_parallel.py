@@ -14,8 +14,8 @@ before and after is printed: on a shared machine it decides more than the code d
 (the matrix products are BLAS's: tracegrad leaves its threads to the user).
 
 A second table times one loop of cheap elementwise work and a sum (``np.sum(np.tanh(x) * x)``, float64)
-at sizes from 8,192 to 4 million elements, serial and parallel: where a second thread starts to pay,
-which is what ``PARALLEL_MIN`` and ``AUTO_MIN`` are chosen from.
+at sizes from 32,768 elements (``PARALLEL_MIN``) to 4 million, serial and parallel: where a second thread
+starts to pay, which is what ``PARALLEL_MIN`` and ``AUTO_MIN`` are chosen from.
 
     python benchmarks/bench_parallel.py [--rounds 21] [--markdown FILE] [--part all|cases|sizes]
 """
@@ -152,7 +152,7 @@ def sizes_table(report, rounds):
     """One loop (tanh, a product, a sum) at growing sizes: where parallel=True starts to pay."""
     rng = np.random.default_rng(0)
     table = []
-    for n in (2**13, 2**15, 2**17, 2**19, 2**22):
+    for n in (2**15, 2**17, 2**19, 2**22):  # (from PARALLEL_MIN)
         x = rng.normal(size=n)
         serial, parallel = tg.jit(tanh_sum), tg.jit(tanh_sum, parallel=True)
         assert "prange" in parallel.source(x)
