@@ -51,7 +51,7 @@ def test_large_loops_become_blocks_of_rows(rng):
     assert f"for blk in prange({passes.BLOCKS}):" in source
     per = 4096 // passes.BLOCKS
     assert f"for i0 in range(np.uintp(blk * {per}), np.uintp(blk * {per} + {per})):" in source
-    assert f"# 4096 rows in {passes.BLOCKS} blocks of {per} on Numba's threads (rows np.uintp" in source
+    assert f"# 4096 rows in {passes.BLOCKS} blocks of {per} on Numba's threads (np.uintp rows: no x[-1] check)" in source
     assert "_blk += " in source  # the scalar sum: one partial per block ...
     assert f"grad_b_blocks[blk, i1] += " in source  # ... the sum over rows: a row of partials per block
     assert "# the blocks' partial sums, in block order" in source

@@ -421,7 +421,8 @@ class _Blocks:
                                     [names[out] for out in node.outs if out.aval.shape]))
         name = self.printer.fresh_name(f"{self.printer.function}_loop{len(self.printer.functions) + 1}")
         returned = ", ".join(names[out] for out in sums)
-        about = f"# {self.rows} rows in {BLOCKS} blocks of {self.per} on Numba's threads (rows np.uintp: no x[-1] checks)"
+        about = (f"# {self.rows} rows in {BLOCKS} blocks of {self.per} on Numba's threads "
+                 "(np.uintp rows: no x[-1] check)")
         self.printer.functions.append((name, params, [about] + lines + ([f"return {returned}"] if sums else [])))
         call = f"{name}({', '.join(params)})"
         return [f"{returned} = {call}" if sums else call]
