@@ -349,8 +349,8 @@ def _fused_render(printer, node, args) -> list:
 BLOCKS = 16
 BLOCK_ROWS = 8
 # The thresholds, from bench_parallel.py on this 2-core machine when quiet: a parallel loop cost ~25 µs more
-# on two threads than on one (waking the second thread), so a loop of cheap work (1-2 ns an element) pays
-# from a few 10^4 elements, and pays well (Rosenbrock 10^6) from a few 10^5.
+# on two threads than on one (the second thread's start, the rows moving between the cores' caches), so a
+# loop of cheap work (1-2 ns an element) pays from a few 10^4 elements, and well from a few 10^5.
 PARALLEL_MIN = 32768  # elements: the MLP step's 1024 x 10 loops (~3 µs each) stay serial, its 1024 x 128 do not
 AUTO_MIN = 524288  # elements, for parallel="auto" (with more than one thread): ~0.5 ms of work and more
 _ROW = re.compile(r"\bi0\b")
