@@ -9,9 +9,15 @@
 Each parallel function is timed with all of Numba's threads and with one (``numba.set_num_threads(1)``:
 what the blocked loops cost when no second core is free). Times are **wall-clock** medians of
 interleaved rounds (the threads' CPU time adds up; wall time is what a user waits). The load average
-before and after is printed: on a shared machine it decides more than the code does.
+before and after is printed: on a shared machine it decides more than the code does. With
+``threadpoolctl`` installed, the parallel function is also timed with as many BLAS threads as Numba has
+(the matrix products are BLAS's: tracegrad leaves its threads to the user).
 
-    python benchmarks/bench_parallel.py [--rounds 21] [--markdown FILE]
+A second table times one loop of cheap elementwise work and a sum (``np.sum(np.tanh(x) * x)``, float64)
+at sizes from 32,768 elements (``PARALLEL_MIN``) to 4 million, serial and parallel: where a second thread
+starts to pay, which is what ``PARALLEL_MIN`` and ``AUTO_MIN`` are chosen from.
+
+    python benchmarks/bench_parallel.py [--rounds 21] [--markdown FILE] [--part all|cases|sizes]
 """
 from __future__ import annotations
 
@@ -29,6 +35,11 @@ import numpy as np  # noqa: E402
 import cases  # noqa: E402
 import tracegrad as tg  # noqa: E402
 
+try:
+    from threadpoolctl import threadpool_limits
+except ImportError:  # (optional: only the BLAS column needs it)
+    threadpool_limits = None
+
 
 def load() -> str:
     return ", ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -38,11 +49,49 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--markdown")
+    parser.add_argument("--part", choices=("all", "cases", "sizes"), default="all")
     args = parser.parse_args()
     harness.use_wall_clock()
-    threads = numba.get_num_threads()
     print(harness.machine())
     print(f"load average before: {load()}")
+    report = harness.Report()
+    if args.part in ("all", "cases"):
+        cases_table(report, args.rounds)
+    if args.part in ("all", "sizes"):
+        sizes_table(report, args.rounds)
+    if args.markdown:
+        with open(args.markdown, "w", encoding="utf-8") as f:
+            f.write(harness.machine() + "\n\n" + report.markdown())
+
+
+def one_thread(fn, a, ns):
+    """A batch of calls with one Numba thread."""
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        return harness.time_batch(fn, a, ns)
+    finally:
+        numba.set_num_threads(threads)
+
+
+def cpu_time(batch):
+    """``batch()`` timed in process CPU time (which other processes' load affects less than wall time)."""
+    wall = harness.clock
+    harness.use_cpu_clock()
+    try:
+        return batch()
+    finally:
+        harness.clock = wall
+
+
+def with_blas_threads(fn, a, ns):
+    """A batch of calls with as many BLAS threads as Numba threads."""
+    with threadpool_limits(limits=numba.get_num_threads(), user_api="blas"):
+        return harness.time_batch(fn, a, ns)
+
+
+def cases_table(report, rounds):
+    threads = numba.get_num_threads()
     rng = np.random.default_rng(0)
     rows = []
     for batch in (32, 1024):
@@ -65,30 +114,59 @@ def main():
             return [result[0], *result[1]] if isinstance(result[1], tuple) else list(result)
         assert all(np.allclose(s, p, rtol=rtol, atol=1e-6) for s, p in zip(flat(expected), flat(got))), label
 
-        def one_thread(parallel=parallel, a=a, ns=None):  # a batch of calls with one Numba thread
-            numba.set_num_threads(1)
-            try:
-                return harness.time_batch(parallel, a, ns)
-            finally:
-                numba.set_num_threads(threads)
-
         ns = harness.calibrate(serial, a, 2e7)  # ~20 ms per batch of calls
-        medians = harness.interleaved({"serial": lambda: harness.time_batch(serial, a, ns),
-                                       "parallel": lambda: harness.time_batch(parallel, a, ns),
-                                       "one": lambda: one_thread(ns=ns)}, args.rounds)
-        table.append((label, "yes" if blocked else "no (serial code)", harness.fmt_time(medians["serial"]),
-                      harness.fmt_time(medians["parallel"]), f"{medians['serial'] / medians['parallel']:.2f}x",
-                      harness.fmt_time(medians["one"]), f"{medians['serial'] / medians['one']:.2f}x"))
+        timings = {"serial": lambda: harness.time_batch(serial, a, ns),
+                   "parallel": lambda: harness.time_batch(parallel, a, ns),
+                   "one": lambda: one_thread(parallel, a, ns),
+                   "serial, CPU": lambda: cpu_time(lambda: harness.time_batch(serial, a, ns)),
+                   "one, CPU": lambda: cpu_time(lambda: one_thread(parallel, a, ns))}
+        if threadpool_limits is not None:
+            timings["blas serial"] = lambda: with_blas_threads(serial, a, ns)
+            timings["blas"] = lambda: with_blas_threads(parallel, a, ns)
+        medians = harness.interleaved(timings, rounds)
+        row = (label, "yes" if blocked else "no (serial code)", harness.fmt_time(medians["serial"]),
+               harness.fmt_time(medians["parallel"]), f"{medians['serial'] / medians['parallel']:.2f}x",
+               harness.fmt_time(medians["one"]), f"{medians['serial'] / medians['one']:.2f}x",
+               f"{medians['serial, CPU'] / medians['one, CPU']:.2f}x")
+        if "blas" in medians:
+            row += tuple(x for key in ("blas serial", "blas") for x in (
+                harness.fmt_time(medians[key]), f"{medians['serial'] / medians[key]:.2f}x"))
+        table.append(row)
     print(f"load average after: {load()}")
-    report = harness.Report()
+    header = ["case", "prange loops", "serial", "parallel", "speed-up", "parallel, 1 thread", "speed-up",
+              "1 thread, CPU time"]
+    if threadpool_limits is not None:
+        header += [f"serial, {threads} BLAS threads", "speed-up", f"parallel, {threads} BLAS threads", "speed-up"]
     report.table(f"tracegrad parallel=True against parallel=False ({threads} threads, {numba.threading_layer()} "
-                 "threading layer)",
-                 ["case", "prange loops", "serial", "parallel", "speed-up", "parallel, 1 thread", "speed-up"],
-                 table, notes=[f"wall-clock medians of {args.rounds} interleaved rounds; one BLAS thread; "
-                               f"load average {load()} (1, 5, 15 min) at the end"])
-    if args.markdown:
-        with open(args.markdown, "w", encoding="utf-8") as f:
-            f.write(harness.machine() + "\n\n" + report.markdown())
+                 "threading layer)", header,
+                 table, notes=[f"wall-clock medians of {rounds} interleaved rounds (the CPU-time column: the "
+                               "serial code's process CPU time over the parallel code's on one thread); one BLAS "
+                               f"thread unless said; load average {load()} (1, 5, 15 min) at the end"])
+
+
+def tanh_sum(x):
+    return np.sum(np.tanh(x) * x)
+
+
+def sizes_table(report, rounds):
+    """One loop (tanh, a product, a sum) at growing sizes: where parallel=True starts to pay."""
+    rng = np.random.default_rng(0)
+    table = []
+    for n in (2**15, 2**17, 2**19, 2**22):  # (from PARALLEL_MIN)
+        x = rng.normal(size=n)
+        serial, parallel = tg.jit(tanh_sum), tg.jit(tanh_sum, parallel=True)
+        assert "prange" in parallel.source(x)
+        np.testing.assert_allclose(parallel(x), serial(x), rtol=1e-12)
+        ns = harness.calibrate(serial, (x,), 2e7)
+        medians = harness.interleaved({"serial": lambda: harness.time_batch(serial, (x,), ns),
+                                       "parallel": lambda: harness.time_batch(parallel, (x,), ns),
+                                       "one": lambda: one_thread(parallel, (x,), ns)}, rounds)
+        table.append((f"{n:,}", harness.fmt_time(medians["serial"]), harness.fmt_time(medians["parallel"]),
+                      f"{medians['serial'] / medians['parallel']:.2f}x", harness.fmt_time(medians["one"]),
+                      f"{medians['serial'] / medians['one']:.2f}x"))
+    report.table(f"one loop at growing sizes: np.sum(np.tanh(x) * x), float64 ({numba.get_num_threads()} threads)",
+                 ["elements", "serial", "parallel", "speed-up", "parallel, 1 thread", "speed-up"], table,
+                 notes=[f"wall-clock medians of {rounds} interleaved rounds; load average {load()} at the end"])
 
 
 if __name__ == "__main__":

@@ -36,6 +36,12 @@ def use_wall_clock():
     CLOCK_NAME = "wall-clock time"
 
 
+def use_cpu_clock():
+    global clock, CLOCK_NAME
+    clock = time.process_time_ns
+    CLOCK_NAME = "process CPU time"
+
+
 def time_batch(fn, args, n) -> float:
     """Nanoseconds per call of ``fn(*args)`` over one batch of ``n`` calls (the Python loop included)."""
     r = range(n)

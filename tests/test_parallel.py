@@ -46,18 +46,28 @@ def default_setting(monkeypatch):
 
 
 def test_large_loops_become_blocks_of_rows(rng):
-    args = layer_args(rng, 1024, 16)  # 16,384 elements, 1,024 rows: over PARALLEL_MIN
+    args = layer_args(rng, 4096, 16)  # 65,536 elements, 4,096 rows: over PARALLEL_MIN
     source = tg.value_and_grad(layer_loss, argnums=(0, 1), parallel=True).source(*args)
     assert "from numba import prange" in source
     assert f"for blk in prange({nest.BLOCKS}):" in source
-    per = 1024 // nest.BLOCKS
-    assert f"for i0 in range(blk * {per}, blk * {per} + {per}):" in source
-    assert f"# 1024 rows in {nest.BLOCKS} blocks of {per}, run on Numba's threads" in source
+    per = 4096 // nest.BLOCKS
+    assert f"for i0 in range(np.uintp(blk * {per}), np.uintp(blk * {per} + {per})):" in source
+    assert f"# 4096 rows in {nest.BLOCKS} blocks of {per} on Numba's threads (np.uintp rows: no x[-1] check)" in source
     assert "_blk += " in source  # the scalar sum: one partial per block ...
     assert f"grad_b_blocks[blk, i1] += " in source  # ... the sum over rows: a row of partials per block
     assert "# the blocks' partial sums, in block order" in source
     serial = tg.value_and_grad(layer_loss, argnums=(0, 1)).source(*args)
     assert "prange" not in serial
+
+
+def test_thresholds_count_elements(rng):
+    # a loop of PARALLEL_MIN elements and more runs in parallel (with 128 rows and more), one element fewer
+    # does not: the MLP step's 1024 x 10 loops (a few µs of work) stay serial at batch 1024
+    rows = nest.PARALLEL_MIN // 16
+    f = tg.value_and_grad(layer_loss, argnums=(0, 1), parallel=True)
+    assert "prange" in f.source(*layer_args(rng, rows, 16))
+    assert "prange" not in f.source(*layer_args(rng, rows - 1, 16))
+    assert "prange" not in f.source(*layer_args(rng, 1024, 10))
 
 
 def test_small_loops_stay_serial(rng):
@@ -75,16 +85,16 @@ def test_loops_adding_at_scaled_indices_stay_serial():
     def f(x):
         return np.sum(np.sin(x[::2]) * x[1::2])
 
-    x = np.linspace(-1, 1, 40000)
+    x = np.linspace(-1, 1, 200000)
     source = tg.value_and_grad(f, parallel=True).source(x)
-    assert "grad_x[2 * i0 + 1] += " in source and "prange" not in source
+    assert "grad_x[2 * i0 + 1] += " in source and "prange" not in source  # (100,000 rows: large enough)
     assert source == tg.value_and_grad(f).source(x)
 
 
 def test_loops_adding_at_shifted_indices_alternate_their_blocks():
     # grad_x[i0 + 1] += ...: the last row of a block adds to the first element of the next one, so the
     # even blocks run first, then the odd ones
-    x = np.linspace(-1, 1, 20000)
+    x = np.linspace(-1, 1, 100000)
     source = tg.value_and_grad(rosenbrock, parallel=True).source(x)
     assert "grad_x[i0 + 1] += " in source
     assert "for sweep in range(2):" in source and f"for half in prange({nest.BLOCKS // 2}):" in source
@@ -92,7 +102,7 @@ def test_loops_adding_at_shifted_indices_alternate_their_blocks():
 
 
 def test_parallel_is_in_the_cache_key(rng):
-    args = layer_args(rng, 1024, 16)
+    args = layer_args(rng, 4096, 16)
     f = tg.value_and_grad(layer_loss, argnums=(0, 1), parallel=True).specialize(*args)
     g = tg.value_and_grad(layer_loss, argnums=(0, 1), parallel=False).specialize(*args)
     assert f.module.parallel and not g.module.parallel
@@ -100,7 +110,7 @@ def test_parallel_is_in_the_cache_key(rng):
 
 
 def test_only_the_loops_functions_are_compiled_in_parallel(rng):
-    args = layer_args(rng, 1024, 16)
+    args = layer_args(rng, 4096, 16)
     module = tg.value_and_grad(layer_loss, argnums=(0, 1), parallel=True).specialize(*args).module
     namespace = {}
     exec(compile(module.source, "<test>", "exec"), namespace)
@@ -115,8 +125,8 @@ def test_only_the_loops_functions_are_compiled_in_parallel(rng):
 
 
 def test_auto_is_a_larger_threshold_and_needs_threads(rng, monkeypatch):
-    medium = layer_args(rng, 1024, 16)  # 16,384 elements: under AUTO_MIN
-    large = layer_args(rng, 1024, 128)  # 131,072 elements
+    medium = layer_args(rng, 4096, 16)  # 65,536 elements: under AUTO_MIN
+    large = layer_args(rng, 4096, 128)  # 524,288 elements
     f = tg.value_and_grad(layer_loss, argnums=(0, 1), parallel="auto")
     monkeypatch.setattr(backend, "threads", lambda: 2)
     assert "prange" not in f.source(*medium)
@@ -145,7 +155,7 @@ def test_fit_checks_its_setting():
 
 
 def test_global_setting_and_environment(rng, default_setting, monkeypatch):
-    args = layer_args(rng, 1024, 16)
+    args = layer_args(rng, 4096, 16)
     assert tiers.parallel_mode() is False
     assert "prange" not in tg.value_and_grad(layer_loss, argnums=(0, 1)).source(*args)
     tg.set_parallel(True)
@@ -169,7 +179,7 @@ def test_settings_survive_copies(rng):
     f = tg.value_and_grad(layer_loss, argnums=(0, 1), parallel=True)
     assert pickle.loads(pickle.dumps(f)).parallel is True
     static = tg.jit(lambda x, n: np.sum(np.tanh(x) * n), parallel=True, static_argnums=1)
-    assert "prange" in static.source(rng.normal(size=(1024, 16)), 3)
+    assert "prange" in static.source(rng.normal(size=(4096, 16)), 3)
 
 
 # ---------------------------------------------------------------------------------- compiled results
@@ -304,6 +314,28 @@ def test_alternating_blocks_give_the_serial_gradient(rng, small_loops):
     finally:
         numba.set_num_threads(threads)
     assert one[0] == two[0] and np.array_equal(one[1], two[1])
+
+
+def test_unsigned_rows_read_the_row_before(rng, small_loops):
+    # the rows are np.uintp (no negative-subscript checks); a slice's gradient read one row back,
+    # (grad_s0[i0 - 1] if i0 >= 1 else 0.0), must still read row 0's neighbour correctly
+    def f(x):
+        t = np.tanh(x)
+        return np.sum(t[1:] ** 2 * x[:-1])
+
+    x = rng.normal(size=300)
+    g = tg.value_and_grad(f, parallel=True)
+    source = g.source(x)
+    assert "in range(np.uintp(blk * 75), np.uintp(blk * 75 + 75)):" in source
+    assert "[i0 - 1] if i0 >= 1 else 0.0)" in source
+    value, grad = g(x)
+    t = np.tanh(x)
+    np.testing.assert_allclose(value, np.sum(t[1:] ** 2 * x[:-1]), rtol=1e-13)
+    exact = np.zeros_like(x)  # d/dx_i: t_i^2 from x_i's own term, 2 t_i (1 - t_i^2) x_{i-1} from the one before
+    exact[:-1] += t[1:] ** 2
+    exact[1:] += 2 * t[1:] * (1 - t[1:] ** 2) * x[:-1]
+    np.testing.assert_allclose(grad, exact, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(grad, numeric_grad(f, x), rtol=1e-6, atol=1e-6)
 
 
 def test_names_the_parallel_code_uses_are_not_taken_from_the_user(rng, small_loops):

@@ -853,9 +853,9 @@ def grad(fun: Callable | None = None, *, argnums=0, has_aux: bool = False, debug
     ``f.wait()`` blocks until the compiled code is in use.
 
     ``parallel``: ``False`` (the default, see ``tg.set_parallel``) runs the compiled code on one thread;
-    ``True`` runs each fused loop over at least 8,192 elements (and 128 rows) on all of Numba's threads,
+    ``True`` runs each fused loop over at least 32,768 elements (and 128 rows) on all of Numba's threads,
     as fixed blocks of rows whose sums are added in block order (the same result whatever the number
-    of threads); ``"auto"`` does so only for loops of 131,072 elements or more, when Numba has more
+    of threads); ``"auto"`` does so only for loops of 524,288 elements or more, when Numba has more
     than one thread. Matrix products use BLAS's own threads either way. See docs/guide/scaling.md.
 
     Raises ``GradTypeError`` for a non-scalar output, an integer argument or ``argnums`` out of range,

@@ -335,8 +335,11 @@ def _render(printer, node, args) -> list:
 # loop's only in the order of the additions).
 BLOCKS = 16
 BLOCK_ROWS = 8
-PARALLEL_MIN = 8192  # elements: ~10 µs of work, a few times a fork-join (batch 32 x 128 hidden stays serial)
-AUTO_MIN = 131072  # elements, for parallel="auto" (with more than one thread): ~100 µs of work and more
+# The thresholds, from bench_parallel.py on this 2-core machine when quiet: a parallel loop cost ~25 µs more
+# on two threads than on one (the second thread's start, the rows moving between the cores' caches), so a
+# loop of cheap work (1-2 ns an element) pays from a few 10^4 elements, and well from a few 10^5.
+PARALLEL_MIN = 32768  # elements: the MLP step's 1024 x 10 loops (~3 µs each) stay serial, its 1024 x 128 do not
+AUTO_MIN = 524288  # elements, for parallel="auto" (with more than one thread): ~0.5 ms of work and more
 
 
 class _Blocks:
@@ -369,7 +372,9 @@ class _Blocks:
         inside = "    " * self.depth
         lines.extend(f"{inside}{name} = {self.printer.zeros(out.aval)}" for out, name in self.local.items())
         end = f"blk * {per} + {per}" if self.rows % BLOCKS == 0 else f"min(blk * {per} + {per}, {self.rows})"
-        lines.append(f"{inside}for {index[0]} in range(blk * {per}, {end}):")
+        # unsigned rows: Numba checks every signed subscript for a negative value (x[-1]), which LLVM can
+        # drop only where it proves the index >= 0, as it does in range(n) but not from a block's start
+        lines.append(f"{inside}for {index[0]} in range(np.uintp(blk * {per}), np.uintp({end})):")
         lines.extend(inside + "    " * d + f"for {index[d]} in range({n}):" for d, n in enumerate(shape) if d)
         self.printer.uses_prange = True
         return lines
@@ -401,7 +406,8 @@ class _Blocks:
                                     [names[out] for out in node.outs if out.aval.shape]))
         name = self.printer.fresh_name(f"{self.printer.function}_loop{len(self.printer.functions) + 1}")
         returned = ", ".join(names[out] for out in sums)
-        about = f"# {self.rows} rows in {BLOCKS} blocks of {self.per}, run on Numba's threads"
+        about = (f"# {self.rows} rows in {BLOCKS} blocks of {self.per} on Numba's threads "
+                 "(np.uintp rows: no x[-1] check)")
         self.printer.functions.append((name, params, [about] + lines + ([f"return {returned}"] if sums else [])))
         call = f"{name}({', '.join(params)})"
         return [f"{returned} = {call}" if sums else call]
