@@ -19,6 +19,7 @@ index values bound to broadcast ``np.arange``s), so the NumPy tier stays vectori
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -182,41 +183,96 @@ def _shape(*avals, body, shape, accumulate, writes, avals_out, origin):
 
 def _ref(*inputs, body, shape, accumulate, writes, avals_out, origin):
     """The body once, on whole arrays: the index values are ``np.arange``s broadcast against each other."""
-    n = len(shape)
-    env = {v: np.arange(d, dtype=INDEX).reshape([-1 if e == k else 1 for e in range(n)])
-           for k, (v, d) in enumerate(zip(body.inputs[:n], shape))}
-    env.update(zip(body.inputs[n:], inputs))
-    read = lambda a: a.aval.dtype.type(a.value) if isinstance(a, Literal) else env[a]
-    indices = list(body.inputs[:n])
-    for node in body.nodes:
-        view = _aligned_read(node, indices, shape)
-        if view is not None:  # (x read at the loop's own indices: a view of x, broadcasting as it is)
-            env[node.out] = np.asarray(env[node.inputs[0]])[view]
-            continue
-        env[node.out] = np.asarray(node.primitive.ref(*[read(a) for a in node.inputs], **node.params),
-                                   node.out.aval.dtype)
-    results = []
-    outputs = iter(body.outputs)
-    sums = {}
-    for k, (aval, summed) in enumerate(zip(avals_out, accumulate)):
-        if summed:
-            sums[k] = np.zeros(aval.shape, aval.dtype)
-            results.append(sums[k])
-        else:
-            results.append(np.array(np.broadcast_to(read(next(outputs)), shape), aval.dtype))
-    defs = {node.out: node for node in body.nodes}
-    for k, atom in zip(writes, outputs):
-        node, out = defs[atom], sums[k]
-        value = np.ascontiguousarray(np.broadcast_to(read(node.inputs[0]), shape))
-        at = node.inputs[1:]
-        axes = [indices.index(a) if a in indices else None for a in at]
-        if None not in axes and len(set(axes)) == len(axes):  # out[i2, i0] += v: a sum over the other axes
-            total = np.sum(value, axis=tuple(d for d in range(n) if d not in axes), dtype=out.dtype)
-            region = tuple(slice(0, shape[d]) for d in axes)  # (grad_x[i0] of an x one longer: its start)
-            out[region] += np.transpose(total, np.argsort(np.argsort(axes))) if axes else total
-        else:
-            np.add.at(out, tuple(np.broadcast_to(read(a), shape) for a in at), value)
-    return results if len(results) > 1 else results[0]
+    plans = _PLANS.get(body)
+    if plans is None:
+        plans = _PLANS[body] = {}
+    key = (shape, accumulate, writes)
+    plan = plans.get(key)
+    if plan is None:
+        plan = plans[key] = _Plan(body, shape, accumulate, writes, avals_out)
+    return plan(inputs)
+
+
+class _Plan:
+    """How ``_ref`` runs one loop nest's body on whole arrays, worked out once: the NumPy tier calls it at
+    every call of the function (``fit``'s epochs: thousands of small loops), so each call only runs the
+    body's references, reads the views and adds up the sums. Values live in a list, by slot."""
+
+    def __init__(self, body, shape, accumulate, writes, avals_out):
+        n = len(shape)
+        indices = list(body.inputs[:n])
+        slot = {v: k for k, v in enumerate(body.inputs)}
+        self.aranges = [np.arange(d, dtype=INDEX).reshape([-1 if e == k else 1 for e in range(n)])
+                        for k, d in enumerate(shape)]
+        self.n_inputs = len(body.inputs)
+
+        def where(atom):  # (True, slot) of a value, or (False, the literal's value)
+            return (False, atom.aval.dtype.type(atom.value)) if isinstance(atom, Literal) else (True, slot[atom])
+
+        self.steps = []  # (view or None, primitive ref, reads, params, dtype)
+        for node in body.nodes:
+            view = _aligned_read(node, indices, shape)
+            reads = tuple(where(a) for a in (node.inputs[:1] if view is not None else node.inputs))
+            self.steps.append((view, node.primitive.ref, reads, node.params, node.out.aval.dtype))
+            slot[node.out] = len(slot)
+        self.n_slots = len(slot)
+        outputs = iter(body.outputs)
+        self.results = []  # (True, zeros' aval) for a sum, (False, where, dtype) for a stored value
+        for aval, summed in zip(avals_out, accumulate):
+            self.results.append((True, aval) if summed else (False, where(next(outputs)), aval.dtype))
+        defs = {node.out: node for node in body.nodes}
+        # each sum: (output, value, subscripts): None where it is a sum over the axes not written
+        # (out[i2, i0] += v: over i1), then (axes summed over, region written, order of the axes) or None
+        self.sums = []
+        for k, atom in zip(writes, outputs):
+            node = defs[atom]
+            at = node.inputs[1:]
+            axes = [indices.index(a) if a in indices else None for a in at]
+            if None not in axes and len(set(axes)) == len(axes):
+                over = (tuple(d for d in range(n) if d not in axes),
+                        tuple(slice(0, shape[d]) for d in axes),  # (grad_x[i0] of an x one longer: its start)
+                        tuple(np.argsort(np.argsort(axes))) if axes else None)
+                self.sums.append((k, where(node.inputs[0]), None, over))
+            else:  # anywhere else (i0 + 1, 2 * i0): np.add.at
+                self.sums.append((k, where(node.inputs[0]), tuple(where(a) for a in at), None))
+        self.shape = shape
+
+    def __call__(self, inputs):
+        env = [None] * self.n_slots
+        n = len(self.aranges)
+        env[:n] = self.aranges
+        env[n:self.n_inputs] = inputs
+        k = self.n_inputs
+        for view, ref, reads, params, dtype in self.steps:
+            args = [env[x] if is_var else x for is_var, x in reads]
+            if view is not None:  # (x read at the loop's own indices: a view of x, broadcasting as it is)
+                env[k] = np.asarray(args[0])[view]
+            else:
+                env[k] = np.asarray(ref(*args, **params), dtype)
+            k += 1
+        read = lambda w: env[w[1]] if w[0] else w[1]
+        shape, results = self.shape, []
+        for entry in self.results:
+            if entry[0]:
+                results.append(np.zeros(entry[1].shape, entry[1].dtype))
+            else:
+                value = read(entry[1])
+                results.append(np.array(value if np.shape(value) == shape else np.broadcast_to(value, shape), entry[2]))
+        for k, value, at, over in self.sums:
+            out = results[k]
+            value = read(value)
+            if np.shape(value) != shape:
+                value = np.ascontiguousarray(np.broadcast_to(value, shape))
+            if at is None:
+                summed, region, order = over
+                total = np.sum(value, axis=summed, dtype=out.dtype)
+                out[region] += np.transpose(total, order) if order is not None else total
+            else:
+                np.add.at(out, tuple(np.broadcast_to(read(a), shape) for a in at), value)
+        return results if len(results) > 1 else results[0]
+
+
+_PLANS = weakref.WeakKeyDictionary()  # body -> {(shape, accumulate, writes): _Plan}
 
 
 def _aligned_read(node: Node, indices: list, shape: tuple):
