@@ -623,3 +623,27 @@ def test_assignment_into_arguments_and_carries():
         return looped(c.copy(), xs.copy())
     for k, expected in enumerate(numeric_grad(reference, c, xs, argnums=(0, 1))):
         np.testing.assert_allclose(g[k], expected, rtol=1e-6, atol=1e-8)
+
+
+def _integer_sums(x, y, z):
+    return (np.sum(x * 2), np.sum(y, axis=1), np.sum(z > 1, axis=0), np.sum((z > 1) & (z < 3)), np.sum(y),
+            np.all(np.isfinite(z)))
+
+
+@pytest.mark.parametrize("mode", ["never", "wait"])
+def test_integer_and_boolean_sums_keep_numpys_dtypes_in_every_tier(mode):
+    # bools and signed ints add up in int64, unsigned ints in uint64, as NumPy does
+    args = (np.arange(12, dtype=np.int32).reshape(3, 4), np.arange(12, dtype=np.uint8).reshape(3, 4),
+            np.arange(12.0).reshape(3, 4))
+    got = tg.jit(_integer_sums, compile=mode)(*args)
+    for value, expected in zip(got, _integer_sums(*args)):
+        assert np.asarray(value).dtype == np.asarray(expected).dtype
+        np.testing.assert_array_equal(value, expected)
+
+
+def test_counts_are_added_up_inside_the_loop_that_computes_them():
+    # a count of a condition (np.sum(z > 1), np.all) accumulates in the loop, with no array of 0s and 1s
+    source = tg.jit(lambda z: (np.sum(z > 1, axis=0), np.all(np.isfinite(z)))).source(np.ones((3, 4)))
+    code = [line.split("#")[0] for line in source.splitlines()]  # (the comments quote the user's line)
+    assert not any("np.sum(" in line for line in code)
+    assert any("[i1] += " in line for line in code)

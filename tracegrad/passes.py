@@ -334,7 +334,7 @@ def accumulate_write(node: Node, loop: list | None = None):
     if prim.accumulate_index is None:
         return None
     x = node.inputs[0] if node.inputs else None
-    if not isinstance(x, Var) or not x.aval.ndim or node.out.aval.dtype.kind != "f":
+    if not isinstance(x, Var) or not x.aval.ndim or node.out.aval.dtype.kind not in "fi":
         return None
     loop = _index_values(x.aval.ndim) if loop is None else loop
     return prim.accumulate_index(loop, x.aval.shape, node.out.aval.shape, **node.params)

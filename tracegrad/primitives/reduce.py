@@ -21,7 +21,9 @@ def _keepdims_shape(shape, axes) -> tuple:
 
 
 def _sum_shape(x, axes):
-    dtype = x.dtype if x.dtype.kind in "fc" else np.dtype(np.int64) if x.dtype.kind in "biu" else x.dtype
+    # as NumPy: bools and signed ints add up in int64, unsigned ints in uint64
+    dtype = x.dtype if x.dtype.kind in "fc" else np.dtype(np.uint64) if x.dtype.kind == "u" else \
+        np.dtype(np.int64) if x.dtype.kind in "bi" else x.dtype
     return Aval(_reduced_shape(x, axes), dtype)
 
 
