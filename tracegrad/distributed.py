@@ -337,16 +337,7 @@ def _check_data(args, positions, wrt, da) -> list:
     data = [args[i] for i in positions]
     first = data[0]
     for i, a in zip(positions, data):
-        if a.ndim == 0:
-            raise DataError(f"argument {i} is a 0-d Dask array: data arguments have rows", user_source())
-        if any(np.isnan(c) for chunks in a.chunks for c in chunks):
-            raise DataError(f"argument {i} has chunks of unknown size {a.chunks}", user_source(),
-                            hint="call .compute_chunk_sizes() on it first")
-        if any(n > 1 for n in a.numblocks[1:]):
-            raise DataError(f"argument {i} is a Dask array chunked along axis "
-                            f"{1 + [n > 1 for n in a.numblocks[1:]].index(True)} (chunks {a.chunks}): "
-                            "tracegrad.distributed splits the data by rows only, each chunk holding whole rows",
-                            user_source(), hint=f"rechunk it: x.rechunk({{{', '.join(f'{k}: -1' for k in range(1, a.ndim))}}})")
+        _check_split_by_rows(a, f"argument {i}")
         if a.shape[0] != first.shape[0]:
             raise DataError(f"argument {i} has {a.shape[0]} rows but argument {positions[0]} has {first.shape[0]}",
                             user_source())
@@ -610,6 +601,22 @@ def chunk_seed(seed: int, chunk: int) -> int:
     return z ^ (z >> 31)
 
 
+def _check_split_by_rows(a, what: str, variable: str = "x") -> None:
+    """A Dask data array with rows, chunks of known sizes and whole rows in each chunk, or a ``DataError``
+    naming it (``what``: ``"argument 1"``, ``"X"``; ``variable``: its name in the hint)."""
+    if a.ndim == 0:
+        raise DataError(f"{what} is a 0-d Dask array: data have one row per sample", user_source())
+    if any(np.isnan(c) for chunks in a.chunks for c in chunks):
+        raise DataError(f"{what} has chunks of unknown size {a.chunks}", user_source(),
+                        hint="call .compute_chunk_sizes() on it first")
+    if any(n > 1 for n in a.numblocks[1:]):
+        axis = 1 + [n > 1 for n in a.numblocks[1:]].index(True)
+        raise DataError(f"{what} is a Dask array chunked along axis {axis} (chunks {a.chunks}): "
+                        "tracegrad.distributed splits the data by rows only, each chunk holding whole rows",
+                        user_source(),
+                        hint=f"rechunk it: {variable}.rechunk({{{', '.join(f'{k}: -1' for k in range(1, a.ndim))}}})")
+
+
 def _check_fit_data(X, y, least: int, sync_every) -> list:
     """The rows of each chunk, after checking that X and y are Dask arrays chunked alike, by rows only,
     with at least ``least`` rows in every chunk."""
@@ -619,16 +626,7 @@ def _check_fit_data(X, y, least: int, sync_every) -> list:
             raise DataError(f"{name} must be a Dask array chunked by rows, got {type(a).__name__}", user_source(),
                             hint="for NumPy arrays in one process use tg.fit(loss, params, (X, y), ...); "
                                  "or da.from_array(X, chunks=(rows_per_chunk, -1))")
-        if a.ndim == 0:
-            raise DataError(f"{name} is a 0-d Dask array: the data have one row per sample", user_source())
-        if any(np.isnan(c) for chunks in a.chunks for c in chunks):
-            raise DataError(f"{name} has chunks of unknown size {a.chunks}", user_source(),
-                            hint="call .compute_chunk_sizes() on it first")
-        if any(n > 1 for n in a.numblocks[1:]):
-            raise DataError(f"{name} is a Dask array chunked along axis {1 + [n > 1 for n in a.numblocks[1:]].index(True)}"
-                            f" (chunks {a.chunks}): distributed.fit splits the data by rows only, each chunk "
-                            f"holding whole rows", user_source(),
-                            hint=f"rechunk it: {name}.rechunk({{{', '.join(f'{k}: -1' for k in range(1, a.ndim))}}})")
+        _check_split_by_rows(a, name, name)
     if X.shape[0] != y.shape[0]:
         raise DataError(f"X has {X.shape[0]} rows but y has {y.shape[0]}", user_source())
     if X.chunks[0] != y.chunks[0]:
