@@ -37,30 +37,43 @@ def accuracy(params, X, y):
 
 
 def load_digits_split(seed=0):
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        sys.exit("this example needs scikit-learn for its data set: pip install scikit-learn "
-                 "(or pip install -e \".[examples]\")")
-    digits = load_digits()
-    X = digits.data / 16.0  # pixel intensities 0..16 scaled to [0, 1]
-    y = digits.target.astype(np.int64)
+    X, y = _read_digits()
+    X = X / 16.0  # pixel intensities 0..16 scaled to [0, 1]
     order = np.random.default_rng(seed).permutation(len(X))
     train, test = order[:1437], order[1437:]  # 80 / 20
     return X[train], y[train], X[test], y[test]
 
 
-def save_loss_curve(history, path):
+def _read_digits():
+    """scikit-learn's digits: its own file (64 pixels and the label a row) read with NumPy, which is what
+    ``sklearn.datasets.load_digits`` does, without the second and more that importing scikit-learn takes."""
+    import importlib.util
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        spec = importlib.util.find_spec("sklearn")  # (finds the package without importing it)
+    except ValueError:
+        spec = None
+    if spec is None:
+        sys.exit("this example needs scikit-learn for its data set: pip install scikit-learn "
+                 "(or pip install -e \".[examples]\")")
+    path = os.path.join(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz")
+    if not os.path.exists(path):  # (another layout: ask scikit-learn)
+        from sklearn.datasets import load_digits
+        digits = load_digits()
+        return digits.data, digits.target.astype(np.int64)
+    table = np.loadtxt(path, delimiter=",")
+    return table[:, :-1], table[:, -1].astype(np.int64)
+
+
+def save_loss_curve(history, path):
+    try:  # (a Figure of its own, without pyplot: to a file, no window, nothing global)
         import matplotlib.ticker
+        from matplotlib.figure import Figure
     except ImportError:
         print("(matplotlib is not installed: no loss curve)")
         return
     epochs = np.arange(1, len(history.loss) + 1)
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    fig = Figure(figsize=(5, 3.2), dpi=120)
+    ax = fig.subplots()
     ax.plot(epochs, history.loss, "o-", ms=3, label="training (running mean over the epoch)")
     ax.plot(epochs, history.val_loss, "s-", ms=3, label="test")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
@@ -71,7 +84,6 @@ def save_loss_curve(history, path):
     ax.legend(frameon=False)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     print(f"loss curve saved to {path}")
 
 
