@@ -9,6 +9,8 @@ os.environ.setdefault("TRACEGRAD_CACHE_DIR", os.path.join(tempfile.gettempdir(),
 # Most tests check what the compiled code does, so they compile before the first call returns, as
 # compile="wait" does; tests/test_tiers.py checks the background and NumPy tiers explicitly.
 os.environ.setdefault("TRACEGRAD_COMPILE", "wait")
+# a background compile starts at the first call (test_tiers.py checks the default, after 1 s on NumPy)
+os.environ.setdefault("TRACEGRAD_COMPILE_AFTER", "0")
 
 
 @pytest.fixture

@@ -64,6 +64,21 @@ def test_evaluator_equals_the_reference_interpreter_on_optimized_graphs(name, i)
     got = compiled.evaluator(*inputs)
     for a, b in zip(got, expected):
         np.testing.assert_array_equal(a, b)
+    # the same steps interpreted one by one (graphs over STRAIGHT_LINE_MAX nodes): the same values
+    stepwise = tiers.Evaluator(compiled.graph, compiled.module.checks)
+    stepwise._fast = None
+    for a, b in zip(stepwise(*inputs), got):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_graph_over_the_straight_line_limit_is_evaluated_step_by_step(monkeypatch, rng):
+    x = rng.normal(size=7)
+    want = np.sum(np.sin(x) * x + 1.0)
+    small = tg.jit(lambda x: np.sum(np.sin(x) * x + 1.0), compile="never")
+    assert small(x) == pytest.approx(want, rel=1e-14) and small.specialize(x).evaluator._fast is not None
+    monkeypatch.setattr(tiers, "STRAIGHT_LINE_MAX", 0)
+    large = tiers.Evaluator(small.specialize(x).graph)
+    assert large._fast is None and large(x) == (small(x),)
 
 
 FIRST_CASES = [pytest.param(name, dtype, id=f"{name}-{np.dtype(dtype).name}")
@@ -194,6 +209,40 @@ def test_background_switches_by_itself_once_compiled(fresh_cache):
     entry._background.ready.wait(timeout=120)
     f(x)
     assert entry.tier == "compiled"
+
+
+def test_the_compile_starts_once_the_calls_have_spent_compile_after_on_numpy(fresh_cache, monkeypatch):
+    monkeypatch.setenv("TRACEGRAD_COMPILE_AFTER", "0.2")
+    f = tg.grad(lambda x: np.sum(np.sin(x) * np.cos(x) * x), compile="background")
+    x = np.linspace(0, 1, 200_000)  # a call on NumPy takes a few milliseconds
+    want = f(x)
+    background = f.specialize(x)._background
+    assert background._deferred and background.job is None  # one call: not yet
+    deadline = time.monotonic() + 60
+    while background.job is None and time.monotonic() < deadline:
+        np.testing.assert_array_equal(f(x), want)
+    assert background.job is not None and background._evaluated >= 0.2
+    f.wait()
+    assert f.specialize(x).tier == "compiled"
+    np.testing.assert_allclose(f(x), want, rtol=1e-12)
+
+
+def test_wait_starts_a_compile_still_waiting_for_its_calls(fresh_cache, monkeypatch):
+    monkeypatch.setenv("TRACEGRAD_COMPILE_AFTER", "1000")
+    f = tg.grad(lambda x: np.sum(np.tan(x) * x), compile="background")
+    x = np.linspace(0, 1, 5)
+    f(x)
+    entry = f.specialize(x)
+    assert entry.tier == "evaluating" and entry._background.job is None
+    f.wait()
+    assert entry.tier == "compiled" and entry._background.job is not None
+
+
+@pytest.mark.parametrize("value", ["-1", "soon", "nan"])
+def test_compile_after_must_be_seconds(monkeypatch, value):
+    monkeypatch.setenv("TRACEGRAD_COMPILE_AFTER", value)
+    with pytest.raises(TracegradError, match="TRACEGRAD_COMPILE_AFTER"):
+        tiers.compile_after()
 
 
 def test_a_second_process_loads_the_background_compile_from_the_cache(fresh_cache, rng):

@@ -271,16 +271,20 @@ class Compiled:
         if self.compile_mode == "background":
             if self.workspace is not None:  # what the calls will run: the function taking the workspace
                 self._background = tiers.background(self.workspace.inner, [*args, *self.workspace.buffers],
-                                                    self.module.inner_parts, label=self.module.function)
+                                                    self.module.inner_parts, label=self.module.function,
+                                                    defer=True)
             else:
                 self._background = tiers.background(self.dispatcher, args, self.module.parts,
-                                                    label=self.module.function)
+                                                    label=self.module.function, defer=True)
             if self._background is not None:
                 self.tier, self._call = "evaluating", self._evaluate_until_compiled
-                outs = self.evaluator(*args)
+                outs = self._evaluate(args)
                 clock.lap("evaluate")
                 self.timings.update(clock.laps)
-                self._report("Numba compiles it in the background; this call ran on NumPy", compiled=False)
+                after = tiers.compile_after()
+                self._report("Numba compiles it in the background" + (
+                    f" once its calls have spent {after:g} s on NumPy" if after > 0 else "") +
+                    "; this call ran on NumPy", compiled=False)
                 return outs
         compiled = self._compiled()
         self.announce_compile(self.workspace.inner if self.workspace is not None else self.dispatcher)
@@ -301,8 +305,16 @@ class Compiled:
         elif state == "failed":
             self._call = self.evaluator
         else:
-            return self.evaluator(*args) if args else None
+            return self._evaluate(args) if args else None
         return self._call(*args) if args else None
+
+    def _evaluate(self, args):
+        """A call on NumPy while the compiled code is not ready; its time counts towards starting the compile."""
+        t = time.perf_counter()
+        try:
+            return self.evaluator(*args)
+        finally:
+            self._background.evaluated(time.perf_counter() - t)
 
     def _use_compiled(self):
         self.tier, self._call = "compiled", self._compiled()

@@ -36,6 +36,7 @@ from .ir import Graph, Literal
 
 MODES = ("background", "wait", "never")
 LOG_AFTER = 1.0  # seconds a background compile runs before the "tracegrad" logger says so
+COMPILE_AFTER = 1.0  # seconds a specialisation's calls spend on NumPy before the worker compiles it
 
 _log = logging.getLogger("tracegrad")
 _mode: str | None = None
@@ -70,6 +71,23 @@ def set_compile(mode: str | None) -> None:
     """
     global _mode
     _mode = None if mode is None else check_mode(mode)
+
+
+def compile_after() -> float:
+    """How long (seconds) a specialisation's calls run on NumPy before its background compile starts:
+    ``TRACEGRAD_COMPILE_AFTER``, else ``COMPILE_AFTER`` (1 s). 0 starts it at the first call."""
+    value = os.environ.get("TRACEGRAD_COMPILE_AFTER")
+    if value is None or not value.strip():
+        return COMPILE_AFTER
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0.0:
+        raise TracegradError(f"TRACEGRAD_COMPILE_AFTER must be a number of seconds >= 0, got {value!r}",
+                             hint="0 compiles at the first call; unset, a specialisation compiles once its calls "
+                                  f"have spent {COMPILE_AFTER:g} s on NumPy")
+    return seconds
 
 
 _parallel: bool | str | None = None
@@ -137,30 +155,28 @@ class Evaluator:
             writes = []
             for out in node.outs:
                 slot[out] = len(slot)
-                writes.append((slot[out], out.aval.dtype, messages.get(out)))
-            ref = node.primitive.ref
-            counted = node.primitive.name == "loop"  # a loop node: its body, evaluated once per iteration
-            if counted:
-                ref = _CountedLoop(**node.params)
-            params = {} if counted else node.params
+                writes.append((slot[out], out.aval, messages.get(out)))
+            ref, params = node.primitive.ref, node.params
+            if node.primitive.name == "loop":  # a loop node: its body, evaluated once per iteration
+                ref, params = _CountedLoop(**node.params), {}
+            elif node.primitive.name == "loop_nest" and node.params.get("origin") is not None:
+                ref, params = _Origin(node), {}
             self._steps.append((ref, reads, params, tuple(writes),
                                 len(node.outs) > 1 or node.primitive.multiple_results, node.source))
         self._n_slots = len(slot)
         self._outputs = tuple((False, _scalar(a.aval.dtype.type(a.value))) if isinstance(a, Literal)
                               else (True, slot[a]) for a in graph.outputs)
+        self._fast = _straight_line(self._steps, len(graph.inputs), self._outputs) \
+            if len(self._steps) <= STRAIGHT_LINE_MAX else None
 
     def __call__(self, *args):
-        env = [None] * self._n_slots
-        for i, (var, value) in enumerate(zip(self.graph.inputs, args)):
-            env[i] = _as_value(value, var.aval.dtype)
+        inputs = [_as_value(value, var.aval.dtype) for var, value in zip(self.graph.inputs, args)]
         if not self.fresh:  # a loop's body, inside the evaluation of its graph
-            self._run(env)
-            return tuple(env[x] if is_var else x for is_var, x in self._outputs)
+            return self._evaluate(inputs)
         with np.errstate(all="ignore"):
-            self._run(env)
+            results = self._evaluate(inputs)
         outs, seen = [], []
-        for is_var, x in self._outputs:
-            value = env[x] if is_var else x
+        for value in results:
             if isinstance(value, np.ndarray):
                 # as the generated code does: never hand back the caller's array, a view, or one array twice
                 if value.base is not None or not value.flags.writeable or any(value is a for a in args) \
@@ -172,6 +188,19 @@ class Evaluator:
             outs.append(value)
         return tuple(outs)
 
+    def _evaluate(self, inputs: list) -> tuple:
+        """The outputs, from the inputs as ``_as_value`` made them."""
+        if self._fast is not None:
+            try:
+                return self._fast(*inputs)
+            except IndexOutOfBoundsError:  # (located already, in a loop's body)
+                raise
+            except IndexError:  # the straight-line code knows no lines: the steps one by one name it
+                pass
+        env = [None] * self._n_slots
+        env[:len(inputs)] = inputs
+        self._run(env)
+        return tuple(env[x] if is_var else x for is_var, x in self._outputs)
 
     def _run(self, env: list) -> None:
         for ref, reads, params, writes, several, source in self._steps:
@@ -181,11 +210,61 @@ class Evaluator:
                 raise
             except IndexError as exc:  # x[i] at a traced i: named at the user's line
                 raise out_of_bounds(exc, source) from None
-            for (i, dtype, message), value in zip(writes, result if several else (result,)):
-                value = _as_value(value, dtype)
+            for (i, aval, message), value in zip(writes, result if several else (result,)):
+                value = _as_value(value, aval.dtype)
                 env[i] = value
                 if message is not None and not np.all(np.isfinite(value)):
                     raise NonFiniteError(message)
+
+
+# A graph of at most this many nodes is evaluated by a Python function written for it (``_straight_line``);
+# a larger one (an unrolled loop of thousands of steps) step by step, rather than compile that much source.
+STRAIGHT_LINE_MAX = 5000
+
+
+def _straight_line(steps: list, n_inputs: int, outputs: tuple):
+    """The evaluator's steps as one Python function of the inputs, a line per node calling its reference
+    implementation (``v7 = r3(v2, c3_1, **p3)``), each value converted only where it is not already what
+    ``_as_value`` makes (a NumPy scalar of the dtype for a 0-d value, an array of the dtype otherwise):
+    interpreting the steps costs several microseconds a node, which small graphs (``fit``'s steps on
+    NumPy) spend most of their time on. Same references, same order, same checks: same results."""
+    env = {"ndarray": np.ndarray, "as_value": _as_value, "np": np, "NonFiniteError": NonFiniteError}
+    lines = [f"def run({', '.join(f'v{i}' for i in range(n_inputs))}):"]
+    for k, (ref, reads, params, writes, several, _) in enumerate(steps):
+        env[f"r{k}"] = ref
+        args = []
+        for j, (is_var, x) in enumerate(reads):
+            if is_var:
+                args.append(f"v{x}")
+            else:
+                env[f"c{k}_{j}"] = x
+                args.append(f"c{k}_{j}")
+        if params:
+            env[f"p{k}"] = params
+            args.append(f"**p{k}")
+        names = [f"v{i}" for i, _, _ in writes]
+        target = "".join(n + ", " for n in names) if several else names[0]
+        lines.append(f"    {target} = r{k}({', '.join(args)})")
+        for (i, aval, message), name in zip(writes, names):
+            env[f"d{i}"], env[f"t{i}"] = aval.dtype, aval.dtype.type
+            if aval.shape:
+                lines.append(f"    if {name}.__class__ is not ndarray or {name}.dtype is not d{i}: "
+                             f"{name} = as_value({name}, d{i})")
+            else:
+                lines.append(f"    if {name}.__class__ is not t{i}: {name} = as_value({name}, d{i})")
+            if message is not None:
+                env[f"m{i}"] = message
+                lines.append(f"    if not np.all(np.isfinite({name})): raise NonFiniteError(m{i})")
+    results = []
+    for j, (is_var, x) in enumerate(outputs):
+        if is_var:
+            results.append(f"v{x}")
+        else:
+            env[f"o{j}"] = x
+            results.append(f"o{j}")
+    lines.append(f"    return ({''.join(r + ', ' for r in results)})")
+    exec(compile("\n".join(lines) + "\n", "<tracegrad evaluator>", "exec"), env)
+    return env["run"]
 
 
 class _CountedLoop:
@@ -209,6 +288,36 @@ class _CountedLoop:
             for stacked, y in zip(ys, outs[n_carry:]):
                 stacked[t] = y
         return [np.asarray(c, dtype)[()] for c, dtype in zip(carry, self.carries)] + ys
+
+
+class _Origin:
+    """A ``loop_nest`` node as the NumPy tier runs it: the array-level nodes it was lowered from (its
+    ``origin``), each a whole-array NumPy operation, evaluated as a graph built once. The same values as
+    the body run on broadcast index arrays (``loop_nest``'s ``ref``, which the primitive suite checks
+    against the compiled loops), in a few NumPy calls on the arrays as they are instead of a view per
+    read and a sum per ``add_at``: small loops (``fit``'s steps) run several times faster."""
+
+    def __init__(self, node):
+        self.evaluate = Evaluator(Graph(node.params["body"].name, list(node.inputs), list(node.params["origin"].nodes),
+                                        list(node.outs)), fresh=False)
+        self.shapes = [aval.shape for aval in node.params["avals_out"]]
+
+    def __call__(self, *inputs):
+        results, given = [], None
+        for value, shape in zip(self.evaluate._evaluate(inputs), self.shapes):  # (inputs: values already)
+            # fresh arrays of the output's shape, as the loop writes them (never an input, or a view)
+            if not shape:  # (a 0-d value is a NumPy scalar here: immutable, as it is)
+                pass
+            elif value.__class__ is not np.ndarray or value.shape != shape:
+                value = np.broadcast_to(value, shape).copy()
+            elif value.base is not None:
+                value = value.copy()
+            else:
+                given = given or {id(x) for x in inputs}
+                if id(value) in given:
+                    value = value.copy()
+            results.append(value)
+        return results if len(results) > 1 else results[0]
 
 
 def _as_value(value, dtype):
@@ -394,9 +503,16 @@ def describe(args) -> list:
 class Background:
     """The compiled code of one dispatcher for one signature, loaded into this process by a thread (not
     the caller's) from Numba's disk cache, after the worker has compiled it into that cache if it was not
-    there. ``poll()``: "compiled", "pending" or "failed" (after one ``CompileWarning``)."""
+    there. ``poll()``: "compiled", "pending" or "failed" (after one ``CompileWarning``).
 
-    def __init__(self, dispatcher, described: list, request: dict, label: str, path, cached: bool):
+    With ``defer``, a compile from scratch waits for ``start()``: the caller starts it once its calls have
+    spent ``compile_after()`` seconds on NumPy (``evaluated``). A compile slows this process's own NumPy
+    work while it runs (this 2-core machine: the NumPy epochs of ``examples/train_digits.py`` took up to
+    3x as long beside a Numba compile in another process), and a process that ends first throws it away:
+    a short run is quicker on NumPy alone. Entries already in Numba's cache load at once."""
+
+    def __init__(self, dispatcher, described: list, request: dict, label: str, path, cached: bool,
+                 defer: bool = False):
         self.dispatcher, self.described, self.label, self.path = dispatcher, described, label, path
         self.state = "pending"
         self.error: str | None = None
@@ -406,6 +522,10 @@ class Background:
         self.job: Job | None = None
         self._request = request
         self._warned = False
+        self._lock = threading.Lock()
+        self._deferred = False  # a compile from scratch, waiting for start()
+        self._evaluated = 0.0  # seconds the calls spent on NumPy while it waits
+        self._defer = defer
         _started.add(self)
         if cached:  # Numba's cache has entries for this function: try them before compiling
             threading.Thread(target=self._load_or_compile, name="tracegrad-load", daemon=True).start()
@@ -413,8 +533,27 @@ class Background:
             self._compile()
 
     def _compile(self):
+        with self._lock:
+            if self._defer:
+                self._deferred = True
+                return
         self.job = worker().submit((str(self.path), json.dumps(self.described)), self._request, self.label,
                                    self._compiled)
+
+    def start(self) -> None:
+        """Start a deferred compile now (nothing when it started already, or needs none)."""
+        with self._lock:
+            deferred, self._defer, self._deferred = self._deferred, False, False
+        if deferred:
+            _log.info("compiling %s with Numba in the background (its calls have run %.1f s on NumPy)",
+                      self.label, self._evaluated)
+            self._compile()
+
+    def evaluated(self, seconds: float) -> None:
+        """A call ran ``seconds`` on NumPy: start the deferred compile once they add up to ``compile_after()``."""
+        self._evaluated += seconds
+        if self._deferred and self._evaluated >= compile_after():
+            self.start()
 
     def _load_or_compile(self):
         if not self._load():
@@ -460,6 +599,7 @@ class Background:
         return self.state
 
     def wait(self) -> str:
+        self.start()
         self.ready.wait()
         return self.poll()
 
@@ -468,19 +608,22 @@ _started: weakref.WeakSet = weakref.WeakSet()
 
 
 def wait_all() -> None:
-    """Block until every background compile started so far has finished and been loaded (or failed).
+    """Block until every background compile asked for so far has finished and been loaded (or failed),
+    starting those still waiting for their calls to spend ``compile_after()`` seconds on NumPy.
 
     ``f.wait()`` does this for one function; this also covers ``fit``'s epoch functions."""
     for compile_ in list(_started):
+        compile_.start()
         compile_.ready.wait()
 
 
-def background(dispatcher, args, parts=(), label=None, load_now=False) -> Background | None:
+def background(dispatcher, args, parts=(), label=None, load_now=False, defer=False) -> Background | None:
     """Get ``dispatcher`` (a function of a generated file, calling the functions ``parts`` of the same
     file) compiled for arguments like ``args`` without the caller waiting: a ``Background`` loading it
-    from Numba's disk cache in a thread, or having the worker compile it first. None when it is ready
-    already (in memory, or with ``load_now`` loaded from the disk cache by the caller), or when the
-    arguments are of a kind the worker cannot describe (then the call compiles it)."""
+    from Numba's disk cache in a thread, or having the worker compile it first (with ``defer``, once the
+    caller reports enough time on NumPy: ``Background.evaluated``). None when it is ready already (in
+    memory, or with ``load_now`` loaded from the disk cache by the caller), or when the arguments are of a
+    kind the worker cannot describe (then the call compiles it)."""
     from . import backend
 
     try:
@@ -494,7 +637,8 @@ def background(dispatcher, args, parts=(), label=None, load_now=False) -> Backgr
         return None
     path, function = backend.file_of(dispatcher)
     request = {"path": path, "function": function, "parts": list(parts), "types": described}
-    return Background(dispatcher, described, request, label or function, path, cached)
+    return Background(dispatcher, described, request, label or function, path, cached,
+                      defer=defer and compile_after() > 0.0)
 
 
 # ------------------------------------------------------------------------------------ the worker's side

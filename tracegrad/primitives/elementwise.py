@@ -766,7 +766,8 @@ class where:
     cast_inputs = (1, 2)
 
     def ref(c, x, y):
-        return np.where(c, x, y).astype(np.result_type(x, y))
+        out, dtype = np.where(c, x, y), np.result_type(x, y)
+        return out if out.dtype == dtype else out.astype(dtype)
 
     def vjp(g, out, c, x, y):
         return [None, where(c, g, 0.0), where(c, 0.0, g)]

@@ -20,11 +20,14 @@ def _keepdims_shape(shape, axes) -> tuple:
     return tuple(1 if i in axes else d for i, d in enumerate(shape))
 
 
-def _sum_shape(x, axes):
+def _sum_dtype(dtype: np.dtype) -> np.dtype:
     # as NumPy: bools and signed ints add up in int64, unsigned ints in uint64
-    dtype = x.dtype if x.dtype.kind in "fc" else np.dtype(np.uint64) if x.dtype.kind == "u" else \
-        np.dtype(np.int64) if x.dtype.kind in "bi" else x.dtype
-    return Aval(_reduced_shape(x, axes), dtype)
+    return dtype if dtype.kind in "fc" else np.dtype(np.uint64) if dtype.kind == "u" else \
+        np.dtype(np.int64) if dtype.kind in "bi" else dtype
+
+
+def _sum_shape(x, axes):
+    return Aval(_reduced_shape(x, axes), _sum_dtype(x.dtype))
 
 
 def _sum_emit(args, out, axes):
@@ -83,7 +86,8 @@ class reduce_sum:
     label = _label("sum")
 
     def ref(x, axes):
-        return np.sum(x, axis=axes, dtype=_sum_shape(Aval(np.shape(x), np.asarray(x).dtype), axes).dtype)
+        x = np.asarray(x)
+        return np.add.reduce(x, axis=axes, dtype=_sum_dtype(x.dtype))  # (np.sum, without its wrapper)
 
     def vjp(g, out, x, axes):
         if g.ndim:  # put the reduced axes back as size 1, then broadcast along them
