@@ -107,8 +107,8 @@ def main(argv=None):
     steps = history.steps
     train_time = sum(history.time)
     print(f"set up in {history.compile_time:.1f} s; {sum(history.compiled)} of {len(history.compiled)} epochs ran "
-          f"compiled (until Numba is done they run on NumPy; TRACEGRAD_COMPILE=wait compiles first and fills "
-          f"the disk cache for later runs)")
+          f"compiled (the others on NumPy: a second of epochs on NumPy starts Numba's compile in the background; "
+          f"TRACEGRAD_COMPILE=wait compiles first and fills the disk cache for later runs)")
     print(f"trained {steps} steps in {train_time * 1e3:.0f} ms: {train_time / steps * 1e6:.0f} us per step")
     test_accuracy = accuracy(params, X_test, y_test)
     print(f"test accuracy: {test_accuracy:.4f}")

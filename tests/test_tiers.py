@@ -406,6 +406,26 @@ def test_fit_switches_to_compiled_epochs_between_epochs(fresh_cache, capsys):
         np.testing.assert_allclose(p[k], p_wait[k], rtol=1e-12, atol=1e-14)
 
 
+def test_fit_loads_its_cached_epoch_before_the_first_epoch(fresh_cache):
+    # the epoch's temporaries in a workspace (as a larger model's are): what the epochs run is the function
+    # taking it, and that is what must come from the cache, not only the function around it
+    script = textwrap.dedent("""
+        import numpy as np, tracegrad as tg
+        tg.codegen.WORKSPACE_BYTES = 64
+        from test_tiers import fit_problem, fit_loss
+        params, data = fit_problem(1)
+        p, h = tg.fit(fit_loss, params, data, optimizer=tg.optim.SGD(lr=0.1), batch_size=8, epochs=2, seed=2,
+                      compile="{mode}", progress=False)
+        print(*h.compiled)
+    """)
+    first = run_python(script.format(mode="wait"), fresh_cache)
+    assert first.stdout.split() == ["True", "True"], first.stderr
+    sources = [path.read_text() for path in fresh_cache.glob("fit_loss_fit_epoch_*.py")]
+    assert any("def fit_loss_fit_epoch_workspace(" in source for source in sources)
+    second = run_python(script.format(mode="background"), fresh_cache)
+    assert second.stdout.split() == ["True", "True"], second.stderr
+
+
 def test_a_long_background_compile_is_logged(caplog):
     job = tiers.Job("slow_value_and_grad")
     with caplog.at_level("INFO", logger="tracegrad"):

@@ -269,13 +269,7 @@ class Compiled:
             self.tier, self._call = "evaluating", self.evaluator
             return self._call(*args)
         if self.compile_mode == "background":
-            if self.workspace is not None:  # what the calls will run: the function taking the workspace
-                self._background = tiers.background(self.workspace.inner, [*args, *self.workspace.buffers],
-                                                    self.module.inner_parts, label=self.module.function,
-                                                    defer=True)
-            else:
-                self._background = tiers.background(self.dispatcher, args, self.module.parts,
-                                                    label=self.module.function, defer=True)
+            self._background = self.background(args)
             if self._background is not None:
                 self.tier, self._call = "evaluating", self._evaluate_until_compiled
                 outs = self._evaluate(args)
@@ -296,6 +290,14 @@ class Compiled:
         self._report("Numba " + ("loaded from its cache" if sum(stats.cache_hits.values()) else "compiled"))
         self._use_compiled()
         return outs
+
+    def background(self, args, load_now: bool = False) -> tiers.Background | None:
+        """``tiers.background`` for what the calls run (the function taking the workspace, if there is one)."""
+        if self.workspace is not None:
+            return tiers.background(self.workspace.inner, [*args, *self.workspace.buffers], self.module.inner_parts,
+                                    label=self.module.function, load_now=load_now, defer=True)
+        return tiers.background(self.dispatcher, args, self.module.parts, label=self.module.function,
+                                load_now=load_now, defer=True)
 
     def _evaluate_until_compiled(self, *args):
         state = self._background.poll(stacklevel=6 if args else 4)  # warn at the user's call

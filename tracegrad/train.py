@@ -229,8 +229,7 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
             backend.compile_for(entry.dispatcher, tiers.describe(_kernel_args(entry, first_arguments)), entry.module)
     elif mode == "background":  # from the disk cache it loads before the first epoch, else it compiles meanwhile
         try:
-            tiers.background(entry.dispatcher, _kernel_args(entry, first_arguments), entry.module.parts,
-                             label=entry.module.function, load_now=True, defer=True)
+            entry.background(_kernel_args(entry, first_arguments), load_now=True)
         except Exception:  # noqa: BLE001 (an unreadable cache: the first epoch's call recovers, on NumPy)
             pass
     history.compile_time = time.perf_counter() - t_compile
