@@ -3,7 +3,6 @@
 The rest of the suite runs with TRACEGRAD_COMPILE=wait (conftest.py); these tests choose their tier.
 """
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -249,7 +248,7 @@ def test_a_second_process_loads_the_background_compile_from_the_cache(fresh_cach
     vg = tg.value_and_grad(mlp_loss, argnums=(0, 1, 2), compile="background")
     vg(*mlp_args(rng))
     vg.wait()
-    script = textwrap.dedent(f"""
+    script = textwrap.dedent("""
         import numpy as np, tracegrad as tg
         from test_tiers import mlp_loss, mlp_args
         vg = tg.value_and_grad(mlp_loss, argnums=(0, 1, 2), compile="background")
