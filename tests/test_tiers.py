@@ -16,7 +16,7 @@ from tracegrad import tiers
 from tracegrad.errors import CompileWarning, NonFiniteError, TracegradError
 from tracegrad.interpret import evaluate
 
-from test_primitives import ALL_CASES, PARAMS, make_case
+from test_primitives import PARAMS, make_case
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,12 +39,10 @@ def mlp_args(rng):
             rng.normal(size=(5, 3)))
 
 
-def assert_same(a, b, **tol):
+def assert_same(a, b):
     for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
         if isinstance(x, tuple):
-            assert_same(x, y, **tol)
-        elif tol:
-            np.testing.assert_allclose(x, y, **tol)
+            assert_same(x, y)
         else:
             np.testing.assert_array_equal(x, y)
             assert type(x) is type(y)
@@ -80,20 +78,8 @@ def test_a_graph_over_the_straight_line_limit_is_evaluated_step_by_step(monkeypa
     assert large._fast is None and large(x) == (small(x),)
 
 
-FIRST_CASES = [pytest.param(name, dtype, id=f"{name}-{np.dtype(dtype).name}")
-               for name in ALL_CASES for dtype in (np.float64, np.float32)]
-
-
-@pytest.mark.parametrize("name,dtype", FIRST_CASES)
-def test_evaluator_agrees_with_compiled_code(name, dtype):
-    loss, args, _ = make_case(name, 0, dtype)
-    argnums = tuple(range(len(args)))
-    compiled = tg.value_and_grad(loss, argnums=argnums, compile="wait")(*args)
-    evaluated = tg.value_and_grad(loss, argnums=argnums, compile="never")(*args)
-    tol = dict(rtol=1e-12, atol=1e-14) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-6)
-    assert_same(evaluated, compiled, **tol)
-    assert type(evaluated[0]) is type(compiled[0])
-    assert all(np.asarray(g).dtype == np.asarray(c).dtype for g, c in zip(evaluated[1], compiled[1]))
+# The evaluator against the compiled code on every primitive case (float64 and float32, rtol 1e-12 in float64):
+# tests/test_primitives_compiled.py, in the test that compiles each case once for its own check too.
 
 
 def test_evaluator_returns_what_compiled_code_returns(rng):
