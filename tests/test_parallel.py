@@ -141,9 +141,9 @@ def test_auto_is_a_larger_threshold_and_needs_threads(rng, monkeypatch):
 
 @pytest.mark.parametrize("bad", ["yes", 1, 0, "True", 2.0])
 def test_bad_settings_are_clear_errors(bad):
-    with pytest.raises(TracegradError, match="parallel must be False, True or 'auto'"):
+    with pytest.raises(TracegradError, match="parallel must be False, True, 'auto' or tg.over_rows"):
         tg.grad(layer_loss, parallel=bad)
-    with pytest.raises(TracegradError, match="parallel must be False, True or 'auto'"):
+    with pytest.raises(TracegradError, match="parallel must be False, True, 'auto' or tg.over_rows"):
         tg.set_parallel(bad)
 
 

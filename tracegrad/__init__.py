@@ -13,6 +13,7 @@ from . import primitives as _primitives  # noqa: F401  (registers every primitiv
 from .api import Compiled, Function, grad, jit, make_graph, source, value_and_grad
 from .backend import cache_dir, set_cache_dir, tune_malloc
 from .tiers import set_compile, set_parallel
+from .rows import over_rows
 from .errors import (CompileError, CompileWarning, GradTypeError, NonFiniteError, ShapeError, TracegradError,
                      TracingError,
                      UnsupportedError)
@@ -36,6 +37,7 @@ __all__ = [
     "scan", "fori_loop", "while_loop", "custom_vjp", "vmap", "jacrev", "jacfwd", "jacobian", "hessian", "hvp",
     "jvp", "linearize", "vjp", "custom_jvp",
     "Function", "Compiled", "Graph", "Aval", "cache_dir", "set_cache_dir", "tune_malloc", "set_compile", "set_parallel",
+    "over_rows",
     "TracegradError", "TracingError", "UnsupportedError", "ShapeError", "GradTypeError", "CompileError",
     "CompileWarning", "NonFiniteError", "IndexOutOfBoundsError", "HeldArrayWarning", "CacheError", "CacheWarning",
     "draw", "Drawing", "MissingDependencyError",

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import backend, tiers
+from . import backend, rows, tiers
 from .autodiff import value_and_grad_graph
 from .codegen import Module, generate
 from .primitives import nest
@@ -456,6 +456,9 @@ def _make_guard(in_tree: TreeDef, signature: tuple, result: _Result, n_out: int,
     return guard
 
 
+ROWS_MODES = ("grad", "value_and_grad")  # what parallel=over_rows(...) can split
+
+
 class _Stale(Exception):
     """A captured array changed shape or dtype since tracing: trace again."""
 
@@ -500,7 +503,8 @@ class Function:
         self._flat: dict = {}  # leaf signatures -> Compiled, for flat arguments: one look-up, no flattening
         self._installed: Compiled | None = None  # whose guard is the class's __call__
         self.compile = None if compile is None else tiers.check_mode(compile)  # None: tiers.compile_mode()
-        self.parallel = None if parallel is None else tiers.check_parallel(parallel)  # None: tiers.parallel_mode()
+        # None: tiers.parallel_mode(); over_rows(...) only where there is a loss to split
+        self.parallel = None if parallel is None else tiers.check_parallel(parallel, rows=mode in ROWS_MODES)
         functools.update_wrapper(self, fun, updated=())  # not __dict__: fun may be a Function itself
         # a class of its own, whose __call__ becomes the guard of the specialisation last called
         self.__class__ = type("Function", (Function,), {"__module__": __name__, "__qualname__": "Function"})
@@ -661,7 +665,10 @@ class Function:
         suffix = {"jit": "", "grad": "_grad", "value_and_grad": "_value_and_grad"}[self.mode]
         name = _identifier(traced.graph.name) + suffix + ("_debug_nans" if self.debug_nans else "")
         graph.name = name
-        module = generate(graph, name, check_finite=self.debug_nans, parallel_min=self._parallel_min())
+        setting = tiers.parallel_mode() if self.parallel is None else self.parallel
+        module = self._rows_module(setting, args, graph) if isinstance(setting, rows.OverRows) else None
+        if module is None:
+            module = generate(graph, name, check_finite=self.debug_nans, parallel_min=self._parallel_min())
         clock.lap("codegen")
         dispatcher = backend.load(module)
         clock.lap("load")
@@ -670,9 +677,41 @@ class Function:
         return Compiled(graph, module, dispatcher, traced, pack, direct, in_tree, signature, clock.laps,
                         compile_mode=self.compile or tiers.compile_mode())
 
+    def _rows_module(self, setting: rows.OverRows, args, graph: Graph) -> Module | None:
+        """``parallel=over_rows(...)``: the module running ``graph`` block by block of rows on Numba's threads
+        (each block's graph traced and generated on its own), or None to run the batch whole."""
+        if self.has_aux:
+            raise GradTypeError(f"parallel={setting!r} with has_aux=True: the auxiliary results of the blocks "
+                                "cannot be combined", hint="over_rows needs a function returning the loss alone")
+        if self.debug_nans:  # every value is checked where it is computed: the batch runs whole
+            return None
+        leaves, in_tree = flatten(args)
+        plan = setting.blocks(args, lambda arg: flatten(arg)[0], backend.threads())
+        if plan is None:
+            return None
+        sizes, split = plan
+        wrt = self._differentiable_leaves(args)
+        if any(split[i] for i in wrt):
+            raise GradTypeError(f"parallel={setting!r} splits the rows of arguments that are differentiated",
+                                hint="over_rows names the data arguments; argnums the parameters")
+        blocks = {}
+        for size in sorted(set(sizes)):
+            block_args = unflatten(in_tree, [leaf[:size] if cut else leaf for leaf, cut in zip(leaves, split)])
+            traced = rolled(trace(self.fun, block_args, name=getattr(self, "__name__", None)))
+            block, _, _ = self._transform(traced, block_args, wrt)
+            block = optimize(block, fusion=True)
+            block.name = f"{graph.name}_rows{size}"
+            if len(block.inputs) != len(graph.inputs):  # (captures differ: cannot happen for one function)
+                return None
+            blocks[size] = generate(block, block.name)
+        split += (False,) * (len(graph.inputs) - len(split))  # captured arrays: every block reads all of them
+        return rows.module(graph, blocks, sizes, split, setting.reduction)
+
     def _parallel_min(self) -> int | None:
         """The fewest elements a fused loop runs in parallel with, by ``parallel=`` (None: no loop does)."""
         setting = tiers.parallel_mode() if self.parallel is None else self.parallel
+        if isinstance(setting, rows.OverRows):  # (a batch too small to split runs serially)
+            return None
         if setting == "auto":  # (a fixed threshold for now: see docs/DESIGN.md, "parallel=")
             return nest.AUTO_MIN if backend.threads() > 1 else None
         return nest.PARALLEL_MIN if setting else None
@@ -870,7 +909,10 @@ def grad(fun: Callable | None = None, *, argnums=0, has_aux: bool = False, debug
     ``True`` runs each fused loop over at least 32,768 elements (and 128 rows) on all of Numba's threads,
     as fixed blocks of rows whose sums are added in block order (the same result whatever the number
     of threads); ``"auto"`` does so only for loops of 524,288 elements or more, when Numba has more
-    than one thread. Matrix products use BLAS's own threads either way. See docs/guide/scaling.md.
+    than one thread. Matrix products use BLAS's own threads either way. ``tg.over_rows(*data,
+    reduction="mean")``, for a loss that is the mean (or sum) over the rows of its data arguments, splits
+    those rows into a block a thread, each running the whole compiled value and gradient (its products
+    too), and combines the blocks' results in block order. See docs/guide/scaling.md.
 
     Raises ``GradTypeError`` for a non-scalar output, an integer argument or ``argnums`` out of range,
     ``TracingError`` for Python control flow on traced values, ``UnsupportedError`` for NumPy functions

@@ -42,11 +42,15 @@ from .ir import Graph
 
 class quiet_compile(warnings.catch_warnings):
     """Around a call that compiles generated code: generated code multiplies transposed views, which Numba
-    handles correctly and only warns about for speed. Scoped to the call, never a process-wide filter."""
+    handles correctly and only warns about for speed, and a parallel loop's body calls serial functions,
+    which Numba compiles with the caller's ``parallel=`` and warns that it found nothing to run in parallel
+    (``tg.over_rows``). Scoped to the call, never a process-wide filter."""
 
     def __enter__(self):
         result = super().__enter__()
         warnings.filterwarnings("ignore", message=".*is faster on contiguous arrays", category=NumbaPerformanceWarning)
+        warnings.filterwarnings("ignore", message=r"\s*The keyword argument .parallel=True. was specified but no transformation",
+                                category=NumbaPerformanceWarning)
         return result
 
 MALLOC_TUNED = False  # whether tune_malloc() has changed glibc's malloc in this process

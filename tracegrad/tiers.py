@@ -33,6 +33,7 @@ import numpy as np
 
 from .errors import CompileWarning, IndexOutOfBoundsError, NonFiniteError, TracegradError, out_of_bounds
 from .ir import Graph, Literal
+from .rows import OverRows
 
 MODES = ("background", "wait", "never")
 LOG_AFTER = 1.0  # seconds a background compile runs before the "tracegrad" logger says so
@@ -94,13 +95,19 @@ _parallel: bool | str | None = None
 _ENV_PARALLEL = {"": False, "0": False, "false": False, "1": True, "true": True, "auto": "auto"}
 
 
-def check_parallel(value, what: str = "parallel") -> bool | str:
-    """``value`` if it is a setting of ``parallel=`` (``False``, ``True`` or ``"auto"``), else a clear error."""
-    if value is True or value is False or (isinstance(value, str) and value == "auto"):
+def check_parallel(value, what: str = "parallel", rows: bool = True) -> bool | str | OverRows:
+    """``value`` if it is a setting of ``parallel=`` (``False``, ``True``, ``"auto"``, or with ``rows``
+    ``over_rows(...)``), else a clear error."""
+    if isinstance(value, OverRows) and not rows:
+        raise TracegradError(f"{what}={value!r}: over_rows names the data arguments of one function, for "
+                             "tg.grad and tg.value_and_grad", hint="use parallel=True here, or pass "
+                             "parallel=tg.over_rows(...) to the grad or value_and_grad of your loss")
+    if value is True or value is False or (isinstance(value, str) and value == "auto") or isinstance(value, OverRows):
         return value
-    raise TracegradError(f"{what} must be False, True or 'auto', got {value!r}",
+    raise TracegradError(f"{what} must be False, True, 'auto' or tg.over_rows(...), got {value!r}",
                          hint="True runs large fused loops on all of Numba's threads; 'auto' only very large "
-                              "ones, when there is more than one thread; False (the default) none")
+                              "ones, when there is more than one thread; tg.over_rows(...) a loss's blocks of "
+                              "rows, one a thread; False (the default) none")
 
 
 def parallel_mode() -> bool | str:
@@ -128,7 +135,7 @@ def set_parallel(mode: bool | str | None) -> None:
     Raises ``TracegradError`` for any other value.
     """
     global _parallel
-    _parallel = None if mode is None else check_parallel(mode)
+    _parallel = None if mode is None else check_parallel(mode, rows=False)
 
 
 # ---------------------------------------------------------------------------------------- evaluating

@@ -186,7 +186,7 @@ def fit(loss, params, data, *, optimizer: Optimizer, batch_size: int = 32, epoch
     if progress not in (True, False, "plain"):
         raise DataError(f"progress must be True, False or 'plain', got {progress!r}")
     mode = tiers.compile_mode() if compile is None else tiers.check_mode(compile)
-    parallel = tiers.parallel_mode() if parallel is None else tiers.check_parallel(parallel)
+    parallel = tiers.parallel_mode() if parallel is None else tiers.check_parallel(parallel, "fit: parallel", rows=False)
 
     leaves, tree = flatten(params)
     _check_params(leaves, params)

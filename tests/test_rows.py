@@ -1,0 +1,114 @@
+"""parallel=tg.over_rows(...): a loss's data split into blocks of rows, one a thread, each running the whole
+compiled value and gradient, combined in block order. Checked against the serial compiled code (itself
+checked against central differences here too) with three blocks of two sizes, whatever the machine's
+number of threads (backend.threads is set to 3: prange runs 3 blocks on any number of threads)."""
+import numpy as np
+import pytest
+
+import tracegrad as tg
+from tracegrad import backend, rows
+from tracegrad.errors import DataError, GradTypeError, TracegradError
+from tracegrad.testing import numeric_grad
+
+
+@pytest.fixture
+def three_threads(monkeypatch):
+    monkeypatch.setattr(backend, "threads", lambda: 3)
+
+
+def mlp_args(rng, n, dtype=np.float64):
+    params = {"W": rng.normal(size=(12, 40)) / 4, "b": rng.normal(size=40) * 0.1, "v": rng.normal(size=40) / 6}
+    params = {k: a.astype(dtype) for k, a in params.items()}
+    return params, rng.normal(size=(n, 12)).astype(dtype), rng.normal(size=n).astype(dtype)
+
+
+def make_loss(rng):
+    scale = rng.uniform(0.5, 1.5, size=12)  # a captured array: every block reads all of it
+
+    def loss(params, X, y):
+        h = np.tanh((X * scale) @ params["W"] + params["b"])
+        penalty = 1e-3 * np.sum(params["W"] ** 2)  # does not depend on the rows: right with reduction="mean"
+        return np.mean((h @ params["v"] - y) ** 2) + penalty
+    return loss
+
+
+def test_blocks_of_rows_give_the_serial_value_and_gradient(rng, three_threads):
+    loss = make_loss(rng)
+    params, X, y = mlp_args(rng, 400, np.float64)  # blocks of 134, 133 and 133 rows
+    split = tg.value_and_grad(loss, parallel=tg.over_rows(1, 2), compile="wait")
+    serial = tg.value_and_grad(loss, parallel=False, compile="wait")
+    source = split.source(params, X, y)
+    assert "for blk in prange(3):" in source and "lo = blk * 133 + min(blk, 1)" in source
+    assert "def loss_value_and_grad_rows134" in source and "def loss_value_and_grad_rows133" in source
+    assert "X[lo:lo + 134], y[lo:lo + 134]" in source and "X[lo:lo + 133], y[lo:lo + 133]" in source
+    compiled = split.specialize(params, X, y)
+    assert compiled.workspace is not None  # each block's large temporaries: buffers of its own, kept
+    value, grads = split(params, X, y)
+    want_value, want_grads = serial(params, X, y)
+    assert value == pytest.approx(want_value, rel=1e-12)
+    for key in params:
+        np.testing.assert_allclose(grads[key], want_grads[key], rtol=1e-12, atol=1e-15)
+    again = split(params, X, y)  # fixed blocks added in a fixed order: the same bits at every call
+    assert again[0] == value and all(np.array_equal(again[1][k], grads[k]) for k in params)
+    # the dispatcher (a new workspace at each call, what a user's @njit code calls) agrees
+    leaves = [params[k] for k in sorted(params)] + [X, y] + list(compiled.captured())
+    outs = compiled.dispatcher(*leaves)
+    assert outs[0] == value and np.array_equal(outs[1], grads["W"])
+    # and the serial gradient is the loss's: central differences on b
+    numeric = numeric_grad(lambda b: loss({**params, "b": b}, X, y), params["b"])
+    np.testing.assert_allclose(want_grads["b"], numeric, rtol=1e-6, atol=1e-9)
+
+
+def test_sum_reduction_float32_grad(rng, three_threads, monkeypatch):
+    monkeypatch.setattr(rows, "MIN_BLOCK_ROWS", 8)
+
+    def loss(w, X, y):
+        return np.sum(np.log1p(np.exp(-y * (X @ w))))  # logistic loss, summed over the rows
+
+    w, X = rng.normal(size=5).astype(np.float32), rng.normal(size=(29, 5)).astype(np.float32)
+    y = np.sign(rng.normal(size=29)).astype(np.float32)
+    split = tg.grad(loss, parallel=tg.over_rows(1, 2, reduction="sum"), compile="wait")
+    assert "reduction='sum'" in split.source(w, X, y) and "_rows10" in split.source(w, X, y)
+    g = split(w, X, y)
+    assert g.dtype == np.float32
+    np.testing.assert_allclose(g, tg.grad(loss, compile="wait")(w, X, y), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(g, numeric_grad(loss, w.astype(np.float64), X.astype(np.float64),
+                                               y.astype(np.float64)), rtol=1e-3, atol=1e-4)
+
+
+def test_too_few_rows_or_one_thread_run_the_batch_whole(rng, monkeypatch):
+    loss = make_loss(rng)
+    params, X, y = mlp_args(rng, 2 * rows.MIN_BLOCK_ROWS - 1)
+    monkeypatch.setattr(backend, "threads", lambda: 4)
+    assert "prange" not in tg.value_and_grad(loss, parallel=tg.over_rows(1, 2)).source(params, X, y)
+    params, X, y = mlp_args(rng, 4 * rows.MIN_BLOCK_ROWS)
+    monkeypatch.setattr(backend, "threads", lambda: 1)
+    assert "prange" not in tg.value_and_grad(loss, parallel=tg.over_rows(1, 2)).source(params, X, y)
+    monkeypatch.setattr(backend, "threads", lambda: 2)
+    assert "for blk in prange(2):" in tg.value_and_grad(loss, parallel=tg.over_rows(1, 2)).source(params, X, y)
+
+
+def test_bad_uses_are_clear_errors(rng, three_threads):
+    loss = make_loss(rng)
+    params, X, y = mlp_args(rng, 400)
+    with pytest.raises(GradTypeError, match="splits the rows of arguments that are differentiated"):
+        tg.value_and_grad(loss, argnums=(0, 1), parallel=tg.over_rows(1, 2)).source(params, X, y)
+    with pytest.raises(DataError, match="have 400 and 399 rows"):  # (a loss these rows do not break)
+        tg.value_and_grad(lambda w, X, Z: np.mean(X @ w) + np.mean(Z @ w),
+                          parallel=tg.over_rows(1, 2)).source(np.ones(12), X, X[:-1])
+    with pytest.raises(DataError, match="there is no argument 3 of 3"):
+        tg.value_and_grad(loss, parallel=tg.over_rows(1, 3)).source(params, X, y)
+    with pytest.raises(DataError, match="not an array of rows"):
+        tg.value_and_grad(lambda w, c: np.sum(w * c), parallel=tg.over_rows(1)).source(np.ones(3), 2.0)
+    with pytest.raises(GradTypeError, match="has_aux=True"):
+        tg.value_and_grad(lambda w, X: (np.mean(X @ w), X @ w), has_aux=True,
+                          parallel=tg.over_rows(1)).source(np.ones(12), X)
+    with pytest.raises(TracegradError, match="reduction must be 'mean' or 'sum'"):
+        tg.over_rows(1, reduction="max")
+    with pytest.raises(TracegradError, match="positions of the data arguments"):
+        tg.over_rows("X")
+    for make in (lambda: tg.jit(loss, parallel=tg.over_rows(1, 2)), lambda: tg.set_parallel(tg.over_rows(1)),
+                 lambda: tg.fit(loss, params, (X, y), optimizer=tg.optim.SGD(), parallel=tg.over_rows(1, 2))):
+        with pytest.raises(TracegradError, match="over_rows names the data arguments of one function"):
+            make()
+    assert repr(tg.over_rows(1, 2)) == "over_rows(1, 2, reduction='mean')"
