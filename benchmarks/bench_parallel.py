@@ -4,7 +4,9 @@
 - the MLP 64-128-10 step (``cases.mlp_loss``: value and four gradients, float32) at batch 32 and 1024;
 - Rosenbrock's value and gradient at n = 10^3 and 10^6 (float64): its gradient's loop adds at ``i0 + 1``
   (a slice's gradient), so it stays serial under ``parallel=True`` and the two rows should be equal;
-- Rosenbrock's value alone (``tg.jit``) at n = 10^3 and 10^6: a plain sum, in parallel at 10^6.
+- Rosenbrock's value alone (``tg.jit``) at n = 10^3 and 10^6: a plain sum, in parallel at 10^6;
+- the MLP step with ``parallel=tg.over_rows(4, 5)`` (X and y split into a block of rows a thread, each
+  running the whole step, products included) at batch 32 (too few rows: the serial code), 256 and 1024.
 
 Each parallel function is timed with all of Numba's threads and with one (``numba.set_num_threads(1)``:
 what the blocked loops cost when no second core is free). Times are **wall-clock** medians of
@@ -17,7 +19,7 @@ A second table times one loop of cheap elementwise work and a sum (``np.sum(np.t
 at sizes from 32,768 elements (``PARALLEL_MIN``) to 4 million, serial and parallel: where a second thread
 starts to pay, which is what ``PARALLEL_MIN`` and ``AUTO_MIN`` are chosen from.
 
-    python benchmarks/bench_parallel.py [--rounds 21] [--markdown FILE] [--part all|cases|sizes]
+    python benchmarks/bench_parallel.py [--rounds 21] [--markdown FILE] [--part all|cases|sizes] [--no-blas-threads]
 """
 from __future__ import annotations
 
@@ -50,7 +52,13 @@ def main():
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--markdown")
     parser.add_argument("--part", choices=("all", "cases", "sizes"), default="all")
+    parser.add_argument("--no-blas-threads", action="store_true",
+                        help="leave out the columns with BLAS threads (their threads, spinning on two cores, "
+                             "slow the rounds after them)")
     args = parser.parse_args()
+    if args.no_blas_threads:
+        global threadpool_limits
+        threadpool_limits = None
     harness.use_wall_clock()
     print(harness.machine())
     print(f"load average before: {load()}")
@@ -98,6 +106,11 @@ def cases_table(report, rounds):
         a = cases.mlp_args(batch, np.float32)
         make = lambda parallel: tg.value_and_grad(cases.mlp_loss, argnums=(0, 1, 2, 3), parallel=parallel)
         rows.append((f"MLP 64-128-10 step, batch {batch} f32", a, make(False), make(True), 1e-4))
+    for batch, dtype in ((32, np.float32), (256, np.float32), (1024, np.float32), (1024, np.float64)):
+        a = cases.mlp_args(batch, dtype)
+        make = lambda parallel: tg.value_and_grad(cases.mlp_loss, argnums=(0, 1, 2, 3), parallel=parallel)
+        rows.append((f"MLP step, batch {batch} {np.dtype(dtype).name[0]}{np.dtype(dtype).itemsize * 8}, "
+                     "over_rows(4, 5)", a, make(False), make(tg.over_rows(4, 5)), 1e-4 if dtype == np.float32 else 1e-12))
     for n in (10**3, 10**6):
         x = rng.normal(size=n)
         rows.append((f"Rosenbrock n={n:,} value and gradient", (x,), tg.value_and_grad(cases.rosenbrock),
