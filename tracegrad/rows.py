@@ -13,8 +13,8 @@ The generated module (``f.source(...)``) holds the compiled function of a block 
 most two) and the function that runs them::
 
     def loss_value_and_grad(W, b, X, y):
-        # rows of X, y in 2 blocks on Numba's threads; reduction="mean": each block's value and gradients
-        # weighted by its rows, added in block order
+        # X, y split into 2 blocks of rows, one a thread; reduction='mean': each block's value and
+        # gradients weighted by its rows, added in block order
         out_blocks = np.empty((2,), np.float64)
         ...
         for blk in prange(2):
@@ -144,10 +144,10 @@ def module(graph: Graph, blocks: dict, sizes: tuple, split: tuple, reduction: st
             buffers[size].append((here, (counts[size],) + tuple(shape), dtype))
 
     data = ", ".join(p for p, s in zip(params, split) if s)
-    what = ("each block's value and gradients weighted by its rows" if reduction == "mean" else
-            "the blocks' values and gradients")
-    lines = [f"# rows of {data} in {n_blocks} blocks on Numba's threads; reduction={reduction!r}: {what},",
-             "# added in block order"]
+    what = (["each block's value and", "gradients weighted by its rows, added in block order"] if reduction == "mean"
+            else ["the blocks' values and", "gradients added in block order"])
+    lines = [f"# {data} split into {n_blocks} blocks of rows, one a thread; reduction={reduction!r}: {what[0]}",
+             f"# {what[1]}"]
     for out, var in zip(outs, graph.outputs):
         lines.append(f"{out}_blocks = np.empty({(n_blocks,) + var.aval.shape}, np.{var.aval.dtype.name})")
     lines.append(f"for blk in prange({n_blocks}):")
