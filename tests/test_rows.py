@@ -86,6 +86,9 @@ def test_too_few_rows_or_one_thread_run_the_batch_whole(rng, monkeypatch):
     assert "prange" not in tg.value_and_grad(loss, parallel=tg.over_rows(1, 2)).source(params, X, y)
     monkeypatch.setattr(backend, "threads", lambda: 2)
     assert "for blk in prange(2):" in tg.value_and_grad(loss, parallel=tg.over_rows(1, 2)).source(params, X, y)
+    # debug_nans checks each value where it is computed, in the batch's own code
+    checked = tg.value_and_grad(loss, parallel=tg.over_rows(1, 2), debug_nans=True).source(params, X, y)
+    assert "prange" not in checked and "NonFiniteError" in checked
 
 
 def test_bad_uses_are_clear_errors(rng, three_threads):

@@ -683,8 +683,8 @@ class Function:
         if self.has_aux:
             raise GradTypeError(f"parallel={setting!r} with has_aux=True: the auxiliary results of the blocks "
                                 "cannot be combined", hint="over_rows needs a function returning the loss alone")
-        if self.debug_nans:  # every value is checked where it is computed: the batch runs whole
-            return None
+        if self.debug_nans or not all(isinstance(v, Var) for v in graph.outputs):
+            return None  # (debug_nans: every value is checked where it is computed; the batch runs whole)
         leaves, in_tree = flatten(args)
         plan = setting.blocks(args, lambda arg: flatten(arg)[0], backend.threads())
         if plan is None:
