@@ -54,7 +54,7 @@ def test_large_loops_become_blocks_of_rows(rng):
     assert f"for i0 in range(np.uintp(blk * {per}), np.uintp(blk * {per} + {per})):" in source
     assert f"# 4096 rows in {nest.BLOCKS} blocks of {per} on Numba's threads (np.uintp rows: no x[-1] check)" in source
     assert "_blk += " in source  # the scalar sum: one partial per block ...
-    assert f"grad_b_blocks[blk, i1] += " in source  # ... the sum over rows: a row of partials per block
+    assert "grad_b_blocks[blk, i1] += " in source  # ... the sum over rows: a row of partials per block
     assert "# the blocks' partial sums, in block order" in source
     serial = tg.value_and_grad(layer_loss, argnums=(0, 1)).source(*args)
     assert "prange" not in serial
@@ -314,6 +314,30 @@ def test_alternating_blocks_give_the_serial_gradient(rng, small_loops):
     finally:
         numba.set_num_threads(threads)
     assert one[0] == two[0] and np.array_equal(one[1], two[1])
+
+
+def test_large_arrays_the_rows_add_into_are_zeroed_by_the_blocks(rng, small_loops, monkeypatch):
+    """Over ZERO_IN_BLOCKS_BYTES, an array the rows add into is made empty and zeroed in a parallel pass
+    before the rows: with alternating blocks (Rosenbrock's gradient, an output) and in the workspace (the
+    row sums of layer_loss, 4096 x 8 bytes: a buffer reused by the next call, so it must be zeroed again)."""
+    monkeypatch.setattr(nest, "ZERO_IN_BLOCKS_BYTES", 1024)
+    x = rng.normal(size=301)
+    f = tg.value_and_grad(rosenbrock, parallel=True)
+    source = f.source(x)
+    assert "# the arrays the rows add into, zeroed a block each" in source and "for sweep in range(2):" in source
+    assert "grad_x.reshape(-1)[blk * 76:blk * 76 + 76] = 0.0" in source and "grad_x = np.empty((301,))" in source
+    serial = tg.value_and_grad(rosenbrock)(x)
+    for _ in range(2):
+        value, grad = f(x)
+        np.testing.assert_allclose(value, serial[0], rtol=1e-13)
+        np.testing.assert_allclose(grad, serial[1], rtol=1e-13, atol=1e-12)
+    args = layer_args(rng, 4096, 8)
+    f = tg.value_and_grad(layer_loss, argnums=(0, 1), parallel=True)
+    compiled = f.specialize(*args)
+    assert "zeroed a block each" in compiled.source and compiled.workspace is not None
+    g = tg.value_and_grad(layer_loss, argnums=(0, 1))
+    for _ in range(2):
+        _same_as_serial(f, g, args, 1e-12)
 
 
 def test_unsigned_rows_read_the_row_before(rng, small_loops):
