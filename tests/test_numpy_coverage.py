@@ -439,9 +439,10 @@ def test_float32_in_float32_out(name):
 
 
 # Compiling takes seconds a case: a sample exercising each new kernel and spelling, compiled as one function
-# (eigh, qr, svd and dynamic_setitem are compiled by tests/test_primitives.py, their stacks by the NaN test below)
+# (eigh, qr, svd and dynamic_setitem, and a 3-d matmul, inv, slogdet, a solve with a matrix and cholesky, as
+# first cases of their primitives, are compiled by tests/test_primitives_compiled.py; the stacks of the
+# decompositions by the NaN test below)
 COMPILED = ["pad edge", "diag of vector", "np.r_", "augmented slices", "cumprod axis", "sort 3-d", "argmax gather",
-            "matmul 3-d", "inv", "slogdet", "solve matrix", "cholesky",
             "slogdet stack", "solve stack vector", "polygamma", "erf erfc", "norm.pdf cdf"]
 
 
