@@ -7,7 +7,7 @@ import pytest
 
 import tracegrad as tg
 from tracegrad import backend, rows
-from tracegrad.errors import DataError, GradTypeError, TracegradError
+from tracegrad.errors import DataError, GradTypeError, IndexOutOfBoundsError, TracegradError
 from tracegrad.testing import numeric_grad
 
 
@@ -74,6 +74,30 @@ def test_sum_reduction_float32_grad(rng, three_threads, monkeypatch):
     np.testing.assert_allclose(g, tg.grad(loss, compile="wait")(w, X, y), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(g, numeric_grad(loss, w.astype(np.float64), X.astype(np.float64),
                                                y.astype(np.float64)), rtol=1e-3, atol=1e-4)
+
+
+def softmax_loss(W, X, y):
+    logits = X @ W
+    logp = logits - np.log(np.sum(np.exp(logits), axis=1, keepdims=True))
+    return -np.mean(logp[np.arange(X.shape[0]), y])
+
+
+def test_an_error_in_a_block_is_raised_with_the_users_line(rng, three_threads, monkeypatch):
+    """Numba drops what a function called in a parallel loop raises: the blocks' calls catch it, and the
+    failed block runs again after the loop to raise it (an index out of bounds in the last block here)."""
+    monkeypatch.setattr(rows, "MIN_BLOCK_ROWS", 8)
+    W, X = rng.normal(size=(4, 3)), rng.normal(size=(30, 4))
+    y = rng.integers(0, 3, size=30)
+    f = tg.value_and_grad(softmax_loss, parallel=tg.over_rows(1, 2), compile="wait")
+    assert "_caught(" in f.source(W, X, y) and "if failed.any():" in f.source(W, X, y)
+    value, grad = f(W, X, y)
+    want = tg.value_and_grad(softmax_loss, compile="wait")(W, X, y)
+    assert value == pytest.approx(want[0], rel=1e-12)
+    np.testing.assert_allclose(grad, want[1], rtol=1e-12, atol=1e-15)
+    y[27] = 3  # a label one past the classes, in the third block (rows 20-29)
+    with pytest.raises(IndexOutOfBoundsError, match="index 3 is out of bounds") as info:
+        f(W, X, y)
+    assert "logp[np.arange(X.shape[0]), y]" in str(info.value)
 
 
 def test_too_few_rows_or_one_thread_run_the_batch_whole(rng, monkeypatch):

@@ -19,8 +19,13 @@ most two) and the function that runs them::
         ...
         for blk in prange(2):
             lo = blk * 512
-            out_blk, grad_W_blk, grad_b_blk = loss_value_and_grad_rows512(W, b, X[lo:lo + 512], y[lo:lo + 512])
+            (out_blk, grad_W_blk, grad_b_blk), failed[blk] = loss_value_and_grad_rows512_caught(
+                W, b, X[lo:lo + 512], y[lo:lo + 512])
             ...
+
+Numba drops what a function called in a parallel loop raises: each block's call catches it (``_caught``)
+and flags the block, and a failed block runs again after the loop, alone, to raise it (an index out of
+bounds then names the user's line, as in the serial code).
 
 The result equals the whole batch's to rounding, and is the same at every call for a given thread count
 (the blocks are fixed, and added in order). Below ``MIN_BLOCK_ROWS`` rows a block, or with one thread,
@@ -144,6 +149,13 @@ def module(graph: Graph, blocks: dict, sizes: tuple, split: tuple, reduction: st
             taken.add(here)
             buffers[size].append((here, (counts[size],) + tuple(shape), dtype))
 
+    called = {size: blocks[size].inner or blocks[size].function for size in order}  # (with its buffers)
+    caught = {}
+    for size in order:
+        caught[size] = f"{called[size]}_caught"
+        while caught[size] in taken:
+            caught[size] += "_"
+        taken.add(caught[size])
     data = ", ".join(p for p, s in zip(params, split) if s)
     what = (["each block's value and", "gradients weighted by its rows, added in block order"] if reduction == "mean"
             else ["the blocks' values and", "gradients added in block order"])
@@ -151,22 +163,40 @@ def module(graph: Graph, blocks: dict, sizes: tuple, split: tuple, reduction: st
              f"# {what[1]}"]
     for out, var in zip(outs, graph.outputs):
         lines.append(f"{out}_blocks = np.empty({(n_blocks,) + var.aval.shape}, np.{var.aval.dtype.name})")
-    lines.append(f"for blk in prange({n_blocks}):")
-    if len(order) == 1:
-        lines.append(f"    lo = blk * {order[0]}")
-    else:
-        lines.append(f"    lo = blk * {order[1]} + min(blk, {counts[order[0]]})")
-    for k, size in enumerate(order):
-        pad = "    " if len(order) == 1 else "        "
-        if len(order) > 1:
-            lines.append(f"    {'if blk < ' + str(counts[size]) + ':' if k == 0 else 'else:'}")
-        index = "blk" if firsts[size] == 0 else f"blk - {firsts[size]}"
-        args = [f"{p}[lo:lo + {size}]" if s else p for p, s in zip(params, split)]
-        args += [f"{name}[{index}]" for name, _, _ in buffers[size]]
-        block = blocks[size]
-        lines.append(f"{pad}{', '.join(o + '_blk' for o in outs)}{',' if len(outs) == 1 else ''} = "
-                     f"{block.inner if block.inner else block.function}({', '.join(args)})")
-        lines.extend(f"{pad}{o}_blocks[blk] = {o}_blk" for o in outs)
+    failed = "failed"
+    while failed in taken:
+        failed += "_"
+    lines.append(f"{failed} = np.zeros({n_blocks}, np.bool_)")
+
+    def per_block(loop: str, call, only: str | None = None) -> list:
+        """``for blk in loop:`` (skipping a block unless ``only``) with ``lo``, around ``call(size,
+        arguments)``'s lines for the block's size."""
+        body = [f"for blk in {loop}:"]
+        if only is not None:
+            body.extend([f"    if not {only}:", "        continue"])
+        if len(order) == 1:
+            body.append(f"    lo = blk * {order[0]}")
+        else:
+            body.append(f"    lo = blk * {order[1]} + min(blk, {counts[order[0]]})")
+        for k, size in enumerate(order):
+            pad = "    " if len(order) == 1 else "        "
+            if len(order) > 1:
+                body.append(f"    {'if blk < ' + str(counts[size]) + ':' if k == 0 else 'else:'}")
+            index = "blk" if firsts[size] == 0 else f"blk - {firsts[size]}"
+            args = [f"{p}[lo:lo + {size}]" if s else p for p, s in zip(params, split)]
+            args += [f"{name}[{index}]" for name, _, _ in buffers[size]]
+            body.extend(pad + line for line in call(size, ", ".join(args)))
+        return body
+
+    # Numba drops what a function called in a parallel loop raises (an index out of bounds): each block's
+    # call catches it (``_caught``) and says so, and a block that failed is run again after the loop, alone,
+    # to raise it
+    unpack = f"{', '.join(o + '_blk' for o in outs)}{',' if len(outs) == 1 else ''}"
+    lines.extend(per_block(f"prange({n_blocks})", lambda size, args: [
+        f"({unpack}), {failed}[blk] = {caught[size]}({args})", *(f"{o}_blocks[blk] = {o}_blk" for o in outs)]))
+    lines.append(f"if {failed}.any():  # a block raised: again, serially, to raise it here")
+    lines.extend("    " + line for line in per_block(f"range({n_blocks})", lambda size, args: [
+        f"{called[size]}({args})"], only=f"{failed}[blk]"))
     for out, var in zip(outs, graph.outputs):
         if reduction == "mean":
             terms = [f"{out}_blocks[{b}] * {literal_source(size / n, var.aval.dtype)}" for b, size in enumerate(sizes)]
@@ -176,7 +206,16 @@ def module(graph: Graph, blocks: dict, sizes: tuple, split: tuple, reduction: st
     lines.append(f"return {', '.join(outs)}{',' if len(outs) == 1 else ''}")
 
     workspace = tuple(buffer for size in order for buffer in buffers[size])
-    functions = [(function, params, lines)]
+    catchers = []
+    for size in order:
+        inputs = params + [name for name, _, _ in buffers[size]]
+        nothing = [literal_source(0, v.aval.dtype) if not v.aval.shape else
+                   f"np.zeros({v.aval.shape}, np.{v.aval.dtype.name})" for v in graph.outputs]
+        catchers.append((caught[size], inputs, [
+            "try:", f"    return {called[size]}({', '.join(inputs)}), False",
+            "except Exception:  # (whatever it raised, raised again outside the parallel loop)",
+            f"    return ({', '.join(nothing)}{',' if len(nothing) == 1 else ''}), True"]))
+    functions, inner = [(function, params, lines)], None
     if workspace:  # the parallel loop takes the buffers; the function called without them makes new ones
         inner = f"{function}_blocks"
         functions = [(inner, params + [name for name, _, _ in workspace], lines),
@@ -194,9 +233,9 @@ def module(graph: Graph, blocks: dict, sizes: tuple, split: tuple, reduction: st
         block = blocks[size]
         texts.append(block.source[block.source.index("\ndef "):].strip("\n"))
         parts.extend(block.parts + (block.function,))
+    functions = catchers + functions
     texts.extend(f"def {name}({', '.join(args)}):\n" + "".join(f"    {line}\n" for line in body).rstrip("\n")
                  for name, args, body in functions)
     parts.extend(name for name, _, _ in functions[:-1])
     source = "\n".join(header) + "\n\n\n" + "\n\n\n".join(texts) + "\n"
-    return Module(source, function, tuple(kernels), tuple(parts), inner=functions[0][0] if workspace else None,
-                  workspace=workspace, parallel=True)
+    return Module(source, function, tuple(kernels), tuple(parts), inner=inner, workspace=workspace, parallel=True)
