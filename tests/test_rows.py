@@ -113,6 +113,15 @@ def test_too_few_rows_or_one_thread_run_the_batch_whole(rng, monkeypatch):
     # debug_nans checks each value where it is computed, in the batch's own code
     checked = tg.value_and_grad(loss, parallel=tg.over_rows(1, 2), debug_nans=True).source(params, X, y)
     assert "prange" not in checked and "NonFiniteError" in checked
+    # random draws depend on a row's place in the whole batch (each block would draw the first block's)
+    def dropped(params, X, y, key):
+        return loss({**params, "v": tg.nn.dropout(params["v"] * np.ones((X.shape[0], 1)), 0.5, key)[0]}, X, y)
+    source = tg.value_and_grad(dropped, parallel=tg.over_rows(1, 2)).source(params, X, y, tg.random.key(0))
+    assert "random" in source and "prange" not in source
+    # an array made from the batch's size is the whole batch's: the blocks' would differ
+    def weighted(params, X, y):
+        return np.mean(np.linspace(0.5, 1.5, X.shape[0]) * (X @ params["W"] @ params["v"] - y) ** 2)
+    assert "prange" not in tg.value_and_grad(weighted, parallel=tg.over_rows(1, 2)).source(params, X, y)
 
 
 def test_bad_uses_are_clear_errors(rng, three_threads):
@@ -132,8 +141,12 @@ def test_bad_uses_are_clear_errors(rng, three_threads):
                           parallel=tg.over_rows(1)).source(np.ones(12), X)
     with pytest.raises(TracegradError, match="reduction must be 'mean' or 'sum'"):
         tg.over_rows(1, reduction="max")
-    with pytest.raises(TracegradError, match="positions of the data arguments"):
-        tg.over_rows("X")
+    for bad in ("X", -1):
+        with pytest.raises(TracegradError, match="positions of the data arguments"):
+            tg.over_rows(bad)
+    with pytest.raises(GradTypeError, match="with static arguments: not supported yet"):
+        tg.value_and_grad(lambda p, w, X: np.mean(X @ w) ** p, argnums=1, static_argnums=0,
+                          parallel=tg.over_rows(2))
     for make in (lambda: tg.jit(loss, parallel=tg.over_rows(1, 2)), lambda: tg.set_parallel(tg.over_rows(1)),
                  lambda: tg.fit(loss, params, (X, y), optimizer=tg.optim.SGD(), parallel=tg.over_rows(1, 2))):
         with pytest.raises(TracegradError, match="over_rows names the data arguments of one function"):

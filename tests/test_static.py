@@ -44,3 +44,14 @@ def test_bad_static_arguments():
         tg.grad(euler, static_argnames="m")
     with pytest.raises(tg.GradTypeError, match="hashable"):
         tg.grad(euler, static_argnums=3)(1.0, 0.5, 2.0, np.ones(2))
+
+
+def test_static_argnums_zero_is_a_position():
+    """``static_argnums=0`` (an int, falsy) marks the first argument static, as ``(0,)`` does."""
+    def power_sum(n, x):  # range(n) needs n's value: a traced n would be an error
+        return np.sum(sum(x ** k for k in range(1, n + 1)))
+
+    f = tg.grad(power_sum, argnums=1, static_argnums=0)
+    np.testing.assert_allclose(f(3, np.array([1.0, 2.0])), [1 + 2 + 3, 1 + 4 + 12])
+    np.testing.assert_allclose(f(2, np.array([1.0, 2.0])), [1 + 2, 1 + 4])
+    assert tg.jit(lambda n, x: x * len(range(n)), static_argnums=0)(2, np.ones(2)).tolist() == [2.0, 2.0]

@@ -459,6 +459,26 @@ def _make_guard(in_tree: TreeDef, signature: tuple, result: _Result, n_out: int,
 ROWS_MODES = ("grad", "value_and_grad")  # what parallel=over_rows(...) can split
 
 
+def _draws_random(nodes) -> bool:
+    """Whether ``nodes`` (or a graph nested in one) draw random numbers."""
+    todo = [list(nodes)]
+    while todo:
+        for node in todo.pop():
+            if node.primitive.name.startswith("random_"):
+                return True
+            todo.extend(value.nodes for value in node.params.values() if isinstance(value, Graph))
+    return False
+
+
+def _same_inputs(block: Graph, graph: Graph, split: tuple) -> bool:
+    """Whether ``block``'s inputs are ``graph``'s for a block of rows: the same avals, but for the rows of the
+    split ones (a capture the loss made from the batch's size would differ)."""
+    if len(block.inputs) != len(graph.inputs):
+        return False
+    return all(b.aval.dtype == g.aval.dtype and (b.aval.shape[1:] == g.aval.shape[1:] if cut else b.aval == g.aval)
+               for b, g, cut in zip(block.inputs, graph.inputs, split + (False,) * len(graph.inputs)))
+
+
 class _Stale(Exception):
     """A captured array changed shape or dtype since tracing: trace again."""
 
@@ -683,8 +703,10 @@ class Function:
         if self.has_aux:
             raise GradTypeError(f"parallel={setting!r} with has_aux=True: the auxiliary results of the blocks "
                                 "cannot be combined", hint="over_rows needs a function returning the loss alone")
-        if self.debug_nans or not all(isinstance(v, Var) for v in graph.outputs):
-            return None  # (debug_nans: every value is checked where it is computed; the batch runs whole)
+        if self.debug_nans or not all(isinstance(v, Var) for v in graph.outputs) or _draws_random(graph.nodes):
+            # (debug_nans: every value is checked where it is computed; random draws depend on the row's
+            # place in the whole batch: each block would draw the first block's numbers)
+            return None
         leaves, in_tree = flatten(args)
         plan = setting.blocks(args, lambda arg: flatten(arg)[0], backend.threads())
         if plan is None:
@@ -701,8 +723,8 @@ class Function:
             block, _, _ = self._transform(traced, block_args, wrt)
             block = optimize(block, fusion=True)
             block.name = f"{graph.name}_rows{size}"
-            if len(block.inputs) != len(graph.inputs):  # (captures differ: cannot happen for one function)
-                return None
+            if not _same_inputs(block, graph, split):
+                return None  # (an array the loss made from the batch's size, say: not separable as it stands)
             blocks[size] = generate(block, block.name)
         split += (False,) * (len(graph.inputs) - len(split))  # captured arrays: every block reads all of them
         return rows.module(graph, blocks, sizes, split, setting.reduction)
@@ -872,7 +894,10 @@ def _transform_decorator(mode):
     def transform(fun=None, *, argnums=0, has_aux=False, debug_nans=None, compile=None, parallel=None,
                   static_argnums=(), static_argnames=()):
         def make(f):
-            if static_argnums or static_argnames:
+            if static_argnums not in ((), None) or static_argnames:  # (0 is a position)
+                if isinstance(parallel, rows.OverRows):
+                    raise GradTypeError(f"parallel={parallel!r} with static arguments: not supported yet",
+                                        hint="make the static values closure variables of the loss")
                 return StaticArgs(f, lambda g, a: Function(g, mode, a, has_aux, debug_nans, compile, parallel),
                                   argnums, static_argnums, static_argnames)
             return Function(f, mode, argnums, has_aux, debug_nans, compile, parallel)
@@ -947,7 +972,7 @@ def jit(fun: Callable, *, debug_nans: bool | None = None, compile: str | None = 
     >>> tg.jit(lambda x: np.tanh(x) * 2)(np.zeros(2))
     array([0., 0.])
     """
-    if static_argnums or static_argnames:
+    if static_argnums not in ((), None) or static_argnames:  # (0 is a position)
         return StaticArgs(fun, lambda g, a: Function(g, "jit", debug_nans=debug_nans, compile=compile,
                                                      parallel=parallel), None, static_argnums, static_argnames)
     return Function(fun, "jit", debug_nans=debug_nans, compile=compile, parallel=parallel)

@@ -65,9 +65,9 @@ class OverRows:
         None when the batch runs as one block (too few rows, or one thread). ``leaves_of(arg)`` flattens."""
         positions = []
         for i in self.data:
-            if not -len(args) <= i < len(args):
+            if not i < len(args):
                 raise DataError(f"{self!r}: there is no argument {i} of {len(args)}", user_source())
-            positions.append(i % len(args))
+            positions.append(i)
         split, rows = [], None
         for position, arg in enumerate(args):
             leaves = leaves_of(arg)
@@ -95,8 +95,9 @@ def over_rows(*data: int, reduction: str = "mean") -> OverRows:
     """``parallel=`` for a loss of a batch of rows: the arguments at positions ``data`` are split by rows
     into blocks, one a thread, each running the whole compiled value and gradient; the blocks' results are
     combined as ``reduction`` says (``"mean"``: the loss is the mean over the rows, so each block counts by
-    its rows; ``"sum"``: the sum, so they add up). For ``grad`` and ``value_and_grad`` (``jit``, ``has_aux``
-    and ``debug_nans`` run the batch whole, with no parallel loops).
+    its rows; ``"sum"``: the sum, so they add up). For ``grad`` and ``value_and_grad``; ``jit``, ``has_aux``,
+    static arguments and ``fit`` refuse it, and ``debug_nans``, random draws (each block would draw the
+    first block's numbers) and arrays the loss makes from the batch's size run the batch whole, serially.
 
     The loss must be separable over the rows, as for ``tracegrad.distributed.value_and_grad``: a penalty
     that does not depend on the rows is right with ``"mean"`` and counted once a block with ``"sum"``; a
@@ -112,8 +113,8 @@ def over_rows(*data: int, reduction: str = "mean") -> OverRows:
     """
     if reduction not in REDUCTIONS:
         raise TracegradError(f"over_rows: reduction must be 'mean' or 'sum', got {reduction!r}")
-    if not data or not all(isinstance(i, int) and not isinstance(i, bool) for i in data):
-        raise TracegradError(f"over_rows takes the positions of the data arguments (ints), got {data!r}",
+    if not data or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in data):
+        raise TracegradError(f"over_rows takes the positions of the data arguments (ints from 0), got {data!r}",
                              hint="tg.over_rows(1, 2) for loss(params, X, y)")
     return OverRows(tuple(data), reduction)
 
