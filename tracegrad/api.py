@@ -459,26 +459,6 @@ def _make_guard(in_tree: TreeDef, signature: tuple, result: _Result, n_out: int,
 ROWS_MODES = ("grad", "value_and_grad")  # what parallel=over_rows(...) can split
 
 
-def _draws_random(nodes) -> bool:
-    """Whether ``nodes`` (or a graph nested in one) draw random numbers."""
-    todo = [list(nodes)]
-    while todo:
-        for node in todo.pop():
-            if node.primitive.name.startswith("random_"):
-                return True
-            todo.extend(value.nodes for value in node.params.values() if isinstance(value, Graph))
-    return False
-
-
-def _same_inputs(block: Graph, graph: Graph, split: tuple) -> bool:
-    """Whether ``block``'s inputs are ``graph``'s for a block of rows: the same avals, but for the rows of the
-    split ones (a capture the loss made from the batch's size would differ)."""
-    if len(block.inputs) != len(graph.inputs):
-        return False
-    return all(b.aval.dtype == g.aval.dtype and (b.aval.shape[1:] == g.aval.shape[1:] if cut else b.aval == g.aval)
-               for b, g, cut in zip(block.inputs, graph.inputs, split + (False,) * len(graph.inputs)))
-
-
 class _Stale(Exception):
     """A captured array changed shape or dtype since tracing: trace again."""
 
@@ -685,7 +665,7 @@ class Function:
         suffix = {"jit": "", "grad": "_grad", "value_and_grad": "_value_and_grad"}[self.mode]
         name = _identifier(traced.graph.name) + suffix + ("_debug_nans" if self.debug_nans else "")
         graph.name = name
-        setting = tiers.parallel_mode() if self.parallel is None else self.parallel
+        setting = self._parallel_setting()
         module = self._rows_module(setting, args, graph) if isinstance(setting, rows.OverRows) else None
         if module is None:
             module = generate(graph, name, check_finite=self.debug_nans, parallel_min=self._parallel_min())
@@ -703,7 +683,7 @@ class Function:
         if self.has_aux:
             raise GradTypeError(f"parallel={setting!r} with has_aux=True: the auxiliary results of the blocks "
                                 "cannot be combined", hint="over_rows needs a function returning the loss alone")
-        if self.debug_nans or not all(isinstance(v, Var) for v in graph.outputs) or _draws_random(graph.nodes):
+        if self.debug_nans or not all(isinstance(v, Var) for v in graph.outputs) or rows.draws_random(graph.nodes):
             # (debug_nans: every value is checked where it is computed; random draws depend on the row's
             # place in the whole batch: each block would draw the first block's numbers)
             return None
@@ -716,6 +696,7 @@ class Function:
         if any(split[i] for i in wrt):
             raise GradTypeError(f"parallel={setting!r} splits the rows of arguments that are differentiated",
                                 hint="over_rows names the data arguments; argnums the parameters")
+        split += (False,) * (len(graph.inputs) - len(split))  # captured arrays: every block reads all of them
         blocks = {}
         for size in sorted(set(sizes)):
             block_args = unflatten(in_tree, [leaf[:size] if cut else leaf for leaf, cut in zip(leaves, split)])
@@ -723,15 +704,18 @@ class Function:
             block, _, _ = self._transform(traced, block_args, wrt)
             block = optimize(block, fusion=True)
             block.name = f"{graph.name}_rows{size}"
-            if not _same_inputs(block, graph, split):
+            if not rows.same_inputs(block, graph, split):
                 return None  # (an array the loss made from the batch's size, say: not separable as it stands)
             blocks[size] = generate(block, block.name)
-        split += (False,) * (len(graph.inputs) - len(split))  # captured arrays: every block reads all of them
         return rows.module(graph, blocks, sizes, split, setting.reduction)
+
+    def _parallel_setting(self):
+        """``parallel=``, or the process's default (``tiers.parallel_mode``) when the function sets none."""
+        return tiers.parallel_mode() if self.parallel is None else self.parallel
 
     def _parallel_min(self) -> int | None:
         """The fewest elements a fused loop runs in parallel with, by ``parallel=`` (None: no loop does)."""
-        setting = tiers.parallel_mode() if self.parallel is None else self.parallel
+        setting = self._parallel_setting()
         if isinstance(setting, rows.OverRows):  # (a batch too small to split runs serially)
             return None
         if setting == "auto":  # (a fixed threshold for now: see docs/DESIGN.md, "parallel=")

@@ -119,6 +119,26 @@ def over_rows(*data: int, reduction: str = "mean") -> OverRows:
     return OverRows(tuple(data), reduction)
 
 
+def draws_random(nodes) -> bool:
+    """Whether ``nodes`` (or a graph nested in one) draw random numbers."""
+    todo = [list(nodes)]
+    while todo:
+        for node in todo.pop():
+            if node.primitive.name.startswith("random_"):
+                return True
+            todo.extend(value.nodes for value in node.params.values() if isinstance(value, Graph))
+    return False
+
+
+def same_inputs(block: Graph, graph: Graph, split: tuple) -> bool:
+    """Whether ``block``'s inputs are ``graph``'s for a block of rows: the same avals, but for the rows of the
+    inputs ``split`` marks (a capture the loss made from the batch's size would differ)."""
+    if len(block.inputs) != len(graph.inputs):
+        return False
+    return all(b.aval.dtype == g.aval.dtype and (b.aval.shape[1:] == g.aval.shape[1:] if cut else b.aval == g.aval)
+               for b, g, cut in zip(block.inputs, graph.inputs, split))
+
+
 def module(graph: Graph, blocks: dict, sizes: tuple, split: tuple, reduction: str) -> Module:
     """The module running ``blocks`` (block size -> the generated module of the block's graph, whose inputs
     are ``graph``'s: split leaves first rows cut) in ``prange`` over the blocks of ``sizes`` and combining
