@@ -23,6 +23,12 @@ def rosenbrock(x):
     return np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
 
 
+def row_differences(X):
+    """Rows that add to their own and the next row's elements of a 2-D gradient (grad_X[i0 + 1, i1]): not
+    carried in registers (a row of them), so the blocks alternate."""
+    return np.sum((X[1:] - X[:-1]) ** 2 * X[:-1])
+
+
 def layer_args(rng, rows, cols, dtype=np.float64):
     return tuple(a.astype(dtype) for a in (rng.normal(size=cols) * 0.5, rng.normal(size=cols) * 0.1,
                                            rng.normal(size=(rows, cols))))
@@ -92,13 +98,25 @@ def test_loops_adding_at_scaled_indices_stay_serial():
 
 
 def test_loops_adding_at_shifted_indices_alternate_their_blocks():
-    # grad_x[i0 + 1] += ...: the last row of a block adds to the first element of the next one, so the
+    # grad_X[i0 + 1, i1] += ...: the last row of a block adds to the first row of the next one, so the
     # even blocks run first, then the odd ones
-    x = np.linspace(-1, 1, 100000)
-    source = tg.value_and_grad(rosenbrock, parallel=True).source(x)
-    assert "grad_x[i0 + 1] += " in source
+    X = np.linspace(-1, 1, 100000).reshape(1000, 100)
+    source = tg.value_and_grad(row_differences, parallel=True).source(X)
+    assert "grad_X[i0 + 1, i1] += " in source
     assert "for sweep in range(2):" in source and f"for half in prange({nest.BLOCKS // 2}):" in source
     assert "blk = 2 * half + sweep" in source
+
+
+def test_carried_sums_hand_the_blocks_last_registers_on():
+    # a 1-D slice gradient is stored an element at a time (nest._Carried): each block keeps what its last
+    # row adds to the next block's first element, added after the parallel loop; no sweeps, no zeroing
+    x = np.linspace(-1, 1, 100002)
+    source = tg.value_and_grad(rosenbrock, parallel=True).source(x)
+    per = -(-100001 // nest.BLOCKS)
+    assert f"for blk in prange({nest.BLOCKS}):" in source and "sweep" not in source
+    assert "grad_x = np.empty((100002,))" in source and "grad_x_at1 += grad_s0" in source
+    assert "grad_x_carry[blk, 0] = grad_x_at1" in source
+    assert f"grad_x[min(blk * {per} + {per}, 100001)] += grad_x_carry[blk, 0]" in source
 
 
 def test_parallel_is_in_the_cache_key(rng):
@@ -296,37 +314,47 @@ def test_the_background_compile_compiles_the_loops_in_parallel_too(rng, small_lo
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
-def test_alternating_blocks_give_the_serial_gradient(rng, small_loops):
-    x = rng.normal(size=301)  # 300 rows in 4 blocks of 75, each row adding to x[i] and x[i + 1]
-    f = tg.value_and_grad(rosenbrock, parallel=True)
-    assert "for sweep in range(2):" in f.source(x)
-    value, grad = f(x)
-    value_s, grad_s = tg.value_and_grad(rosenbrock)(x)
-    np.testing.assert_allclose(value, value_s, rtol=1e-13)
-    np.testing.assert_allclose(grad, grad_s, rtol=1e-13, atol=1e-12)
-    np.testing.assert_allclose(grad, numeric_grad(rosenbrock, x), rtol=1e-6, atol=1e-5)
+def _one_and_two_threads(f, *args):
     threads = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
-        one = f(x)
+        one = f(*args)
         numba.set_num_threads(2)
-        two = f(x)
+        two = f(*args)
     finally:
         numba.set_num_threads(threads)
     assert one[0] == two[0] and np.array_equal(one[1], two[1])
 
 
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
+@pytest.mark.parametrize("fun, marker", [
+    (rosenbrock, "grad_x_carry[blk, 0]"),  # 300 rows in 4 blocks of 75, each adding to x[i] and x[i + 1]
+    (lambda x: np.sum(x[2:] * x[:-2] + np.sin(x[1:-1])), "grad_x_carry[blk, 1]"),  # x[i + 2] too
+    (row_differences, "for sweep in range(2):"),  # rows of 3: the blocks alternate
+])
+def test_shifted_sums_in_blocks_give_the_serial_gradient(rng, small_loops, fun, marker):
+    x = rng.normal(size=301) if fun is not row_differences else rng.normal(size=(101, 3))
+    f = tg.value_and_grad(fun, parallel=True)
+    assert marker in f.source(x)
+    value, grad = f(x)
+    value_s, grad_s = tg.value_and_grad(fun)(x)
+    np.testing.assert_allclose(value, value_s, rtol=1e-13)
+    np.testing.assert_allclose(grad, grad_s, rtol=1e-13, atol=1e-12)
+    np.testing.assert_allclose(grad, numeric_grad(fun, x), rtol=1e-6, atol=1e-5)
+    _one_and_two_threads(f, x)
+
+
 def test_large_arrays_the_rows_add_into_are_zeroed_by_the_blocks(rng, small_loops, monkeypatch):
     """Over ZERO_IN_BLOCKS_BYTES, an array the rows add into is made empty and zeroed in a parallel pass
-    before the rows: with alternating blocks (Rosenbrock's gradient, an output) and in the workspace (the
+    before the rows: with alternating blocks (row_differences' gradient, an output) and in the workspace (the
     row sums of layer_loss, 4096 x 8 bytes: a buffer reused by the next call, so it must be zeroed again)."""
     monkeypatch.setattr(nest, "ZERO_IN_BLOCKS_BYTES", 1024)
-    x = rng.normal(size=301)
-    f = tg.value_and_grad(rosenbrock, parallel=True)
+    x = rng.normal(size=(101, 3))
+    f = tg.value_and_grad(row_differences, parallel=True)
     source = f.source(x)
     assert "# the arrays the rows add into, zeroed a block each" in source and "for sweep in range(2):" in source
-    assert "grad_x.reshape(-1)[blk * 76:blk * 76 + 76] = 0.0" in source and "grad_x = np.empty((301,))" in source
-    serial = tg.value_and_grad(rosenbrock)(x)
+    assert "grad_X.reshape(-1)[blk * 76:blk * 76 + 76] = 0.0" in source and "grad_X = np.empty((101, 3))" in source
+    serial = tg.value_and_grad(row_differences)(x)
     for _ in range(2):
         value, grad = f(x)
         np.testing.assert_allclose(value, serial[0], rtol=1e-13)

@@ -346,10 +346,13 @@ def _render(printer, node, args) -> list:
                                 member.out.aval.dtype), ATOM
         return printer.spell(member, [read(a) for a in member.inputs], scalar=True)
 
-    blocks = _blocks(printer, node, writes)  # parallel=: the loop as prange over blocks of rows, or None
+    carried = _Carried(printer, node, writes)  # sums written an element at a time, or none
+    blocks = _blocks(printer, node, writes, carried)  # parallel=: the loop as prange over blocks of rows, or None
     arrays, lines = [], []  # (with blocks: arrays made by the caller, then filled by the loop's function)
     for out, summed in zip(node.outs, node.params["accumulate"]):
-        if blocks is not None and summed and blocks.zero_in_blocks(out):  # zeroed by the blocks, not here
+        if out in carried.reach:  # every element stored once (by the rows, then after the loop)
+            made = printer.new_array(out, out.aval)
+        elif blocks is not None and summed and blocks.zero_in_blocks(out):  # zeroed by the blocks, not here
             made = printer.new_array(out, out.aval)
         else:
             made = printer.new_array(out, out.aval, zeros=True) if summed else \
@@ -358,11 +361,17 @@ def _render(printer, node, args) -> list:
     if printer.comments:
         lines.append(_loop_comment(node, names))
     depth = n + (blocks.depth if blocks is not None else 0)
+    if blocks is None:
+        lines.extend(carried.start())
     lines.extend(blocks.header(index) if blocks is not None else
                  ["    " * d + f"for {index[d]} in range({size}):" for d, size in enumerate(shape)])
     indent = "    " * depth
+    lines.extend(indent + line for line in carried.row_start())
     for member in body.nodes:
         out = member.out
+        if member in carried.shift:  # added into the register of its element
+            lines.append(f"{indent}{carried.register(member)} += {text(member.inputs[0])}")
+            continue
         if member in write_to:  # added into the output at the subscripts the body computes
             at, total = [text(a) for a in member.inputs[1:]], names[write_to[member]]
             if blocks is not None:  # (or into its block's partial sum)
@@ -378,9 +387,102 @@ def _render(printer, node, args) -> list:
             continue
         target = f"{names[out]}[{', '.join(index)}]" if out in stored else names[out]
         lines.append(f"{indent}{target} = {spelled[0]}")
+    lines.extend(indent + line for line in carried.row_end(index[0]))
     if blocks is not None:
         lines = arrays + blocks.function(lines + blocks.footer())
+    else:
+        lines.extend(carried.end())
     return [(line, None) for line in lines]
+
+
+# ---------------------------------------------------------------- sums carried from row to row
+
+MAX_REACH = 4  # rows a carried sum's adds reach ahead at most (registers a row carries to the next)
+
+
+class _Carried:
+    """The sums of a loop over rows (one index) that each row adds to at its own element and at most
+    ``MAX_REACH`` after it, ``grad_x[i0] += a`` and ``grad_x[i0 + 1] += b`` (the gradient of ``x[1:]`` and
+    ``x[:-1]``): each is stored once an element instead of zeroed and then added to, a pass over memory
+    less. A row adds to registers, ``grad_x_at0`` for its own element and ``grad_x_at1``... for those after
+    it, stores its own element when done, and hands the others on to the next row; the elements past the
+    last row get the last registers. The additions happen in the order the serial loop adds them.
+
+    With blocks of rows (``_Blocks``) each block starts its registers at zero and leaves its last ones in
+    ``grad_x_carry[blk]``; after the parallel loop they are added to the next block's first elements, in
+    block order."""
+
+    def __init__(self, printer, node, writes, max_reach: int = MAX_REACH):
+        self.printer, self.reach, self.shift, self.registers, self.carry = printer, {}, {}, {}, {}
+        shape, body = node.params["shape"], node.params["body"]
+        if len(shape) != 1:
+            return
+        self.rows = rows = shape[0]
+        row, defs = body.inputs[0], {m.out: m for m in body.nodes}
+        offsets = {}  # output -> {add_at node: offset}, None when one of its adds is elsewhere
+        for add, out in writes:
+            at = add.inputs[1:]
+            shift = None if len(at) != 1 else 0 if at[0] is row else _row_offset(at[0], row, defs)
+            if out not in offsets or offsets[out] is not None:
+                ok = shift is not None and 0 <= shift <= max_reach and len(out.aval.shape) == 1
+                offsets[out] = {**offsets.get(out, {}), add: shift} if ok else None
+        names = printer.names
+        for out, adds in offsets.items():
+            if adds is None or rows + max(adds.values()) > out.aval.shape[0]:
+                continue
+            self.reach[out] = reach = max(adds.values())
+            self.shift.update((add, (out, shift)) for add, shift in adds.items())
+            self.registers[out] = [printer.fresh_name(f"{names[out]}_at{c}") for c in range(reach + 1)]
+
+    def __contains__(self, out) -> bool:
+        return out in self.reach
+
+    def register(self, add) -> str:
+        out, shift = self.shift[add]
+        return self.registers[out][shift]
+
+    def _zero(self, out) -> str:
+        return literal_source(0, out.aval.dtype)
+
+    def start(self) -> list:
+        """Before the rows: nothing handed on yet."""
+        return [f"{r} = {self._zero(out)}" for out, rs in self.registers.items() for r in rs[1:]]
+
+    def row_start(self) -> list:
+        """A row's first statement: its registers are those the row before handed on, and a zero."""
+        return [f"{', '.join(rs)} = {', '.join(rs[1:] + [self._zero(out)])}" for out, rs in self.registers.items()]
+
+    def row_end(self, row: str) -> list:
+        names = self.printer.names
+        return [f"{names[out]}[{row}] = {rs[0]}" for out, rs in self.registers.items()]
+
+    def end(self) -> list:
+        """After the rows: the elements past the last row, what it handed on (and zeros past that)."""
+        names, lines = self.printer.names, []
+        for out, rs in self.registers.items():
+            lines.extend(f"{names[out]}[{self.rows + c - 1}] = {r}" for c, r in enumerate(rs) if c)
+            if out.aval.shape[0] > self.rows + self.reach[out]:
+                lines.append(f"{names[out]}[{self.rows + self.reach[out]}:] = {self._zero(out)}")
+        return lines
+
+    def block_end(self) -> list:
+        """At the end of a block of rows: its last registers, kept for the next block's first elements."""
+        return [f"{self.carry[out]}[blk, {c - 1}] = {r}" for out, rs in self.registers.items()
+                for c, r in enumerate(rs) if c]
+
+    def carried_over(self, ends: str) -> list:
+        """After the parallel loop: each block's last registers added to the elements after its rows
+        (``ends``: the expression of the block's end), in block order."""
+        names, lines = self.printer.names, []
+        for out, rs in self.registers.items():
+            if out.aval.shape[0] > self.rows:
+                lines.append(f"{names[out]}[{self.rows}:] = {self._zero(out)}")
+        sums = [(out, c) for out, rs in self.registers.items() for c in range(1, len(rs))]
+        if sums:
+            lines.append(f"for blk in range({BLOCKS}):  # what each block's last rows add to the elements after it")
+            lines.extend(f"    {names[out]}[{ends}{f' + {c - 1}' if c > 1 else ''}] += {self.carry[out]}[blk, {c - 1}]"
+                         for out, c in sums)
+        return lines
 
 
 # ---------------------------------------------------------------- parallel=: blocks of rows
@@ -413,8 +515,8 @@ class _Blocks:
     rows away than a block has), the even blocks run first and then the odd ones (``sweeps``): two blocks
     running at once are never neighbours."""
 
-    def __init__(self, printer, node, partial: list, sweeps: bool = False):
-        self.printer, self.node, self.rows = printer, node, node.params["shape"][0]
+    def __init__(self, printer, node, partial: list, sweeps: bool, carried: _Carried):
+        self.printer, self.node, self.rows, self.carried = printer, node, node.params["shape"][0], carried
         self.per = -(-self.rows // BLOCKS)  # rows per block (the last may have fewer)
         self.sweeps = sweeps
         self.depth = 2 if sweeps else 1  # the loops around the rows' loop
@@ -422,6 +524,7 @@ class _Blocks:
         self.partial = {out: printer.fresh_name(f"{names[out]}_blocks") for out in partial}
         self.local = {out: printer.fresh_name(f"{names[out]}_blk") for out in partial if not out.aval.shape}
         self.zeroed = []  # arrays the rows add into that the blocks zero first (zero_in_blocks)
+        carried.carry.update((out, printer.fresh_name(f"{names[out]}_carry")) for out, k in carried.reach.items() if k)
 
     def zero_in_blocks(self, out) -> bool:
         """Whether the summed output ``out`` (an array the rows add into, not a partial sum) is large enough
@@ -443,6 +546,8 @@ class _Blocks:
                              f"{literal_source(0, out.aval.dtype)}")
         for out, name in self.partial.items():
             lines.append(f"{name} = {self.printer.zeros(Aval((BLOCKS,) + out.aval.shape, out.aval.dtype))}")
+        for out, name in self.carried.carry.items():
+            lines.append(f"{name} = {self.printer.empty(Aval((BLOCKS, self.carried.reach[out]), out.aval.dtype))}")
         if self.sweeps:
             lines.append("for sweep in range(2):  # even blocks, then odd: rows add to their neighbours' elements")
             lines.append(f"    for half in prange({BLOCKS // 2}):")
@@ -451,13 +556,20 @@ class _Blocks:
             lines.append(f"for blk in prange({BLOCKS}):")
         inside = "    " * self.depth
         lines.extend(f"{inside}{name} = {self.printer.zeros(out.aval)}" for out, name in self.local.items())
-        end = f"blk * {per} + {per}" if self.rows % BLOCKS == 0 else f"min(blk * {per} + {per}, {self.rows})"
+        lines.extend(inside + line for line in self.carried.start())
+        end = self.end
         # unsigned rows: Numba checks every signed subscript for a negative value (x[-1]), which LLVM can
         # drop only where it proves the index >= 0, as it does in range(n) but not from a block's start
         lines.append(f"{inside}for {index[0]} in range(np.uintp(blk * {per}), np.uintp({end})):")
         lines.extend(inside + "    " * d + f"for {index[d]} in range({n}):" for d, n in enumerate(shape) if d)
         self.printer.uses_prange = True
         return lines
+
+    @property
+    def end(self) -> str:
+        """The end of block ``blk``'s rows, as an expression."""
+        per = self.per
+        return f"blk * {per} + {per}" if self.rows % BLOCKS == 0 else f"min(blk * {per} + {per}, {self.rows})"
 
     def target(self, out, at: list) -> tuple:
         """Where the loop adds to ``out`` what the serial loop adds at ``at``: (subscripts, name)."""
@@ -471,10 +583,11 @@ class _Blocks:
         names = self.printer.names
         inside = "    " * self.depth
         lines = [f"{inside}{self.partial[out]}[blk] = {name}" for out, name in self.local.items()]
+        lines.extend(inside + line for line in self.carried.block_end())
         if self.partial:
             lines.append("for blk in range(%d):  # the blocks' partial sums, in block order" % BLOCKS)
             lines.extend(f"    {names[out]} += {name}[blk]" for out, name in self.partial.items())
-        return lines
+        return lines + self.carried.carried_over(self.end)
 
     def function(self, lines: list) -> list:
         """The loop's ``lines`` as a function of the module (``printer.functions``) taking the values the loop
@@ -493,7 +606,7 @@ class _Blocks:
         return [f"{returned} = {call}" if sums else call]
 
 
-def _blocks(printer, node: Node, writes: list):
+def _blocks(printer, node: Node, writes: list, carried: _Carried):
     """A loop nest as blocks of rows in parallel (``_Blocks``), or None: it stays serial when parallel= is
     off, the loop is small, or rows of blocks that are not neighbours may add to one element
     (``grad_x[2 * i0] += g``). Decided on the subscripts each ``add_at`` writes at (IR values): the row
@@ -510,7 +623,7 @@ def _blocks(printer, node: Node, writes: list):
     partial, shifted = [], set()
     for add, out in writes:
         at = add.inputs[1:]
-        if row in at:  # each row adds to elements of its own
+        if row in at or out in carried:  # each row adds to elements of its own (or carried: each block's own)
             continue
         rows = [a for a in at if _reads(a, row, defs)]
         if not rows:  # every row adds to the same elements: partial sums per block
@@ -524,7 +637,7 @@ def _blocks(printer, node: Node, writes: list):
     sweeps = bool(shifted - set(partial))  # (an output with partial sums per block is each block's own)
     if sweeps and BLOCKS % 2:
         return None  # (odd blocks cannot alternate)
-    return _Blocks(printer, node, partial, sweeps)
+    return _Blocks(printer, node, partial, sweeps, carried)
 
 
 def _reads(atom, row: Var, defs: dict) -> bool:
