@@ -269,3 +269,15 @@ def test_a_trace_in_another_thread_leaves_this_threads_calls_alone():
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(results[0], 2.0 * np.ones(3))
     assert not tg.core.ENTERED
+
+
+@pytest.mark.parametrize("x", [1.1, -0.0, np.inf, -np.inf, np.nan, 3.4e38, 1e-45])
+def test_float32_scalars_come_back_as_float32_with_their_exact_value(x):
+    # the guard writes Numba's float (a float32's exact value) back as float32 by one32 * o0, not float32(o0)
+    f = tg.jit(lambda a: a[0] * np.float32(1.0))
+    a = np.array([x], np.float32)
+    f(a)
+    assert _takes_fast_path(f, a)
+    for result in (f(a), _slow(f, a)):
+        assert type(result) is np.float32
+        assert result.tobytes() == a[0].tobytes() or (np.isnan(result) and np.isnan(a[0]))

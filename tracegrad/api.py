@@ -383,8 +383,18 @@ def _output_expression(i: int, var, constants: dict) -> str:
     if isinstance(var, Literal):  # a Python constant the function returned: as it was
         constants[f"c{i}"] = var.value
         return f"c{i}"
-    constants[f"t{i}"] = var.aval.dtype.type
+    dtype = var.aval.dtype
+    if _PRODUCT_KEEPS_FLOAT32 and dtype.kind == "f":  # float32(o0) costs three times one32 * o0 (NumPy 2)
+        constants[f"one{i}"] = dtype.type(1)
+        return f"one{i} * o{i}"
+    constants[f"t{i}"] = dtype.type
     return f"t{i}(o{i})"
+
+
+# Numba returns a float32 scalar as the Python float of its exact value, so multiplying it by float32's
+# 1 gives it back as a float32 (NaN, infinities and -0.0 as they are) where NumPy >= 2 keeps a product of a
+# NumPy scalar and a Python float in the NumPy scalar's dtype (NumPy 1 returns float64: the constructor)
+_PRODUCT_KEEPS_FLOAT32 = type(np.float32(1) * 0.5) is np.float32
 
 
 def _make_guard(in_tree: TreeDef, signature: tuple, result: _Result, n_out: int, dispatcher, held: list,
