@@ -298,6 +298,23 @@ def test_fit_runs_its_steps_loops_in_parallel(rng, small_loops):
     assert h_parallel.loss[-1] < h_parallel.loss[0]
 
 
+def test_vmap_runs_its_batch_loops_in_parallel(rng, small_loops):
+    # per-example gradients: the batched loops over the examples are blocks of rows
+    def loss(w, x, y):
+        return (np.sum(np.tanh(x * w)) - y) ** 2
+
+    w, X, y = rng.normal(size=8), rng.normal(size=(64, 8)), rng.normal(size=64)
+    per_example = tg.vmap(tg.grad(loss), in_axes=(None, 0, 0), parallel=True)
+    source = per_example.source(w, X, y)
+    assert "for blk in prange(4):" in source
+    serial = tg.vmap(tg.grad(loss), in_axes=(None, 0, 0))
+    assert "prange" not in serial.source(w, X, y)
+    np.testing.assert_allclose(per_example(w, X, y), serial(w, X, y), rtol=1e-13)
+    np.testing.assert_allclose(per_example(w, X, y)[5], numeric_grad(lambda w: loss(w, X[5], y[5]), w), rtol=1e-6)
+    with pytest.raises(TracegradError, match="parallel"):
+        tg.vmap(loss, parallel="sometimes")
+
+
 def test_the_background_compile_compiles_the_loops_in_parallel_too(rng, small_loops):
     # the worker process imports the file and picks Numba's options by the same rule (backend.parallel_options)
     args = layer_args(rng, 48, 8)
@@ -346,8 +363,9 @@ def test_shifted_sums_in_blocks_give_the_serial_gradient(rng, small_loops, fun, 
 
 def test_large_arrays_the_rows_add_into_are_zeroed_by_the_blocks(rng, small_loops, monkeypatch):
     """Over ZERO_IN_BLOCKS_BYTES, an array the rows add into is made empty and zeroed in a parallel pass
-    before the rows: with alternating blocks (row_differences' gradient, an output) and in the workspace (the
-    row sums of layer_loss, 4096 x 8 bytes: a buffer reused by the next call, so it must be zeroed again)."""
+    before the rows (row_differences' gradient, with alternating blocks). A row sum is stored once a row
+    instead (nest._Carried), also in the workspace, a buffer the next call reuses (layer_loss's, 4096 x 8
+    bytes): every element written again."""
     monkeypatch.setattr(nest, "ZERO_IN_BLOCKS_BYTES", 1024)
     x = rng.normal(size=(101, 3))
     f = tg.value_and_grad(row_differences, parallel=True)
@@ -362,7 +380,8 @@ def test_large_arrays_the_rows_add_into_are_zeroed_by_the_blocks(rng, small_loop
     args = layer_args(rng, 4096, 8)
     f = tg.value_and_grad(layer_loss, argnums=(0, 1), parallel=True)
     compiled = f.specialize(*args)
-    assert "zeroed a block each" in compiled.source and compiled.workspace is not None
+    assert "zeroed a block each" not in compiled.source and compiled.workspace is not None
+    assert "s4[i0] = s4_at0" in compiled.source and "s4 = np.empty((4096,))" in compiled.source
     g = tg.value_and_grad(layer_loss, argnums=(0, 1))
     for _ in range(2):
         _same_as_serial(f, g, args, 1e-12)

@@ -227,7 +227,7 @@ def jacfwd(fun, argnums=0, has_aux: bool = False):
     return jit(columns)
 
 
-def vmap(fun, in_axes=0, out_axes=0):
+def vmap(fun, in_axes=0, out_axes=0, *, parallel=None):
     """``fun`` mapped over an axis of its arguments: ``vmap(f)(xs)[i] == f(xs[i])`` (JAX's conventions).
 
     ``in_axes`` is an int (every argument), ``None`` (not mapped) or a tuple with one entry per argument
@@ -236,7 +236,9 @@ def vmap(fun, in_axes=0, out_axes=0):
     whole batch by each primitive's batching rule (``W @ x`` per example is one matrix product), an operation
     without one in a loop over the examples (``batching.py``): one compiled function, so
     ``vmap(grad(loss), in_axes=(None, 0, 0))(params, X, y)`` gives per-example gradients. Raises
-    ``ShapeError`` for mapped axes of different sizes or an ``in_axes`` entry out of range. Example::
+    ``ShapeError`` for mapped axes of different sizes or an ``in_axes`` entry out of range. ``parallel`` as
+    for ``tg.jit`` (``True``: the batch's large fused loops run as blocks of examples on all cores;
+    default ``tg.set_parallel``'s). Example::
 
         >>> import numpy as np, tracegrad as tg
         >>> tg.vmap(lambda v, M: M @ v, in_axes=(0, None))(np.eye(2), np.array([[1.0, 2.0], [3.0, 4.0]]))
@@ -280,7 +282,7 @@ def vmap(fun, in_axes=0, out_axes=0):
 
     mapped.__name__ = f"vmap_{getattr(fun, '__name__', 'f')}".replace("<lambda>", "lambda")
     _parameters_of(fun, mapped)
-    return jit(mapped)
+    return jit(mapped, parallel=parallel)
 
 
 def _axes_of(tree, spec, what: str) -> list:

@@ -363,10 +363,12 @@ def _render(printer, node, args) -> list:
     depth = n + (blocks.depth if blocks is not None else 0)
     if blocks is None:
         lines.extend(carried.start())
-    lines.extend(blocks.header(index) if blocks is not None else
-                 ["    " * d + f"for {index[d]} in range({size}):" for d, size in enumerate(shape)])
+    header = blocks.header(index) if blocks is not None else \
+        ["    " * d + f"for {index[d]} in range({size}):" for d, size in enumerate(shape)]
+    rows = next(k for k, line in enumerate(header) if line.lstrip().startswith(f"for {index[0]} in "))
+    row_indent = "    " * (depth - n + 1)  # (the registers of a row: inside the rows' loop, around the others)
+    lines.extend(header[:rows + 1] + [row_indent + line for line in carried.row_start()] + header[rows + 1:])
     indent = "    " * depth
-    lines.extend(indent + line for line in carried.row_start())
     for member in body.nodes:
         out = member.out
         if member in carried.shift:  # added into the register of its element
@@ -387,7 +389,7 @@ def _render(printer, node, args) -> list:
             continue
         target = f"{names[out]}[{', '.join(index)}]" if out in stored else names[out]
         lines.append(f"{indent}{target} = {spelled[0]}")
-    lines.extend(indent + line for line in carried.row_end(index[0]))
+    lines.extend(row_indent + line for line in carried.row_end(index[0]))
     if blocks is not None:
         lines = arrays + blocks.function(lines + blocks.footer())
     else:
@@ -401,12 +403,14 @@ MAX_REACH = 4  # rows a carried sum's adds reach ahead at most (registers a row 
 
 
 class _Carried:
-    """The sums of a loop over rows (one index) that each row adds to at its own element and at most
-    ``MAX_REACH`` after it, ``grad_x[i0] += a`` and ``grad_x[i0 + 1] += b`` (the gradient of ``x[1:]`` and
-    ``x[:-1]``): each is stored once an element instead of zeroed and then added to, a pass over memory
-    less. A row adds to registers, ``grad_x_at0`` for its own element and ``grad_x_at1``... for those after
-    it, stores its own element when done, and hands the others on to the next row; the elements past the
-    last row get the last registers. The additions happen in the order the serial loop adds them.
+    """The 1-D sums of a loop nest that each row (its first index, ``i0``) adds to at its own element and at
+    most ``MAX_REACH`` after it: ``grad_x[i0] += a`` and ``grad_x[i0 + 1] += b`` (the gradient of ``x[1:]``
+    and ``x[:-1]``), a row sum ``s6[i0] += e`` in a loop over the row's columns. Each is stored once an
+    element instead of zeroed and then added to (and, in a row sum, read and written again at every
+    column: Numba cannot keep ``s6[i0]`` in a register while the row stores other arrays). A row adds to
+    registers, ``grad_x_at0`` for its own element and ``grad_x_at1``... for those after it, stores its own
+    element when done, and hands the others on to the next row; the elements past the last row get the
+    last registers. The additions happen in the order the serial loop adds them.
 
     With blocks of rows (``_Blocks``) each block starts its registers at zero and leaves its last ones in
     ``grad_x_carry[blk]``; after the parallel loop they are added to the next block's first elements, in
@@ -415,8 +419,6 @@ class _Carried:
     def __init__(self, printer, node, writes, max_reach: int = MAX_REACH):
         self.printer, self.reach, self.shift, self.registers, self.carry = printer, {}, {}, {}, {}
         shape, body = node.params["shape"], node.params["body"]
-        if len(shape) != 1:
-            return
         self.rows = rows = shape[0]
         row, defs = body.inputs[0], {m.out: m for m in body.nodes}
         offsets = {}  # output -> {add_at node: offset}, None when one of its adds is elsewhere
