@@ -76,6 +76,22 @@ def test_sum_reduction_float32_grad(rng, three_threads, monkeypatch):
                                                y.astype(np.float64)), rtol=1e-3, atol=1e-4)
 
 
+def test_the_split_code_takes_no_name_from_the_user(rng, three_threads, monkeypatch):
+    # the function's own names (out_blocks, out_blk, failed) are not the parameters' of the same names
+    monkeypatch.setattr(rows, "MIN_BLOCK_ROWS", 8)
+
+    def loss(w, out_blocks, failed):  # (the value is named out)
+        return np.mean((out_blocks @ w - failed) ** 2)
+
+    w, X, y = rng.normal(size=3), rng.normal(size=(30, 3)), rng.normal(size=30)
+    split = tg.value_and_grad(loss, parallel=tg.over_rows(1, 2), compile="wait")
+    source = split.source(w, X, y)
+    assert "out_blocks[lo:lo + 10]" in source and "out_blocks_ = np.empty((3,), np.float64)" in source
+    value, g = split(w, X, y)
+    assert value == pytest.approx(loss(w, X, y), rel=1e-12)
+    np.testing.assert_allclose(g, 2 * X.T @ (X @ w - y) / 30, rtol=1e-12)
+
+
 def softmax_loss(W, X, y):
     logits = X @ W
     logp = logits - np.log(np.sum(np.exp(logits), axis=1, keepdims=True))
@@ -124,6 +140,24 @@ def test_too_few_rows_or_one_thread_run_the_batch_whole(rng, monkeypatch):
     assert "prange" not in tg.value_and_grad(weighted, parallel=tg.over_rows(1, 2)).source(params, X, y)
 
 
+def test_static_arguments_count_as_for_argnums(rng, three_threads):
+    # over_rows' positions are the function's own, static ones among them, as argnums' are
+    loss = make_loss(rng)
+    params, X, y = mlp_args(rng, 400)
+
+    def powered(p, params, X, y):
+        return loss(params, X, y) ** p
+
+    split = tg.value_and_grad(powered, argnums=1, static_argnums=0, parallel=tg.over_rows(2, 3), compile="wait")
+    serial = tg.value_and_grad(powered, argnums=1, static_argnums=0, compile="wait")
+    assert "for blk in prange(3):" in split.source(1, params, X, y)
+    value, grads = split(1, params, X, y)
+    want_value, want_grads = serial(1, params, X, y)
+    assert value == pytest.approx(want_value, rel=1e-12)
+    for key in params:
+        np.testing.assert_allclose(grads[key], want_grads[key], rtol=1e-12, atol=1e-15)
+
+
 def test_bad_uses_are_clear_errors(rng, three_threads):
     loss = make_loss(rng)
     params, X, y = mlp_args(rng, 400)
@@ -144,8 +178,8 @@ def test_bad_uses_are_clear_errors(rng, three_threads):
     for bad in ("X", -1):
         with pytest.raises(TracegradError, match="positions of the data arguments"):
             tg.over_rows(bad)
-    with pytest.raises(GradTypeError, match="with static arguments: not supported yet"):
-        tg.value_and_grad(lambda p, w, X: np.mean(X @ w) ** p, argnums=1, static_argnums=0,
+    with pytest.raises(GradTypeError, match="argument 'X' is static: it cannot also be split by rows"):
+        tg.value_and_grad(lambda p, w, X: np.mean(X @ w) ** p, argnums=1, static_argnums=2,
                           parallel=tg.over_rows(2))
     for make in (lambda: tg.jit(loss, parallel=tg.over_rows(1, 2)), lambda: tg.set_parallel(tg.over_rows(1)),
                  lambda: tg.fit(loss, params, (X, y), optimizer=tg.optim.SGD(), parallel=tg.over_rows(1, 2))):

@@ -889,11 +889,8 @@ def _transform_decorator(mode):
                   static_argnums=(), static_argnames=()):
         def make(f):
             if static_argnums not in ((), None) or static_argnames:  # (0 is a position)
-                if isinstance(parallel, rows.OverRows):
-                    raise GradTypeError(f"parallel={parallel!r} with static arguments: not supported yet",
-                                        hint="make the static values closure variables of the loss")
-                return StaticArgs(f, lambda g, a: Function(g, mode, a, has_aux, debug_nans, compile, parallel),
-                                  argnums, static_argnums, static_argnames)
+                return StaticArgs(f, lambda g, a, p: Function(g, mode, a, has_aux, debug_nans, compile, p),
+                                  argnums, static_argnums, static_argnames, parallel)
             return Function(f, mode, argnums, has_aux, debug_nans, compile, parallel)
         return make if fun is None else make(fun)
     return transform
@@ -967,8 +964,8 @@ def jit(fun: Callable, *, debug_nans: bool | None = None, compile: str | None = 
     array([0., 0.])
     """
     if static_argnums not in ((), None) or static_argnames:  # (0 is a position)
-        return StaticArgs(fun, lambda g, a: Function(g, "jit", debug_nans=debug_nans, compile=compile,
-                                                     parallel=parallel), None, static_argnums, static_argnames)
+        return StaticArgs(fun, lambda g, a, p: Function(g, "jit", debug_nans=debug_nans, compile=compile, parallel=p),
+                          None, static_argnums, static_argnames, parallel)
     return Function(fun, "jit", debug_nans=debug_nans, compile=compile, parallel=parallel)
 
 

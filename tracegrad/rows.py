@@ -95,9 +95,10 @@ def over_rows(*data: int, reduction: str = "mean") -> OverRows:
     """``parallel=`` for a loss of a batch of rows: the arguments at positions ``data`` are split by rows
     into blocks, one a thread, each running the whole compiled value and gradient; the blocks' results are
     combined as ``reduction`` says (``"mean"``: the loss is the mean over the rows, so each block counts by
-    its rows; ``"sum"``: the sum, so they add up). For ``grad`` and ``value_and_grad``; ``jit``, ``has_aux``,
-    static arguments and ``fit`` refuse it, and ``debug_nans``, random draws (each block would draw the
-    first block's numbers) and arrays the loss makes from the batch's size run the batch whole, serially.
+    its rows; ``"sum"``: the sum, so they add up). For ``grad`` and ``value_and_grad`` (positions count
+    static arguments too, as ``argnums`` do); ``jit``, ``has_aux`` and ``fit`` refuse it, and ``debug_nans``,
+    random draws (each block would draw the first block's numbers) and arrays the loss makes from the
+    batch's size run the batch whole, serially.
 
     The loss must be separable over the rows, as for ``tracegrad.distributed.value_and_grad``: a penalty
     that does not depend on the rows is right with ``"mean"`` and counted once a block with ``"sum"``; a
@@ -159,34 +160,31 @@ def module(graph: Graph, blocks: dict, sizes: tuple, split: tuple, reduction: st
     order = sorted(blocks, reverse=True)  # the first blocks have a row more
     counts = {size: sizes.count(size) for size in order}
     firsts = {size: sizes.index(size) for size in order}
-    taken.update(params, outs, (f"{o}_blocks" for o in outs), (f"{o}_blk" for o in outs))
+    taken.update(params, outs)
+
+    def fresh(name: str) -> str:  # a name of this function's own, none of the graph's (a parameter out_blocks)
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        return name
+
+    each = {o: fresh(f"{o}_blocks") for o in outs}  # every block's output, by block
+    one = {o: fresh(f"{o}_blk") for o in outs}  # one block's
     buffers = {}  # size -> its blocks' buffers: (name here, shape, dtype name)
     for size in order:
-        buffers[size] = []
-        for name, shape, dtype in blocks[size].workspace:
-            here = f"rows{size}_{name}"
-            while here in taken:
-                here += "_"
-            taken.add(here)
-            buffers[size].append((here, (counts[size],) + tuple(shape), dtype))
+        buffers[size] = [(fresh(f"rows{size}_{name}"), (counts[size],) + tuple(shape), dtype)
+                         for name, shape, dtype in blocks[size].workspace]
 
     called = {size: blocks[size].inner or blocks[size].function for size in order}  # (with its buffers)
-    caught = {}
-    for size in order:
-        caught[size] = f"{called[size]}_caught"
-        while caught[size] in taken:
-            caught[size] += "_"
-        taken.add(caught[size])
+    caught = {size: fresh(f"{called[size]}_caught") for size in order}
     data = ", ".join(p for p, s in zip(params, split) if s)
     what = (["each block's value and", "gradients weighted by its rows, added in block order"] if reduction == "mean"
             else ["the blocks' values and", "gradients added in block order"])
     lines = [f"# {data} split into {n_blocks} blocks of rows, one a thread; reduction={reduction!r}: {what[0]}",
              f"# {what[1]}"]
     for out, var in zip(outs, graph.outputs):
-        lines.append(f"{out}_blocks = np.empty({(n_blocks,) + var.aval.shape}, np.{var.aval.dtype.name})")
-    failed = "failed"
-    while failed in taken:
-        failed += "_"
+        lines.append(f"{each[out]} = np.empty({(n_blocks,) + var.aval.shape}, np.{var.aval.dtype.name})")
+    failed = fresh("failed")
     lines.append(f"{failed} = np.zeros({n_blocks}, np.bool_)")
 
     def per_block(loop: str, call, only: str | None = None) -> list:
@@ -212,17 +210,17 @@ def module(graph: Graph, blocks: dict, sizes: tuple, split: tuple, reduction: st
     # Numba drops what a function called in a parallel loop raises (an index out of bounds): each block's
     # call catches it (``_caught``) and says so, and a block that failed is run again after the loop, alone,
     # to raise it
-    unpack = f"{', '.join(o + '_blk' for o in outs)}{',' if len(outs) == 1 else ''}"
+    unpack = f"{', '.join(one[o] for o in outs)}{',' if len(outs) == 1 else ''}"
     lines.extend(per_block(f"prange({n_blocks})", lambda size, args: [
-        f"({unpack}), {failed}[blk] = {caught[size]}({args})", *(f"{o}_blocks[blk] = {o}_blk" for o in outs)]))
+        f"({unpack}), {failed}[blk] = {caught[size]}({args})", *(f"{each[o]}[blk] = {one[o]}" for o in outs)]))
     lines.append(f"if {failed}.any():  # a block raised: again, serially, to raise it here")
     lines.extend("    " + line for line in per_block(f"range({n_blocks})", lambda size, args: [
         f"{called[size]}({args})"], only=f"{failed}[blk]"))
     for out, var in zip(outs, graph.outputs):
         if reduction == "mean":
-            terms = [f"{out}_blocks[{b}] * {literal_source(size / n, var.aval.dtype)}" for b, size in enumerate(sizes)]
+            terms = [f"{each[out]}[{b}] * {literal_source(size / n, var.aval.dtype)}" for b, size in enumerate(sizes)]
         else:
-            terms = [f"{out}_blocks[{b}]" for b in range(n_blocks)]
+            terms = [f"{each[out]}[{b}]" for b in range(n_blocks)]
         lines.append(f"{out} = {' + '.join(terms)}")
     lines.append(f"return {', '.join(outs)}{',' if len(outs) == 1 else ''}")
 
@@ -238,7 +236,7 @@ def module(graph: Graph, blocks: dict, sizes: tuple, split: tuple, reduction: st
             f"    return ({', '.join(nothing)}{',' if len(nothing) == 1 else ''}), True"]))
     functions, inner = [(function, params, lines)], None
     if workspace:  # the parallel loop takes the buffers; the function called without them makes new ones
-        inner = f"{function}_blocks"
+        inner = fresh(f"{function}_blocks")
         functions = [(inner, params + [name for name, _, _ in workspace], lines),
                      (function, params, ["# a new workspace at each call (tracegrad's own calls pass one kept for "
                                            "this specialisation)"] +

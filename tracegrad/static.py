@@ -12,12 +12,13 @@ import functools
 import inspect
 
 from .errors import GradTypeError
+from .rows import OverRows
 
 
 class StaticArgs:
     """A transformed function some of whose arguments are static. Called like the function itself."""
 
-    def __init__(self, fun, make, argnums, static_argnums=(), static_argnames=()):
+    def __init__(self, fun, make, argnums, static_argnums=(), static_argnames=(), parallel=None):
         self.fun, self._make, self._subs = fun, make, {}
         try:
             self._signature = inspect.signature(fun)
@@ -42,9 +43,12 @@ class StaticArgs:
         self.static = tuple(sorted(static))
         self._names = names
         self.argnums = self._remap(argnums)
+        if isinstance(parallel, OverRows):  # its data's positions, counted as argnums are
+            parallel = OverRows(self._remap(parallel.data, "split by rows", "over_rows"), parallel.reduction)
+        self.parallel = parallel
         functools.update_wrapper(self, fun)
 
-    def _remap(self, argnums):
+    def _remap(self, argnums, use="differentiated", what="argnums"):
         """``argnums`` among the arguments that are left once the static ones are taken out."""
         if argnums is None:
             return None
@@ -53,8 +57,8 @@ class StaticArgs:
         for i in picked:
             i %= len(self._names) if -len(self._names) <= i < len(self._names) else 10 ** 9
             if i in self.static:
-                raise GradTypeError(f"argument {self._names[i]!r} is static: it cannot also be differentiated "
-                                    f"(argnums={argnums})")
+                raise GradTypeError(f"argument {self._names[i]!r} is static: it cannot also be {use} "
+                                    f"({what}={argnums})")
             out.append(i - sum(1 for s in self.static if s < i))
         return out[0] if isinstance(argnums, int) else tuple(out)
 
@@ -77,7 +81,7 @@ class StaticArgs:
                                 f"{', '.join(type(v).__name__ for v in statics)}",
                                 hint="pass arrays as ordinary (traced) arguments") from None
         if sub is None:
-            sub = self._make(self._bound(statics), self.argnums)
+            sub = self._make(self._bound(statics), self.argnums, self.parallel)
             self._subs[statics] = sub
         return sub
 
