@@ -462,3 +462,14 @@ def test_a_conversion_read_by_several_loops_is_converted_in_each_not_stored(rng)
     assert src.count("np.float64(v[i0, i1])") >= 1 and src.count("np.float64(g[i0, i1])") >= 1, src
     for got, expected in zip(fun(p, v, g), momentum_step(p, v, g)):
         assert got.dtype == np.float32 and np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("fun, shape", [(lambda x: np.sum(x * x), (5,)), (lambda x: np.sum(-x, axis=1), (3, 4))])
+def test_a_sum_of_something_computed_is_a_loop_even_as_one_statement(rng, fun, shape):
+    # np.sum(x * x) in Numba stores x * x in an array for the sum to read: the loop adds each product as it
+    # computes it; a sum of an argument alone stays the NumPy call
+    x = rng.normal(size=shape)
+    source = tg.jit(fun).source(x)
+    assert "for i0 in range(" in source and "np.sum(" not in source and "sum_axis(" not in source
+    np.testing.assert_allclose(tg.jit(fun)(x), fun(x), rtol=1e-13)
+    assert "np.sum(x)" in tg.jit(lambda x: np.sum(x)).source(x)

@@ -396,7 +396,8 @@ def fuse(graph: Graph, group: bool = True) -> Graph:
     (``x[:-1] ** 2``: recomputed rather than stored for the backward pass).
 
     A group that spells as one statement stays as it is (Numba fuses an array expression itself), unless
-    it uses a scalar kernel. ``group=False`` only puts each array use of a scalar kernel in a loop of its
+    it uses a scalar kernel, is an outer product, or sums what it computes (``sum_axis(-g, 1)``: Numba
+    would store ``-g`` in an array for the sum to read). ``group=False`` only puts each array use of a scalar kernel in a loop of its
     own (the unfused code of ``debug_nans``)."""
     if not _has_arrays(graph):
         return graph
@@ -446,7 +447,8 @@ def fuse(graph: Graph, group: bool = True) -> Graph:
             members.add(producer)
             todo.extend(producer.inputs)
         ordered = sorted(members, key=position.__getitem__)
-        if _statements(ordered) > 1 or any(_scalar_kernel(n) or _outer(n) for n in ordered):
+        if _statements(ordered) > 1 or any(_scalar_kernel(n) or _outer(n) for n in ordered) or \
+                (leaves is not None and len(ordered) > len(leaves)):
             for member in members - copies:
                 assigned[member] = root
             groups[root] = (ordered, domain, leaves is not None)
