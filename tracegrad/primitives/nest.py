@@ -350,7 +350,7 @@ def _render(printer, node, args) -> list:
     blocks = _blocks(printer, node, writes, carried)  # parallel=: the loop as prange over blocks of rows, or None
     arrays, lines = [], []  # (with blocks: arrays made by the caller, then filled by the loop's function)
     for out, summed in zip(node.outs, node.params["accumulate"]):
-        if out in carried.reach:  # every element stored once (by the rows, then after the loop)
+        if out in carried:  # every element stored once (by the rows, then after the loop)
             made = printer.new_array(out, out.aval)
         elif blocks is not None and summed and blocks.zero_in_blocks(out):  # zeroed by the blocks, not here
             made = printer.new_array(out, out.aval)
