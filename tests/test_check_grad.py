@@ -273,6 +273,23 @@ def test_the_dot_product_test_covers_second_order_and_float32(no_warnings):
         assert row.abs_error <= 1e-3 * max(1.0, abs(row.analytic)) and row.analytic != 0.0
 
 
+def test_a_float32_gradient_losing_bits_in_its_forward_values_is_not_a_wrong_jvp(wrong_jvp, no_warnings):
+    # sigmoid(12.9) rounds to float32 near 1, so the VJP's (1 - s) * s keeps few bits (0.7% off) where forward
+    # mode, run in float64 with the differences, does not: float32's gradient is held to the tolerance of
+    # the comparison with differences, as the gradient rows are, not to float64's rounding
+    weights = np.array([[0.3, -1.2, 0.8], [1.1, 0.5, -0.4]], np.float32)
+
+    def loss(a, b):
+        return np.sum(tg.sigmoid((a + 2.0) ** 3) * weights) + 0.0 * b
+
+    report = tg.check_grad(loss, np.float32(0.34558418), np.float32(0.82161814), argnums=(0, 1))
+    assert report.passed and len(report.jvp_rows) == 3
+    assert max(row.abs_error / abs(row.numeric) for row in report.jvp_rows) > 1e-3  # (not float64's rounding)
+    # a JVP off by 1% at a float32 point is still caught
+    with pytest.raises(tg.GradCheckError, match="a JVP rule disagrees with its VJP"):
+        tg.check_grad(lambda x: np.sum(wrong_jvp(x) * x), X.astype(np.float32))
+
+
 def test_tolerances_can_be_overridden(wrong):
     report = tg.check_grad(cubic_loss, X, rtol=0.2, eps=1e-5, atol=0.0)
     assert report.passed and (report.rtol, report.eps, report.atol) == (0.2, 1e-5, 0.0)
