@@ -332,3 +332,17 @@ def test_an_optimizer_with_a_fast_path_pickles():
     assert repr(copy) == repr(opt) and "_fast" not in copy.__dict__
     copy.update(params, [np.ones(2)], state)
     assert state["step"] == 3
+
+
+def test_a_subclass_learning_rate_is_used_on_the_fast_path_too():
+    class Halved(optim.SGD):
+        def learning_rate(self, step):
+            return 0.5 * self.lr
+
+    opt = Halved(lr=0.2)
+    params = {"w": np.ones(3)}
+    state = opt.init(params)
+    for _ in range(3):  # the first call writes the fast path, the next ones take it
+        opt.update(params, {"w": np.ones(3)}, state)
+    np.testing.assert_allclose(params["w"], 1.0 - 3 * 0.1, rtol=1e-15)
+    assert opt.__dict__.get("_fast") is not None

@@ -181,6 +181,11 @@ def test_bad_uses_are_clear_errors(rng, three_threads):
     with pytest.raises(GradTypeError, match="argument 'X' is static: it cannot also be split by rows"):
         tg.value_and_grad(lambda p, w, X: np.mean(X @ w) ** p, argnums=1, static_argnums=2,
                           parallel=tg.over_rows(2))
+    with pytest.raises(GradTypeError, match=r"over_rows\(1, 5, .*the function has 4 parameter\(s\)"):
+        tg.value_and_grad(lambda w, X, k, y: np.mean(X @ w - y) * k, static_argnums=2, parallel=tg.over_rows(1, 5))
+    with pytest.raises(GradTypeError, match=r"parallel=over_rows\(1, 3, reduction='mean'\) with has_aux"):
+        tg.value_and_grad(lambda w, X, k, y: (np.mean(X @ w - y) * k, 0.0), has_aux=True, static_argnums=2,
+                          parallel=tg.over_rows(1, 3))(np.ones(12), X, 2.0, y)
     for make in (lambda: tg.jit(loss, parallel=tg.over_rows(1, 2)), lambda: tg.set_parallel(tg.over_rows(1)),
                  lambda: tg.fit(loss, params, (X, y), optimizer=tg.optim.SGD(), parallel=tg.over_rows(1, 2))):
         with pytest.raises(TracegradError, match="over_rows names the data arguments of one function"):

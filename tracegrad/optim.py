@@ -268,12 +268,14 @@ def _make_fast_update(optimizer: Optimizer, tree, n: int) -> Callable:
     for name in arrays:
         writer.check(f"{name}.__class__ is ndarray")
     hyper = [f"float(optimizer.{name})" for name in cls.hyperparameter_names()]
+    plain_lr = cls.learning_rate is Optimizer.learning_rate  # (a float lr read directly, unless overridden)
     source = (f"def update(optimizer, params, grads, state):\n"
               f"    try:\n{writer.body('        ')}"
               f"        step = int(state['step'])\n"
-              f"        lr = optimizer.lr\n"
-              f"        if lr.__class__ is not float:  # a schedule\n"
-              f"            lr = optimizer.learning_rate(step)\n"
+              + (f"        lr = optimizer.lr\n"
+                 f"        if lr.__class__ is not float:  # a schedule\n"
+                 f"            lr = optimizer.learning_rate(step)\n" if plain_lr else
+                 f"        lr = optimizer.learning_rate(step)\n") +
               f"        done = kernel({', '.join(arrays + ['lr', 'step + 1'] + hyper)})\n"
               f"    except NOT_THESE:\n"
               f"        return False\n"

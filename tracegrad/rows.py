@@ -45,11 +45,12 @@ MIN_BLOCK_ROWS = 128  # fewer rows a block and the threads cost more than they s
 class OverRows:
     """The setting ``parallel=over_rows(*data, reduction=...)``: which arguments are data split by rows."""
 
-    def __init__(self, data: tuple, reduction: str):
+    def __init__(self, data: tuple, reduction: str, written: tuple | None = None):
         self.data, self.reduction = data, reduction
+        self.written = data if written is None else written  # (as the user wrote them: static ones counted)
 
     def __repr__(self):
-        return f"over_rows({', '.join(map(str, self.data))}, reduction={self.reduction!r})"
+        return f"over_rows({', '.join(map(str, self.written))}, reduction={self.reduction!r})"
 
     def __eq__(self, other):
         return isinstance(other, OverRows) and (self.data, self.reduction) == (other.data, other.reduction)

@@ -44,7 +44,11 @@ class StaticArgs:
         self._names = names
         self.argnums = self._remap(argnums)
         if isinstance(parallel, OverRows):  # its data's positions, counted as argnums are
-            parallel = OverRows(self._remap(parallel.data, "split by rows", "over_rows"), parallel.reduction)
+            if any(i >= len(names) for i in parallel.data):
+                raise GradTypeError(f"parallel={parallel!r}: the function has {len(names)} parameter(s), "
+                                    "numbered from 0 (static ones included)")
+            parallel = OverRows(self._remap(parallel.data, "split by rows", "over_rows"), parallel.reduction,
+                                written=parallel.data)
         self.parallel = parallel
         functools.update_wrapper(self, fun)
 
