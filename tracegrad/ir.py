@@ -300,16 +300,24 @@ def assign_names(graph: Graph, reserved=frozenset()) -> dict:
     return names
 
 
-def _nested_values(nodes) -> list:
-    """Every value of every nested graph, inputs included (a walk with a stack: bodies nest)."""
-    out, todo = [], [list(nodes)]
+def nested_graphs(nodes):
+    """Every graph nested in ``nodes``' parameters (loop bodies), bodies of bodies included (a walk with
+    a stack: bodies nest)."""
+    todo = [list(nodes)]
     while todo:
         for node in todo.pop():
             for value in node.params.values():
                 if isinstance(value, Graph):
-                    out.extend(value.inputs)
-                    out.extend(v for n in value.nodes for v in n.outs)
+                    yield value
                     todo.append(value.nodes)
+
+
+def _nested_values(nodes) -> list:
+    """Every value of every nested graph, inputs included."""
+    out = []
+    for graph in nested_graphs(nodes):
+        out.extend(graph.inputs)
+        out.extend(v for n in graph.nodes for v in n.outs)
     return out
 
 

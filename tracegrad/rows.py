@@ -36,7 +36,7 @@ from __future__ import annotations
 from . import __version__
 from .codegen import Module, comment_text, function_name
 from .errors import DataError, TracegradError, user_source
-from .ir import Graph, assign_names, literal_source
+from .ir import Graph, assign_names, literal_source, nested_graphs
 
 REDUCTIONS = ("mean", "sum")
 MIN_BLOCK_ROWS = 128  # fewer rows a block and the threads cost more than they save (benchmarks/bench_parallel.py)
@@ -123,13 +123,9 @@ def over_rows(*data: int, reduction: str = "mean") -> OverRows:
 
 def draws_random(nodes) -> bool:
     """Whether ``nodes`` (or a graph nested in one) draw random numbers."""
-    todo = [list(nodes)]
-    while todo:
-        for node in todo.pop():
-            if node.primitive.name.startswith("random_"):
-                return True
-            todo.extend(value.nodes for value in node.params.values() if isinstance(value, Graph))
-    return False
+    nodes = list(nodes)
+    return any(node.primitive.name.startswith("random_")
+               for graph_nodes in [nodes, *(g.nodes for g in nested_graphs(nodes))] for node in graph_nodes)
 
 
 def same_inputs(block: Graph, graph: Graph, split: tuple) -> bool:

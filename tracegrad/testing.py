@@ -653,7 +653,7 @@ def check_grad(f, *args, argnums=0, mode: str = "directional", order: int = 1, r
     # A float32 gradient against forward mode run in float64 (the probe's precision) differs by more than
     # float32's rounding of the result where the forward values lose bits (1 - sigmoid(x) near 1): there the
     # gradient is held to what the comparison with differences asks of it, no more
-    mixed = np.dtype(dtype) != numeric.precision
+    mixed, default = np.dtype(dtype) != numeric.precision, _defaults(working)
     for k in range(directions if mode == "directional" else 1):
         v = np.random.default_rng([seed, k]).normal(size=x.size)
         v /= np.linalg.norm(v) or 1.0
@@ -667,8 +667,7 @@ def check_grad(f, *args, argnums=0, mode: str = "directional", order: int = 1, r
         limit = JVP_ROUNDING * unit * scale + np.finfo(working).tiny
         if mixed:  # (the dtype's default tolerances, scaled as the rows above: a looser rtol given for the
             # differences does not loosen this test)
-            limit = max(limit, _defaults(working).atol * max(1.0, size) +
-                        _defaults(working).rtol * max(abs(transposed), abs(tangent)))
+            limit = max(limit, default.atol * max(1.0, size) + default.rtol * max(abs(transposed), abs(tangent)))
         row = Row(f"direction {k}", None, transposed, tangent, limit)
         report.jvp_rows.append(row)
         if not row.within:

@@ -361,13 +361,13 @@ def _render(printer, node, args) -> list:
     if printer.comments:
         lines.append(_loop_comment(node, names))
     depth = n + (blocks.depth if blocks is not None else 0)
-    if blocks is None:
-        lines.extend(carried.start())
-    header = blocks.header(index) if blocks is not None else \
-        ["    " * d + f"for {index[d]} in range({size}):" for d, size in enumerate(shape)]
-    rows = next(k for k, line in enumerate(header) if line.lstrip().startswith(f"for {index[0]} in "))
     row_indent = "    " * (depth - n + 1)  # (the registers of a row: inside the rows' loop, around the others)
-    lines.extend(header[:rows + 1] + [row_indent + line for line in carried.row_start()] + header[rows + 1:])
+    row_start = [row_indent + line for line in carried.row_start()]
+    if blocks is not None:
+        lines.extend(blocks.header(index, row_start))
+    else:
+        lines.extend(carried.start() + [f"for {index[0]} in range({shape[0]}):"] + row_start +
+                     ["    " * d + f"for {index[d]} in range({size}):" for d, size in enumerate(shape) if d])
     indent = "    " * depth
     for member in body.nodes:
         out = member.out
@@ -472,6 +472,11 @@ class _Carried:
         return [f"{self.carry[out]}[blk, {c - 1}] = {r}" for out, rs in self.registers.items()
                 for c, r in enumerate(rs) if c]
 
+    def name_carries(self) -> None:
+        """With blocks of rows: the arrays that keep each block's last registers."""
+        names = self.printer.names
+        self.carry.update((out, self.printer.fresh_name(f"{names[out]}_carry")) for out, k in self.reach.items() if k)
+
     def carried_over(self, ends: str) -> list:
         """After the parallel loop: each block's last registers added to the elements after its rows
         (``ends``: the expression of the block's end), in block order."""
@@ -526,7 +531,7 @@ class _Blocks:
         self.partial = {out: printer.fresh_name(f"{names[out]}_blocks") for out in partial}
         self.local = {out: printer.fresh_name(f"{names[out]}_blk") for out in partial if not out.aval.shape}
         self.zeroed = []  # arrays the rows add into that the blocks zero first (zero_in_blocks)
-        carried.carry.update((out, printer.fresh_name(f"{names[out]}_carry")) for out, k in carried.reach.items() if k)
+        carried.name_carries()
 
     def zero_in_blocks(self, out) -> bool:
         """Whether the summed output ``out`` (an array the rows add into, not a partial sum) is large enough
@@ -537,7 +542,9 @@ class _Blocks:
         self.zeroed.append(out)
         return True
 
-    def header(self, index: list) -> list:
+    def header(self, index: list, row_start: list) -> list:
+        """The lines before the body: sums' set-up, the parallel loop over the blocks, a block's rows (each
+        starting with ``row_start``) and the loops inside a row."""
         shape, per, lines = self.node.params["shape"], self.per, []
         if self.zeroed:
             lines.append(f"for blk in prange({BLOCKS}):  # the arrays the rows add into, zeroed a block each")
@@ -559,10 +566,10 @@ class _Blocks:
         inside = "    " * self.depth
         lines.extend(f"{inside}{name} = {self.printer.zeros(out.aval)}" for out, name in self.local.items())
         lines.extend(inside + line for line in self.carried.start())
-        end = self.end
         # unsigned rows: Numba checks every signed subscript for a negative value (x[-1]), which LLVM can
         # drop only where it proves the index >= 0, as it does in range(n) but not from a block's start
-        lines.append(f"{inside}for {index[0]} in range(np.uintp(blk * {per}), np.uintp({end})):")
+        lines.append(f"{inside}for {index[0]} in range(np.uintp(blk * {per}), np.uintp({self.end})):")
+        lines.extend(row_start)
         lines.extend(inside + "    " * d + f"for {index[d]} in range({n}):" for d, n in enumerate(shape) if d)
         self.printer.uses_prange = True
         return lines
